@@ -1,0 +1,1 @@
+"""Data layer: datasets, samplers, normalisation, augmentations and synthetic data."""

@@ -1,0 +1,1 @@
+"""Inference: tiling, the Dask engine and GeoTIFF writers for land-cover maps."""

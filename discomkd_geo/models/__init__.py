@@ -1,0 +1,1 @@
+"""Models: encoders, the DisCoM-KD network, baselines, losses and predictors."""

@@ -1,0 +1,1 @@
+"""Training: the Lightning module, checkpoints, evaluation and method comparison."""
