@@ -1,0 +1,134 @@
+"""Single-modality predictor: raw patch in, class probabilities out, nothing else needed.
+
+A :class:`Predictor` bundles one modality's trained branch with the normalisation
+statistics and the facts inference needs (band order, classes, colours, patch and pixel
+size). It is what ``discomkd_geo.load_predictor`` returns and what
+``discomkd-geo export`` writes, and the only thing the inference engine relies on.
+"""
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .._io import atomic_path
+from ..data.normalization import BandStats, Normalize
+from ..errors import CheckpointError
+
+#: Identifies files written by :meth:`Predictor.save`.
+PREDICTOR_FORMAT = "discomkd_geo.predictor"
+PREDICTOR_FORMAT_VERSION = 1
+
+
+@dataclass
+class PredictorInfo:
+    """What a single-modality classifier expects and produces.
+
+    Attributes:
+        modality: modality name, e.g. ``sar``.
+        bands: band names in the order the model reads them.
+        classes: class names in logit order.
+        colors: one RGB triple per class, for colour tables and legends.
+        patch_size: side of the square window the model classifies, in pixels.
+        pixel_size: ground sampling distance of the training data in metres, if known.
+        units: what the raw values are: ``dB`` (SAR backscatter) or ``dn`` (Sentinel-2
+            L1C digital numbers, reflectance x 10000).
+        method: training method that produced the branch (``discomkd``, ``mono``, ...).
+        branch_spec: keyword arguments of :func:`discomkd_geo.models.branches.build_branch`.
+    """
+
+    modality: str
+    bands: list[str]
+    classes: list[str]
+    colors: list[tuple[int, int, int]]
+    patch_size: int
+    pixel_size: float | None = None
+    units: str = "dn"
+    method: str = "discomkd"
+    branch_spec: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PredictorInfo":
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["colors"] = [tuple(int(v) for v in c) for c in data["colors"]]
+        return cls(**data)
+
+
+class Predictor(nn.Module):
+    """Normalise, run one modality's branch, return softmax probabilities.
+
+    Args:
+        branch: module mapping normalised ``(B, C, H, W)`` images to ``(B, K)`` logits.
+        stats: normalisation statistics of the modality, bands in ``info.bands`` order.
+        info: metadata; ``info.branch_spec`` must rebuild ``branch`` for :meth:`load`.
+    """
+
+    def __init__(self, branch: nn.Module, stats: BandStats, info: PredictorInfo) -> None:
+        super().__init__()
+        if list(stats.bands) != list(info.bands):
+            raise CheckpointError(
+                f"normalisation bands {stats.bands} differ from model bands {info.bands}")
+        self.info = info
+        self.stats = stats
+        self.normalize = Normalize(stats)
+        self.branch = branch
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class probabilities ``(B, K)`` of raw images ``(B, C, H, W)``."""
+        return torch.softmax(self.branch(self.normalize(x)), dim=1)
+
+    def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
+        """Write a small self-contained file (loadable with ``weights_only=True``)."""
+        payload = {
+            "format": PREDICTOR_FORMAT,
+            "version": PREDICTOR_FORMAT_VERSION,
+            "info": self.info.to_dict(),
+            "stats": self.stats.to_dict(),
+            "state_dict": {k: v.detach().cpu() for k, v in self.branch.state_dict().items()},
+        }
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            torch.save(payload, tmp)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], source: str) -> "Predictor":
+        """Rebuild a predictor from the dict :meth:`save` writes.
+
+        Raises:
+            CheckpointError: the payload is not a predictor of a known version.
+        """
+        from .branches import build_branch
+
+        if payload.get("format") != PREDICTOR_FORMAT:
+            raise CheckpointError(f"{source}: not a discomkd_geo predictor file")
+        if payload.get("version") != PREDICTOR_FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source}: predictor format version {payload.get('version')} is not "
+                f"supported (expected {PREDICTOR_FORMAT_VERSION})")
+        info = PredictorInfo.from_dict(payload["info"])
+        branch = build_branch(**info.branch_spec)
+        branch.load_state_dict(payload["state_dict"])
+        predictor = cls(branch, BandStats.from_dict(payload["stats"]), info)
+        return predictor.eval()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str],
+             map_location: str | torch.device = "cpu") -> "Predictor":
+        """Read a file written by :meth:`save`.
+
+        Raises:
+            CheckpointError: the file is unreadable or not a predictor file.
+        """
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except (OSError, RuntimeError, EOFError) as err:  # torch raises RuntimeError on junk
+            raise CheckpointError(f"{os.fspath(path)}: cannot read predictor: {err}") from err
+        if not isinstance(payload, dict):
+            raise CheckpointError(f"{os.fspath(path)}: not a discomkd_geo predictor file")
+        return cls.from_payload(payload, os.fspath(path))
