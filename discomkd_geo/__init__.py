@@ -7,4 +7,16 @@ checkpoints, and a Dask-parallel tiled engine that writes land-cover GeoTIFFs fr
 whichever modality is available.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["load_predictor"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: ``import discomkd_geo`` (and so the CLI's --help) must not import torch.
+    if name == "load_predictor":
+        from .models.predictor import load_predictor
+
+        return load_predictor
+    raise AttributeError(f"module 'discomkd_geo' has no attribute {name!r}")

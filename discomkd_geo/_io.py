@@ -21,9 +21,9 @@ def check_writable(path: str | os.PathLike[str], overwrite: bool) -> Path:
     An existing empty directory counts as absent, as ``mkdir -p`` users expect.
     """
     path = Path(path)
-    if not overwrite and path.exists():
-        if not (path.is_dir() and not any(path.iterdir())):
-            raise OutputExistsError(path)
+    empty_dir = path.is_dir() and not any(path.iterdir())
+    if not overwrite and path.exists() and not empty_dir:
+        raise OutputExistsError(path)
     return path
 
 

@@ -27,8 +27,10 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="discomkd-geo")
 def main() -> None:
-    """DisCoM-KD for Sentinel-2 / Sentinel-1: train once on paired data, map land cover
-    from whichever modality is available.
+    """DisCoM-KD for Sentinel-2 / Sentinel-1 land-cover mapping.
+
+    Train every single-modality classifier at once on paired MS/SAR data, then map land
+    cover from whichever modality is available.
     """
 
 

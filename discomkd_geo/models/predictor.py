@@ -132,3 +132,66 @@ class Predictor(nn.Module):
         if not isinstance(payload, dict):
             raise CheckpointError(f"{os.fspath(path)}: not a discomkd_geo predictor file")
         return cls.from_payload(payload, os.fspath(path))
+
+
+#: Key under which training checkpoints carry what :func:`load_predictor` needs.
+CHECKPOINT_KEY = "discomkd_geo"
+
+
+def _checkpoint_payload(ckpt: dict[str, Any], modality: str, source: str) -> dict[str, Any]:
+    """Cut one modality's predictor payload out of a training checkpoint.
+
+    Training checkpoints hold ``ckpt[CHECKPOINT_KEY]["predictors"][modality]`` =
+    ``{"info": ..., "stats": ..., "prefix": ...}``, where ``prefix`` selects the
+    branch's weights in ``ckpt["state_dict"]``.
+    """
+    predictors = ckpt[CHECKPOINT_KEY].get("predictors", {})
+    if modality not in predictors:
+        raise CheckpointError(
+            f"{source}: no {modality!r} branch in this checkpoint "
+            f"(it has: {', '.join(sorted(predictors)) or 'none'})")
+    entry = predictors[modality]
+    prefix = entry["prefix"]
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    return {"format": PREDICTOR_FORMAT, "version": PREDICTOR_FORMAT_VERSION,
+            "info": entry["info"], "stats": entry["stats"], "state_dict": state}
+
+
+def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
+                   map_location: str | torch.device = "cpu") -> Predictor:
+    """Load a single-modality predictor from a training checkpoint or an exported file.
+
+    Args:
+        path: a training checkpoint (``.ckpt``), a training run directory (its
+            ``checkpoints/best-<modality>.ckpt`` is used, the paper's per-modality model
+            selection), or a file written by ``discomkd-geo export``.
+        modality: the branch to load; may be omitted for exported (single-branch) files.
+        map_location: device to load the weights on.
+
+    Raises:
+        CheckpointError: unreadable file, or no such modality in it.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        if modality is None:
+            raise CheckpointError(f"{path}: a run directory needs a modality to pick a checkpoint")
+        path = os.path.join(path, "checkpoints", f"best-{modality}.ckpt")
+    try:
+        # Training checkpoints hold optimiser and callback states too: trusted files only.
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except FileNotFoundError as err:
+        raise CheckpointError(f"{path}: checkpoint not found") from err
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {err}") from err
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: not a discomkd_geo checkpoint or predictor file")
+    if CHECKPOINT_KEY in payload:
+        if modality is None:
+            raise CheckpointError(f"{path}: a training checkpoint needs a modality "
+                                  f"(one of {sorted(payload[CHECKPOINT_KEY]['predictors'])})")
+        payload = _checkpoint_payload(payload, modality, path)
+    predictor = Predictor.from_payload(payload, path)
+    if modality is not None and predictor.info.modality != modality:
+        raise CheckpointError(f"{path}: holds the {predictor.info.modality!r} branch, "
+                              f"not {modality!r}")
+    return predictor.to(map_location)
