@@ -34,6 +34,82 @@ def main() -> None:
     """
 
 
+# --------------------------------------------------------------------------- train
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config (configs/eurosat_ms_sar.yaml: the paper's settings).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset root (overrides data.root).")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory for checkpoints, logs, plots and metrics.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory.")
+@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoints/last.ckpt.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
+          overrides: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool) -> None:
+    """Train DisCoM-KD (or a baseline: --set method=mono) and test each modality."""
+    from .config import load_config
+
+    extra = (f"data.root={data_root}",) if data_root is not None else ()
+    config = load_config(config_path, overrides + extra)
+    from .training.train import train as run_training
+
+    result = run_training(config, run_dir, overwrite=overwrite, resume=resume,
+                          progress=not quiet)
+    for m, metrics in result.metrics.items():
+        click.echo(f"{m}: test weighted F1 {metrics['f1_weighted']:.4f}, "
+                   f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
+                   f"({result.checkpoints[m]})")
+    click.echo(f"run directory: {result.run_dir}")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training checkpoint, run directory or exported predictor.")
+@click.option("--modality", required=True, help="Branch to evaluate, e.g. sar.")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset root (default: the one recorded in the checkpoint).")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str,
+             as_json: bool) -> None:
+    """Score one modality's classifier on a dataset split, as deployed (raw input)."""
+    import json
+
+    from .training.evaluate import evaluate as run_evaluation
+
+    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        click.echo(f"{modality} {split}: weighted F1 {metrics['f1_weighted']:.4f}, "
+                   f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
+                   f"on {metrics['samples']} samples")
+
+
+@main.command()
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
+              help="Training checkpoint or run directory.")
+@click.option("--modality", required=True, help="Branch to export, e.g. sar.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
+    """Write one modality's predictor to a small self-contained file for deployment."""
+    from ._io import check_writable
+
+    check_writable(output, overwrite)
+    from .models.predictor import load_predictor
+
+    predictor = load_predictor(checkpoint, modality)
+    predictor.save(output, overwrite=overwrite)
+    size = output.stat().st_size / 2**20
+    click.echo(f"{output}: {modality} predictor, {len(predictor.info.bands)} bands "
+               f"{predictor.info.bands}, {len(predictor.info.classes)} classes, {size:.1f} MiB")
+
+
 # --------------------------------------------------------------------------- synth
 @main.group(cls=_Group)
 def synth() -> None:

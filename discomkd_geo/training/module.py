@@ -1,0 +1,206 @@
+"""Lightning tasks: DisCoM-KD and the shared machinery every training method uses.
+
+Sits between the CLI (``discomkd-geo train``) and the model/data layers. Following
+TorchGeo's trainers, a task is thin: the model comes from :mod:`discomkd_geo.models`,
+the loss from :mod:`discomkd_geo.models.losses`; the task wires them to batches, logs
+every loss term, evaluates each modality's own classifier every epoch (weighted F1,
+macro F1, overall accuracy, as in Ienco & Fraga Dantas, 2024) and writes into every
+checkpoint what :func:`~discomkd_geo.models.predictor.load_predictor` needs.
+"""
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+)
+
+from ..config import Config, from_dict
+from ..data.normalization import BandStats
+from ..models.discomkd import DisCoMKD
+from ..models.grl import dann_lambda
+from ..models.losses import DisCoMKDLoss
+from ..models.predictor import CHECKPOINT_KEY, PredictorInfo
+
+
+def _metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "f1_weighted": MulticlassF1Score(num_classes, average="weighted"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+            "oa": MulticlassAccuracy(num_classes, average="micro"),
+        },
+        prefix=prefix,
+    )
+
+
+class MultiModalTask(L.LightningModule):
+    """Base of every training method: per-modality evaluation and self-describing checkpoints.
+
+    Subclasses build ``self.model`` (which must offer ``branch(m)`` and
+    ``branch_spec(m)`` for every modality it can predict alone) and implement
+    :meth:`compute_losses`.
+
+    Args:
+        config: the experiment configuration, as ``Config.to_dict()``.
+        data_info: facts from the DataModule: ``modalities`` (bands per modality),
+            ``stats`` (``BandStats.to_dict()`` per modality), ``classes``, ``colors``,
+            ``patch_size``, ``pixel_size``, ``units``.
+    """
+
+    #: Name recorded in the predictors this task produces.
+    method = "discomkd"
+
+    def __init__(self, config: dict[str, Any], data_info: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config: Config = from_dict(config)
+        self.modalities: dict[str, list[str]] = dict(data_info["modalities"])
+        self.classes: list[str] = list(data_info["classes"])
+        self.model = self.build_model()
+        k = len(self.classes)
+        self.val_metrics = nn.ModuleDict({m: _metrics(k, f"val/{m}/") for m in self.modalities})
+        self.test_metrics = nn.ModuleDict({m: _metrics(k, f"test/{m}/")
+                                           for m in self.modalities})
+        self.test_confusion = nn.ModuleDict({m: MulticlassConfusionMatrix(k)
+                                             for m in self.modalities})
+
+    # -- to implement ---------------------------------------------------------------
+    def build_model(self) -> nn.Module:
+        """Construct the network from ``self.config`` and ``self.modalities``."""
+        raise NotImplementedError
+
+    def compute_losses(self, images: dict[str, Tensor],
+                       labels: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Loss terms of one training batch; ``"loss"`` is the one optimised."""
+        raise NotImplementedError
+
+    # -- shared ---------------------------------------------------------------------
+    @property
+    def predictable_modalities(self) -> list[str]:
+        """Modalities that have a single-modality classifier (all, for DisCoM-KD)."""
+        return list(self.modalities)
+
+    @staticmethod
+    def split_batch(batch: dict[str, Any],
+                    modalities: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Images and labels per modality from a DataModule batch (see the data contract)."""
+        return ({m: batch[f"image_{m}"] for m in modalities},
+                {m: batch[f"label_{m}"] for m in modalities})
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Optimise the method's loss; log every term."""
+        images, labels = self.split_batch(batch, list(self.modalities))
+        losses = self.compute_losses(images, labels)
+        batch_size = next(iter(labels.values())).shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()},
+                      on_step=False, on_epoch=True, batch_size=batch_size)
+        return losses["loss"]
+
+    def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict,
+                  confusion: nn.ModuleDict | None = None) -> None:
+        images, labels = self.split_batch(batch, self.predictable_modalities)
+        for m in self.predictable_modalities:
+            preds = self.model.branch(m)(images[m]).argmax(dim=1)
+            metrics[m].update(preds, labels[m])
+            if confusion is not None:
+                confusion[m].update(preds, labels[m])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Update each modality's metrics with its own classifier's predictions."""
+        self._evaluate(batch, self.val_metrics)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log and reset the per-modality validation metrics."""
+        for m in self.predictable_modalities:
+            self.log_dict(self.val_metrics[m].compute())
+            self.val_metrics[m].reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Update test metrics and confusion matrices."""
+        self._evaluate(batch, self.test_metrics, self.test_confusion)
+
+    def on_test_epoch_end(self) -> None:
+        """Log and reset the per-modality test metrics (confusion kept for plotting)."""
+        for m in self.predictable_modalities:
+            self.log_dict(self.test_metrics[m].compute())
+            self.test_metrics[m].reset()
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """Adam, as the paper (lr 1e-4 there)."""
+        return torch.optim.Adam(self.parameters(), lr=self.config.optim.lr,
+                                weight_decay=self.config.optim.weight_decay)
+
+    def predictor_info(self, modality: str) -> PredictorInfo:
+        """What a single-modality predictor of ``modality`` needs besides weights."""
+        info = self.hparams["data_info"]
+        return PredictorInfo(
+            modality=modality,
+            bands=list(self.modalities[modality]),
+            classes=self.classes,
+            colors=[tuple(c) for c in info["colors"]],
+            patch_size=int(info["patch_size"]),
+            pixel_size=info["pixel_size"],
+            units=info["units"][modality],
+            method=self.method,
+            branch_spec=self.model.branch_spec(modality),
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Make the checkpoint self-describing (see ``load_predictor``)."""
+        names = {id(mod): name for name, mod in self.named_modules()}
+        checkpoint[CHECKPOINT_KEY] = {
+            "version": 1,
+            "method": self.method,
+            "config": self.config.to_dict(),
+            "predictors": {
+                m: {
+                    "info": self.predictor_info(m).to_dict(),
+                    "stats": BandStats.from_dict(self.hparams["data_info"]["stats"][m]).to_dict(),
+                    "prefix": names[id(self.model.branch(m))] + ".",
+                }
+                for m in self.predictable_modalities
+            },
+        }
+
+
+class DisCoMKDTask(MultiModalTask):
+    """DisCoM-KD (Ienco & Fraga Dantas, 2024): all single-modality classifiers at once.
+
+    The GRL coefficient is constant or follows the DANN ramp over training progress
+    (``loss.grl_schedule``).
+    """
+
+    method = "discomkd"
+
+    def build_model(self) -> nn.Module:
+        """A :class:`~discomkd_geo.models.discomkd.DisCoMKD` over the configured modalities."""
+        mc = self.config.model
+        return DisCoMKD({m: len(b) for m, b in self.modalities.items()}, len(self.classes),
+                        backbone=mc.backbone, width=mc.width, weights=mc.weights)
+
+    def grl_lambda(self) -> float:
+        """GRL coefficient at the current training progress."""
+        lc = self.config.loss
+        if lc.grl_schedule == "constant":
+            return lc.grl_lambda
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return dann_lambda(self.global_step / total, lc.grl_lambda)
+
+    def compute_losses(self, images: dict[str, Tensor],
+                       labels: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The five DisCoM-KD terms, weighted as configured."""
+        lam = self.grl_lambda()
+        self.log("train/grl_lambda", lam, on_step=False, on_epoch=True)
+        return self.criterion(self.model(images, grl_lambda=lam), labels)
+
+    def setup(self, stage: str) -> None:
+        """Build the criterion (kept out of ``__init__`` so it holds no state to save)."""
+        lc = self.config.loss
+        self.criterion = DisCoMKDLoss(cl=lc.cl, adv=lc.adv, mod=lc.mod, aux=lc.aux,
+                                      perp=lc.perp, orthogonality=lc.orthogonality)
