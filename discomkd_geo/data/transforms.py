@@ -1,0 +1,179 @@
+"""Kornia batch augmentations for normalised multispectral and SAR patches.
+
+The authors' public code (Ienco & Fraga Dantas, 2024) augments with random flips,
+random 90-degree rotations and colour jitter. RGB colour jitter (hue, saturation) has
+no meaning for 13 Sentinel-2 bands or for SAR backscatter, so intensity jitter here is
+physical per modality:
+
+* reflectance (MS): a per-band multiplicative gain and additive offset
+  (:class:`RandomBandGainOffset`), like illumination and calibration differences;
+* SAR: an additive shift in dB, common to both polarisations plus a smaller
+  per-polarisation part (:class:`RandomDecibelShift`), like incidence-angle and
+  calibration differences. It is applied after normalisation, so the dB shift is divided
+  by each band's normalisation scale.
+
+Everything is an ``nn.Module`` working on batched ``(B, C, H, W)`` tensors on the batch's
+device. :class:`MultiModalAugmentation` applies them to a DataModule batch after
+normalisation (training only); for paired batches the geometric draw of the first
+modality is replayed on the others (Kornia's ``params=``), so pairs stay aligned.
+"""
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kornia.augmentation as K
+import torch
+from torch import Tensor, nn
+
+from ..config import AugmentConfig
+from .normalization import BandStats
+
+
+class RandomBandGainOffset(K.IntensityAugmentationBase2D):
+    """Per-band gain and offset jitter for normalised reflectance: ``x * g_c + o_c``.
+
+    Args:
+        gain: range of the multiplicative factor drawn per sample and band.
+        offset: range of the additive offset (normalised units) per sample and band.
+        p: probability of jittering each sample.
+        keepdim: keep a ``(C, H, W)`` input unbatched.
+    """
+
+    def __init__(self, gain: tuple[float, float] = (0.9, 1.1),
+                 offset: tuple[float, float] = (-0.05, 0.05), p: float = 0.5,
+                 keepdim: bool = False) -> None:
+        super().__init__(p=p, keepdim=keepdim)
+        self.flags = {"gain": gain, "offset": offset}
+
+    def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """Draw one gain and one offset per sample and band."""
+        b, c = batch_shape[:2]
+        gain = torch.empty(b, c).uniform_(*self.flags["gain"])
+        offset = torch.empty(b, c).uniform_(*self.flags["offset"])
+        return {"gain": gain, "offset": offset}
+
+    def apply_transform(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any],
+                        transform: Tensor | None = None) -> Tensor:
+        """``input * gain + offset`` per band, in the input's dtype and device."""
+        gain = params["gain"].to(input)[..., None, None]
+        offset = params["offset"].to(input)[..., None, None]
+        return input * gain + offset
+
+
+class RandomDecibelShift(K.IntensityAugmentationBase2D):
+    """Additive backscatter shift in dB for normalised SAR bands.
+
+    Each jittered sample gets one shift common to all polarisations plus a smaller one
+    per polarisation (cross-pol calibration varies on its own). The shift is expressed in
+    dB and converted to normalised units with the bands' normalisation scale (dB per unit),
+    so ``shift_db=1`` means 1 dB whatever the statistics.
+
+    Args:
+        scale: per band, the normalisation scale in dB (``BandStats.scale``); 1 for raw dB.
+        shift_db: the common shift is drawn in ``[-shift_db, shift_db]`` dB.
+        band_shift_db: the per-polarisation shift is drawn in ``[-band_shift_db, band_shift_db]``.
+        p: probability of jittering each sample.
+        keepdim: keep a ``(C, H, W)`` input unbatched.
+    """
+
+    def __init__(self, scale: Sequence[float], shift_db: float = 1.0,
+                 band_shift_db: float = 0.5, p: float = 0.5, keepdim: bool = False) -> None:
+        super().__init__(p=p, keepdim=keepdim)
+        self.flags = {"shift_db": shift_db, "band_shift_db": band_shift_db}
+        # A zero scale is treated as 1, as Normalize does.
+        self.register_buffer("scale", torch.tensor([s if s > 0 else 1.0 for s in scale]))
+
+    def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """Draw a common and a per-band shift (dB) per sample."""
+        b, c = batch_shape[:2]
+        common = torch.empty(b, 1).uniform_(-self.flags["shift_db"], self.flags["shift_db"])
+        per_band = torch.empty(b, c).uniform_(-self.flags["band_shift_db"],
+                                              self.flags["band_shift_db"])
+        return {"shift_db": common + per_band}
+
+    def apply_transform(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any],
+                        transform: Tensor | None = None) -> Tensor:
+        """Add the shift divided by each band's scale."""
+        shift = params["shift_db"].to(input) / self.scale.to(input)
+        return input + shift[..., None, None]
+
+
+def geometric_augmentation(config: AugmentConfig) -> K.AugmentationSequential:
+    """Flips and 90-degree rotations as configured, exact on square patches.
+
+    The rotation count is drawn uniformly from {-1, 0, 1, 2} quarter turns (Kornia
+    rounds a uniform draw in ``times``) and resampled with nearest neighbour, so pixel
+    values are moved, never interpolated.
+    """
+    augs: list[nn.Module] = []
+    if config.flips:
+        augs += [K.RandomHorizontalFlip(p=config.p), K.RandomVerticalFlip(p=config.p)]
+    if config.rot90:
+        augs.append(K.RandomRotation90(times=(-1.5, 2.5), resample="nearest", p=config.p))
+    return K.AugmentationSequential(*augs)
+
+
+def intensity_augmentation(units: str, config: AugmentConfig,
+                           stats: BandStats | None = None) -> nn.Module:
+    """The intensity jitter that suits a modality's raw units, or identity if disabled.
+
+    Args:
+        units: ``dn`` (reflectance) or ``dB`` (SAR backscatter).
+        config: augmentation settings.
+        stats: normalisation statistics of the modality; for ``dB`` their scale turns
+            dB shifts into normalised units (``None``: the images are raw dB).
+
+    Raises:
+        ValueError: unknown ``units``.
+    """
+    if not config.intensity:
+        return nn.Identity()
+    if units == "dn":
+        return RandomBandGainOffset(p=config.p)
+    if units == "dB":
+        scale = stats.scale if stats is not None else [1.0]
+        return RandomDecibelShift(scale, p=config.p)
+    raise ValueError(f"no intensity augmentation for units {units!r}")
+
+
+class MultiModalAugmentation(nn.Module):
+    """Augment the ``image_<m>`` entries of a batch; labels and other keys pass through.
+
+    Args:
+        units: units of each modality's raw values (``dn`` or ``dB``), by modality name.
+        config: augmentation settings (``AugmentConfig``).
+        stats: normalisation statistics per modality (for the SAR dB-to-normalised scale).
+    """
+
+    def __init__(self, units: Mapping[str, str], config: AugmentConfig,
+                 stats: Mapping[str, BandStats] | None = None) -> None:
+        super().__init__()
+        self.share_geometry = config.share_geometry
+        self.geometric = nn.ModuleDict({m: geometric_augmentation(config) for m in units})
+        self.intensity = nn.ModuleDict({
+            m: intensity_augmentation(u, config, None if stats is None else stats[m])
+            for m, u in units.items()
+        })
+
+    def forward(self, batch: dict[str, Any], paired: bool) -> dict[str, Any]:
+        """Augment a batch (a new dict; the input is not modified).
+
+        Args:
+            batch: ``image_<m>`` tensors of shape ``(B, C, H, W)`` for every modality.
+            paired: the modalities' samples are aligned pairs; with ``share_geometry``
+                every modality then gets the first modality's geometric draw.
+
+        Returns:
+            The batch with augmented images, same shapes and dtypes.
+        """
+        out = dict(batch)
+        shared_params = None
+        for m, geometric in self.geometric.items():
+            image = batch[f"image_{m}"]
+            if paired and self.share_geometry and shared_params is not None:
+                image = geometric(image, params=shared_params)
+            else:
+                image = geometric(image)
+                shared_params = geometric._params
+            out[f"image_{m}"] = self.intensity[m](image)
+        return out
