@@ -145,3 +145,29 @@ def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
 
     summary = make_scene(out, size=size, seed=seed, overwrite=overwrite)
     click.echo(summary)
+
+
+# --------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("demo_out"), show_default=True, help="Output directory.")
+@click.option("--per-class", type=click.IntRange(min=4), default=150, show_default=True,
+              help="Synthetic training images per class.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="Training config (default: the checkout's configs/demo.yaml).")
+@click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder with the demo sar.tif and truth.tif (default: tiles/demo).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out: Path, per_class: int, seed: int, config_path: Path | None, tiles: Path | None,
+         overrides: tuple[str, ...], overwrite: bool, quiet: bool) -> None:
+    """Train on synthetic EuroSat-MS-SAR, map the demo scene from SAR alone, score it."""
+    from . import demo as demo_module
+
+    demo_module.run_demo(out, overwrite=overwrite,
+                         config_path=config_path or demo_module.DEMO_CONFIG,
+                         tiles=tiles or demo_module.DEMO_TILES, per_class=per_class,
+                         seed=seed, overrides=overrides, progress=not quiet, echo=click.echo)

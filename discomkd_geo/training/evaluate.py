@@ -1,0 +1,114 @@
+"""Score one deployed single-modality predictor on a EuroSat-MS-SAR split.
+
+Sits beside :mod:`~discomkd_geo.training.train`: where training tests the Lightning
+model, this goes through exactly what a user deploys, :func:`~discomkd_geo.load_predictor`
+on raw images, so it also checks that the checkpoint is self-describing (bands,
+normalisation, classes). The split settings are read from the training config the
+checkpoint carries, so ``test`` means the same images as during training.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from torchmetrics.functional.classification import (
+    multiclass_accuracy,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+)
+from tqdm.auto import tqdm
+
+from ..config import Config, DataConfig, from_dict
+from ..data.eurosat import EuroSATMSSAR
+from ..errors import CheckpointError, ConfigError
+from ..models.predictor import CHECKPOINT_KEY, Predictor, load_predictor
+
+
+def training_config(checkpoint: str | os.PathLike[str]) -> Config | None:
+    """The training config recorded with a checkpoint, or ``None`` for exported files.
+
+    Args:
+        checkpoint: run directory (its ``config.yaml``), training ``.ckpt`` or exported file.
+    """
+    path = Path(checkpoint)
+    if path.is_dir():
+        with open(path / "config.yaml") as f:
+            return from_dict(yaml.safe_load(f))
+    # Training checkpoints are trusted pickles (optimiser states); see load_predictor.
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if isinstance(payload, dict) and CHECKPOINT_KEY in payload:
+        return from_dict(payload[CHECKPOINT_KEY]["config"])
+    return None
+
+
+def dataset_for(predictor: Predictor, data: DataConfig, split: str,
+                source: str) -> EuroSATMSSAR:
+    """The split of ``data`` holding the predictor's modality with its bands, in its order.
+
+    Raises:
+        CheckpointError: the dataset does not provide the predictor's modality or bands.
+    """
+    m = predictor.info.modality
+    try:
+        return EuroSATMSSAR(data.root or "data", split=split, modalities=(m,),
+                            bands={m: predictor.info.bands}, layout=data.layout,
+                            split_mode=data.split, split_seed=data.split_seed)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: the {m} branch does not fit the dataset at "
+                              f"{data.root}: {err}") from err
+
+
+@torch.inference_mode()
+def evaluate(checkpoint: str | os.PathLike[str], modality: str,
+             data_root: str | os.PathLike[str] | None = None, split: str = "test",
+             batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+    """Weighted F1 (the paper's metric), macro F1 and overall accuracy of one branch.
+
+    Args:
+        checkpoint: run directory, training checkpoint or exported predictor.
+        modality: the branch to score, e.g. ``sar``.
+        data_root: dataset root; default: the one recorded in the training config.
+        split: ``train``, ``val`` or ``test``.
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Returns:
+        ``modality``, ``split``, ``samples``, ``f1_weighted``, ``f1_macro``, ``oa``,
+        ``confusion`` (rows: true class, columns: predicted) and ``classes``.
+
+    Raises:
+        CheckpointError: unreadable checkpoint, missing modality, or bands the data lacks.
+        ConfigError: no data root given and none recorded.
+    """
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    predictor = load_predictor(checkpoint, modality, map_location=device)
+    config = training_config(checkpoint) or Config()
+    data = config.data
+    if data_root is not None:
+        data.root = os.fspath(data_root)
+    if data.root is None:
+        raise ConfigError("data.root", "no dataset root recorded; pass --data-root")
+    dataset = dataset_for(predictor, data, split, os.fspath(checkpoint))
+    if list(dataset.classes) != list(predictor.info.classes):
+        raise CheckpointError(f"{checkpoint}: classes {predictor.info.classes} differ from "
+                              f"the dataset's {list(dataset.classes)}")
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
+    preds, targets = [], []
+    for batch in tqdm(loader, desc=f"evaluate {modality}", disable=not progress):
+        preds.append(predictor(batch[f"image_{modality}"].to(device)).argmax(dim=1).cpu())
+        targets.append(batch["label"])
+    pred, target = torch.cat(preds), torch.cat(targets)
+    k = len(predictor.info.classes)
+    return {
+        "modality": modality,
+        "split": split,
+        "samples": int(target.numel()),
+        "f1_weighted": float(multiclass_f1_score(pred, target, k, average="weighted")),
+        "f1_macro": float(multiclass_f1_score(pred, target, k, average="macro")),
+        "oa": float(multiclass_accuracy(pred, target, k, average="micro")),
+        "confusion": multiclass_confusion_matrix(pred, target, k).tolist(),
+        "classes": list(predictor.info.classes),
+    }
