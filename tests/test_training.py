@@ -1,0 +1,129 @@
+"""Training runner, self-describing checkpoints, evaluate/export CLI, config errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from discomkd_geo import load_predictor
+from discomkd_geo.cli import main
+from discomkd_geo.config import load_config
+from discomkd_geo.data.normalization import Normalize
+from discomkd_geo.errors import CheckpointError
+from discomkd_geo.training.evaluate import evaluate
+from discomkd_geo.training.module import DisCoMKDTask
+from discomkd_geo.training.train import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY = (
+    "model.backbone=small_cnn",
+    "model.width=8",
+    "data.batch_size=16",
+    "data.num_workers=0",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
+    "optim.lr=0.003",
+)
+
+
+@pytest.fixture(scope="module")
+def run_dir(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    config = load_config(None, (*TINY, f"data.root={eurosat_root}"))
+    out = tmp_path_factory.mktemp("train") / "run"
+    result = train(config, out, progress=False)
+    assert set(result.metrics) == {"ms", "sar"}
+    return out
+
+
+def test_run_directory_holds_everything(run_dir: Path) -> None:
+    for m in ("ms", "sar"):
+        assert (run_dir / "checkpoints" / f"best-{m}.ckpt").is_file()
+        assert (run_dir / "plots" / f"confusion_{m}.png").stat().st_size > 1000
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    for name in ("losses.png", "f1.png"):
+        assert (run_dir / "plots" / name).stat().st_size > 1000
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["sar"]["f1_weighted"] <= 1.0
+    log = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0]
+    for term in ("cl", "adv", "mod", "aux", "perp"):  # every loss term is logged
+        assert f"train/{term}" in log
+
+
+@pytest.mark.parametrize("modality", ["ms", "sar"])
+def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) -> None:
+    ckpt = run_dir / "checkpoints" / f"best-{modality}.ckpt"
+    task = DisCoMKDTask.load_from_checkpoint(ckpt, map_location="cpu").eval()
+    predictor = load_predictor(run_dir, modality)
+    bands = predictor.info.bands
+    assert bands == task.modalities[modality]
+    raw = torch.rand(4, len(bands), 64, 64) * (3000 if modality == "ms" else -25)
+    with torch.no_grad():
+        expected = torch.softmax(task.model.branch(modality)(Normalize(predictor.stats)(raw)), 1)
+        assert torch.equal(predictor(raw), expected)
+    info = predictor.info
+    assert info.patch_size == 64 and info.pixel_size == 10.0
+    assert len(info.classes) == len(info.colors) == 10
+    assert info.units == ("dB" if modality == "sar" else "dn")
+
+
+def test_evaluate_matches_lightning_test(run_dir: Path) -> None:
+    """The deployed predictor on raw files scores exactly what training's test step saw."""
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(run_dir),
+                                       "--modality", "sar", "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    assert scored["samples"] == sum(map(sum, scored["confusion"])) > 0
+    assert scored["f1_weighted"] == pytest.approx(metrics["sar"]["f1_weighted"], abs=1e-5)
+    assert scored["oa"] == pytest.approx(metrics["sar"]["oa"], abs=1e-5)
+
+
+def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sar.pt"
+    args = ["export", "--checkpoint", str(run_dir), "--modality", "sar", "-o", str(out)]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert out.stat().st_size < (run_dir / "checkpoints" / "best-sar.ckpt").stat().st_size
+    raw = torch.randn(3, 2, 64, 64) * 5 - 12
+    with torch.no_grad():
+        assert torch.equal(load_predictor(out)(raw), load_predictor(run_dir, "sar")(raw))
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code != 0
+    assert "already exists" in again.output and str(out) in again.output
+
+
+def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
+    ckpt = run_dir / "checkpoints" / "best-sar.ckpt"
+    with pytest.raises(CheckpointError, match="no 'rgb' branch.*it has: ms, sar"):
+        load_predictor(ckpt, "rgb")
+    result = CliRunner().invoke(main, ["evaluate", "--checkpoint", str(ckpt),
+                                       "--modality", "rgb"])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and str(ckpt) in result.output
+
+
+def test_checkpoint_of_other_bands_is_refused(run_dir: Path, tmp_path: Path,
+                                              eurosat_root: Path) -> None:
+    """A SAR model for HH/HV data cannot be scored on VV/VH files."""
+    payload = torch.load(run_dir / "checkpoints" / "best-sar.ckpt", weights_only=False)
+    entry = payload["discomkd_geo"]["predictors"]["sar"]
+    entry["info"]["bands"] = entry["stats"]["bands"] = ["HH", "HV"]
+    other = tmp_path / "hh.ckpt"
+    torch.save(payload, other)
+    with pytest.raises(CheckpointError, match=r"hh\.ckpt: the sar branch does not fit"):
+        evaluate(other, "sar", data_root=eurosat_root)
+
+
+@pytest.mark.parametrize(("override", "key"), [
+    ("model.widht=3", "model.widht"),
+    ("trainer.max_epochs=many", "trainer.max_epochs"),
+    ("loss.orthogonality=cosine", "loss.orthogonality"),
+])
+def test_config_errors_name_the_key(override: str, key: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["train", "--config", str(CONFIGS / "demo.yaml"),
+                                       "--set", override, "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1
+    assert key in result.output and result.output.count("\n") == 1
+    assert not (tmp_path / "r").exists()
