@@ -116,3 +116,12 @@ def test_zero_weight_terms_are_still_reported() -> None:
     assert set(losses) == {"loss", "cl", "adv", "mod", "aux", "perp"}
     assert losses["loss"].item() == pytest.approx(losses["cl"].item())
     assert losses["perp"].item() > 0
+
+
+def test_orthogonality_computed_in_float32_under_mixed_precision() -> None:
+    a = torch.randn(4, 8).to(torch.bfloat16)
+    b = torch.randn(4, 8).to(torch.bfloat16)
+    penalty = orthogonality_penalty(a, b)
+    assert penalty.dtype == torch.float32
+    expected = np.mean(_cos(a.float().numpy(), b.float().numpy()) ** 2)
+    assert penalty.item() == pytest.approx(expected, rel=1e-5)
