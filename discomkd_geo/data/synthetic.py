@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.transform import Affine, array_bounds, from_origin
+from rasterio.transform import Affine, array_bounds
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.warp import transform as transform_points
 
@@ -78,8 +78,8 @@ _SIGMA0_DB = np.array([
     [-11.0, -18.0],  # dry vegetation
     [-12.5, -21.0],  # soil: surface scattering, moisture dependent
     [-18.0, -26.0],  # asphalt: smooth, specular away from the sensor
-    [-7.0, -14.0],  # concrete
-    [-6.0, -13.0],  # tile roofs
+    [-5.0, -12.0],  # concrete: buildings, corner reflectors
+    [-4.0, -11.0],  # tile roofs: pitched roofs facing the sensor
     [-21.0, -28.0],  # water
     [-20.0, -27.0],  # turbid water
 ], dtype=np.float32)  # fmt: skip
@@ -249,8 +249,8 @@ def _industrial(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
     u, v = _frame(shape, rng)
     index, border, _ = _parcels(u, v, (10, 25), rng)
     n = index.max() + 1
-    lot = rng.choice(4, size=n, p=[0.55, 0.25, 0.1, 0.1])[index]  # roof, yard, bare, green
-    street = (border < rng.uniform(1, 2)).astype(np.float32)
+    lot = rng.choice(4, size=n, p=[0.65, 0.15, 0.1, 0.1])[index]  # roof, yard, bare, green
+    street = (border < rng.uniform(0.7, 1.5)).astype(np.float32)
     inside = 1 - street
     return _mix(shape, {"concrete": (lot == 0) * inside, "asphalt": (lot == 1) * inside + street,
                         "soil": (lot == 2) * inside, "grass": (lot == 3) * inside,
@@ -354,7 +354,7 @@ def sar_sigma0(cover: Cover, rng: np.random.Generator) -> np.ndarray:
     db += rng.normal(0, 0.5, size=db.shape)
     power = np.einsum("mp,mhw->phw", (10 ** (db / 10)).astype(np.float32), cover)
     built = cover[_BUILT].sum(0)
-    bright = rng.random(built.shape) < 0.12 * np.clip(built - 0.3, 0, None)
+    bright = rng.random(built.shape) < 0.25 * np.clip(built - 0.2, 0, None)
     boost = 10 ** (rng.uniform(6, 14, size=built.shape) / 10)
     power = power * np.where(bright, boost, 1.0)[None].astype(np.float32)
     return power + np.float32(_NOISE_FLOOR)
@@ -396,6 +396,11 @@ def _random_utm(rng: np.random.Generator) -> tuple[CRS, float, float]:
     """A UTM zone over Europe (EPSG:32631-32636) and a 10 m aligned origin in it."""
     crs = CRS.from_epsg(32631 + int(rng.integers(6)))
     return crs, 10.0 * rng.integers(30_000, 60_000), 10.0 * rng.integers(460_000, 560_000)
+
+
+def _north_up(west: float, north: float, xres: float, yres: float) -> Affine:
+    """North-up grid transform (``rasterio.transform.from_origin`` without its warning)."""
+    return Affine(xres, 0.0, west, 0.0, -yres, north)
 
 
 def _write(path: Path, array: np.ndarray, crs: CRS, transform: Affine,
@@ -449,7 +454,7 @@ def make_eurosat(out: str | os.PathLike[str], per_class: int, seed: int = 0,
             for n in range(1, per_class + 1):
                 rng = np.random.default_rng([seed, label, n])
                 crs, x0, y0 = _random_utm(rng)
-                transform = from_origin(x0, y0, EuroSATMSSAR.pixel_size,
+                transform = _north_up(x0, y0, EuroSATMSSAR.pixel_size,
                                         EuroSATMSSAR.pixel_size)
                 ms, sar = render_class(label, size, rng)
                 file = f"{name}_{n}.tif"
@@ -474,37 +479,35 @@ def make_eurosat(out: str | os.PathLike[str], per_class: int, seed: int = 0,
 def _regions(size: int, rng: np.random.Generator) -> list:
     """Voronoi land-cover regions over a ``size`` px square, in pixel coordinates.
 
-    Seeds are at least ``0.75 * size / sqrt(n)`` px apart (about 96 px), so every cell
-    holds a disc of that diameter: 64 px windows fit inside every region.
+    Seeds jitter about the centres of a grid of about 128 px cells, by at most 15% of a
+    cell, so seeds are at least 70% of a cell (about 90 px) apart and 35% of a cell from
+    the edges: every region holds a disc of about 90 px inside the scene, where 64 px
+    windows fit. Linear in the number of regions, for scenes of any size.
     """
     import shapely
 
-    n = max(3, round(size**2 / 128**2))
-    spacing = 0.75 * size / np.sqrt(n)
-    points: list[np.ndarray] = []
-    while len(points) < n:
-        p = rng.uniform(0, size, size=2)
-        if all(np.hypot(*(p - q)) >= spacing for q in points):
-            points.append(p)
+    k = max(2, round(size / 128))
+    cell = size / k
+    centres = (np.stack(np.meshgrid(np.arange(k), np.arange(k)), -1).reshape(-1, 2) + 0.5)
+    points = centres * cell + rng.uniform(-0.15, 0.15, size=centres.shape) * cell
     frame = shapely.box(0, 0, size, size)
-    cells = shapely.voronoi_polygons(shapely.MultiPoint(points), extend_to=frame)
-    # keep the seed order, so classes follow the seeded draw, not GEOS's output order
-    by_seed = {next(i for i, p in enumerate(points) if c.contains(shapely.Point(p))): c
-               for c in shapely.get_parts(cells)}
-    return [by_seed[i].intersection(frame) for i in range(n)]
+    # ordered: cell i belongs to seed i, so classes follow the seeded draw
+    cells = shapely.voronoi_polygons(shapely.multipoints(points), extend_to=frame,
+                                     ordered=True)
+    return [c.intersection(frame) for c in shapely.get_parts(cells)]
 
 
 def _sar_grid(crs: CRS, transform: Affine, size: int) -> tuple[CRS, Affine, int, int]:
     """An EPSG:4326 grid over the scene whose pixels measure about 10 m x 10 m."""
     geographic = CRS.from_epsg(4326)
-    cx, cy = transform * (size / 2, size / 2)
+    cx, cy = transform @ (size / 2, size / 2)
     step = EuroSATMSSAR.pixel_size
     lon, lat = transform_points(crs, geographic, [cx, cx + step, cx], [cy, cy, cy + step])
     xres, yres = abs(lon[1] - lon[0]), abs(lat[2] - lat[0])
     west, south, east, north = transform_bounds(crs, geographic,
                                                 *array_bounds(size, size, transform))
     width, height = int(np.ceil((east - west) / xres)), int(np.ceil((north - south) / yres))
-    return geographic, from_origin(west, north, xres, yres), width, height
+    return geographic, _north_up(west, north, xres, yres), width, height
 
 
 def _margins(shape: tuple[int, int], strip: str, corner: str) -> np.ndarray:
@@ -513,8 +516,8 @@ def _margins(shape: tuple[int, int], strip: str, corner: str) -> np.ndarray:
     y, x = np.mgrid[:h, :w]
     band = {"north": y < h // 16, "south": y >= h - h // 16,
             "west": x < w // 16, "east": x >= w - w // 16}[strip]
-    cy = y if "n" == corner[0] else h - 1 - y
-    cx = x if "w" == corner[1] else w - 1 - x
+    cy = y if corner[0] == "n" else h - 1 - y
+    cx = x if corner[1] == "w" else w - 1 - x
     return band | (cx + cy < min(h, w) // 6)
 
 
@@ -522,7 +525,7 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
                overwrite: bool = False) -> str:
     """Write a co-registered MS/SAR scene pair of land-cover regions with its truth.
 
-    Random Voronoi regions (each at least about 96 px across) get EuroSAT classes and are
+    Random Voronoi regions (each at least about 90 px across) get EuroSAT classes and are
     rendered with the same generator as the EuroSat-MS-SAR patches, at the same 10 m
     scale. Files written to ``out``:
 
@@ -555,7 +558,7 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
         raise ValueError(f"size must be at least 64 px, got {size}")
     rng = np.random.default_rng([seed, 1_000_003])
     crs, x0, y0 = _random_utm(rng)
-    transform = from_origin(x0, y0, EuroSATMSSAR.pixel_size, EuroSATMSSAR.pixel_size)
+    transform = _north_up(x0, y0, EuroSATMSSAR.pixel_size, EuroSATMSSAR.pixel_size)
     cells = _regions(size, rng)
     order = rng.permutation(len(EUROSAT_CLASSES))  # every class appears once n >= 10
     codes = [int(order[i % len(order)]) for i in range(len(cells))]
@@ -567,8 +570,8 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
     ms = np.zeros((len(S2_BANDS), *shape), dtype=np.uint16)
     sigma0 = np.zeros((len(S1_BANDS), *shape), dtype=np.float32)
     for i, code in enumerate(codes):
-        rows, cols = np.nonzero(region == i)
-        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        x0, y0, x1, y1 = np.asarray(cells[i].bounds).round().astype(int)
+        box = (slice(y0, y1), slice(x0, x1))
         mask = region[box] == i
         region_rng = np.random.default_rng([seed, 1_000_003, i])
         cover = land_cover(code, mask.shape, region_rng)
@@ -579,7 +582,7 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
     sar_crs, sar_transform, width, height = _sar_grid(crs, transform, size)
     warped = np.full((len(S1_BANDS), height, width), np.nan, dtype=np.float32)
     reproject(sigma0, warped, src_transform=transform, src_crs=crs, dst_transform=sar_transform,
-              dst_crs=sar_crs, dst_nodata=np.nan, resampling=Resampling.bilinear)
+              dst_crs=sar_crs, dst_nodata=np.nan, resampling=Resampling.nearest)
     sar = sar_decibels(warped, np.random.default_rng([seed, 1_000_003, len(cells)]))
     sar[:, _margins((height, width), "east", "nw")] = np.nan
 
