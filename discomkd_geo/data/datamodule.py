@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ..config import DataConfig
 from ..constants import EUROSAT_COLORS
@@ -129,24 +129,22 @@ class MSSARDataModule(L.LightningDataModule):
             self.test_dataset = PairedDataset(self._eurosat("test", names), names)
 
     def _setup_scenes(self) -> None:
-        from .scenes import SceneSplits  # scenes need torchgeo's geo stack only here
+        from .scenes import SceneSplits  # the geo stack is only needed for scenes
 
         if self.train_dataset is not None:
             return
-        splits = SceneSplits(self.config.scenes, list(self.config.modalities),
-                             {m: c.bands for m, c in self.config.modalities.items()},
-                             seed=self.seed)
+        splits = SceneSplits(self.config)
         self.classes, self.colors = list(splits.classes), list(splits.colors)
         self.patch_size = self.config.scenes.patch_size
         self.pixel_size = splits.pixel_size
-        self.units = dict(splits.units)
-        self.modalities = dict(splits.bands)
-        self.train_datasets = {m: splits.train_modality(m) for m in self.modalities}
+        self.modalities = splits.bands
+        self.units = {m: splits.units[m] for m in self.modalities}
+        self.train_datasets = {m: splits.subset("train", [m]) for m in self.modalities}
         self._compute_missing_stats()
-        self.train_dataset = (splits.train() if self.config.paired
-                              else UnpairedDataset(self.train_datasets))
-        self.val_dataset = splits.val()
-        self.test_dataset = splits.test()
+        self.train_dataset = (PairedDataset(splits.subset("train"), list(self.modalities))
+                              if self.config.paired else UnpairedDataset(self.train_datasets))
+        self.val_dataset = PairedDataset(splits.subset("val"), list(self.modalities))
+        self.test_dataset = PairedDataset(splits.subset("test"), list(self.modalities))
 
     def _compute_missing_stats(self) -> None:
         """Statistics of each modality's training images not given to the constructor."""
@@ -175,25 +173,35 @@ class MSSARDataModule(L.LightningDataModule):
     def _generator(self, offset: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1000 + offset)
 
+    def epoch_size(self) -> int:
+        """Training samples per epoch.
+
+        EuroSAT: the training set (unpaired: the largest modality set); scenes:
+        ``scenes.samples_per_epoch`` windows.
+        """
+        if self.config.dataset == "scenes":
+            return self.config.scenes.samples_per_epoch
+        return max(len(ds) for ds in self.train_datasets.values())  # type: ignore[arg-type]
+
     def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled pairs, or per modality independent class-balanced draws.
 
-        An unpaired epoch has as many samples as the largest modality set; the last
-        incomplete batch is dropped when there is at least one full one (a batch of one
-        breaks batch normalisation).
+        The last incomplete batch is dropped when there is at least one full one (a
+        batch of one breaks batch normalisation).
         """
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
-        size = len(self.train_dataset)  # type: ignore[arg-type]
+        size = self.epoch_size()
         drop_last = size >= self.config.batch_size
         if self.config.paired:
-            return self._loader(self.train_dataset, shuffle=True, generator=self._generator(0),
-                                drop_last=drop_last)
-        samplers = {m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
-                    for i, (m, ds) in enumerate(self.train_datasets.items())}
-        return self._loader(self.train_dataset, sampler=UnpairedSampler(samplers),
-                            drop_last=drop_last)
+            sampler: Sampler[Any] = RandomSampler(self.train_dataset, num_samples=size,
+                                                  generator=self._generator(0))
+        else:
+            sampler = UnpairedSampler({
+                m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
+                for i, (m, ds) in enumerate(self.train_datasets.items())})
+        return self._loader(self.train_dataset, sampler=sampler, drop_last=drop_last)
 
     def val_dataloader(self) -> DataLoader[Any]:
         """Paired validation batches in a fixed order."""
