@@ -135,7 +135,7 @@ class SceneRaster(RasterDataset):
                 shape = (src.count, math.ceil(src.height / factor),
                          math.ceil(src.width / factor))
                 data = src.read(out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
-                transform = src.transform * Affine.scale(src.width / shape[2],
+                transform = src.transform @ Affine.scale(src.width / shape[2],
                                                          src.height / shape[1])
                 valid = self.valid_mask(data).astype(np.uint8)
                 shapes = [shapely.geometry.shape(g) for g, v in
@@ -215,8 +215,8 @@ def scene_dataset(ms: Sentinel2Scene, sar: Sentinel1Scene,
         An ``IntersectionDataset`` whose samples hold ``image_ms``, ``image_sar``
         (and ``mask``), ``crs`` and ``bounds``.
     """
-    pair = IntersectionDataset(ms, sar, spatial_only=True)
-    return pair if labels is None else IntersectionDataset(pair, labels, spatial_only=True)
+    pair = IntersectionDataset(ms, sar, spatial_only=False)
+    return pair if labels is None else IntersectionDataset(pair, labels, spatial_only=False)
 
 
 def majority_label(mask: Tensor, nodata: int = CLASS_NODATA) -> int:
@@ -250,7 +250,7 @@ class ScenePatches(GeoDataset):
         datasets: list[GeoDataset] = [*self.layers.values(), labels]
         joined: GeoDataset = datasets[0]
         for ds in datasets[1:]:  # generic over the modality count, unlike scene_dataset
-            joined = IntersectionDataset(joined, ds, spatial_only=True)
+            joined = IntersectionDataset(joined, ds, spatial_only=False)
         self.dataset = joined
         self.labels = labels
         self.index = joined.index
@@ -367,9 +367,15 @@ class SceneSplits:
                                   f"no scene reader; choose from {list(SCENE_LAYERS)}")
             if m not in sc.paths:
                 raise ConfigError(f"data.scenes.paths.{m}", "missing scene path")
-        layers = {m: SCENE_LAYERS[m](sc.paths[m], bands=c.bands)
-                  for m, c in config.modalities.items()}
-        self.patches = ScenePatches(layers, LandCoverRaster(sc.labels))
+        layers: dict[str, SceneRaster] = {}
+        for m, c in config.modalities.items():
+            # Later layers are read on the first one's CRS and grid (warped on the fly).
+            first = next(iter(layers.values()), None)
+            grid = {} if first is None else {"crs": first.crs, "res": first.res}
+            layers[m] = SCENE_LAYERS[m](sc.paths[m], bands=c.bands, **grid)
+        first = next(iter(layers.values()))
+        self.patches = ScenePatches(layers, LandCoverRaster(sc.labels, crs=first.crs,
+                                                            res=first.res))
         #: Band names per modality.
         self.bands = {m: list(layer.bands) for m, layer in layers.items()}
         #: Ground sampling distance of the windows in CRS units.
