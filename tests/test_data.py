@@ -67,34 +67,36 @@ def make_dataset(root: Path, layout: str, seed: int = 0) -> Path:
     return root
 
 
-@pytest.fixture(scope="module", params=["eurosat", "copernicus"])
-def root(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp(request.param), request.param)
+@pytest.fixture(params=["eurosat", "copernicus"])
+def root(request: pytest.FixtureRequest) -> Path:
+    """Synthetic EuroSat-MS-SAR (10 per class) in each published layout."""
+    return request.getfixturevalue(f"{request.param}_root")
 
 
 @pytest.fixture(scope="module")
-def eurosat(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("eurosat"), "eurosat")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tiny"), "eurosat")
 
 
 @pytest.fixture
-def broken(eurosat: Path, tmp_path: Path) -> Path:
-    """A private copy to damage."""
-    return Path(shutil.copytree(eurosat, tmp_path / "copy"))
+def broken(tiny: Path, tmp_path: Path) -> Path:
+    """A private copy of a tiny dataset to damage."""
+    return Path(shutil.copytree(tiny, tmp_path / "copy"))
 
 
 # -- EuroSATMSSAR -----------------------------------------------------------------------
 def test_pairs_ms_and_sar_by_file_name(root: Path) -> None:
     ds = EuroSATMSSAR(root, "train")
-    assert len(ds) == 21  # 70 % of 3 x 10
+    assert len(ds) == 70  # 70 % of 10 x 10
     for i in range(len(ds)):
         ms_path, sar_path = ds.paths["ms"][i], ds.paths["sar"][i]
         assert Path(ms_path).name == Path(sar_path).name == f"{ds.ids[i]}.tif"
-        assert Path(ms_path).parent.name == CLASSES[ds.targets[i]]
+        assert Path(ms_path).parent.name == EUROSAT_CLASSES[ds.targets[i]]
+        assert "s2" in ms_path or "sentinel_2" in ms_path
     sample = ds[0]
     with rasterio.open(ds.paths["sar"][0]) as src:
         assert torch.equal(sample["image_sar"], torch.from_numpy(src.read()))
-    assert sample["image_ms"].shape == (13, SIZE, SIZE)
+    assert sample["image_ms"].shape == (13, 64, 64)
     assert sample["image_ms"].dtype == sample["image_sar"].dtype == torch.float32
     assert sample["label"].dtype == torch.long and sample["id"] == ds.ids[0]
 
@@ -104,31 +106,42 @@ def test_random_split_disjoint_stratified_reproducible(root: Path) -> None:
     ids = {s: set(ds.ids) for s, ds in splits.items()}
     assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
     assert not ids["val"] & ids["test"]
-    assert len(set().union(*ids.values())) == len(CLASSES) * PER_CLASS
+    assert len(set().union(*ids.values())) == 100
     for s, expected in {"train": 7, "val": 1, "test": 2}.items():
-        assert Counter(splits[s].targets) == dict.fromkeys(range(len(CLASSES)), expected)
+        assert Counter(splits[s].targets) == dict.fromkeys(range(10), expected)
     assert EuroSATMSSAR(root, "train", split_seed=3).ids == splits["train"].ids
     assert set(EuroSATMSSAR(root, "train", split_seed=4).ids) != ids["train"]
 
 
 def test_published_split_lists(root: Path) -> None:
-    names = [f"{c}_{n}" for c in CLASSES for n in range(1, PER_CLASS + 1)]
+    lists = sorted(root.rglob("eurosat-val.txt"))
+    assert lists
+    listed = {line.removesuffix(".jpg") for line in lists[0].read_text().split()}
     ds = EuroSATMSSAR(root, "val", split_mode="published")
+    assert set(ds.ids) == listed and len(ds) == 20
+    train = EuroSATMSSAR(root, "train", split_mode="published")
+    assert not set(train.ids) & listed
+
+
+def test_published_lists_of_tiny_dataset(tiny: Path) -> None:
+    names = [f"{c}_{n}" for c in CLASSES for n in range(1, PER_CLASS + 1)]
+    ds = EuroSATMSSAR(tiny, "val", split_mode="published")
     assert sorted(ds.ids) == sorted(names[2::6])
 
 
-def test_band_selection(eurosat: Path) -> None:
-    ds = EuroSATMSSAR(eurosat, "test", modalities=("ms",), bands={"ms": ["B04", "B03", "B02"]})
+def test_band_selection(eurosat_root: Path) -> None:
+    ds = EuroSATMSSAR(eurosat_root, "test", modalities=("ms",),
+                      bands={"ms": ["B04", "B03", "B02"]})
     image = ds[1]["image_ms"]
     with rasterio.open(ds.paths["ms"][1]) as src:
         assert torch.equal(image, torch.from_numpy(src.read([4, 3, 2]).astype(np.float32)))
     assert "image_sar" not in ds[1]
     with pytest.raises(ValueError, match="B99"):
-        EuroSATMSSAR(eurosat, bands={"ms": ["B99"]})
+        EuroSATMSSAR(eurosat_root, bands={"ms": ["B99"]})
 
 
-def test_plot_returns_figure(eurosat: Path) -> None:
-    ds = EuroSATMSSAR(eurosat, "test")
+def test_plot_returns_figure(eurosat_root: Path) -> None:
+    ds = EuroSATMSSAR(eurosat_root, "test")
     fig = ds.plot({**ds[0], "prediction": torch.tensor(1)})
     assert isinstance(fig, Figure) and len(fig.axes) == 3
 
@@ -189,10 +202,10 @@ def _train_pixels(root: Path, modality: str) -> np.ndarray:
 
 
 @pytest.mark.parametrize("modality, units", [("ms", "dn"), ("sar", "dB")])
-def test_statistics_against_numpy(eurosat: Path, modality: str, units: str) -> None:
-    ds = EuroSATMSSAR(eurosat, "train", modalities=(modality,))
+def test_statistics_against_numpy(copernicus_root: Path, modality: str, units: str) -> None:
+    ds = EuroSATMSSAR(copernicus_root, "train", modalities=(modality,))
     bands = ds.bands[modality]
-    pixels = _train_pixels(eurosat, modality).transpose(1, 0, 2, 3).reshape(len(bands), -1)
+    pixels = _train_pixels(copernicus_root, modality).transpose(1, 0, 2, 3).reshape(len(bands), -1)
     pct = compute_stats(ds, modality, bands, "percentile", 2, 98, units=units, batch_size=5,
                         progress=False)
     tol = 0 if units == "dn" else 0.01  # exact on integer DN; 0.01 dB bins for SAR
@@ -287,18 +300,18 @@ def _config(root: Path, *overrides: str):
 
 
 @pytest.mark.parametrize("paired", [True, False])
-def test_datamodule_batch_contract(eurosat: Path, paired: bool) -> None:
-    dm = MSSARDataModule(_config(eurosat, f"data.paired={paired}"), seed=0)
+def test_datamodule_batch_contract(eurosat_root: Path, paired: bool) -> None:
+    dm = MSSARDataModule(_config(eurosat_root, f"data.paired={paired}"), seed=0)
     dm.setup("fit")
     assert dm.modalities == {"ms": list(S2_BANDS), "sar": ["VV", "VH"]}
     assert dm.units == {"ms": "dn", "sar": "dB"} and dm.classes == list(EUROSAT_CLASSES)
     assert dm.patch_size == 64 and dm.pixel_size == 10.0 and len(dm.colors) == 10
     batches = list(dm.train_dataloader())
-    assert len(batches) == 21 // 8  # incomplete last batch dropped
+    assert len(batches) == 70 // 8  # incomplete last batch dropped
     for batch in batches:
         out = dm.preprocess(batch, augment=True)
         for m, c in (("ms", 13), ("sar", 2)):
-            assert out[f"image_{m}"].shape == (8, c, SIZE, SIZE)
+            assert out[f"image_{m}"].shape == (8, c, 64, 64)
             assert out[f"image_{m}"].dtype == torch.float32
             assert out[f"label_{m}"].shape == (8,) and out[f"label_{m}"].dtype == torch.long
         if paired:
@@ -313,18 +326,18 @@ def test_datamodule_batch_contract(eurosat: Path, paired: bool) -> None:
     assert float(out["image_ms"].min()) >= 0.0 and float(out["image_ms"].max()) <= 1.0
 
 
-def test_datamodule_stats_from_train_split_and_test_alone(eurosat: Path) -> None:
-    config = _config(eurosat)
+def test_datamodule_stats_from_train_split_and_test_alone(tiny: Path) -> None:
+    config = _config(tiny)
     fit = MSSARDataModule(config)
     fit.setup("fit")
-    pixels = _train_pixels(eurosat, "sar").transpose(1, 0, 2, 3).reshape(2, -1)
+    pixels = _train_pixels(tiny, "sar").transpose(1, 0, 2, 3).reshape(2, -1)
     np.testing.assert_allclose(fit.stats["sar"].shift, np.percentile(pixels, 2, axis=1),
                                atol=0.01)
     test = MSSARDataModule(config)
     test.setup("test")
     assert test.stats == fit.stats and test.train_dataset is None
     assert len(next(iter(test.test_dataloader()))["label_sar"]) == 6
-    given = MSSARDataModule(_config(eurosat, "data.modalities.ms.bands=[B02]"),
+    given = MSSARDataModule(_config(tiny, "data.modalities.ms.bands=[B02]"),
                             stats=fit.stats)
     given.setup("test")
     assert given.stats["ms"].bands == ["B02"]
@@ -465,3 +478,29 @@ def test_linear_sar_converted_to_db(scene: Path, tmp_path: Path) -> None:
     ok = torch.isfinite(a)
     assert ok.any() and torch.allclose(a[ok], b[ok], atol=1e-3)
     assert torch.equal(torch.isfinite(b), ok)  # NaN nodata stays nodata
+
+
+def test_synthetic_scene_through_datamodule(scene_dir: Path) -> None:
+    """The generator's scene: SAR on EPSG:4326, nodata margins in both rasters."""
+    config = _config(scene_dir, "data.dataset=scenes", "data.paired=false",
+                     f"data.scenes.paths={{ms: {scene_dir / 'ms.tif'}, "
+                     f"sar: {scene_dir / 'sar.tif'}}}",
+                     f"data.scenes.labels={scene_dir / 'truth.tif'}",
+                     "data.scenes.patch_size=32", "data.scenes.samples_per_epoch=24")
+    dm = MSSARDataModule(config, seed=1)
+    dm.setup("fit")
+    windows = dm.train_datasets["sar"].windows
+    assert len(windows) > 20
+    with rasterio.open(scene_dir / "truth.tif") as src:
+        truth = src.read(1)
+        for query in windows:  # every kept window holds at most 10 % nodata
+            col, row = ~src.transform * (query[0].start, query[1].stop)
+            block = truth[round(row):round(row) + 32, round(col):round(col) + 32]
+            assert block.shape == (32, 32) and np.mean(block == 255) <= 0.1 + 1e-9
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3
+    for batch in batches:
+        out = dm.preprocess(batch, augment=True)
+        assert out["image_sar"].shape == (8, 2, 32, 32) and torch.isfinite(out["image_sar"]).all()
+        assert out["label_ms"].dtype == torch.long
+    assert set(dm.stats) == {"ms", "sar"} and all(s > 0 for s in dm.stats["sar"].scale)
