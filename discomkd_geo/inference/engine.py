@@ -84,7 +84,7 @@ class Plan:
             return self.grid
         rows, cols = WindowGrid(self.grid.height, self.grid.width, self.stride,
                                 self.stride).shape
-        return Grid(self.grid.crs, self.grid.transform * Affine.scale(self.stride), cols, rows)
+        return Grid(self.grid.crs, self.grid.transform @ Affine.scale(self.stride), cols, rows)
 
 
 @dataclass
@@ -437,8 +437,8 @@ def predict_lazy(predictors: Predictors, sources: Sources, *, stride: int | None
         blocks.append(block)
     rows = [blocks[i:i + columns] for i in range(0, len(blocks), columns)]
     array = da.block(rows)
-    xs, _ = grid.transform * (np.arange(grid.width) + 0.5, np.full(grid.width, 0.5))
-    _, ys = grid.transform * (np.full(grid.height, 0.5), np.arange(grid.height) + 0.5)
+    xs, _ = grid.transform @ (np.arange(grid.width) + 0.5, np.full(grid.width, 0.5))
+    _, ys = grid.transform @ (np.full(grid.height, 0.5), np.arange(grid.height) + 0.5)
     coords: dict[str, Any] = {"y": ys, "x": xs}
     dims: tuple[str, ...] = ("y", "x")
     if what == "probabilities":

@@ -84,13 +84,14 @@ class SceneSource:
         with ExitStack() as stack:
             src = stack.enter_context(rasterio.open(self.path))
             if self.warp:
-                # tolerance=0: exact transformer, so a pixel's value does not depend on the
-                # window it is read through (byte-identical output for any chunking).
+                # A negligible approximation tolerance: each pixel is transformed (almost)
+                # exactly, so its value does not depend on the window it is read through
+                # (byte-identical output for any chunking). rasterio rejects exactly 0.
                 src = stack.enter_context(WarpedVRT(
                     src, crs=self.grid.crs, transform=self.grid.transform,
                     width=self.grid.width, height=self.grid.height,
                     resampling=Resampling.bilinear, dtype="float32", nodata=np.nan,
-                    src_nodata=src.nodata, tolerance=0))
+                    src_nodata=src.nodata, tolerance=1e-9))
             masked = src.read(self.indexes, window=window, masked=True, out_dtype="float32")
         data = np.ma.getdata(masked).astype(np.float32, copy=False)
         valid = ~np.ma.getmaskarray(masked).any(axis=0) & np.isfinite(data).all(axis=0)
