@@ -226,7 +226,7 @@ def test_adam_steps_lower_the_loss() -> None:
     criterion = DisCoMKDLoss()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []
-    for _ in range(15):
+    for _ in range(10):
         opt.zero_grad()
         losses = criterion(model(images), labels)
         losses["loss"].backward()

@@ -60,7 +60,9 @@ def orthogonality_penalty(a: Tensor, b: Tensor, mode: Orthogonality = "squared")
     Raises:
         ConfigError: unknown mode.
     """
-    cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(dim=1)
+    # At least float32: under mixed precision the embeddings may be half/bfloat16.
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    cos = (F.normalize(a.to(dtype), dim=1) * F.normalize(b.to(dtype), dim=1)).sum(dim=1)
     if mode == "squared":
         return cos.square().mean()
     if mode == "abs":
