@@ -128,7 +128,7 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     pixel; modalities are then averaged where they have a value.
     """
     classes = len(next(iter(predictors.values())).info.classes)
-    total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
+    total: np.ndarray | None = None
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
     for modality, source in plan.sources.items():
         predictor = predictors[modality]
@@ -150,12 +150,13 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
         if plan.coarse:
             mean, ok = probs.transpose(2, 0, 1).astype(np.float64), done
         else:
-            summed, count = accumulate(probs, done, grid, rows, cols, chunk)
-            mean = summed / np.maximum(count, 1)
+            mean, count = accumulate(probs, done, grid, rows, cols, chunk)
+            mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
             ok = (count > 0) & valid[relative_slices(chunk, read)]
-        total += np.where(ok, mean, 0.0)
+        mean[:, ~ok] = 0.0
+        total = mean if total is None else total + mean
         mapped += ok
-    probs = total / np.maximum(mapped, 1)
+    probs = total / np.maximum(mapped, 1) if len(plan.sources) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
     if not plan.probabilities:
