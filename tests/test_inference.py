@@ -9,6 +9,7 @@ import rasterio
 import torch
 from click.testing import CliRunner
 from rasterio.transform import from_origin
+from rasterio.warp import transform_bounds
 from torch import nn
 
 from discomkd_geo.cli import main, rio_discomkd
@@ -130,7 +131,7 @@ def test_same_bytes_on_a_distributed_cluster(sar: Predictor, sar_scene: Path,
                                              tmp_path: Path) -> None:
     from distributed import LocalCluster
 
-    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=48)
+    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=100)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         summary = predict_to_file(sar, sar_scene, tmp_path / "cluster.tif", chunk_size=64,
@@ -187,12 +188,14 @@ def test_mostly_nodata_windows_are_skipped(sar: Predictor, tmp_path: Path) -> No
 
 
 def test_fused_modalities_on_different_grids(tmp_path: Path) -> None:
-    """MS defines the grid; SAR at 20 m is warped onto it; fusion averages probabilities."""
+    """MS defines the grid; SAR in lon/lat is warped onto it; fusion averages probabilities."""
     ms_pred = make_predictor("ms", MS_BANDS, seed=1)
     sar_pred = make_predictor("sar", list(S1_BANDS), seed=2)
     ms = write_scene(tmp_path / "ms.tif", texture(3, 96, seed=5), MS_BANDS)
-    sar = write_scene(tmp_path / "sar.tif", texture(2, 64, seed=6), list(S1_BANDS), res=20.0,
-                      origin=(ORIGIN[0] - 160, ORIGIN[1] + 160))
+    west, south, east, north = transform_bounds(CRS, "EPSG:4326", ORIGIN[0] - 200,
+                                                ORIGIN[1] - 1200, ORIGIN[0] + 1200, ORIGIN[1] + 200)
+    sar = write_scene(tmp_path / "sar.tif", texture(2, 64, seed=6), list(S1_BANDS),
+                      crs="EPSG:4326", origin=(west, north), res=(east - west) / 64)
     predictors = {"ms": ms_pred, "sar": sar_pred}
     scenes = {"ms": ms, "sar": sar}
     for size in (32, 96):
@@ -204,6 +207,22 @@ def test_fused_modalities_on_different_grids(tmp_path: Path) -> None:
         assert fused.transform == grid.transform and fused.shape == (96, 96)
     fused_p, ms_p = read(tmp_path / "fused32.p.tif"), read(tmp_path / "ms.p.tif")
     assert np.isfinite(fused_p).all() and not np.allclose(fused_p, ms_p)
+
+
+def test_generated_scene_pair_fuses_identically_for_any_chunking(tmp_path: Path) -> None:
+    """The generator's MS (UTM) / SAR (lon/lat, NaN margins) pair, warped and fused."""
+    synthetic = pytest.importorskip("discomkd_geo.data.synthetic")
+    from discomkd_geo.constants import S2_BANDS
+
+    synthetic.make_scene(tmp_path / "scene", size=256, seed=0)
+    predictors = {"ms": make_predictor("ms", list(S2_BANDS)), "sar": make_predictor(
+        "sar", list(S1_BANDS))}
+    scenes = {m: tmp_path / "scene" / f"{m}.tif" for m in predictors}
+    predict_to_file(predictors, scenes, tmp_path / "a.tif", chunk_size=100)
+    predict_to_file(predictors, scenes, tmp_path / "b.tif", chunk_size=1000, workers=2)
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    with rasterio.open(tmp_path / "a.tif") as out, rasterio.open(scenes["ms"]) as ms:
+        assert out.crs == ms.crs and out.transform == ms.transform
 
 
 def test_linear_sar_converted_to_db_and_band_mapping(sar: Predictor, tmp_path: Path) -> None:

@@ -92,7 +92,14 @@ class SceneSource:
                     width=self.grid.width, height=self.grid.height,
                     resampling=Resampling.bilinear, dtype="float32", nodata=np.nan,
                     src_nodata=src.nodata, tolerance=1e-9))
-            masked = src.read(self.indexes, window=window, masked=True, out_dtype="float32")
+            if self.warp:
+                # Band by band: GDAL's multi-band warped reads of a VRT's full extent give
+                # other values than smaller windows; single-band reads do not.
+                masked = np.ma.stack([src.read(i, window=window, masked=True,
+                                               out_dtype="float32") for i in self.indexes])
+            else:
+                masked = src.read(self.indexes, window=window, masked=True,
+                                  out_dtype="float32")
         data = np.ma.getdata(masked).astype(np.float32, copy=False)
         valid = ~np.ma.getmaskarray(masked).any(axis=0) & np.isfinite(data).all(axis=0)
         if self.sar_db:
