@@ -131,7 +131,7 @@ def test_same_bytes_on_a_distributed_cluster(sar: Predictor, sar_scene: Path,
                                              tmp_path: Path) -> None:
     from distributed import LocalCluster
 
-    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=100)
+    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=48)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         summary = predict_to_file(sar, sar_scene, tmp_path / "cluster.tif", chunk_size=64,
