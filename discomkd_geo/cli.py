@@ -278,7 +278,7 @@ def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | N
 main.add_command(predict)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("discomkd", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def rio_discomkd() -> None:
     """DisCoM-KD land-cover mapping (the discomkd-geo commands as a rio plugin)."""
 

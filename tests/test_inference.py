@@ -12,7 +12,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform_bounds
 from torch import nn
 
-from discomkd_geo.cli import main, rio_discomkd
+from discomkd_geo.cli import main
 from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS
 from discomkd_geo.data.normalization import BandStats
 from discomkd_geo.errors import InputFileError, OutputExistsError
@@ -330,8 +330,10 @@ def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
     summary = json.loads(result.output)
     assert summary["pixels"] == 160 * 144 and summary["stride"] == 8
     assert read(out).shape == (1, 160, 144) and out.with_suffix(".confidence.tif").exists()
-    # The same command through the rio plugin group, with the human summary.
-    result = CliRunner().invoke(rio_discomkd, [*args, "--overwrite", "--quiet"])
+    # The same command as `rio discomkd predict` (entry point), with the human summary.
+    from rasterio.rio.main import main_group
+
+    result = CliRunner().invoke(main_group, ["discomkd", *args, "--overwrite", "--quiet"])
     assert result.exit_code == 0, result.output
     assert "px/s" in result.output and "(nodata)" in result.output
     # One-line errors: existing output, wrong bands.
