@@ -343,3 +343,5 @@ def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, [*args[:4], str(tmp_path / "nope.tif"), *args[5:],
                                        "--overwrite"])
     assert result.exit_code == 1 and "nope.tif: no such file" in result.output
+    result = CliRunner().invoke(main, [*args, "--overwrite", "--stride", "40"])
+    assert result.exit_code == 1 and "stride 40 does not fit" in result.output

@@ -15,6 +15,7 @@ size. The predictors go to the workers once (scattered to a cluster, shared by t
 it) and returns an :class:`xarray.DataArray` with its CRS, for use in other pipelines.
 """
 
+import json
 import os
 import time
 from collections import deque
@@ -200,7 +201,8 @@ def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = 
     patch = min(p.info.patch_size for p in predictors.values())
     stride = stride or max(1, patch // 2)
     if not 0 < stride <= patch:
-        raise ValueError(f"stride must be in [1, patch size {patch}], got {stride}")
+        raise CheckpointError(f"stride {stride} does not fit the model: it must be in "
+                              f"[1, patch size {patch}] for windows to cover every pixel")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
                             probabilities)
@@ -355,7 +357,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         for cog in outputs.values():
             cog.close(keep=True)
         for path, text in ((qml_path, qgis_style(classes, colors)),
-                           (legend_path, _json(legend(classes, colors)))):
+                           (legend_path, json.dumps(legend(classes, colors), indent=2))):
             tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
             tmp.write_text(text)
 
@@ -372,12 +374,6 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         "seconds": round(seconds, 3), "pixels_per_s": round(pixels / max(seconds, 1e-9), 1),
         "histogram": {name: int(n) for name, n in zip(classes, histogram, strict=False)},
     }
-
-
-def _json(content: Any) -> str:
-    import json
-
-    return json.dumps(content, indent=2) + "\n"
 
 
 def _write(outputs: Mapping[str, CogWriter], chunk: Window, result: ChunkResult,
