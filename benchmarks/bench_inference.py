@@ -36,6 +36,10 @@ RESULTS = HERE / "results.json"
 PATCH = 64
 BATCH = 32
 CLASSES = 10
+#: Intra-op threads of every run. One: on a shared 2-core machine OpenMP's two-thread
+#: barriers stall whenever another process holds a core (measured: the same ResNet-18
+#: pass took 13.8 s with 2 threads, 1.7 s with 1, under a load average of 2.5).
+TORCH_THREADS = 1
 #: Largest scene the naive loop's memory is measured on (it holds the whole map).
 NAIVE_MAX = 4096
 
@@ -147,6 +151,9 @@ def naive_run(scene: Path, out: Path, backbone: str) -> dict:
 
 def child(kind: str, scene: str, out: str, backbone: str) -> None:
     """Subprocess entry: one run, then its wall time and peak RSS as JSON on stdout."""
+    import torch
+
+    torch.set_num_threads(TORCH_THREADS)
     if kind == "model":
         result = model_only()
     else:
@@ -159,8 +166,9 @@ def child(kind: str, scene: str, out: str, backbone: str) -> None:
 def in_subprocess(kind: str, scene: Path, out: Path, backbone: str) -> dict:
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_inference as b; "
             f"b.child({kind!r}, {str(scene)!r}, {str(out)!r}, {backbone!r})")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(TORCH_THREADS)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -177,8 +185,6 @@ def main() -> None:
     args = parser.parse_args()
     repeats = 1 if args.quick else 5
     sizes = (1024, 4096) if args.quick else (1024, 4096, 8192)
-    import torch
-
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         tmp = Path(tmp)
         scenes = {s: make_scene(tmp / f"scene{s}" / "sar.tif", s) for s in sizes}
@@ -205,7 +211,7 @@ def main() -> None:
     results = {
         "setup": {"patch_size": PATCH, "stride": PATCH, "batch_size": BATCH, "bands": 2,
                   "scene_px": 1024, "chunk_size": 1024, "workers": 1, "repeats": repeats,
-                  "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+                  "torch_threads": TORCH_THREADS, "cpu_count": os.cpu_count(),
                   "throughput_model": "DisCoM-KD SAR branch, ResNet-18 (two encoders)",
                   "memory_model": "DisCoM-KD SAR branch, small_cnn width 8"},
         "model_only": model,
