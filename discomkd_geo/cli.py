@@ -171,3 +171,116 @@ def demo(out: Path, per_class: int, seed: int, config_path: Path | None, tiles: 
                          config_path=config_path or demo_module.DEMO_CONFIG,
                          tiles=tiles or demo_module.DEMO_TILES, per_class=per_class,
                          seed=seed, overrides=overrides, progress=not quiet, echo=click.echo)
+
+
+# --------------------------------------------------------------------------- predict
+def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, list[str]]:
+    """``--bands`` values (``[MODALITY=]NAME,NAME,...``) as ``{modality: names}``."""
+    names = {}
+    for value in values:
+        modality, sep, listed = value.rpartition("=")
+        if not sep:
+            if len(modalities) != 1:
+                raise click.BadParameter("with several scenes write MODALITY=NAME,NAME,...",
+                                         param_hint="--bands")
+            modality = modalities[0]
+        if modality not in modalities:
+            raise click.BadParameter(f"no {modality!r} scene given", param_hint="--bands")
+        names[modality] = [b.strip() for b in listed.split(",")]
+    return names
+
+
+@click.command()
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Training checkpoint, run directory or exported predictor.")
+@click.option("--sar", type=click.Path(dir_okay=False, path_type=Path),
+              help="Sentinel-1 scene (VV, VH; dB unless --sar-db).")
+@click.option("--ms", type=click.Path(dir_okay=False, path_type=Path),
+              help="Sentinel-2 scene (the checkpoint's MS bands).")
+@click.option("--scene", type=click.Path(dir_okay=False, path_type=Path),
+              help="Scene of another modality, named by --modality.")
+@click.option("--modality", help="Branch for --scene (or for an ambiguous checkpoint).")
+@click.option("--fuse", is_flag=True,
+              help="With several scenes: average the branches' class probabilities.")
+@click.option("--bands", multiple=True, metavar="[MODALITY=]NAME,...",
+              help="Names of the raster's bands in raster order, when its band "
+                   "descriptions do not name them (repeatable per modality).")
+@click.option("--sar-db", is_flag=True, help="The SAR scene holds linear power: convert to dB.")
+@click.option("--scale", type=float, default=1.0, show_default=True,
+              help="Multiply raster values by this (e.g. 10000 for reflectance).")
+@click.option("--offset", type=float, default=0.0, show_default=True,
+              help="Then add this (e.g. 1000 for the S2 L2A/L1C offset).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Land-cover GeoTIFF to write (.qml and .legend.json go beside it).")
+@click.option("--stride", type=click.IntRange(min=1), help="Window step [patch size / 2].")
+@click.option("--coarse", is_flag=True, help="One output pixel per stride cell.")
+@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
+              help="Side of the chunks of output pixels (bounds memory).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Local worker threads.")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="dask.distributed scheduler to run on, e.g. tcp://10.0.0.5:8786.")
+@click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write per-class probabilities (one band per class) here.")
+@click.option("--probabilities-dtype", type=click.Choice(["float32", "uint8"]),
+              default="float32", show_default=True,
+              help="uint8 stores p x 250 (nodata 255).")
+@click.option("--confidence", is_flag=True,
+              help="Also write the winning probability to OUTPUT_STEM.confidence.tif.")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | None,
+            modality: str | None, fuse: bool, bands: tuple[str, ...], sar_db: bool,
+            scale: float, offset: float, output: Path, stride: int | None, coarse: bool,
+            chunk_size: int, workers: int, scheduler: str | None,
+            probabilities: Path | None, probabilities_dtype: str, confidence: bool,
+            overwrite: bool, quiet: bool, as_json: bool) -> None:
+    """Map land cover from whichever modality's scene is available to a GeoTIFF."""
+    from .constants import MS, SAR
+
+    scenes = {m: p for m, p in ((MS, ms), (SAR, sar)) if p is not None}
+    if scene is not None:
+        if modality is None:
+            raise click.UsageError("--scene needs --modality")
+        scenes[modality] = scene
+    if not scenes:
+        raise click.UsageError("give a scene: --sar, --ms or --scene with --modality")
+    if len(scenes) > 1 and not fuse:
+        raise click.UsageError("several scenes given: add --fuse to average the branches")
+    names = _band_names(bands, list(scenes))
+    from .inference.engine import predict_to_file
+    from .models.predictor import load_predictor
+
+    predictors = {m: load_predictor(checkpoint, m) for m in scenes}
+    summary = predict_to_file(
+        predictors, scenes, output, stride=stride, coarse=coarse, chunk_size=chunk_size,
+        workers=workers, scheduler=scheduler, probabilities=probabilities,
+        probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
+        progress=not (quiet or as_json), bands=names, sar_db=(SAR,) if sar_db else (),
+        scale=scale, offset=offset)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{summary['output']}: {summary['width']} x {summary['height']} px "
+               f"({', '.join(summary['modalities'])}, stride {summary['stride']}) in "
+               f"{summary['seconds']:.1f} s, {summary['pixels_per_s']:,.0f} px/s")
+    mapped = max(summary["mapped_pixels"], 1)
+    for name, count in summary["histogram"].items():
+        if count:
+            click.echo(f"  {name:<22} {count:>12,} px  {count / mapped:6.1%}")
+    unmapped = summary["pixels"] - summary["mapped_pixels"]
+    click.echo(f"  {'(nodata)':<22} {unmapped:>12,} px")
+
+
+main.add_command(predict)
+
+
+@click.group("discomkd", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+def rio_discomkd() -> None:
+    """DisCoM-KD land-cover mapping (the discomkd-geo commands as a rio plugin)."""
+
+
+rio_discomkd.add_command(predict)

@@ -1,0 +1,162 @@
+"""Sliding-window layout: which windows a chunk of the map needs, and how they add up.
+
+Second step of the inference flow (io -> tiling -> engine -> writers). The classification
+windows form one grid anchored to the scene, not to chunks: window ``(i, j)`` is the
+``patch x patch`` square centred on the stride cell ``[i*stride, (i+1)*stride)`` x
+``[j*stride, (j+1)*stride)``. A chunk of output pixels reads the union of the windows that
+cover it (its halo), classifies them, and gives every pixel the mean of the probabilities
+of all windows covering it, summed in float64 in the windows' row-major order. Because
+the windows, their padding and the summation order depend only on the scene, a pixel's
+value is the same whatever chunk it falls in: the output is byte-identical for any chunk
+size, number of workers or scheduler. The coarse output (one pixel per stride cell) is
+just each window's own probabilities.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from rasterio.windows import Window
+
+PadMode = Literal["reflect", "constant"]
+
+
+def relative_slices(inner: Window, outer: Window) -> tuple[slice, slice]:
+    """Array slices of ``inner`` within an array covering ``outer`` (``inner`` inside it)."""
+    shifted = Window(inner.col_off - outer.col_off, inner.row_off - outer.row_off,
+                     inner.width, inner.height)
+    return shifted.toslices()
+
+
+def chunk_layout(height: int, width: int, size: int) -> list[Window]:
+    """Row-major ``size x size`` chunks tiling a ``height x width`` grid (edge ones cut)."""
+    full = Window(0, 0, width, height)
+    return [Window(col, row, size, size).intersection(full)
+            for row in range(0, height, size) for col in range(0, width, size)]
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    """The classification windows of a scene.
+
+    Attributes:
+        height: scene rows.
+        width: scene columns.
+        patch: window side (the model's patch size).
+        stride: step between windows; at most ``patch`` so that windows cover every pixel.
+    """
+
+    height: int
+    width: int
+    patch: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.stride <= self.patch:
+            raise ValueError(f"stride must be in [1, patch size {self.patch}], got {self.stride}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Rows and columns of windows (also the coarse output's shape)."""
+        return -(-self.height // self.stride), -(-self.width // self.stride)
+
+    @property
+    def margin(self) -> int:
+        """How far a window reaches before its stride cell."""
+        return (self.patch - self.stride) // 2
+
+    def window(self, row: int, col: int) -> Window:
+        """Window ``(row, col)`` in scene pixels (may reach beyond the scene)."""
+        return Window(col * self.stride - self.margin, row * self.stride - self.margin,
+                      self.patch, self.patch)
+
+    def covering(self, area: Window) -> tuple[range, range]:
+        """Indices of the windows that cover any pixel of ``area`` (rows, columns)."""
+
+        def axis(start: int, stop: int, count: int) -> range:
+            first = -(-(start + self.margin - self.patch + 1) // self.stride)
+            last = (stop - 1 + self.margin) // self.stride
+            return range(max(first, 0), min(last, count - 1) + 1)
+
+        rows, cols = self.shape
+        return (axis(area.row_off, area.row_off + area.height, rows),
+                axis(area.col_off, area.col_off + area.width, cols))
+
+    def span(self, rows: range, cols: range) -> Window:
+        """The union of the windows ``rows x cols``: the area a chunk reads, halo included."""
+        first = self.window(rows[0], cols[0])
+        return Window(first.col_off, first.row_off, (len(cols) - 1) * self.stride + self.patch,
+                      (len(rows) - 1) * self.stride + self.patch)
+
+
+def extract_windows(data: np.ndarray, valid: np.ndarray, read: Window, span: Window,
+                    grid: WindowGrid, fill: np.ndarray,
+                    pad: PadMode = "reflect") -> tuple[np.ndarray, np.ndarray]:
+    """Cut the windows of ``span`` out of the scene read over ``read`` (``span`` in scene).
+
+    Invalid pixels take the band's ``fill`` value; the part of ``span`` beyond the scene
+    is mirrored from the scene (``reflect``: mirror about the scene edge, so the same for
+    every chunk) or filled (``constant``).
+
+    Args:
+        data: ``(C, h, w)`` values over ``read``.
+        valid: ``(h, w)`` validity over ``read``.
+        read: the part of ``span`` inside the scene.
+        span: the union of the windows (see :meth:`WindowGrid.span`).
+        grid: the window grid.
+        fill: ``(C,)`` value for invalid and (``constant``) outside pixels.
+        pad: how the scene is extended beyond its edge.
+
+    Returns:
+        ``(windows, fraction)``: ``(rows, cols, C, patch, patch)`` views of the windows and
+        ``(rows, cols)`` the share of each window's in-scene pixels that are valid.
+    """
+    fill = fill.astype(data.dtype)[:, None, None]
+    data = np.where(valid, data, fill)
+    inside = relative_slices(read, span)
+    if pad == "reflect":
+        widths = [(0, 0)] + [(s.start, size - s.stop) for s, size in
+                             zip(inside, (span.height, span.width), strict=True)]
+        padded = np.pad(data, widths, mode="reflect")
+    else:
+        padded = np.broadcast_to(fill, (data.shape[0], span.height, span.width)).copy()
+        padded[(slice(None), *inside)] = data
+    in_scene = np.zeros((span.height, span.width), dtype=np.int32)
+    in_scene[inside] = 1
+    good = np.zeros_like(in_scene)
+    good[inside] = valid
+    step = (slice(None, None, grid.stride),) * 2
+    shape = (grid.patch, grid.patch)
+    counts = sliding_window_view(in_scene, shape)[step].sum(axis=(-2, -1))
+    goods = sliding_window_view(good, shape)[step].sum(axis=(-2, -1))
+    windows = sliding_window_view(padded, shape, axis=(1, 2))[(slice(None), *step)]
+    return windows.transpose(1, 2, 0, 3, 4), goods / np.maximum(counts, 1)
+
+
+def accumulate(probs: np.ndarray, done: np.ndarray, grid: WindowGrid, rows: range,
+               cols: range, area: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Sum the probabilities of the windows ``rows x cols`` over the pixels of ``area``.
+
+    Args:
+        probs: ``(len(rows), len(cols), K)`` window probabilities.
+        done: ``(len(rows), len(cols))`` which windows were classified (others add nothing).
+        grid: the window grid.
+        rows: window rows (covering ``area``).
+        cols: window columns.
+        area: the output pixels.
+
+    Returns:
+        ``(total, count)``: float64 ``(K, h, w)`` sums, in row-major window order (fixed
+        for a pixel whatever ``area`` is), and int32 ``(h, w)`` numbers of windows.
+    """
+    total = np.zeros((probs.shape[-1], area.height, area.width), dtype=np.float64)
+    count = np.zeros((area.height, area.width), dtype=np.int32)
+    for a, row in enumerate(rows):
+        for b, col in enumerate(cols):
+            if not done[a, b]:
+                continue
+            where = relative_slices(grid.window(row, col).intersection(area), area)
+            total[(slice(None), *where)] += probs[a, b, :, None, None]
+            count[where] += 1
+    return total, count
