@@ -198,7 +198,7 @@ class EuroSATMSSAR(NonGeoDataset):
             in_split = self._published_ids()
         else:
             every = {i: label for f in found.values() for i, (label, _) in f.items()}
-            in_split = _stratified_split(every, split_fractions, split_seed)[split]
+            in_split = stratified_split(every, split_fractions, split_seed)[split]
         files = {m: {i: v for i, v in found[m].items() if i in in_split}
                  for m in self.modalities}
         self.ids = self._pair(files, drop_unpaired)
@@ -404,7 +404,7 @@ def _stretch(image: np.ndarray) -> np.ndarray:
     return np.clip((image - low) / np.maximum(high - low, 1e-6), 0.0, 1.0)
 
 
-def _stratified_split(labels: Mapping[str, int], fractions: Sequence[float],
+def stratified_split(labels: Mapping[str, int], fractions: Sequence[float],
                       seed: int) -> dict[str, set[str]]:
     """Seeded split of ids into train/val/test with the same class proportions.
 

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from .._io import atomic_path
 from ..data.normalization import BandStats, Normalize
 from ..errors import CheckpointError
+from ._files import LOAD_ERRORS, load_error_message
 
 #: Identifies files written by :meth:`Predictor.save`.
 PREDICTOR_FORMAT = "discomkd_geo.predictor"
@@ -127,8 +128,9 @@ class Predictor(nn.Module):
         """
         try:
             payload = torch.load(path, map_location=map_location, weights_only=True)
-        except (OSError, RuntimeError, EOFError) as err:  # torch raises RuntimeError on junk
-            raise CheckpointError(f"{os.fspath(path)}: cannot read predictor: {err}") from err
+        except LOAD_ERRORS as err:
+            raise CheckpointError(f"{os.fspath(path)}: cannot read predictor: "
+                                  f"{load_error_message(err)}") from err
         if not isinstance(payload, dict):
             raise CheckpointError(f"{os.fspath(path)}: not a discomkd_geo predictor file")
         return cls.from_payload(payload, os.fspath(path))
@@ -181,8 +183,9 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: checkpoint not found") from err
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read checkpoint: {err}") from err
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"{path}: cannot read checkpoint: {load_error_message(err)}"
+                              ) from err
     if not isinstance(payload, dict):
         raise CheckpointError(f"{path}: not a discomkd_geo checkpoint or predictor file")
     if CHECKPOINT_KEY in payload:

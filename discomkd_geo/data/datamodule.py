@@ -1,0 +1,253 @@
+"""Lightning DataModule: train/val/test loaders of paired or unpaired MS/SAR batches.
+
+Ties the data layer together for the trainer (:mod:`discomkd_geo.training.train`):
+the datasets (:class:`~discomkd_geo.data.eurosat.EuroSATMSSAR` patches, or windows of
+whole co-registered scenes from :mod:`discomkd_geo.data.scenes`), the samplers
+(:mod:`discomkd_geo.data.samplers`), the per-band statistics of the training split
+(:func:`~discomkd_geo.data.normalization.compute_stats`, one streaming pass) and the
+Kornia augmentations (:mod:`discomkd_geo.data.transforms`).
+
+Batch contract: every batch holds ``image_<m>`` (``(B, C, H, W)`` float32) and
+``label_<m>`` (``(B,)`` int64) for every modality ``m``. Training batches are paired
+(aligned samples, same labels) or unpaired (each modality drawn independently and
+class-balanced, as the authors train); validation and test batches are paired. Loaders
+return raw values; :meth:`MSSARDataModule.on_after_batch_transfer` normalises on the
+batch's device and, while training, augments.
+"""
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+
+from ..config import DataConfig
+from ..constants import EUROSAT_COLORS
+from ..errors import ConfigError
+from .eurosat import EuroSATMSSAR
+from .normalization import BandStats, Normalize, compute_stats
+from .samplers import ClassBalancedSampler, PairedDataset, UnpairedDataset, UnpairedSampler
+from .transforms import MultiModalAugmentation
+
+
+class MSSARDataModule(L.LightningDataModule):
+    """Paired or unpaired multi-modal batches with normalisation and augmentation.
+
+    After :meth:`setup` (any stage) the attributes below describe the data; the trainer
+    stores them in every checkpoint.
+
+    Attributes:
+        modalities: band names per modality, in channel order.
+        stats: normalisation statistics per modality, from the training split.
+        classes: class names, in label order.
+        colors: display colour (RGB) per class.
+        patch_size: side of the square patches in pixels.
+        pixel_size: ground sampling distance in metres.
+        units: units of each modality's raw values (``dn`` or ``dB``).
+
+    Args:
+        config: the ``data`` section of the experiment config.
+        seed: seed of the training shuffles, class-balanced draws and statistics subset.
+        stats: statistics to use instead of computing them (e.g. from a run directory's
+            ``stats/<m>.json``), per modality.
+
+    Raises:
+        ConfigError: no ``root`` (EuroSAT), or a scene setting is missing.
+    """
+
+    def __init__(self, config: DataConfig, seed: int = 0,
+                 stats: Mapping[str, BandStats] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.seed = seed
+        self.modalities: dict[str, list[str]] = {}
+        self.stats: dict[str, BandStats] = dict(stats or {})
+        self.classes: list[str] = []
+        self.colors: list[tuple[int, int, int]] = []
+        self.patch_size = 0
+        self.pixel_size = 0.0
+        self.units: dict[str, str] = {}
+        self.train_datasets: dict[str, Dataset[dict[str, Any]]] = {}
+        self.train_dataset: Dataset[dict[str, Any]] | None = None
+        self.val_dataset: Dataset[dict[str, Any]] | None = None
+        self.test_dataset: Dataset[dict[str, Any]] | None = None
+        self._normalize: dict[str, Normalize] = {}
+        self._augment: MultiModalAugmentation | None = None
+
+    # -- datasets -------------------------------------------------------------------
+    def _eurosat(self, split: str, modalities: list[str]) -> EuroSATMSSAR:
+        c = self.config
+        if c.root is None:
+            raise ConfigError("data.root", "no dataset root given; pass --data-root")
+        return EuroSATMSSAR(
+            c.root, split=split, modalities=modalities,  # type: ignore[arg-type]
+            bands={m: c.modalities[m].bands for m in modalities}, layout=c.layout,
+            split_mode=c.split, split_seed=c.split_seed, drop_unpaired=c.drop_unpaired)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets of ``stage`` and the statistics of the training split.
+
+        The statistics always come from the training split (or the ``stats`` given), so
+        ``setup("test")`` alone normalises exactly as training did. Repeated calls reuse
+        what is built.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test``, ``predict`` or ``None`` (all).
+        """
+        if self.config.dataset == "scenes":
+            self._setup_scenes()
+        else:
+            self._setup_eurosat(stage)
+        if not self._normalize:
+            self._normalize = {m: Normalize(self.stats[m]) for m in self.modalities}
+            self._augment = MultiModalAugmentation(self.units, self.config.augment, self.stats)
+
+    def _setup_eurosat(self, stage: str | None) -> None:
+        names = list(self.config.modalities)
+        if not self.modalities:
+            self.classes = list(EuroSATMSSAR.classes)
+            self.colors = list(EUROSAT_COLORS)
+            self.patch_size = 64
+            self.pixel_size = EuroSATMSSAR.pixel_size
+            self.units = {m: EuroSATMSSAR.units[m] for m in names}
+            # One dataset per modality: unpaired training draws from each set on its own,
+            # and the statistics read a single modality's files.
+            self.train_datasets = {m: self._eurosat("train", [m]) for m in names}
+            self.modalities = {m: list(ds.bands[m]) for m, ds in self.train_datasets.items()}
+            self._compute_missing_stats()
+        if stage in (None, "fit") and self.train_dataset is None:
+            if self.config.paired:
+                self.train_dataset = PairedDataset(self._eurosat("train", names), names)
+            else:
+                self.train_dataset = UnpairedDataset(self.train_datasets)
+        if stage in (None, "fit", "validate") and self.val_dataset is None:
+            self.val_dataset = PairedDataset(self._eurosat("val", names), names)
+        if stage in (None, "test") and self.test_dataset is None:
+            self.test_dataset = PairedDataset(self._eurosat("test", names), names)
+
+    def _setup_scenes(self) -> None:
+        from .scenes import SceneSplits  # the geo stack is only needed for scenes
+
+        if self.train_dataset is not None:
+            return
+        splits = SceneSplits(self.config)
+        self.classes, self.colors = list(splits.classes), list(splits.colors)
+        self.patch_size = self.config.scenes.patch_size
+        self.pixel_size = splits.pixel_size
+        self.modalities = splits.bands
+        self.units = {m: splits.units[m] for m in self.modalities}
+        self.train_datasets = {m: splits.subset("train", [m]) for m in self.modalities}
+        self._compute_missing_stats()
+        self.train_dataset = (PairedDataset(splits.subset("train"), list(self.modalities))
+                              if self.config.paired else UnpairedDataset(self.train_datasets))
+        self.val_dataset = PairedDataset(splits.subset("val"), list(self.modalities))
+        self.test_dataset = PairedDataset(splits.subset("test"), list(self.modalities))
+
+    def _compute_missing_stats(self) -> None:
+        """Statistics of each modality's training images not given to the constructor."""
+        norm = self.config.normalization
+        for m, bands in self.modalities.items():
+            if m in self.stats:
+                self.stats[m] = self.stats[m].select(bands)
+                continue
+            self.stats[m] = compute_stats(
+                self.train_datasets[m], m, bands, norm.method, norm.low, norm.high,
+                norm.max_samples, self.units[m], seed=self.seed,
+                batch_size=min(self.config.batch_size, 64), num_workers=self._workers(),
+                progress=False)
+
+    # -- loaders --------------------------------------------------------------------
+    def _workers(self) -> int:
+        return min(self.config.num_workers, os.cpu_count() or 1)
+
+    def _loader(self, dataset: Dataset[dict[str, Any]], **kwargs: Any) -> DataLoader[Any]:
+        workers = self._workers()
+        # Persistent workers keep their open datasets across epochs: re-forking them each
+        # epoch costs more than an epoch of these small patches on a 2-core machine.
+        return DataLoader(dataset, batch_size=self.config.batch_size, num_workers=workers,
+                          persistent_workers=workers > 0, **kwargs)
+
+    def _generator(self, offset: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1000 + offset)
+
+    def epoch_size(self) -> int:
+        """Training samples per epoch.
+
+        EuroSAT: the training set (unpaired: the largest modality set); scenes:
+        ``scenes.samples_per_epoch`` windows.
+        """
+        if self.config.dataset == "scenes":
+            return self.config.scenes.samples_per_epoch
+        return max(len(ds) for ds in self.train_datasets.values())  # type: ignore[arg-type]
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        """Shuffled pairs, or per modality independent class-balanced draws.
+
+        The last incomplete batch is dropped when there is at least one full one (a
+        batch of one breaks batch normalisation).
+        """
+        if self.train_dataset is None:
+            self.setup("fit")
+        assert self.train_dataset is not None
+        size = self.epoch_size()
+        drop_last = size >= self.config.batch_size
+        if self.config.paired:
+            sampler: Sampler[Any] = RandomSampler(self.train_dataset, num_samples=size,
+                                                  generator=self._generator(0))
+        else:
+            sampler = UnpairedSampler({
+                m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
+                for i, (m, ds) in enumerate(self.train_datasets.items())})
+        return self._loader(self.train_dataset, sampler=sampler, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        """Paired validation batches in a fixed order."""
+        if self.val_dataset is None:
+            self.setup("validate")
+        assert self.val_dataset is not None
+        return self._loader(self.val_dataset)
+
+    def test_dataloader(self) -> DataLoader[Any]:
+        """Paired test batches in a fixed order."""
+        if self.test_dataset is None:
+            self.setup("test")
+        assert self.test_dataset is not None
+        return self._loader(self.test_dataset)
+
+    # -- on the device --------------------------------------------------------------
+    def preprocess(self, batch: dict[str, Any], augment: bool) -> dict[str, Any]:
+        """Normalise every ``image_<m>`` on its device; augment if asked.
+
+        Args:
+            batch: a collated batch (raw values).
+            augment: apply the training augmentations (paired batches share geometry
+                when the config says so).
+
+        Returns:
+            A new batch dict; other keys pass through.
+        """
+        out = dict(batch)
+        for m, normalize in self._normalize.items():
+            image: Tensor = batch[f"image_{m}"]
+            out[f"image_{m}"] = normalize.to(image.device)(image)
+        if augment and self._augment is not None:
+            device = out[f"image_{next(iter(self._normalize))}"].device
+            out = self._augment.to(device)(out, paired=self.config.paired)
+        return out
+
+    def on_after_batch_transfer(self, batch: dict[str, Any],
+                                dataloader_idx: int) -> dict[str, Any]:
+        """Normalise (always) and augment (training only) after the move to the device."""
+        training = self.trainer is not None and self.trainer.training
+        return self.preprocess(batch, augment=training)
+
+
+def _targets(dataset: Dataset[dict[str, Any]]) -> list[int]:
+    """Class label of every sample of a dataset with a ``targets`` attribute."""
+    targets = getattr(dataset, "targets", None)
+    if targets is None:
+        raise TypeError(f"{type(dataset).__name__} has no targets to balance classes with")
+    return list(targets)

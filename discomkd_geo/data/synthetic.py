@@ -1,0 +1,604 @@
+"""Synthetic Sentinel-2 MS / Sentinel-1 SAR data that behaves like the real thing.
+
+Bottom of the import flow, beside the datasets it feeds: :func:`make_eurosat` writes a
+EuroSat-MS-SAR dataset in the published on-disk layouts that
+:class:`~discomkd_geo.data.eurosat.EuroSATMSSAR` reads, and :func:`make_scene` writes a
+co-registered MS/SAR scene pair of land-cover regions with its truth raster, for the
+tiled-inference engine and the demo (``discomkd-geo synth eurosat|scene``).
+
+Both draw from one physical model, so a class looks the same in a 64x64 patch and in a
+scene region at the same 10 m scale (the demo trains on patches and maps the scene):
+
+1. a class recipe lays out sub-pixel *material fractions* (crop, forest, water, asphalt,
+   roofs, ...) with the class's spatial texture, at a fixed pixel scale: field parcels
+   and crop rows, forest crowns and gaps, road and river lines repeating every 56-80 px,
+   housing blocks;
+2. MS: fractions mix surface reflectance curves (red edge and NIR plateau of vegetation,
+   water dark in NIR/SWIR, flat bright built-up), then a per-image atmosphere (haze path
+   reflectance, illumination, water-vapour/cirrus absorption in B09/B10) and sensor
+   noise give L1C-like digital numbers (reflectance x 10,000);
+3. SAR: fractions mix per-material backscatter (linear power), with per-image incidence
+   and moisture offsets, wind-roughened water and double-bounce bright points on
+   buildings, then multiplicative gamma speckle (4 looks) and conversion to dB.
+
+Per-image variation (phenology, mixing, illumination, noise) makes classes overlap, and
+several classes share backscatter levels, so SAR alone is clearly harder than MS alone.
+Everything is deterministic for a seed: each image has its own seeded generator.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.transform import Affine, array_bounds, from_origin
+from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.warp import transform as transform_points
+
+from .._io import atomic_dir
+from ..constants import CLASS_NODATA, EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS, S2_BANDS
+from .eurosat import EuroSATMSSAR
+
+#: Materials mixed inside a pixel, in the order of the tables below.
+MATERIALS: tuple[str, ...] = (
+    "crop", "forest", "grass", "dry_vegetation", "soil",
+    "asphalt", "concrete", "tile_roof", "water", "turbid_water",
+)  # fmt: skip
+
+# Surface reflectance of each material at the 13 bands, in S2_BANDS order
+# (B01 443, B02 490, B03 560, B04 665, B05 705, B06 740, B07 783, B08 842, B09 945,
+# B10 1375, B11 1610, B12 2190, B8A 865 nm). Shapes after USGS/ASTER library spectra.
+_REFLECTANCE = np.array([
+    [.030, .040, .085, .040, .130, .330, .420, .450, .450, .400, .230, .110, .460],  # crop
+    [.020, .025, .050, .025, .075, .200, .260, .280, .280, .250, .140, .055, .285],  # forest
+    [.035, .045, .090, .055, .130, .270, .330, .360, .360, .320, .250, .130, .365],  # grass
+    [.050, .060, .100, .110, .160, .220, .250, .270, .280, .260, .320, .220, .275],  # dry veg
+    [.070, .090, .130, .170, .200, .220, .240, .260, .280, .290, .340, .290, .265],  # soil
+    [.060, .065, .075, .085, .090, .095, .100, .105, .110, .115, .120, .110, .106],  # asphalt
+    [.220, .250, .280, .300, .310, .320, .330, .340, .350, .350, .360, .330, .340],  # concrete
+    [.050, .060, .080, .190, .230, .250, .270, .280, .290, .300, .330, .280, .285],  # tile
+    [.050, .045, .035, .015, .010, .007, .005, .004, .003, .002, .002, .001, .004],  # water
+    [.060, .060, .070, .050, .045, .025, .018, .014, .010, .006, .004, .002, .012],  # turbid
+], dtype=np.float32)  # fmt: skip
+
+# Top-of-atmosphere: path reflectance (haze, strongest in the blue) and two-way
+# transmittance (B09 water vapour and B10 cirrus bands are mostly absorbed).
+_PATH = np.array([.090, .065, .040, .025, .022, .018, .014, .012, .010, .0012, .004, .002, .011],
+                 dtype=np.float32)
+_TRANSMITTANCE = np.array([.75, .80, .85, .90, .90, .91, .92, .93, .45, .015, .93, .90, .93],
+                          dtype=np.float32)
+
+# C-band backscatter (sigma0, dB) of each material in VV and VH.
+_SIGMA0_DB = np.array([
+    [-10.5, -17.0],  # crop: moderate volume scattering
+    [-7.5, -12.5],  # forest: strong volume scattering, high VH
+    [-12.0, -19.0],  # grass
+    [-11.0, -18.0],  # dry vegetation
+    [-12.5, -21.0],  # soil: surface scattering, moisture dependent
+    [-18.0, -26.0],  # asphalt: smooth, specular away from the sensor
+    [-7.0, -14.0],  # concrete
+    [-6.0, -13.0],  # tile roofs
+    [-21.0, -28.0],  # water
+    [-20.0, -27.0],  # turbid water
+], dtype=np.float32)  # fmt: skip
+
+_M = {name: i for i, name in enumerate(MATERIALS)}
+_VEGETATION = [_M["crop"], _M["forest"], _M["grass"], _M["dry_vegetation"]]
+_BUILT = [_M["concrete"], _M["tile_roof"]]
+_WATER = [_M["water"], _M["turbid_water"]]
+_LOOKS = 4.0  # equivalent number of looks of the speckle (Sentinel-1 GRD IW: about 4.4)
+_NOISE_FLOOR = 10 ** (-27 / 10)  # thermal noise equivalent sigma0, linear
+_LINE_SPACING = (56, 80)  # px between repeated roads / river reaches: one per 64 px patch
+
+Cover = np.ndarray  # (len(MATERIALS), H, W) float32 fractions summing to 1 per pixel
+
+
+# --------------------------------------------------------------------------- textures
+def _noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian-smoothed white noise (``sigma`` in px), zero mean and unit std."""
+    white = rng.standard_normal(shape)
+    fy = np.fft.fftfreq(shape[0])[:, None]
+    fx = np.fft.rfftfreq(shape[1])[None, :]
+    kernel = np.exp(-2 * (np.pi * sigma) ** 2 * (fx**2 + fy**2))
+    field = np.fft.irfft2(np.fft.rfft2(white) * kernel, s=shape)
+    return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
+
+
+def _frame(shape: tuple[int, int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates rotated by a random angle about a random point near the centre.
+
+    Returns ``(u, v)``: along- and across-track distances in px, so textures built on
+    them have a random orientation and phase but a fixed pixel scale.
+    """
+    theta = rng.uniform(0, np.pi)
+    y, x = np.mgrid[:shape[0], :shape[1]].astype(np.float32)
+    y -= shape[0] / 2 + rng.uniform(-8, 8)
+    x -= shape[1] / 2 + rng.uniform(-8, 8)
+    c, s = np.cos(theta), np.sin(theta)
+    return x * c + y * s, -x * s + y * c
+
+
+def _parcels(u: np.ndarray, v: np.ndarray, width: tuple[float, float],
+             rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rectangular parcels on the rotated grid.
+
+    Returns:
+        parcel index (int, dense from 0), the distance to the parcel border in px, and
+        the across coordinate ``v`` (for rows inside the parcels).
+    """
+    wu, wv = rng.uniform(*width, size=2)
+    iu, iv = np.floor(u / wu).astype(np.int64), np.floor(v / wv).astype(np.int64)
+    iu -= iu.min()
+    iv -= iv.min()
+    index = iu * (iv.max() + 1) + iv
+    border = np.minimum.reduce([u / wu - np.floor(u / wu), np.ceil(u / wu) - u / wu,
+                                v / wv - np.floor(v / wv), np.ceil(v / wv) - v / wv])
+    return index, border * min(wu, wv), v
+
+
+def _lines(shape: tuple[int, int], rng: np.random.Generator,
+           meander: bool) -> np.ndarray:
+    """Distance in px to the nearest of a family of parallel lines (roads, rivers).
+
+    Lines repeat every 56-80 px, so a 64 px patch holds about one and a scene region
+    holds one every patch-width; one passes within 12 px of the centre.
+    """
+    u, v = _frame(shape, rng)
+    if meander:
+        v = v + rng.uniform(3, 12) * np.sin(2 * np.pi * u / rng.uniform(60, 150)
+                                            + rng.uniform(0, 2 * np.pi))
+    spacing = rng.uniform(*_LINE_SPACING)
+    offset = rng.uniform(-12, 12)
+    return np.abs((v - offset + spacing / 2) % spacing - spacing / 2)
+
+
+def _mix(shape: tuple[int, int], weights: dict[str, np.ndarray | float]) -> Cover:
+    """Stack per-material weights (arrays or constants) into normalised fractions."""
+    cover = np.zeros((len(MATERIALS), *shape), dtype=np.float32)
+    for name, w in weights.items():
+        cover[_M[name]] += np.clip(w, 0, None)
+    return cover / np.maximum(cover.sum(0, keepdims=True), 1e-6)
+
+
+def _softmix(shape: tuple[int, int], names: list[str], means: list[float], sigma: float,
+             contrast: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Patchy mixture: each material's weight is a smoothed noise field around its mean."""
+    return {n: m * np.exp(contrast * _noise(shape, sigma, rng)) for n, m in zip(names, means,
+                                                                               strict=True)}
+
+
+def _add(weights: dict[str, np.ndarray | float], extra: dict[str, np.ndarray | float],
+         ) -> dict[str, np.ndarray | float]:
+    out = dict(weights)
+    for name, w in extra.items():
+        out[name] = out.get(name, 0.0) + w
+    return out
+
+
+def _annual_crop(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    u, v = _frame(shape, rng)
+    index, border, rows = _parcels(u, v, (12, 30), rng)
+    n = index.max() + 1
+    # per parcel: growth stage from bare soil through green crop to ripe (dry) crop
+    stage = rng.choice(3, size=n, p=[0.3, 0.45, 0.25])[index]
+    row = 0.5 + 0.5 * np.cos(2 * np.pi * rows / rng.uniform(3, 6))
+    green = np.where(stage == 1, 0.75 + 0.25 * row, 0.1 * row)
+    dry = np.where(stage == 2, 0.7 + 0.3 * row, 0.05)
+    edge = (border < 1).astype(np.float32)
+    return _mix(shape, {"crop": green * (1 - edge), "dry_vegetation": dry * (1 - edge),
+                        "soil": np.where(stage == 0, 1.0, 0.25 * (1 - row)) * (1 - edge),
+                        "grass": edge})
+
+
+def _permanent_crop(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    u, v = _frame(shape, rng)
+    index, border, rows = _parcels(u, v, (15, 35), rng)
+    n = index.max() + 1
+    period = rng.uniform(4, 7)
+    orchard = rng.random(n)[index] < 0.5  # orchards: tree dots; vineyards: rows
+    across = np.cos(2 * np.pi * rows / period)
+    along = np.where(orchard, np.cos(2 * np.pi * u / period), 1.0)
+    canopy = np.clip(across * along, 0, 1) ** 0.5 * rng.uniform(0.5, 0.9)
+    grassed = (rng.random(n) < 0.3)[index]  # inter-row: mostly tilled soil, some grassed
+    edge = (border < 1).astype(np.float32)
+    rest = 1 - canopy
+    return _mix(shape, {"forest": 0.6 * canopy, "crop": 0.4 * canopy,
+                        "grass": rest * grassed + edge, "soil": rest * ~grassed,
+                        "dry_vegetation": rest * 0.3})
+
+
+def _pasture(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    u, v = _frame(shape, rng)
+    _, border, _ = _parcels(u, v, (30, 70), rng)
+    dryness = rng.uniform(0.05, 0.35)
+    hedge = (border < 1.2).astype(np.float32) * (rng.random() < 0.6)
+    weights = _softmix(shape, ["grass", "dry_vegetation", "crop"], [1.0, dryness, 0.15],
+                       sigma=10, contrast=0.5, rng=rng)
+    return _mix(shape, _add({k: w * (1 - hedge) for k, w in weights.items()},
+                            {"forest": 3 * hedge}))
+
+
+def _herbaceous(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    return _mix(shape, _softmix(shape, ["grass", "dry_vegetation", "forest", "soil"],
+                                [0.6, 0.8, 0.25, 0.05], sigma=rng.uniform(2.5, 5),
+                                contrast=1.2, rng=rng))
+
+
+def _forest(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    crowns = np.exp(0.35 * _noise(shape, rng.uniform(0.8, 1.5), rng))
+    gaps = (_noise(shape, 6, rng) > rng.uniform(1.2, 2.2)).astype(np.float32)
+    return _mix(shape, {"forest": crowns * (1 - gaps), "grass": 0.8 * gaps + 0.05,
+                        "dry_vegetation": 0.3 * gaps})
+
+
+def _highway(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    dist = _lines(shape, rng, meander=False)
+    half = rng.uniform(2.5, 4.5)  # dual carriageway
+    road = np.clip(half + 0.5 - dist, 0, 1)
+    shoulder = np.clip(half + 2.5 - dist, 0, 1) - road
+    land = _softmix(shape, ["grass", "dry_vegetation", "soil"], [0.6, 0.5, 0.3],
+                    sigma=8, contrast=1.0, rng=rng)
+    scale = 1 - road - shoulder
+    return _mix(shape, _add({k: w * scale / 1.4 for k, w in land.items()},
+                            {"asphalt": road, "concrete": shoulder}))
+
+
+def _industrial(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    u, v = _frame(shape, rng)
+    index, border, _ = _parcels(u, v, (10, 25), rng)
+    n = index.max() + 1
+    lot = rng.choice(4, size=n, p=[0.55, 0.25, 0.1, 0.1])[index]  # roof, yard, bare, green
+    street = (border < rng.uniform(1, 2)).astype(np.float32)
+    inside = 1 - street
+    return _mix(shape, {"concrete": (lot == 0) * inside, "asphalt": (lot == 1) * inside + street,
+                        "soil": (lot == 2) * inside, "grass": (lot == 3) * inside,
+                        "tile_roof": 0.15 * (lot == 0) * inside})
+
+
+def _residential(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    u, v = _frame(shape, rng)
+    index, border, _ = _parcels(u, v, (10, 16), rng)
+    n = index.max() + 1
+    period = rng.uniform(4, 6)
+    houses = np.clip(np.cos(2 * np.pi * u / period) * np.cos(2 * np.pi * v / period), 0, 1)
+    tile = rng.random(n)[index] < 0.7  # per block: tiled or flat concrete roofs
+    street = (border < 1).astype(np.float32)
+    garden = (1 - houses) * (1 - street)
+    trees = np.clip(_noise(shape, 2, rng), 0, None) * 0.4
+    return _mix(shape, {"tile_roof": houses * tile * (1 - street),
+                        "concrete": houses * ~tile * (1 - street), "asphalt": street,
+                        "grass": garden, "forest": garden * trees})
+
+
+def _river(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    dist = _lines(shape, rng, meander=True)
+    half = rng.uniform(3.5, 7)
+    water = np.clip(half + 0.5 - dist, 0, 1)
+    bank = np.clip(half + 2.5 - dist, 0, 1) - water
+    land = _softmix(shape, ["grass", "crop", "forest", "soil"], [0.7, 0.4, 0.1, 0.1],
+                    sigma=6, contrast=1.0, rng=rng)
+    scale = 1 - water - bank
+    clear = rng.uniform(0, 0.4)
+    return _mix(shape, _add({k: w * scale / 1.3 for k, w in land.items()},
+                            {"turbid_water": water * (1 - clear), "water": water * clear,
+                             "forest": bank}))
+
+
+def _sea_lake(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    turbidity = rng.uniform(0, 0.6) * np.exp(0.5 * _noise(shape, 12, rng))
+    weights: dict[str, np.ndarray | float] = {"water": 1.0 - np.clip(turbidity, 0, 1),
+                                              "turbid_water": np.clip(turbidity, 0, 1)}
+    if rng.random() < 0.35:  # a shore strip of 3-20 px along one side
+        _, v = _frame(shape, rng)
+        land = np.clip(v - (v.max() - rng.uniform(3, 20)), 0, 1)
+        weights = {k: w * (1 - land) for k, w in weights.items()}
+        weights = _add(weights, {"grass": 0.6 * land, "forest": 0.3 * land, "soil": 0.1 * land})
+    return _mix(shape, weights)
+
+
+#: Texture recipe of each class, in EUROSAT_CLASSES order.
+_RECIPES: tuple[Callable[[tuple[int, int], np.random.Generator], Cover], ...] = (
+    _annual_crop, _forest, _herbaceous, _highway, _industrial,
+    _pasture, _permanent_crop, _residential, _river, _sea_lake,
+)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- sensors
+def land_cover(class_index: int, shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+    """Material fractions of one class over ``shape`` pixels at 10 m.
+
+    Args:
+        class_index: index into :data:`~discomkd_geo.constants.EUROSAT_CLASSES`.
+        shape: ``(height, width)`` in pixels.
+        rng: the generator that draws this image's layout.
+
+    Returns:
+        float32 ``(len(MATERIALS), H, W)`` fractions summing to one per pixel.
+    """
+    return _RECIPES[class_index](shape, rng)
+
+
+def ms_digital_numbers(cover: Cover, rng: np.random.Generator) -> np.ndarray:
+    """Sentinel-2 L1C digital numbers (reflectance x 10,000) of a land cover.
+
+    Per image: material spectra jitter (phenology, soil colour), illumination gain, haze,
+    then per-pixel sensor noise.
+
+    Returns:
+        uint16 ``(13, H, W)``, never 0 (0 is the scenes' nodata).
+    """
+    jitter = 1 + rng.normal(0, 0.04, size=(len(MATERIALS), 1)) \
+        + rng.normal(0, 0.02, size=_REFLECTANCE.shape)
+    surface = np.einsum("mb,mhw->bhw", (_REFLECTANCE * jitter).astype(np.float32), cover)
+    gain = rng.uniform(0.92, 1.08)
+    haze = rng.uniform(0.8, 1.3)
+    toa = _PATH[:, None, None] * haze + gain * _TRANSMITTANCE[:, None, None] * surface
+    dn = toa * 10_000 + rng.normal(0, 12, size=toa.shape).astype(np.float32)
+    return np.clip(np.rint(dn), 1, 65535).astype(np.uint16)
+
+
+def sar_sigma0(cover: Cover, rng: np.random.Generator) -> np.ndarray:
+    """Noise-free Sentinel-1 backscatter (linear power, VV and VH) of a land cover.
+
+    Per image: an incidence-angle offset, a moisture offset on soil and vegetation, wind
+    roughening of water; double-bounce bright points where buildings dominate a pixel.
+
+    Returns:
+        float32 ``(2, H, W)`` sigma0 in linear power, speckle-free.
+    """
+    db = _SIGMA0_DB + rng.normal(0, 0.8)  # incidence angle
+    db[_VEGETATION + [_M["soil"]]] += rng.normal(0, 1.0)  # soil / canopy moisture
+    db[_WATER] += rng.uniform(0, 6)  # wind-roughened surface
+    db += rng.normal(0, 0.5, size=db.shape)
+    power = np.einsum("mp,mhw->phw", (10 ** (db / 10)).astype(np.float32), cover)
+    built = cover[_BUILT].sum(0)
+    bright = rng.random(built.shape) < 0.12 * np.clip(built - 0.3, 0, None)
+    boost = 10 ** (rng.uniform(6, 14, size=built.shape) / 10)
+    power = power * np.where(bright, boost, 1.0)[None].astype(np.float32)
+    return power + np.float32(_NOISE_FLOOR)
+
+
+def sar_decibels(sigma0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Apply multiplicative gamma speckle (4 looks) to linear sigma0 and convert to dB.
+
+    NaN (nodata) stays NaN.
+
+    Returns:
+        float32 array of the same shape, in dB.
+    """
+    speckle = rng.gamma(_LOOKS, 1 / _LOOKS, size=sigma0.shape).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (10 * np.log10(sigma0 * speckle)).astype(np.float32)
+
+
+def render_class(class_index: int, size: int | tuple[int, int],
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One co-registered MS/SAR image of a class, as in EuroSat-MS-SAR.
+
+    Args:
+        class_index: index into :data:`~discomkd_geo.constants.EUROSAT_CLASSES`.
+        size: side (or ``(height, width)``) in pixels at 10 m.
+        rng: the image's generator; the same state gives the same image.
+
+    Returns:
+        ``(ms, sar)``: uint16 ``(13, H, W)`` digital numbers and float32 ``(2, H, W)``
+        VV/VH backscatter in dB.
+    """
+    shape = (size, size) if isinstance(size, int) else tuple(size)
+    cover = land_cover(class_index, shape, rng)  # type: ignore[arg-type]
+    return ms_digital_numbers(cover, rng), sar_decibels(sar_sigma0(cover, rng), rng)
+
+
+# --------------------------------------------------------------------------- writers
+def _random_utm(rng: np.random.Generator) -> tuple[CRS, float, float]:
+    """A UTM zone over Europe (EPSG:32631-32636) and a 10 m aligned origin in it."""
+    crs = CRS.from_epsg(32631 + int(rng.integers(6)))
+    return crs, 10.0 * rng.integers(30_000, 60_000), 10.0 * rng.integers(460_000, 560_000)
+
+
+def _write(path: Path, array: np.ndarray, crs: CRS, transform: Affine,
+           descriptions: tuple[str, ...], **profile: object) -> None:
+    with rasterio.open(path, "w", driver="GTiff", width=array.shape[2], height=array.shape[1],
+                       count=array.shape[0], dtype=array.dtype, crs=crs, transform=transform,
+                       **profile) as dst:
+        dst.write(array)
+        dst.descriptions = descriptions
+
+
+def make_eurosat(out: str | os.PathLike[str], per_class: int, seed: int = 0,
+                 layout: str = "eurosat", overwrite: bool = False, size: int = 64) -> str:
+    """Write a synthetic EuroSat-MS-SAR dataset in a published on-disk layout.
+
+    For every class, ``per_class`` pairs ``<Class>/<Class>_<n>.tif`` (n from 1): MS as
+    13-band uint16 GeoTIFFs and SAR as 2-band float32 VV/VH dB GeoTIFFs, both on the same
+    10 m grid of a UTM zone, in the directories of ``layout`` (see
+    :attr:`EuroSATMSSAR.directories`), plus split lists in the published format (lines
+    ``<Class>_<n>.jpg``), stratified 60/20/20 train/val/test. The output is written to a
+    temporary directory renamed onto ``out`` at the end.
+
+    Args:
+        out: output directory.
+        per_class: images per class (at least 1).
+        seed: the same seed writes the same bytes.
+        layout: ``eurosat`` or ``copernicus``.
+        overwrite: replace ``out`` if it exists and is not empty.
+        size: image side in pixels (EuroSAT: 64).
+
+    Returns:
+        A one-line summary.
+
+    Raises:
+        ValueError: ``per_class`` < 1, ``size`` < 16 or an unknown layout.
+        OutputExistsError: ``out`` exists, is not empty, and ``overwrite`` is false.
+    """
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    if size < 16:
+        raise ValueError(f"size must be at least 16 px, got {size}")
+    if layout not in EuroSATMSSAR.directories:
+        raise ValueError(f"layout must be one of {list(EuroSATMSSAR.directories)}, "
+                         f"got {layout!r}")
+    dirs = EuroSATMSSAR.directories[layout]
+    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    with atomic_dir(out, overwrite) as tmp:
+        for label, name in enumerate(EUROSAT_CLASSES):
+            for d in dirs.values():
+                (tmp / d / name).mkdir(parents=True)
+            for n in range(1, per_class + 1):
+                rng = np.random.default_rng([seed, label, n])
+                crs, x0, y0 = _random_utm(rng)
+                transform = from_origin(x0, y0, EuroSATMSSAR.pixel_size,
+                                        EuroSATMSSAR.pixel_size)
+                ms, sar = render_class(label, size, rng)
+                file = f"{name}_{n}.tif"
+                _write(tmp / dirs["ms"] / name / file, ms, crs, transform, S2_BANDS)
+                _write(tmp / dirs["sar"] / name / file, sar, crs, transform, S1_BANDS)
+            order = np.random.default_rng([seed, label, 0]).permutation(per_class) + 1
+            n_train, n_val = round(0.6 * per_class), round(0.2 * per_class)
+            for split, part in (("train", order[:n_train]),
+                                ("val", order[n_train:n_train + n_val]),
+                                ("test", order[n_train + n_val:])):
+                splits[split] += [f"{name}_{n}.jpg" for n in sorted(part)]
+        for template in EuroSATMSSAR.split_lists[layout]:
+            for split, lines in splits.items():
+                path = tmp / template.format(split=split)
+                path.write_text("".join(f"{line}\n" for line in lines))
+    counts = "/".join(str(len(v)) for v in splits.values())
+    return (f"{out}: synthetic EuroSat-MS-SAR, {layout} layout, {per_class * len(EUROSAT_CLASSES)}"
+            f" MS/SAR pairs ({per_class} per class, {size}x{size} px), train/val/test "
+            f"{counts}, seed {seed}")
+
+
+def _regions(size: int, rng: np.random.Generator) -> list:
+    """Voronoi land-cover regions over a ``size`` px square, in pixel coordinates.
+
+    Seeds are at least ``0.75 * size / sqrt(n)`` px apart (about 96 px), so every cell
+    holds a disc of that diameter: 64 px windows fit inside every region.
+    """
+    import shapely
+
+    n = max(3, round(size**2 / 128**2))
+    spacing = 0.75 * size / np.sqrt(n)
+    points: list[np.ndarray] = []
+    while len(points) < n:
+        p = rng.uniform(0, size, size=2)
+        if all(np.hypot(*(p - q)) >= spacing for q in points):
+            points.append(p)
+    frame = shapely.box(0, 0, size, size)
+    cells = shapely.voronoi_polygons(shapely.MultiPoint(points), extend_to=frame)
+    # keep the seed order, so classes follow the seeded draw, not GEOS's output order
+    by_seed = {next(i for i, p in enumerate(points) if c.contains(shapely.Point(p))): c
+               for c in shapely.get_parts(cells)}
+    return [by_seed[i].intersection(frame) for i in range(n)]
+
+
+def _sar_grid(crs: CRS, transform: Affine, size: int) -> tuple[CRS, Affine, int, int]:
+    """An EPSG:4326 grid over the scene whose pixels measure about 10 m x 10 m."""
+    geographic = CRS.from_epsg(4326)
+    cx, cy = transform * (size / 2, size / 2)
+    step = EuroSATMSSAR.pixel_size
+    lon, lat = transform_points(crs, geographic, [cx, cx + step, cx], [cy, cy, cy + step])
+    xres, yres = abs(lon[1] - lon[0]), abs(lat[2] - lat[0])
+    west, south, east, north = transform_bounds(crs, geographic,
+                                                *array_bounds(size, size, transform))
+    width, height = int(np.ceil((east - west) / xres)), int(np.ceil((north - south) / yres))
+    return geographic, from_origin(west, north, xres, yres), width, height
+
+
+def _margins(shape: tuple[int, int], strip: str, corner: str) -> np.ndarray:
+    """Nodata mask: a strip 1/16 of the side along one edge and a triangle in a corner."""
+    h, w = shape
+    y, x = np.mgrid[:h, :w]
+    band = {"north": y < h // 16, "south": y >= h - h // 16,
+            "west": x < w // 16, "east": x >= w - w // 16}[strip]
+    cy = y if "n" == corner[0] else h - 1 - y
+    cx = x if "w" == corner[1] else w - 1 - x
+    return band | (cx + cy < min(h, w) // 6)
+
+
+def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
+               overwrite: bool = False) -> str:
+    """Write a co-registered MS/SAR scene pair of land-cover regions with its truth.
+
+    Random Voronoi regions (each at least about 96 px across) get EuroSAT classes and are
+    rendered with the same generator as the EuroSat-MS-SAR patches, at the same 10 m
+    scale. Files written to ``out``:
+
+    * ``truth.tif``: uint8 class codes on a UTM 10 m grid, nodata 255, colour table;
+    * ``ms.tif``: 13-band uint16 DN on the truth grid, nodata 0 (a strip along the north
+      edge and the south-east corner);
+    * ``sar.tif``: VV/VH float32 dB on a *different* grid, EPSG:4326 with about 10 m
+      pixels (speckle drawn on that grid), nodata NaN (outside the scene, a strip along the
+      east edge and the north-west corner);
+    * ``regions.gpkg``: the region polygons with ``class_code`` and ``class_name``.
+
+    Args:
+        out: output directory.
+        size: MS/truth side in pixels (at least 64).
+        seed: the same seed gives the same rasters.
+        overwrite: replace ``out`` if it exists and is not empty.
+
+    Returns:
+        A one-line summary.
+
+    Raises:
+        ValueError: ``size`` < 64.
+        OutputExistsError: ``out`` exists, is not empty, and ``overwrite`` is false.
+    """
+    import geopandas as gpd
+    import shapely
+    from rasterio.features import rasterize
+
+    if size < 64:
+        raise ValueError(f"size must be at least 64 px, got {size}")
+    rng = np.random.default_rng([seed, 1_000_003])
+    crs, x0, y0 = _random_utm(rng)
+    transform = from_origin(x0, y0, EuroSATMSSAR.pixel_size, EuroSATMSSAR.pixel_size)
+    cells = _regions(size, rng)
+    order = rng.permutation(len(EUROSAT_CLASSES))  # every class appears once n >= 10
+    codes = [int(order[i % len(order)]) for i in range(len(cells))]
+    shape = (size, size)
+    region = rasterize(((c, i) for i, c in enumerate(cells)), out_shape=shape,
+                       fill=len(cells), dtype="uint16")
+    truth = np.asarray(codes + [CLASS_NODATA], dtype=np.uint8)[region]
+
+    ms = np.zeros((len(S2_BANDS), *shape), dtype=np.uint16)
+    sigma0 = np.zeros((len(S1_BANDS), *shape), dtype=np.float32)
+    for i, code in enumerate(codes):
+        rows, cols = np.nonzero(region == i)
+        box = (slice(rows.min(), rows.max() + 1), slice(cols.min(), cols.max() + 1))
+        mask = region[box] == i
+        region_rng = np.random.default_rng([seed, 1_000_003, i])
+        cover = land_cover(code, mask.shape, region_rng)
+        ms[(slice(None), *box)][:, mask] = ms_digital_numbers(cover, region_rng)[:, mask]
+        sigma0[(slice(None), *box)][:, mask] = sar_sigma0(cover, region_rng)[:, mask]
+    ms[:, _margins(shape, "north", "se")] = 0
+
+    sar_crs, sar_transform, width, height = _sar_grid(crs, transform, size)
+    warped = np.full((len(S1_BANDS), height, width), np.nan, dtype=np.float32)
+    reproject(sigma0, warped, src_transform=transform, src_crs=crs, dst_transform=sar_transform,
+              dst_crs=sar_crs, dst_nodata=np.nan, resampling=Resampling.bilinear)
+    sar = sar_decibels(warped, np.random.default_rng([seed, 1_000_003, len(cells)]))
+    sar[:, _margins((height, width), "east", "nw")] = np.nan
+
+    tiled = {"tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+             "zlevel": 9}
+    with atomic_dir(out, overwrite) as tmp:
+        _write(tmp / "truth.tif", truth[None], crs, transform, ("land cover class",),
+               nodata=CLASS_NODATA, **tiled)
+        with rasterio.open(tmp / "truth.tif", "r+") as dst:
+            dst.write_colormap(1, {i: (*c, 255) for i, c in enumerate(EUROSAT_COLORS)})
+            dst.update_tags(classes=",".join(EUROSAT_CLASSES))
+        _write(tmp / "ms.tif", ms, crs, transform, S2_BANDS, nodata=0, predictor=2, **tiled)
+        _write(tmp / "sar.tif", sar, sar_crs, sar_transform, S1_BANDS, nodata=np.nan,
+               predictor=3, **tiled)
+        polygons = [shapely.affinity.affine_transform(c, transform.to_shapely()) for c in cells]
+        gpd.GeoDataFrame({"region": range(len(cells)), "class_code": codes,
+                          "class_name": [EUROSAT_CLASSES[c] for c in codes]},
+                         geometry=polygons, crs=crs).to_file(tmp / "regions.gpkg",
+                                                             driver="GPKG")
+    return (f"{out}: synthetic scene {size}x{size} px at 10 m ({crs}), {len(cells)} regions of "
+            f"{len(set(codes))} classes; ms.tif (13 bands), truth.tif, regions.gpkg on that grid;"
+            f" sar.tif (VV/VH dB) on EPSG:4326, {width}x{height} px; seed {seed}")

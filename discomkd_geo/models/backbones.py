@@ -1,0 +1,158 @@
+"""Image encoders: ``(B, C, H, W)`` images of any band count to ``(B, D)`` feature vectors.
+
+``resnet18`` is the paper's encoder (torchvision ResNet-18 trained from scratch, first
+convolution taking the modality's bands, classifier removed); ``small_cnn`` is a few
+conv-BN-ReLU layers for the demo and the tests on CPU. Every encoder has an
+``out_features`` attribute (D). :func:`load_backbone_weights` initialises an encoder
+from a local state-dict file. Used by :mod:`discomkd_geo.models.branches`.
+"""
+
+import os
+from collections import OrderedDict
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, ResNet
+
+from ..errors import CheckpointError, ConfigError
+from ._files import LOAD_ERRORS, load_error_message
+
+
+class ResNet18Features(ResNet):
+    """Torchvision ResNet-18 with ``in_channels`` input bands and no classifier.
+
+    Subclassing (rather than wrapping) keeps torchvision's state-dict keys, so
+    ResNet-18 weight files load as they are (see :func:`load_backbone_weights`).
+
+    Args:
+        in_channels: number of input bands.
+    """
+
+    out_features = 512
+
+    def __init__(self, in_channels: int) -> None:
+        super().__init__(BasicBlock, [2, 2, 2, 2])
+        self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+        self.fc = nn.Identity()
+
+
+def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class SmallCNN(nn.Sequential):
+    """Four conv-BN-ReLU stages (``width`` to ``8 * width`` channels) and global pooling.
+
+    Three 2x max-pools shrink the image before the wider stages, which keeps it fast on
+    CPU; ``out_features = 8 * width``.
+
+    Args:
+        in_channels: number of input bands.
+        width: channels of the first stage.
+    """
+
+    def __init__(self, in_channels: int, width: int = 32) -> None:
+        w = width
+        super().__init__(OrderedDict(
+            stage1=_conv_bn_relu(in_channels, w), pool1=nn.MaxPool2d(2),
+            stage2=_conv_bn_relu(w, 2 * w), pool2=nn.MaxPool2d(2),
+            stage3=_conv_bn_relu(2 * w, 4 * w), pool3=nn.MaxPool2d(2),
+            stage4=_conv_bn_relu(4 * w, 8 * w),
+            pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+        ))
+        self.out_features = 8 * w
+
+
+#: Encoder names accepted by :func:`build_backbone` (``model.backbone`` in the config).
+BACKBONES = ("resnet18", "small_cnn")
+
+
+def build_backbone(name: str, in_channels: int, width: int = 32) -> nn.Module:
+    """An encoder mapping ``(B, in_channels, H, W)`` to ``(B, out_features)``.
+
+    Args:
+        name: ``resnet18`` (512 features) or ``small_cnn`` (``8 * width`` features).
+        in_channels: number of input bands.
+        width: base channel count of ``small_cnn`` (ignored by ``resnet18``).
+
+    Returns:
+        The encoder, randomly initialised, with an ``out_features`` attribute.
+
+    Raises:
+        ConfigError: unknown backbone name.
+    """
+    if name == "resnet18":
+        return ResNet18Features(in_channels)
+    if name == "small_cnn":
+        return SmallCNN(in_channels, width)
+    raise ConfigError("model.backbone", f"unknown backbone {name!r}; choose one of "
+                      f"{', '.join(BACKBONES)}")
+
+
+def _first_conv_key(module: nn.Module) -> str | None:
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Conv2d):
+            return f"{name}.weight"
+    return None
+
+
+def _adapt_first_conv(weight: Tensor, in_channels: int) -> Tensor:
+    """Give a first-layer kernel ``(O, C', k, k)`` ``in_channels`` input channels.
+
+    Each new channel gets the mean kernel over the file's channels, scaled by
+    ``C' / in_channels`` so that an image with the same value in every band produces
+    the same activations as before. Averaging (rather than cycling R, G, B over the new
+    bands, as timm does) because satellite bands have no RGB order to map to.
+    """
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1) * (weight.shape[1] / in_channels)
+
+
+def load_backbone_weights(module: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Initialise an encoder from a local state-dict file (e.g. ImageNet ResNet-18).
+
+    The file may hold the state dict itself or ``{"state_dict": ...}``; a ``module.``
+    prefix (DataParallel) is removed, and keys the encoder does not have (a classifier
+    head, say) are ignored. If only the first convolution's input channel count
+    differs, its kernel is adapted (see :func:`_adapt_first_conv`).
+
+    Args:
+        module: an encoder from :func:`build_backbone`.
+        path: the weights file.
+
+    Raises:
+        CheckpointError: the file is unreadable or does not fit the encoder.
+    """
+    source = os.fspath(path)
+    try:
+        state: Any = torch.load(source, map_location="cpu", weights_only=True)
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"{source}: cannot read weights ({load_error_message(err)})"
+                              ) from err
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{source}: not a state dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    target = module.state_dict()
+    missing = [k for k in target if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"{source}: does not fit a {type(module).__name__} encoder: {len(missing)} "
+            f"missing keys (e.g. {', '.join(missing[:3])})")
+    first = _first_conv_key(module)
+    loaded = {}
+    for key, ref in target.items():
+        value = state[key]
+        if (key == first and value.ndim == 4 and value.shape[0] == ref.shape[0]
+                and value.shape[2:] == ref.shape[2:] and value.shape[1] != ref.shape[1]):
+            value = _adapt_first_conv(value, ref.shape[1])
+        if value.shape != ref.shape:
+            raise CheckpointError(
+                f"{source}: does not fit a {type(module).__name__} encoder: {key} has "
+                f"shape {tuple(value.shape)}, expected {tuple(ref.shape)}")
+        loaded[key] = value
+    module.load_state_dict(loaded)

@@ -1,0 +1,174 @@
+"""Single-modality branches: the deployable classifiers, and the models that hold them.
+
+A *branch* maps one modality's normalised ``(B, C, H, W)`` images to ``(B, K)`` class
+logits and is all that inference needs of a trained model. :func:`build_branch` rebuilds
+a branch from JSON-able keyword arguments (its *spec*); checkpoints store the spec, and
+:meth:`~discomkd_geo.models.predictor.Predictor.from_payload` calls
+``build_branch(**spec)`` before loading the branch's weights.
+
+:class:`BranchedModel` is the base of every multi-modal model (DisCoM-KD in
+:mod:`.discomkd`, the baselines): its ``branches`` ModuleDict holds one branch per
+modality, so a branch's weights sit under ``branches.<modality>.`` in the model.
+"""
+
+import copy
+import os
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import CheckpointError
+from .backbones import build_backbone, load_backbone_weights
+
+
+class DisCoMKDBranch(nn.Module):
+    """One modality's part of DisCoM-KD (Ienco & Fraga Dantas, 2024).
+
+    Two encoders of the same architecture and separate weights: the invariant encoder,
+    followed by the projection head, gives ``z_inv`` (D/2 features); the specific
+    encoder's D features are split into ``z_inf`` (first half, modality-informative) and
+    ``z_irr`` (second half, modality-irrelevant). The modality's task classifier reads
+    ``concat(z_inv, z_inf)``, as in the paper: ``z_irr`` never reaches a task
+    classifier.
+
+    Args:
+        in_channels: number of input bands.
+        num_classes: number of classes K.
+        backbone: encoder name (see :func:`~discomkd_geo.models.backbones.build_backbone`).
+        width: base width of ``small_cnn``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet18",
+                 width: int = 32) -> None:
+        super().__init__()
+        self.enc_inv = build_backbone(backbone, in_channels, width)
+        self.enc_spec = build_backbone(backbone, in_channels, width)
+        features = self.enc_inv.out_features
+        #: Size of each of z_inv, z_inf and z_irr.
+        self.embed_dim = features // 2
+        # Linear -> BN -> ReLU, as the paper, so that z_inv has z_inf's size.
+        self.proj = nn.Sequential(nn.Linear(features, self.embed_dim),
+                                  nn.BatchNorm1d(self.embed_dim), nn.ReLU(inplace=True))
+        self.task_cls = nn.Linear(2 * self.embed_dim, num_classes)
+
+    def encoders(self) -> list[nn.Module]:
+        """The image encoders (what :func:`load_backbone_weights` initialises)."""
+        return [self.enc_inv, self.enc_spec]
+
+    def embed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z_inv, z_inf, z_irr)`` of normalised images, each ``(B, D/2)``."""
+        z_inv = self.proj(self.enc_inv(x))
+        spec = self.enc_spec(x)
+        return z_inv, spec[:, : self.embed_dim], spec[:, self.embed_dim:]
+
+    def classify(self, z_inv: Tensor, z_inf: Tensor) -> Tensor:
+        """Task logits from the invariant and informative embeddings."""
+        return self.task_cls(torch.cat([z_inv, z_inf], dim=1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, K)`` of normalised images ``(B, C, H, W)``."""
+        z_inv, z_inf, _ = self.embed(x)
+        return self.classify(z_inv, z_inf)
+
+
+class MonoBranch(nn.Module):
+    """An encoder and a linear classifier: the mono-modal baseline's branch.
+
+    Args:
+        in_channels: number of input bands.
+        num_classes: number of classes K.
+        backbone: encoder name (see :func:`~discomkd_geo.models.backbones.build_backbone`).
+        width: base width of ``small_cnn``.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet18",
+                 width: int = 32) -> None:
+        super().__init__()
+        self.encoder = build_backbone(backbone, in_channels, width)
+        self.head = nn.Linear(self.encoder.out_features, num_classes)
+
+    def encoders(self) -> list[nn.Module]:
+        """The image encoders (what :func:`load_backbone_weights` initialises)."""
+        return [self.encoder]
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, K)`` of normalised images ``(B, C, H, W)``."""
+        return self.head(self.encoder(x))
+
+
+#: Branch classes by the ``kind`` of :func:`build_branch`.
+BRANCHES: dict[str, type[nn.Module]] = {"discomkd": DisCoMKDBranch, "mono": MonoBranch}
+
+
+def build_branch(kind: str, **kwargs: Any) -> nn.Module:
+    """Build a single-modality branch from its spec.
+
+    Args:
+        kind: ``discomkd`` (:class:`DisCoMKDBranch`) or ``mono`` (:class:`MonoBranch`).
+        **kwargs: the branch's constructor arguments (``in_channels``, ``num_classes``,
+            ``backbone``, ``width``).
+
+    Returns:
+        A randomly initialised branch mapping ``(B, C, H, W)`` to ``(B, K)`` logits.
+
+    Raises:
+        CheckpointError: unknown kind (a spec written by another version).
+    """
+    if kind not in BRANCHES:
+        raise CheckpointError(f"unknown branch kind {kind!r}; known kinds: "
+                              f"{', '.join(BRANCHES)}")
+    return BRANCHES[kind](**kwargs)
+
+
+class BranchedModel(nn.Module):
+    """Base of multi-modal models that hold one deployable branch per modality.
+
+    Subclasses call :meth:`add_branch` for each modality; the branch's spec is recorded
+    so that ``build_branch(**model.branch_spec(m))`` rebuilds the same architecture,
+    and ``model.branch(m).state_dict()`` its weights.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branches = nn.ModuleDict()
+        self._specs: dict[str, dict[str, Any]] = {}
+
+    def add_branch(self, modality: str, kind: str,
+                   weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> nn.Module:
+        """Build a branch with :func:`build_branch` and register it under ``modality``.
+
+        Args:
+            modality: modality name, e.g. ``sar``.
+            kind: branch kind (see :func:`build_branch`).
+            weights: optional local state-dict file to initialise every encoder of the
+                branch from (see :func:`load_backbone_weights`); not part of the spec,
+                since a saved branch carries its trained weights.
+            **kwargs: JSON-able constructor arguments of the branch.
+
+        Returns:
+            The new branch.
+        """
+        branch = build_branch(kind, **kwargs)
+        if weights is not None:
+            for encoder in branch.encoders():
+                load_backbone_weights(encoder, weights)
+        self.branches[modality] = branch
+        self._specs[modality] = {"kind": kind, **kwargs}
+        return branch
+
+    @property
+    def modalities(self) -> list[str]:
+        """Modality names, in branch order (the modality ids of DisCoM-KD's targets)."""
+        return list(self.branches)
+
+    def branch(self, modality: str) -> nn.Module:
+        """The deployable classifier of ``modality``: normalised images to logits."""
+        if modality not in self.branches:
+            raise KeyError(f"no {modality!r} branch (model has: {', '.join(self.branches)})")
+        return self.branches[modality]
+
+    def branch_spec(self, modality: str) -> dict[str, Any]:
+        """Keyword arguments of :func:`build_branch` (``kind`` included) for ``modality``."""
+        self.branch(modality)  # same error for an unknown modality
+        return copy.deepcopy(self._specs[modality])

@@ -1,0 +1,506 @@
+"""Data layer: EuroSAT-MS-SAR pairing and splits, statistics, samplers, augmentations,
+scene windows and the DataModule, on small GeoTIFFs written here."""
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from matplotlib.figure import Figure
+from rasterio.transform import from_origin
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
+
+from discomkd_geo.config import AugmentConfig, load_config
+from discomkd_geo.constants import EUROSAT_CLASSES, S2_BANDS
+from discomkd_geo.data.datamodule import MSSARDataModule
+from discomkd_geo.data.eurosat import EuroSATMSSAR
+from discomkd_geo.data.normalization import compute_stats
+from discomkd_geo.data.samplers import ClassBalancedSampler, UnpairedSampler, ValidWindowSampler
+from discomkd_geo.data.scenes import (
+    LandCoverRaster,
+    ScenePatches,
+    Sentinel1Scene,
+    Sentinel2Scene,
+    scene_dataset,
+)
+from discomkd_geo.data.transforms import MultiModalAugmentation
+from discomkd_geo.errors import DatasetNotFoundError, InputFileError
+
+CLASSES = EUROSAT_CLASSES[:3]
+PER_CLASS = 10
+SIZE = 32
+DIRS = {"eurosat": ("ds/images/remote_sensing/otherDatasets/sentinel_2/tif", "EuroSAT-SAR"),
+        "copernicus": ("eurosat_s2/all_imgs", "eurosat_s1/all_imgs")}
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _write(path: Path, data: np.ndarray, crs: str = "EPSG:32631", **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1],
+                       count=data.shape[0], dtype=data.dtype, crs=crs,
+                       transform=kwargs.pop("transform", from_origin(500000, 5000000, 10, 10)),
+                       **kwargs) as dst:
+        dst.write(data)
+
+
+def make_dataset(root: Path, layout: str, seed: int = 0) -> Path:
+    """EuroSat-MS-SAR in a published layout: 3 classes x 10 images, with split lists."""
+    rng = np.random.default_rng(seed)
+    ms_dir, sar_dir = DIRS[layout]
+    names = []
+    for c, name in enumerate(CLASSES):
+        for n in range(1, PER_CLASS + 1):
+            ms = rng.integers(500 + 400 * c, 3000 + 400 * c, (13, SIZE, SIZE)).astype(np.uint16)
+            sar = rng.normal(-18 + 3 * c, 2, (2, SIZE, SIZE)).astype(np.float32)
+            _write(root / ms_dir / name / f"{name}_{n}.tif", ms)
+            _write(root / sar_dir / name / f"{name}_{n}.tif", sar)
+            names.append(f"{name}_{n}")
+    lists = {"train": names[0::3] + names[1::3], "val": names[2::6], "test": names[5::6]}
+    for split, ids in lists.items():
+        for folder in ([""] if layout == "eurosat" else ["eurosat_s2", "eurosat_s1"]):
+            (root / folder / f"eurosat-{split}.txt").write_text(
+                "".join(f"{i}.jpg\n" for i in ids))
+    return root
+
+
+@pytest.fixture(params=["eurosat", "copernicus"])
+def root(request: pytest.FixtureRequest) -> Path:
+    """Synthetic EuroSat-MS-SAR (10 per class) in each published layout."""
+    return request.getfixturevalue(f"{request.param}_root")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_dataset(tmp_path_factory.mktemp("tiny"), "eurosat")
+
+
+@pytest.fixture
+def broken(tiny: Path, tmp_path: Path) -> Path:
+    """A private copy of a tiny dataset to damage."""
+    return Path(shutil.copytree(tiny, tmp_path / "copy"))
+
+
+# -- EuroSATMSSAR -----------------------------------------------------------------------
+def test_pairs_ms_and_sar_by_file_name(root: Path) -> None:
+    ds = EuroSATMSSAR(root, "train")
+    assert len(ds) == 70  # 70 % of 10 x 10
+    for i in range(len(ds)):
+        ms_path, sar_path = ds.paths["ms"][i], ds.paths["sar"][i]
+        assert Path(ms_path).name == Path(sar_path).name == f"{ds.ids[i]}.tif"
+        assert Path(ms_path).parent.name == EUROSAT_CLASSES[ds.targets[i]]
+        assert "s2" in ms_path or "sentinel_2" in ms_path
+    sample = ds[0]
+    with rasterio.open(ds.paths["sar"][0]) as src:
+        assert torch.equal(sample["image_sar"], torch.from_numpy(src.read()))
+    assert sample["image_ms"].shape == (13, 64, 64)
+    assert sample["image_ms"].dtype == sample["image_sar"].dtype == torch.float32
+    assert sample["label"].dtype == torch.long and sample["id"] == ds.ids[0]
+
+
+def test_random_split_disjoint_stratified_reproducible(root: Path) -> None:
+    splits = {s: EuroSATMSSAR(root, s, split_seed=3) for s in ("train", "val", "test")}
+    ids = {s: set(ds.ids) for s, ds in splits.items()}
+    assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
+    assert not ids["val"] & ids["test"]
+    assert len(set().union(*ids.values())) == 100
+    for s, expected in {"train": 7, "val": 1, "test": 2}.items():
+        assert Counter(splits[s].targets) == dict.fromkeys(range(10), expected)
+    assert EuroSATMSSAR(root, "train", split_seed=3).ids == splits["train"].ids
+    assert set(EuroSATMSSAR(root, "train", split_seed=4).ids) != ids["train"]
+
+
+def test_published_split_lists(root: Path) -> None:
+    lists = sorted(root.rglob("eurosat-val.txt"))
+    assert lists
+    listed = {line.removesuffix(".jpg") for line in lists[0].read_text().split()}
+    ds = EuroSATMSSAR(root, "val", split_mode="published")
+    assert set(ds.ids) == listed and len(ds) == 20
+    train = EuroSATMSSAR(root, "train", split_mode="published")
+    assert not set(train.ids) & listed
+
+
+def test_published_lists_of_tiny_dataset(tiny: Path) -> None:
+    names = [f"{c}_{n}" for c in CLASSES for n in range(1, PER_CLASS + 1)]
+    ds = EuroSATMSSAR(tiny, "val", split_mode="published")
+    assert sorted(ds.ids) == sorted(names[2::6])
+
+
+def test_band_selection(eurosat_root: Path) -> None:
+    ds = EuroSATMSSAR(eurosat_root, "test", modalities=("ms",),
+                      bands={"ms": ["B04", "B03", "B02"]})
+    image = ds[1]["image_ms"]
+    with rasterio.open(ds.paths["ms"][1]) as src:
+        assert torch.equal(image, torch.from_numpy(src.read([4, 3, 2]).astype(np.float32)))
+    assert "image_sar" not in ds[1]
+    with pytest.raises(ValueError, match="B99"):
+        EuroSATMSSAR(eurosat_root, bands={"ms": ["B99"]})
+
+
+def test_plot_returns_figure(eurosat_root: Path) -> None:
+    ds = EuroSATMSSAR(eurosat_root, "test")
+    fig = ds.plot({**ds[0], "prediction": torch.tensor(1)})
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+
+
+# -- errors name the file -----------------------------------------------------------------
+def test_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=str(tmp_path / "nowhere")):
+        EuroSATMSSAR(tmp_path / "nowhere")
+
+
+def test_unpaired_files_counted_and_droppable(broken: Path) -> None:
+    sar = broken / DIRS["eurosat"][1]
+    for n in (1, 2):
+        (sar / CLASSES[1] / f"{CLASSES[1]}_{n}.tif").unlink()
+    split = {"train": set(), "val": set(), "test": set()}
+    for s in split:
+        split[s] = set(EuroSATMSSAR(broken, s, modalities=("ms",)).ids)
+    missing = {f"{CLASSES[1]}_1", f"{CLASSES[1]}_2"}
+    s = next(s for s in split if missing & split[s])
+    with pytest.raises(InputFileError, match=r"of \d+ " + s) as err:
+        EuroSATMSSAR(broken, s)
+    assert f"{len(missing & split[s])} of {len(split[s])}" in str(err.value)
+    assert Path(err.value.path).stem in missing and err.value.path.endswith(".tif")
+    dropped = EuroSATMSSAR(broken, s, drop_unpaired=True)
+    assert set(dropped.ids) == split[s] - missing
+
+
+def _first_ms(root: Path) -> Path:
+    return root / DIRS["eurosat"][0] / CLASSES[0] / f"{CLASSES[0]}_1.tif"
+
+
+@pytest.mark.parametrize("damage, problem", [
+    ("bands", "has 12 bands, expected 13"),
+    ("dtype", "has dtype float32, expected uint16"),
+    ("garbage", "unreadable raster"),
+])
+def test_bad_file_named(broken: Path, damage: str, problem: str) -> None:
+    path = _first_ms(broken)
+    if damage == "bands":
+        _write(path, np.ones((12, SIZE, SIZE), np.uint16))
+    elif damage == "dtype":
+        _write(path, np.ones((13, SIZE, SIZE), np.float32))
+    else:
+        path.write_bytes(b"not a tiff")
+    split = next(s for s in ("train", "val", "test")
+                 if path.stem in EuroSATMSSAR(broken, s, modalities=("sar",)).ids)
+    with pytest.raises(InputFileError, match=problem) as err:
+        ds = EuroSATMSSAR(broken, split)
+        for i in range(len(ds)):
+            ds[i]
+    assert err.value.path == str(path)
+
+
+# -- statistics ---------------------------------------------------------------------------
+def _train_pixels(root: Path, modality: str) -> np.ndarray:
+    ds = EuroSATMSSAR(root, "train", modalities=(modality,))
+    return np.stack([ds[i][f"image_{modality}"].numpy() for i in range(len(ds))])
+
+
+@pytest.mark.parametrize("modality, units", [("ms", "dn"), ("sar", "dB")])
+def test_statistics_against_numpy(copernicus_root: Path, modality: str, units: str) -> None:
+    ds = EuroSATMSSAR(copernicus_root, "train", modalities=(modality,))
+    bands = ds.bands[modality]
+    pixels = _train_pixels(copernicus_root, modality).transpose(1, 0, 2, 3).reshape(len(bands), -1)
+    pct = compute_stats(ds, modality, bands, "percentile", 2, 98, units=units, batch_size=5,
+                        progress=False)
+    tol = 0 if units == "dn" else 0.01  # exact on integer DN; 0.01 dB bins for SAR
+    np.testing.assert_allclose(pct.shift, np.percentile(pixels, 2, axis=1), atol=tol)
+    np.testing.assert_allclose(np.add(pct.shift, pct.scale),
+                               np.percentile(pixels, 98, axis=1), atol=tol)
+    ms = compute_stats(ds, modality, bands, "meanstd", units=units, batch_size=7, progress=False)
+    np.testing.assert_allclose(ms.shift, pixels.astype(np.float64).mean(axis=1), rtol=1e-9)
+    np.testing.assert_allclose(ms.scale, pixels.astype(np.float64).std(axis=1), rtol=1e-9)
+
+
+# -- samplers -----------------------------------------------------------------------------
+def test_class_balanced_sampler_balances_imbalanced_classes() -> None:
+    targets = [0] * 50 + [1] * 5 + [2] * 15
+    sampler = ClassBalancedSampler(targets, 3000, torch.Generator().manual_seed(0))
+    counts = Counter(targets[i] for i in sampler)
+    assert counts == {0: 1000, 1: 1000, 2: 1000}
+    first = list(ClassBalancedSampler(targets, 15, torch.Generator().manual_seed(1)))
+    minority = [i for i in first if targets[i] == 1]
+    assert sorted(minority) == list(range(50, 55))  # a class is used up before repeating
+
+
+def test_unpaired_sampler_draws_modalities_independently() -> None:
+    a = ClassBalancedSampler([0] * 10 + [1] * 30, 400, torch.Generator().manual_seed(0))
+    b = ClassBalancedSampler([0] * 20 + [1] * 4, 400, torch.Generator().manual_seed(1))
+    pairs = list(UnpairedSampler({"ms": a, "sar": b}))
+    la = [int(i >= 10) for i, _ in pairs]
+    lb = [int(j >= 20) for _, j in pairs]
+    assert Counter(la) == Counter(lb) == {0: 200, 1: 200}
+    agreement = np.mean(np.equal(la, lb))
+    assert 0.35 < agreement < 0.65  # independent draws agree about half the time
+    with pytest.raises(ValueError, match="one length"):
+        UnpairedSampler({"ms": a, "sar": ClassBalancedSampler([0], 3)})
+
+
+# -- augmentations -------------------------------------------------------------------------
+def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
+    out = []
+    for k in range(4):
+        r = torch.rot90(x, k, (-2, -1))
+        out += [r, r.flip(-1)]
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_augmentation_keeps_labels_shapes_dtypes(device: str, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    aug = MultiModalAugmentation({"ms": "dn", "sar": "dB"}, AugmentConfig(intensity=False))
+    x = torch.rand(32, 13, 16, 16, dtype=dtype, device=device)
+    labels = torch.arange(32, device=device)
+    batch = {"image_ms": x, "image_sar": x[:, 3:5].clone(), "label_ms": labels,
+             "label_sar": labels.clone()}
+    out = aug(batch, paired=True)
+    assert torch.equal(out["label_ms"], labels) and torch.equal(out["label_sar"], labels)
+    for m, c in (("ms", 13), ("sar", 2)):
+        assert out[f"image_{m}"].shape == (32, c, 16, 16)
+        assert out[f"image_{m}"].dtype == dtype and out[f"image_{m}"].device == x.device
+    # flips and quarter turns move pixels without interpolating them
+    assert all(any(torch.equal(out["image_ms"][i], d) for d in _dihedral(x[i]))
+               for i in range(32))
+    assert sum(not torch.equal(out["image_ms"][i], x[i]) for i in range(32)) > 16
+    assert torch.equal(out["image_ms"][:, 3:5], out["image_sar"])  # shared geometry
+    independent = aug(batch, paired=False)
+    assert not torch.equal(independent["image_ms"][:, 3:5], independent["image_sar"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_intensity_jitter_is_physical(device: str) -> None:
+    torch.manual_seed(0)
+    from discomkd_geo.data.normalization import BandStats
+
+    stats = {"ms": BandStats("percentile", list(S2_BANDS), [0.0] * 13, [1.0] * 13),
+             "sar": BandStats("percentile", ["VV", "VH"], [-25.0, -30.0], [20.0, 10.0])}
+    aug = MultiModalAugmentation({"ms": "dn", "sar": "dB"},
+                                 AugmentConfig(flips=False, rot90=False, p=1.0), stats)
+    ms = torch.full((64, 13, 4, 4), 0.5, device=device)
+    sar = torch.zeros(64, 2, 4, 4, device=device)
+    out = aug({"image_ms": ms, "image_sar": sar}, paired=True)
+    gain_offset = out["image_ms"][..., 0, 0]
+    assert gain_offset.std(dim=1).min() > 0  # every band jittered on its own
+    assert torch.all((gain_offset - 0.5).abs() <= 0.5 * 0.1 + 0.05 + 1e-6)
+    shift_db = out["image_sar"][..., 0, 0] * torch.tensor([20.0, 10.0], device=device)
+    assert torch.all(shift_db.abs() <= 1.5 + 1e-5)  # 1 dB common + 0.5 dB per band
+    assert torch.all(out["image_sar"] == out["image_sar"][..., :1, :1])  # flat per band
+
+
+# -- DataModule -----------------------------------------------------------------------------
+def _config(root: Path, *overrides: str):
+    return load_config(None, (f"data.root={root}", "data.batch_size=8", "data.num_workers=0",
+                              *overrides)).data
+
+
+@pytest.mark.parametrize("paired", [True, False])
+def test_datamodule_batch_contract(eurosat_root: Path, paired: bool) -> None:
+    dm = MSSARDataModule(_config(eurosat_root, f"data.paired={paired}"), seed=0)
+    dm.setup("fit")
+    assert dm.modalities == {"ms": list(S2_BANDS), "sar": ["VV", "VH"]}
+    assert dm.units == {"ms": "dn", "sar": "dB"} and dm.classes == list(EUROSAT_CLASSES)
+    assert dm.patch_size == 64 and dm.pixel_size == 10.0 and len(dm.colors) == 10
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 70 // 8  # incomplete last batch dropped
+    for batch in batches:
+        out = dm.preprocess(batch, augment=True)
+        for m, c in (("ms", 13), ("sar", 2)):
+            assert out[f"image_{m}"].shape == (8, c, 64, 64)
+            assert out[f"image_{m}"].dtype == torch.float32
+            assert out[f"label_{m}"].shape == (8,) and out[f"label_{m}"].dtype == torch.long
+        if paired:
+            assert torch.equal(batch["label_ms"], batch["label_sar"])
+            assert batch["id"] is not None
+    if not paired:
+        assert any(not torch.equal(b["label_ms"], b["label_sar"]) for b in batches)
+        assert any(b["id_ms"] != b["id_sar"] for b in batches)
+    val = next(iter(dm.val_dataloader()))
+    out = dm.preprocess(val, augment=False)
+    assert torch.equal(val["label_ms"], val["label_sar"])
+    assert float(out["image_ms"].min()) >= 0.0 and float(out["image_ms"].max()) <= 1.0
+
+
+def test_datamodule_stats_from_train_split_and_test_alone(tiny: Path) -> None:
+    config = _config(tiny)
+    fit = MSSARDataModule(config)
+    fit.setup("fit")
+    pixels = _train_pixels(tiny, "sar").transpose(1, 0, 2, 3).reshape(2, -1)
+    np.testing.assert_allclose(fit.stats["sar"].shift, np.percentile(pixels, 2, axis=1),
+                               atol=0.01)
+    test = MSSARDataModule(config)
+    test.setup("test")
+    assert test.stats == fit.stats and test.train_dataset is None
+    assert len(next(iter(test.test_dataloader()))["label_sar"]) == 6
+    given = MSSARDataModule(_config(tiny, "data.modalities.ms.bands=[B02]"),
+                            stats=fit.stats)
+    given.setup("test")
+    assert given.stats["ms"].bands == ["B02"]
+    assert given.stats["ms"].shift == [fit.stats["ms"].shift[1]]
+
+
+# -- scenes -------------------------------------------------------------------------------------
+SCENE = 128
+MARGIN = 16
+CELL = 32
+SCENE_ORIGIN = (500000.0, 5000000.0)
+
+
+def _truth() -> np.ndarray:
+    rows, cols = np.indices((SCENE, SCENE))
+    codes = ((rows // CELL) * 3 + (cols // CELL) * 2) % 4
+    codes[:, :MARGIN] = 255  # nodata margin on the west
+    return codes.astype(np.uint8)
+
+
+def _vv(codes: np.ndarray) -> np.ndarray:
+    return (-20.0 + 4.0 * codes).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MS and labels on UTM 31N at 10 m; SAR on ETRS89-LAEA at 20 m."""
+    out = tmp_path_factory.mktemp("scene")
+    codes = _truth()
+    transform = from_origin(*SCENE_ORIGIN, 10, 10)
+    ms = np.stack([(codes.astype(np.uint16) + 1) * 1000 + b for b in range(13)])
+    ms[:, codes == 255] = 0
+    _write(out / "ms.tif", ms, transform=transform, nodata=0)
+    _write(out / "truth.tif", codes[None], transform=transform, nodata=255)
+    sar_ms_grid = np.stack([_vv(codes), _vv(codes) - 6])
+    sar_ms_grid[:, codes == 255] = np.nan
+    bounds = rasterio.transform.array_bounds(SCENE, SCENE, transform)
+    dst_t, w, h = calculate_default_transform("EPSG:32631", "EPSG:3035", SCENE, SCENE,
+                                              *bounds, resolution=20)
+    sar = np.full((2, h, w), np.nan, np.float32)
+    reproject(sar_ms_grid, sar, src_transform=transform, src_crs="EPSG:32631",
+              dst_transform=dst_t, dst_crs="EPSG:3035", resampling=Resampling.nearest,
+              src_nodata=np.nan, dst_nodata=np.nan)
+    _write(out / "sar.tif", sar, crs="EPSG:3035", transform=dst_t, nodata=np.nan)
+    return out
+
+
+def _patches(scene: Path) -> ScenePatches:
+    return ScenePatches({"ms": Sentinel2Scene(scene / "ms.tif"),
+                         "sar": Sentinel1Scene(scene / "sar.tif")},
+                        LandCoverRaster(scene / "truth.tif"))
+
+
+def test_scene_windows_are_coregistered(scene: Path) -> None:
+    joined = scene_dataset(Sentinel2Scene(scene / "ms.tif"), Sentinel1Scene(scene / "sar.tif"),
+                           LandCoverRaster(scene / "truth.tif"))
+    assert joined.crs == rasterio.crs.CRS.from_epsg(32631) and joined.res == (10, 10)
+    generator = torch.Generator().manual_seed(0)
+    sampler = RandomGeoSampler(joined, size=32, length=6, generator=generator)
+    for query in sampler:
+        sample = joined[query]
+        x, y = query[0], query[1]
+        assert sample["bounds"] == query
+        assert (x.stop - x.start, y.stop - y.start) == (320, 320)
+        assert sample["image_ms"].shape == (13, 32, 32) and sample["image_sar"].shape == (2, 32, 32)
+        codes = sample["mask"]
+        inside = codes != 255
+        # MS pixels are exact on their own grid: the class code is encoded in the DN
+        ms_codes = (sample["image_ms"][0] / 1000 - 1).round().long()
+        assert torch.equal(ms_codes[inside], codes[inside])
+        # the SAR pixels, warped from another CRS and resolution, show the same regions
+        vv = sample["image_sar"][0]
+        ok = inside & torch.isfinite(vv)
+        close = (vv[ok] - torch.from_numpy(_vv(codes[ok].numpy()))).abs() < 1.0
+        assert close.float().mean() > 0.8
+
+
+def test_valid_window_sampler_skips_nodata_windows(scene: Path) -> None:
+    patches = _patches(scene)
+    west = SCENE_ORIGIN[0] + MARGIN * 10
+    valid = patches.valid_area
+    assert valid.bounds[0] == pytest.approx(west, abs=20)
+    grid = GridGeoSampler(patches, size=32, stride=32)
+    kept = list(ValidWindowSampler(grid, valid, max_nodata=0.1))
+    assert 0 < len(kept) < len(grid)
+    for query in kept:
+        sample = patches[query]
+        assert float((sample["image_ms"][0] == 0).float().mean()) <= 0.1
+        assert torch.isfinite(sample["image_sar"]).all()
+        assert 0 <= int(sample["label"]) < 4
+
+
+def test_scene_datamodule(scene: Path) -> None:
+    config = _config(scene, "data.dataset=scenes", "data.paired=true",
+                     f"data.scenes.paths={{ms: {scene / 'ms.tif'}, sar: {scene / 'sar.tif'}}}",
+                     f"data.scenes.labels={scene / 'truth.tif'}", "data.scenes.patch_size=16",
+                     "data.scenes.samples_per_epoch=16")
+    dm = MSSARDataModule(config)
+    dm.setup("fit")
+    assert dm.patch_size == 16 and dm.pixel_size == 10.0
+    batch = dm.preprocess(next(iter(dm.train_dataloader())), augment=True)
+    assert batch["image_ms"].shape == (8, 13, 16, 16) and batch["image_sar"].shape == (8, 2, 16, 16)
+    assert torch.isfinite(batch["image_sar"]).all()
+    corners = {name: {(w[0].start, w[1].start) for w in ds.dataset.windows}
+               for name, ds in (("train", dm.train_dataset), ("val", dm.val_dataset),
+                                ("test", dm.test_dataset))}
+    assert all(corners.values())
+    assert not corners["train"] & corners["val"] and not corners["train"] & corners["test"]
+    assert not corners["val"] & corners["test"]
+    val_ids = {i for b in dm.val_dataloader() for i in b["id"]}
+    assert len(val_ids) == len(corners["val"])
+
+
+def test_scene_band_count_error_names_file(scene: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "s1.tif"
+    _write(bad, np.zeros((3, 8, 8), np.float32))
+    with pytest.raises(InputFileError, match="has 3 bands, expected 2") as err:
+        Sentinel1Scene(bad)
+    assert err.value.path == str(bad)
+    garbage = tmp_path / "s2.tif"
+    garbage.write_bytes(b"nope")
+    with pytest.raises(InputFileError, match="unreadable") as err:
+        Sentinel2Scene(garbage)
+    assert err.value.path == str(garbage)
+
+
+def test_linear_sar_converted_to_db(scene: Path, tmp_path: Path) -> None:
+    with rasterio.open(scene / "sar.tif") as src:
+        db, profile = src.read(), src.profile
+    with rasterio.open(tmp_path / "lin.tif", "w", **profile) as dst:
+        dst.write((10 ** (db / 10)).astype(np.float32))
+    db_scene = Sentinel1Scene(scene / "sar.tif")
+    x, y, t = db_scene.bounds
+    cx, cy = (x.start + x.stop) / 2, (y.start + y.stop) / 2
+    query = (slice(cx - 160, cx + 160), slice(cy - 160, cy + 160), t)
+    a = db_scene[query]["image_sar"]
+    b = Sentinel1Scene(tmp_path / "lin.tif", db=False)[query]["image_sar"]
+    ok = torch.isfinite(a)
+    assert ok.any() and torch.allclose(a[ok], b[ok], atol=1e-3)
+    assert torch.equal(torch.isfinite(b), ok)  # NaN nodata stays nodata
+
+
+def test_synthetic_scene_through_datamodule(scene_dir: Path) -> None:
+    """The generator's scene: SAR on EPSG:4326, nodata margins in both rasters."""
+    config = _config(scene_dir, "data.dataset=scenes", "data.paired=false",
+                     f"data.scenes.paths={{ms: {scene_dir / 'ms.tif'}, "
+                     f"sar: {scene_dir / 'sar.tif'}}}",
+                     f"data.scenes.labels={scene_dir / 'truth.tif'}",
+                     "data.scenes.patch_size=32", "data.scenes.samples_per_epoch=24")
+    dm = MSSARDataModule(config, seed=1)
+    dm.setup("fit")
+    windows = dm.train_datasets["sar"].windows
+    assert len(windows) > 20
+    with rasterio.open(scene_dir / "truth.tif") as src:
+        truth = src.read(1)
+        for query in windows:  # every kept window holds at most 10 % nodata
+            col, row = ~src.transform * (query[0].start, query[1].stop)
+            block = truth[round(row):round(row) + 32, round(col):round(col) + 32]
+            assert block.shape == (32, 32) and np.mean(block == 255) <= 0.1 + 1e-9
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 3
+    for batch in batches:
+        out = dm.preprocess(batch, augment=True)
+        assert out["image_sar"].shape == (8, 2, 32, 32) and torch.isfinite(out["image_sar"]).all()
+        assert out["label_ms"].dtype == torch.long
+    assert set(dm.stats) == {"ms", "sar"} and all(s > 0 for s in dm.stats["sar"].scale)
