@@ -27,7 +27,7 @@ from discomkd_geo.data.scenes import (
     Sentinel2Scene,
     scene_dataset,
 )
-from discomkd_geo.data.transforms import MultiModalAugmentation
+from discomkd_geo.data.transforms import MultiModalAugmentation, RandomDihedral
 from discomkd_geo.errors import DatasetNotFoundError, InputFileError
 
 CLASSES = EUROSAT_CLASSES[:3]
@@ -271,6 +271,21 @@ def test_augmentation_keeps_labels_shapes_dtypes(device: str, dtype: torch.dtype
     assert torch.equal(out["image_ms"][:, 3:5], out["image_sar"])  # shared geometry
     independent = aug(batch, paired=False)
     assert not torch.equal(independent["image_ms"][:, 3:5], independent["image_sar"])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dihedral_matrices_follow_the_pixels(device: str) -> None:
+    torch.manual_seed(1)
+    dihedral = RandomDihedral(flip_p=0.5, turn_p=0.75)
+    x = torch.zeros(64, 1, 8, 8, device=device)
+    x[:, 0, 2, 1] = 1.0  # row 2, column 1
+    out = dihedral(x)
+    moved = dihedral.transform_matrix @ torch.tensor([1.0, 2.0, 1.0], device=device)
+    rows, cols = torch.nonzero(out[:, 0] == 1, as_tuple=True)[1:]
+    assert torch.equal(cols.float(), moved[:, 0]) and torch.equal(rows.float(), moved[:, 1])
+    assert len(set(zip(cols.tolist(), rows.tolist(), strict=True))) == 8  # all 8 placements
+    with pytest.raises(ValueError, match="square"):
+        RandomDihedral(turn_p=1.0)(torch.zeros(2, 1, 4, 6))
 
 
 @pytest.mark.parametrize("device", DEVICES)

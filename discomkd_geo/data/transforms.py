@@ -98,19 +98,90 @@ class RandomDecibelShift(K.IntensityAugmentationBase2D):
         return input + shift[..., None, None]
 
 
-def geometric_augmentation(config: AugmentConfig) -> K.AugmentationSequential:
-    """Flips and 90-degree rotations as configured, exact on square patches.
+class RandomDihedral(K.GeometricAugmentationBase2D):
+    """Random horizontal/vertical flips and quarter turns of square images, in one pass.
 
-    The rotation count is drawn uniformly from {-1, 0, 1, 2} quarter turns (Kornia
-    rounds a uniform draw in ``times``) and resampled with nearest neighbour, so pixel
-    values are moved, never interpolated.
+    Kornia's separate ``RandomHorizontalFlip``, ``RandomVerticalFlip`` and
+    ``RandomRotation90`` each transform the whole batch and blend it with the input, and
+    the rotation resamples through an affine warp: on a CPU that costs several times the
+    loading of the batch. Here each sample draws its flips (probability ``flip_p`` each)
+    and 1-3 counter-clockwise quarter turns (probability ``turn_p``); samples sharing a
+    draw are moved together with index permutations (``flip``/``rot90``), so pixels are
+    moved exactly, never interpolated. The transformation matrices follow Kornia's
+    conventions, so parameters can be replayed on another modality.
+
+    Args:
+        flip_p: probability of each flip per sample (0 disables flips).
+        turn_p: probability of turning a sample (0 disables turns).
+        keepdim: keep a ``(C, H, W)`` input unbatched.
     """
-    augs: list[nn.Module] = []
-    if config.flips:
-        augs += [K.RandomHorizontalFlip(p=config.p), K.RandomVerticalFlip(p=config.p)]
-    if config.rot90:
-        augs.append(K.RandomRotation90(times=(-1.5, 2.5), resample="nearest", p=config.p))
-    return K.AugmentationSequential(*augs)
+
+    def __init__(self, flip_p: float = 0.5, turn_p: float = 0.5, keepdim: bool = False) -> None:
+        # The per-sample probabilities live in the parameters: Kornia's own gate is off.
+        super().__init__(p=1.0, keepdim=keepdim)
+        self.flags = {"flip_p": flip_p, "turn_p": turn_p}
+
+    def generate_parameters(self, batch_shape: tuple[int, ...]) -> dict[str, Tensor]:
+        """Draw per sample: horizontal flip, vertical flip, quarter turns (0-3)."""
+        b = batch_shape[0]
+        turned = torch.rand(b) < self.flags["turn_p"]
+        return {"hflip": (torch.rand(b) < self.flags["flip_p"]).long(),
+                "vflip": (torch.rand(b) < self.flags["flip_p"]).long(),
+                "turns": torch.where(turned, torch.randint(1, 4, (b,)), 0)}
+
+    def compute_transformation(self, input: Tensor, params: dict[str, Tensor],
+                               flags: dict[str, Any]) -> Tensor:
+        """Pixel-coordinate matrices ``(B, 3, 3)``: turns after vertical after horizontal flip."""
+        h, w = input.shape[-2] - 1, input.shape[-1] - 1
+
+        def matrix(rows: list[list[float]]) -> Tensor:
+            return torch.tensor(rows, device=input.device, dtype=input.dtype)
+
+        eye = torch.eye(3, device=input.device, dtype=input.dtype)
+        hflip = torch.stack([eye, matrix([[-1, 0, w], [0, 1, 0], [0, 0, 1]])])
+        vflip = torch.stack([eye, matrix([[1, 0, 0], [0, -1, h], [0, 0, 1]])])
+        turn = matrix([[0, 1, 0], [-1, 0, w], [0, 0, 1]])  # (x, y) -> (y, w - x)
+        turns = torch.stack([torch.linalg.matrix_power(turn, k) for k in range(4)])
+        index = {k: params[k].to(input.device).long() for k in ("hflip", "vflip", "turns")}
+        return turns[index["turns"]] @ vflip[index["vflip"]] @ hflip[index["hflip"]]
+
+    @staticmethod
+    def _sources(height: int, width: int, device: torch.device) -> Tensor:
+        """Per draw code (hflip + 2 vflip + 4 turns), the source pixel of each output pixel.
+
+        The moves are applied to an image of pixel indices, so each output position holds
+        the flat index of the input pixel that lands there.
+        """
+        pixels = torch.arange(height * width, device=device).view(height, width)
+        sources = []
+        for code in range(16):
+            moved = pixels.flip(-1) if code & 1 else pixels
+            moved = moved.flip(-2) if code & 2 else moved
+            sources.append(torch.rot90(moved, code // 4, dims=(-2, -1)).flatten())
+        return torch.stack(sources)
+
+    def apply_transform(self, input: Tensor, params: dict[str, Tensor], flags: dict[str, Any],
+                        transform: Tensor | None = None) -> Tensor:
+        """Move every sample's pixels with one gather over the batch.
+
+        Raises:
+            ValueError: quarter turns of non-square images.
+        """
+        b, c, h, w = input.shape
+        if h != w and bool((params["turns"] % 2 == 1).any()):
+            raise ValueError(f"quarter turns need square images, got {(h, w)}")
+        code = (params["hflip"] + 2 * params["vflip"] + 4 * params["turns"]).to(input.device)
+        index = self._sources(h, w, input.device)[code]  # (B, H*W)
+        moved = input.reshape(b, c, h * w).gather(2, index[:, None, :].expand(b, c, h * w))
+        return moved.view(b, c, h, w)
+
+
+def geometric_augmentation(config: AugmentConfig) -> K.AugmentationSequential:
+    """Flips and quarter turns as configured (:class:`RandomDihedral`), exact."""
+    if not (config.flips or config.rot90):
+        return K.AugmentationSequential()
+    return K.AugmentationSequential(RandomDihedral(flip_p=config.p if config.flips else 0.0,
+                                                   turn_p=config.p if config.rot90 else 0.0))
 
 
 def intensity_augmentation(units: str, config: AugmentConfig,

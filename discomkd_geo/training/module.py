@@ -209,7 +209,8 @@ class DisCoMKDTask(MultiModalTask):
                        labels: dict[str, Tensor]) -> dict[str, Tensor]:
         """The five DisCoM-KD terms, weighted as configured."""
         lam = self.grl_lambda()
-        self.log("train/grl_lambda", lam, on_step=False, on_epoch=True)
+        self.log("train/grl_lambda", lam, on_step=False, on_epoch=True,
+                 batch_size=next(iter(labels.values())).shape[0])
         return self.criterion(self.model(images, grl_lambda=lam), labels)
 
     def setup(self, stage: str) -> None:
