@@ -66,6 +66,42 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
 
 
 @main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="YAML config shared by every method (its 'method' key is ignored).")
+@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset root (overrides data.root).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Seeds per method; seed i also draws the i-th random split.")
+@click.option("--out", "report_dir", required=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Report directory: report.md, results.json, f1.png and every run.")
+@click.option("--methods", multiple=True, metavar="NAME[,NAME...]",
+              help="Methods/ablations to train (default: all; kd/dkd add their teacher), "
+                   "e.g. --methods mono,discomkd.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Dotted config override for every run (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty report directory.")
+@click.option("--progress", is_flag=True, help="Show Lightning's progress bars.")
+def compare(config_path: Path | None, data_root: Path | None, seeds: int, report_dir: Path,
+            methods: tuple[str, ...], overrides: tuple[str, ...], overwrite: bool,
+            progress: bool) -> None:
+    """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report."""
+    import sys
+
+    from .config import load_config
+
+    extra = (f"data.root={data_root}",) if data_root is not None else ()
+    config = load_config(config_path, overrides + extra)
+    from .training.compare import command_line
+    from .training.compare import compare as run_comparison
+
+    names = [n.strip() for group in methods for n in group.split(",") if n.strip()]
+    run_comparison(config, report_dir, seeds=seeds, methods=names, overwrite=overwrite,
+                   command=command_line(sys.argv[1:]), progress=progress, echo=click.echo)
+    click.echo(f"report: {report_dir / 'report.md'}")
+
+
+@main.command()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="Training checkpoint, run directory or exported predictor.")
 @click.option("--modality", required=True, help="Branch to evaluate, e.g. sar.")

@@ -138,11 +138,14 @@ class ModelConfig:
             count) or ``small_cnn`` (a few conv layers, for demos and tests).
         width: base channel count of ``small_cnn``.
         weights: optional local state-dict file to initialise every encoder from.
+        teacher: for the ``kd`` and ``dkd`` baselines, the trained late-fusion teacher:
+            a ``teacher`` run directory or its ``best-fused.ckpt``.
     """
 
     backbone: Literal["resnet18", "small_cnn"] = "resnet18"
     width: int = 32
     weights: str | None = None
+    teacher: str | None = None
 
 
 @dataclass

@@ -64,11 +64,10 @@ class MultiModalTask(L.LightningModule):
         self.classes: list[str] = list(data_info["classes"])
         self.model = self.build_model()
         k = len(self.classes)
-        self.val_metrics = nn.ModuleDict({m: _metrics(k, f"val/{m}/") for m in self.modalities})
-        self.test_metrics = nn.ModuleDict({m: _metrics(k, f"test/{m}/")
-                                           for m in self.modalities})
-        self.test_confusion = nn.ModuleDict({m: MulticlassConfusionMatrix(k)
-                                             for m in self.modalities})
+        self.val_metrics = nn.ModuleDict({h: _metrics(k, f"val/{h}/") for h in self.heads})
+        self.test_metrics = nn.ModuleDict({h: _metrics(k, f"test/{h}/") for h in self.heads})
+        self.test_confusion = nn.ModuleDict({h: MulticlassConfusionMatrix(k)
+                                             for h in self.heads})
 
     # -- to implement ---------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -85,6 +84,18 @@ class MultiModalTask(L.LightningModule):
     def predictable_modalities(self) -> list[str]:
         """Modalities that have a single-modality classifier (all, for DisCoM-KD)."""
         return list(self.modalities)
+
+    @property
+    def heads(self) -> list[str]:
+        """Classifiers scored every epoch, each with its own best checkpoint.
+
+        The predictable modalities; a multi-modal teacher scores its ``fused`` head instead.
+        """
+        return self.predictable_modalities
+
+    def head_logits(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Logits of every head in :attr:`heads` on an evaluation batch."""
+        return {m: self.model.branch(m)(images[m]) for m in self.predictable_modalities}
 
     @staticmethod
     def split_batch(batch: dict[str, Any],
@@ -104,32 +115,34 @@ class MultiModalTask(L.LightningModule):
 
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict,
                   confusion: nn.ModuleDict | None = None) -> None:
-        images, labels = self.split_batch(batch, self.predictable_modalities)
-        for m in self.predictable_modalities:
-            preds = self.model.branch(m)(images[m]).argmax(dim=1)
-            metrics[m].update(preds, labels[m])
+        images, labels = self.split_batch(batch, list(self.modalities))
+        # Evaluation batches are paired: every modality's labels are the same.
+        target = next(iter(labels.values()))
+        for h, logits in self.head_logits(images).items():
+            preds = logits.argmax(dim=1)
+            metrics[h].update(preds, target)
             if confusion is not None:
-                confusion[m].update(preds, labels[m])
+                confusion[h].update(preds, target)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Update each modality's metrics with its own classifier's predictions."""
         self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        """Log and reset the per-modality validation metrics."""
-        for m in self.predictable_modalities:
-            self.log_dict(self.val_metrics[m].compute())
-            self.val_metrics[m].reset()
+        """Log and reset the per-head validation metrics."""
+        for h in self.heads:
+            self.log_dict(self.val_metrics[h].compute())
+            self.val_metrics[h].reset()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Update test metrics and confusion matrices."""
         self._evaluate(batch, self.test_metrics, self.test_confusion)
 
     def on_test_epoch_end(self) -> None:
-        """Log and reset the per-modality test metrics (confusion kept for plotting)."""
-        for m in self.predictable_modalities:
-            self.log_dict(self.test_metrics[m].compute())
-            self.test_metrics[m].reset()
+        """Log and reset the per-head test metrics (confusion kept for plotting)."""
+        for h in self.heads:
+            self.log_dict(self.test_metrics[h].compute())
+            self.test_metrics[h].reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam, as the paper (lr 1e-4 there)."""

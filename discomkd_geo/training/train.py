@@ -30,11 +30,15 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from .._io import check_writable
 from ..config import Config
 from ..data.datamodule import MSSARDataModule
+from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
 
-#: Training method name -> task class; baselines register themselves in ``baselines.py``.
-TASKS: dict[str, type[MultiModalTask]] = {"discomkd": DisCoMKDTask}
+#: Training method name -> task class (``kd``/``dkd`` need a teacher: see ``build_task``).
+TASKS: dict[str, type[MultiModalTask]] = {
+    "discomkd": DisCoMKDTask, "mono": MonoTask, "teacher": TeacherTask, "kd": KDTask,
+    "dkd": DKDTask,
+}
 
 
 @dataclass
@@ -43,8 +47,9 @@ class TrainResult:
 
     Attributes:
         run_dir: the run directory.
-        checkpoints: best checkpoint per predictable modality.
-        metrics: test metrics per modality (``f1_weighted``, ``f1_macro``, ``oa``).
+        checkpoints: best checkpoint per head (each predictable modality; ``fused`` for
+            the multi-modal teacher).
+        metrics: test metrics per head (``f1_weighted``, ``f1_macro``, ``oa``).
         seconds: wall-clock training time (fit only).
         parameters: trainable parameter count of the trained network.
     """
@@ -86,13 +91,13 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
         ModelCheckpoint(dirpath=ckpt_dir, filename=f"best-{m}", monitor=f"val/{m}/f1_weighted",
                         mode="max", save_top_k=1, auto_insert_metric_name=False,
                         enable_version_counter=False)
-        for m in task.predictable_modalities
+        for m in task.heads
     ]
     callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0,
                                      save_last=True, enable_version_counter=False))
     patience = config.trainer.early_stopping_patience
     if patience is not None:
-        first = task.predictable_modalities[0]
+        first = task.heads[0]
         callbacks.append(EarlyStopping(monitor=f"val/{first}/f1_weighted", mode="max",
                                        patience=patience))
     return callbacks
@@ -157,7 +162,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     checkpoints: dict[str, Path] = {}
     metrics: dict[str, dict[str, float]] = {}
     confusion: dict[str, list[list[int]]] = {}
-    for m in task.predictable_modalities:
+    for m in task.heads:
         checkpoints[m] = run_dir / "checkpoints" / f"best-{m}.ckpt"
         task.test_confusion[m].reset()
         results = trainer.test(task, datamodule=dm, ckpt_path=checkpoints[m], verbose=False)[0]

@@ -1,0 +1,135 @@
+"""Training cost of DisCoM-KD against the mono-modal baseline, at the paper's settings.
+
+DisCoM-KD runs two ResNet-18 encoders per modality (invariant and specific) where the
+mono-modal baseline runs one, plus the shared heads and five loss terms. This measures
+what that costs per optimiser step: batch 128 per modality (the paper's), ResNet-18
+encoders on 64x64 inputs with 13 MS bands and 2 SAR bands, Adam, on this machine's CPU
+(CUDA when present). Inputs are random tensors already in memory, so the figures are the
+model's training cost, not data loading (see the data benchmark for that).
+
+Each method runs in its own subprocess so that its peak resident memory
+(``resource.getrusage``, ``ru_maxrss``) is its own. Reported: median step time over the
+timed steps (after warm-up), samples/s (pairs of one MS and one SAR image per second),
+peak RSS. Results merge into ``benchmarks/results.json`` under the key ``training``.
+
+    python benchmarks/bench_training.py [--steps 4] [--batch-size 128]
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+BANDS = {"ms": 13, "sar": 2}
+NUM_CLASSES = 10
+PATCH = 64
+
+
+def _child(method: str, steps: int, warmup: int, batch_size: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from discomkd_geo.models.baselines import MonoModal
+    from discomkd_geo.models.discomkd import DisCoMKD
+    from discomkd_geo.models.losses import DisCoMKDLoss
+
+    torch.manual_seed(0)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if method == "discomkd":
+        model = DisCoMKD(BANDS, NUM_CLASSES, backbone="resnet18")
+        criterion = DisCoMKDLoss()
+
+        def loss_fn(images: dict, labels: dict) -> torch.Tensor:
+            return criterion(model(images), labels)["loss"]
+    else:
+        model = MonoModal(BANDS, NUM_CLASSES, backbone="resnet18")
+
+        def loss_fn(images: dict, labels: dict) -> torch.Tensor:
+            logits = model(images)
+            return sum(F.cross_entropy(logits[m], labels[m]) for m in logits)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = {m: torch.rand(batch_size, c, PATCH, PATCH, device=device)
+              for m, c in BANDS.items()}
+    labels = {m: torch.randint(0, NUM_CLASSES, (batch_size,), device=device) for m in BANDS}
+    times = []
+    for step in range(warmup + steps):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(images, labels).backward()
+        optimizer.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step >= warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "encoders": sum(len(b.encoders()) for b in model.branches.values()),
+        "step_s": [round(t, 4) for t in times],
+        "step_s_median": round(median, 4),
+        "samples_per_s": round(batch_size / median, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "rss_before_model_mib": round(rss_before, 1),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per method")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--batch-size", type=int, default=128, help="samples per modality")
+    parser.add_argument("--child", choices=["discomkd", "mono"], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(_child(args.child, args.steps, args.warmup, args.batch_size)))
+        return 0
+
+    methods = {}
+    for method in ("mono", "discomkd"):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", method, "--steps", str(args.steps),
+             "--warmup", str(args.warmup), "--batch-size", str(args.batch_size)],
+            check=True, capture_output=True, text=True)
+        methods[method] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{method}: done", flush=True)
+    mono, dis = methods["mono"], methods["discomkd"]
+    result = {
+        "what": "one training step (forward, backward, Adam) on in-memory random tensors",
+        "backbone": "resnet18",
+        "batch_size_per_modality": args.batch_size,
+        "inputs": {m: [c, PATCH, PATCH] for m, c in BANDS.items()},
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}",
+        "methods": methods,
+        "discomkd_over_mono_step_time": round(dis["step_s_median"] / mono["step_s_median"], 2),
+        "discomkd_over_mono_peak_rss": round(dis["peak_rss_mib"] / mono["peak_rss_mib"], 2),
+    }
+    print(f"\nTraining step, ResNet-18, batch {args.batch_size} per modality, 64x64, "
+          f"MS 13 + SAR 2 bands, {mono['device']} ({mono['threads']} threads)")
+    print(f"{'method':<10} {'encoders':>8} {'params':>12} {'step s':>8} {'pairs/s':>8} "
+          f"{'peak RSS MiB':>13}")
+    for name, r in methods.items():
+        print(f"{name:<10} {r['encoders']:>8} {r['parameters']:>12,} {r['step_s_median']:>8.2f}"
+              f" {r['samples_per_s']:>8.1f} {r['peak_rss_mib']:>13.0f}")
+    print(f"DisCoM-KD / mono: step time x{result['discomkd_over_mono_step_time']}, "
+          f"peak RSS x{result['discomkd_over_mono_peak_rss']}")
+
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["training"] = result
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
