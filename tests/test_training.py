@@ -46,7 +46,7 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
     for name in ("losses.png", "f1.png"):
         assert (run_dir / "plots" / name).stat().st_size > 1000
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert 0.0 <= metrics["sar"]["f1_weighted"] <= 1.0
+    assert 0.0 <= metrics["test"]["sar"]["f1_weighted"] <= 1.0
     log = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0]
     for term in ("cl", "adv", "mod", "aux", "perp"):  # every loss term is logged
         assert f"train/{term}" in log
@@ -77,8 +77,8 @@ def test_evaluate_matches_lightning_test(run_dir: Path) -> None:
     assert result.exit_code == 0, result.output
     scored = json.loads(result.output)
     assert scored["samples"] == sum(map(sum, scored["confusion"])) > 0
-    assert scored["f1_weighted"] == pytest.approx(metrics["sar"]["f1_weighted"], abs=1e-5)
-    assert scored["oa"] == pytest.approx(metrics["sar"]["oa"], abs=1e-5)
+    assert scored["f1_weighted"] == pytest.approx(metrics["test"]["sar"]["f1_weighted"], abs=1e-5)
+    assert scored["oa"] == pytest.approx(metrics["test"]["sar"]["oa"], abs=1e-5)
 
 
 def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
