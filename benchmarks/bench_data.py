@@ -13,20 +13,18 @@ Run: ``python benchmarks/bench_data.py [--per-class 100] [--batch-size 128]``. M
 """
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from _results import load_results, merge_results
 
 from discomkd_geo.config import load_config
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.synthetic import make_eurosat
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
 #: DisCoM-KD training pairs/s with ResNet-18 at batch 128 on this 2-core CPU (the
 #: training benchmark's figure; used when results.json has none).
 TRAINING_PAIRS_PER_S = 30.0
@@ -67,8 +65,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args()
     torch.manual_seed(0)
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    train_rate, source = training_rate(results)
+    train_rate, source = training_rate(load_results())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "eurosat")
@@ -93,8 +90,7 @@ def main() -> None:
               f"{'yes' if r['normalise_augment'] else 'no':>10}"
               f"{r['pairs_per_s_first_epoch']:>11.1f}{r['pairs_per_s']:>9.1f}"
               f"{r['x_training_rate']:>9.1f}")
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["data"] = {
+    merge_results("data", {
         "what": "MSSARDataModule train loader, MS/SAR pairs per second (one pair = one MS "
                 "and one SAR 64x64 sample); warm = second epoch (persistent workers)",
         "command": "python benchmarks/bench_data.py "
@@ -104,8 +100,7 @@ def main() -> None:
         "training_pairs_per_s": train_rate,
         "training_rate_source": source,
         "rows": rows,
-    }
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    })
 
 
 if __name__ == "__main__":

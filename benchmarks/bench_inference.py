@@ -30,9 +30,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import merge_results
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results.json"
 PATCH = 64
 BATCH = 32
 CLASSES = 10
@@ -245,10 +245,7 @@ def main() -> None:
         print(f"{'(c) peak RSS MB ' + size + ' engine | naive':<44}"
               f"{row['engine']:>7.0f} | {naive_mb}")
     print(f"total {total:.0f} s")
-    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    merged["inference"] = results
-    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
-    print(f"-> {RESULTS} [inference]")
+    print(f"-> {merge_results('inference', results)} [inference]")
 
 
 if __name__ == "__main__":

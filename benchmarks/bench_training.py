@@ -23,9 +23,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
+from _results import merge_results
+
 BANDS = {"ms": 13, "sar": 2}
 NUM_CLASSES = 10
 PATCH = 64
@@ -125,9 +125,7 @@ def main() -> int:
     print(f"DisCoM-KD / mono: step time x{result['discomkd_over_mono_step_time']}, "
           f"peak RSS x{result['discomkd_over_mono_peak_rss']}")
 
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results["training"] = result
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    merge_results("training", result)
     return 0
 
 
