@@ -32,10 +32,9 @@ TRAINING_PAIRS_PER_S = 30.0
 
 def training_rate(results: dict) -> tuple[float, str]:
     """The measured training rate from the results file, if the training benchmark ran."""
-    for key in ("training", "train"):
-        rate = results.get(key, {}).get("discomkd", {}).get("samples_per_s")
-        if isinstance(rate, int | float):
-            return float(rate), f"results.json[{key}]"
+    rate = results.get("training", {}).get("methods", {}).get("discomkd", {}).get("samples_per_s")
+    if isinstance(rate, int | float):
+        return float(rate), "results.json[training]"
     return TRAINING_PAIRS_PER_S, "brief estimate"
 
 
