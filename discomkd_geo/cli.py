@@ -2,10 +2,12 @@
 
 Top of the import flow: CLI -> training / inference -> models / data. Heavy libraries
 (torch, rasterio, dask) are imported inside the commands, so ``--help`` is instant.
-Every :class:`~discomkd_geo.errors.DiscomkdGeoError` becomes a one-line ``Error: ...``
-and a non-zero exit.
+Every :class:`~discomkd_geo.errors.DiscomkdGeoError`, ``OSError`` and rasterio error
+becomes a one-line ``Error: <path>: <problem>`` and a non-zero exit; ``--debug`` shows the
+traceback instead.
 """
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +15,53 @@ import click
 
 from .errors import DiscomkdGeoError
 
+#: ``click.Context.meta`` key set by ``--debug``.
+_DEBUG = "discomkd_geo.debug"
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else text
+
+
+def error_message(err: Exception) -> str | None:
+    """The one-line message the CLI prints for ``err``; ``None``: not an error it reports.
+
+    The package's errors carry their message; an ``OSError`` (rasterio's I/O errors are
+    ones) is told as ``<path>: <problem>``; other rasterio errors by their first line.
+    """
+    if isinstance(err, DiscomkdGeoError):
+        return str(err)
+    if isinstance(err, OSError):
+        if err.filename is not None and err.strerror:
+            return f"{os.fsdecode(err.filename)}: {err.strerror}"
+        return _first_line(str(err)) or type(err).__name__
+    if type(err).__module__.split(".")[0] == "rasterio":
+        return _first_line(str(err)) or type(err).__name__
+    return None
+
+
+def _set_debug(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    # ctx.meta is shared by nested commands: a sub-group's unset flag must not clear it.
+    ctx.meta[_DEBUG] = ctx.meta.get(_DEBUG, False) or value
+
 
 class _Group(click.Group):
-    """Click group that turns the package's errors into one-line CLI errors."""
+    """Click group with ``--debug`` that turns errors into one-line CLI errors."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(
+            ["--debug"], is_flag=True, expose_value=False, callback=_set_debug,
+            help="Show the full traceback of an error instead of one line."))
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except DiscomkdGeoError as err:
-            raise click.ClickException(str(err)) from err
+        except Exception as err:
+            message = None if ctx.meta.get(_DEBUG) else error_message(err)
+            if message is None:
+                raise
+            raise click.ClickException(message) from err
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +85,9 @@ def main() -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory.")
-@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoints/last.ckpt.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted run from its latest epoch (RUN/checkpoints/"
+                   "last.ckpt); a finished run is reported as it is.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
           overrides: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool) -> None:
@@ -57,7 +99,7 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
     from .training.train import train as run_training
 
     result = run_training(config, run_dir, overwrite=overwrite, resume=resume,
-                          progress=not quiet)
+                          progress=not quiet, echo=click.echo)
     for m, metrics in result.metrics.items():
         click.echo(f"{m}: test weighted F1 {metrics['f1_weighted']:.4f}, "
                    f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
@@ -256,6 +298,8 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
               help="Local worker threads.")
 @click.option("--scheduler", metavar="ADDRESS",
               help="dask.distributed scheduler to run on, e.g. tcp://10.0.0.5:8786.")
+@click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+              show_default=True, help="Seconds to wait for the scheduler to answer.")
 @click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write per-class probabilities (one band per class) here.")
 @click.option("--probabilities-dtype", type=click.Choice(["float32", "uint8"]),
@@ -269,7 +313,7 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
 def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | None,
             modality: str | None, fuse: bool, bands: tuple[str, ...], sar_db: bool,
             scale: float, offset: float, output: Path, stride: int | None, coarse: bool,
-            chunk_size: int, workers: int, scheduler: str | None,
+            chunk_size: int, workers: int, scheduler: str | None, scheduler_timeout: float,
             probabilities: Path | None, probabilities_dtype: str, confidence: bool,
             overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF."""
@@ -291,7 +335,8 @@ def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | N
     predictors = {m: load_predictor(checkpoint, m) for m in scenes}
     summary = predict_to_file(
         predictors, scenes, output, stride=stride, coarse=coarse, chunk_size=chunk_size,
-        workers=workers, scheduler=scheduler, probabilities=probabilities,
+        workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
+        probabilities=probabilities,
         probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
         progress=not (quiet or as_json), bands=names, sar_db=(SAR,) if sar_db else (),
         scale=scale, offset=offset)

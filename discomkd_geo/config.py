@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, InputFileError
 
 
 @dataclass
@@ -318,7 +318,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one ``dotted.key=value`` override in place; the value is parsed as YAML.
 
     Raises:
-        ConfigError: the assignment has no ``=``.
+        ConfigError: the assignment has no ``=``, or its value is not valid YAML.
     """
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
@@ -329,7 +329,19 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(key, f"{part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(raw)
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as err:
+        raise ConfigError(key, f"value {raw!r} is not valid YAML ({yaml_problem(err)})") from err
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line from a YAML parse error: ``line L, column C: <problem>`` (1-based)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    if mark is None:
+        return problem
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
@@ -341,7 +353,8 @@ def load_config(path: str | os.PathLike[str] | None = None,
         overrides: ``key.sub=value`` strings, applied in order.
 
     Raises:
-        ConfigError: unreadable file, unknown key or wrong type (the key is named).
+        InputFileError: unreadable file or invalid YAML (line and column named).
+        ConfigError: unknown key or wrong type (the key is named).
     """
     data: dict[str, Any] = {}
     if path is not None:
@@ -349,9 +362,9 @@ def load_config(path: str | os.PathLike[str] | None = None,
             with open(path) as f:
                 data = yaml.safe_load(f) or {}
         except OSError as err:
-            raise ConfigError(os.fspath(path), f"cannot read config file: {err.strerror}") from err
+            raise InputFileError(path, f"cannot read config file ({err.strerror})") from err
         except yaml.YAMLError as err:
-            raise ConfigError(os.fspath(path), f"not valid YAML: {err}") from err
+            raise InputFileError(path, f"invalid YAML at {yaml_problem(err)}") from err
     # Overrides apply on top of the file *with defaults filled in*, so that
     # ``data.modalities.sar.bands=[VV]`` edits one modality instead of replacing the set.
     merged = from_dict(data).to_dict()

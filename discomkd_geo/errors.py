@@ -6,17 +6,18 @@ names the file (or config key) and the problem.
 """
 
 import os
+from typing import Any
 
 
 class DiscomkdGeoError(Exception):
     """Base class of every error this package raises on purpose."""
 
 
-class InputFileError(DiscomkdGeoError, ValueError):
-    """A file exists but cannot be used: unreadable, wrong bands, dtype, CRS, ...
+class PathError(DiscomkdGeoError):
+    """Something is wrong with one path (or address): ``<path>: <problem>``.
 
     Args:
-        path: the offending file.
+        path: the offending file, directory or scheduler address.
         problem: what is wrong with it, as a sentence fragment.
     """
 
@@ -24,6 +25,30 @@ class InputFileError(DiscomkdGeoError, ValueError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable with its arguments: Dask workers send errors back to the client.
+        return type(self), (self.path, self.problem)
+
+
+class InputFileError(PathError, ValueError):
+    """A file exists but cannot be used: unreadable, wrong bands, dtype, CRS, ..."""
+
+
+class OutputError(PathError, ValueError):
+    """An output cannot be written there: missing directory, collision, unwritable place."""
+
+
+class DatasetSplitError(PathError, ValueError):
+    """A dataset split the run needs is empty or lacks classes (``path``: the root)."""
+
+
+class ResumeError(PathError, ValueError):
+    """A run directory cannot be resumed (``path``: the run directory)."""
+
+
+class SchedulerError(PathError):
+    """A Dask scheduler is unreachable, or its workers cannot read the inputs."""
 
 
 class DatasetNotFoundError(DiscomkdGeoError, FileNotFoundError):
@@ -36,10 +61,14 @@ class DatasetNotFoundError(DiscomkdGeoError, FileNotFoundError):
 
     def __init__(self, root: str | os.PathLike[str], what: str) -> None:
         self.root = os.fspath(root)
+        self.what = what
         super().__init__(
             f"{what} not found in root={self.root!r}; point root at the unpacked data, "
             "or pass download=True (or generate it: discomkd-geo synth eurosat DIR)"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.root, self.what)
 
 
 class ConfigError(DiscomkdGeoError, ValueError):
@@ -52,16 +81,22 @@ class ConfigError(DiscomkdGeoError, ValueError):
 
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
+        self.problem = problem
         super().__init__(f"config key {key!r}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.key, self.problem)
 
 
 class CheckpointError(DiscomkdGeoError, ValueError):
     """A checkpoint cannot serve the request (missing modality, other band layout, ...)."""
 
 
-class OutputExistsError(DiscomkdGeoError, FileExistsError):
+class OutputExistsError(PathError, FileExistsError):
     """The output path exists and ``overwrite`` was not given."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = os.fspath(path)
-        super().__init__(f"{self.path}: already exists; pass --overwrite to replace it")
+        super().__init__(path, "already exists; pass --overwrite to replace it")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.path,)

@@ -16,6 +16,7 @@ batch's device and, while training, augments.
 """
 
 import os
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
 from ..config import DataConfig
 from ..constants import EUROSAT_COLORS
-from ..errors import ConfigError
-from .eurosat import EuroSATMSSAR
+from ..errors import ConfigError, DatasetSplitError
+from .eurosat import SPLIT_FRACTIONS, EuroSATMSSAR, stratified_split
 from .normalization import BandStats, Normalize, compute_stats
 from .samplers import ClassBalancedSampler, PairedDataset, UnpairedDataset, UnpairedSampler
 from .transforms import MultiModalAugmentation
@@ -56,6 +57,7 @@ class MSSARDataModule(L.LightningDataModule):
 
     Raises:
         ConfigError: no ``root`` (EuroSAT), or a scene setting is missing.
+        DatasetSplitError: (from :meth:`setup`) a split is empty or lacks classes.
     """
 
     def __init__(self, config: DataConfig, seed: int = 0,
@@ -76,6 +78,9 @@ class MSSARDataModule(L.LightningDataModule):
         self.test_dataset: Dataset[dict[str, Any]] | None = None
         self._normalize: dict[str, Normalize] = {}
         self._augment: MultiModalAugmentation | None = None
+        # Generators of the training samplers, by offset, and states to give them (resume).
+        self._generators: dict[int, torch.Generator] = {}
+        self._generator_states: dict[int, Tensor] = {}
 
     # -- datasets -------------------------------------------------------------------
     def _eurosat(self, split: str, modalities: list[str]) -> EuroSATMSSAR:
@@ -85,22 +90,27 @@ class MSSARDataModule(L.LightningDataModule):
         return EuroSATMSSAR(
             c.root, split=split, modalities=modalities,  # type: ignore[arg-type]
             bands={m: c.modalities[m].bands for m in modalities}, layout=c.layout,
-            split_mode=c.split, split_seed=c.split_seed, drop_unpaired=c.drop_unpaired)
+            split_mode=c.split, split_seed=c.split_seed, drop_unpaired=c.drop_unpaired,
+            pair_with=list(c.modalities))
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage`` and the statistics of the training split.
 
         The statistics always come from the training split (or the ``stats`` given), so
         ``setup("test")`` alone normalises exactly as training did. Repeated calls reuse
-        what is built.
+        what is built. Every split built is checked (:meth:`check_splits`).
 
         Args:
             stage: ``fit``, ``validate``, ``test``, ``predict`` or ``None`` (all).
+
+        Raises:
+            DatasetSplitError: a split is empty or lacks classes.
         """
         if self.config.dataset == "scenes":
             self._setup_scenes()
         else:
             self._setup_eurosat(stage)
+        self.check_splits()
         if not self._normalize:
             self._normalize = {m: Normalize(self.stats[m]) for m in self.modalities}
             self._augment = MultiModalAugmentation(self.units, self.config.augment, self.stats)
@@ -146,6 +156,53 @@ class MSSARDataModule(L.LightningDataModule):
         self.val_dataset = PairedDataset(splits.subset("val"), list(self.modalities))
         self.test_dataset = PairedDataset(splits.subset("test"), list(self.modalities))
 
+    def check_splits(self) -> None:
+        """Check that each split built can serve its purpose, before any training.
+
+        Training needs every class of the dataset (class-balanced draws, a classifier
+        for every class) and the test split too (macro F1, confusion matrices); the
+        validation split (model selection by weighted F1) needs at least one image.
+
+        Raises:
+            DatasetSplitError: naming the split and its shortfall.
+        """
+        splits: dict[str, list[Dataset[dict[str, Any]]]] = {
+            "train": list(self.train_datasets.values()),
+            "val": [self.val_dataset] if self.val_dataset is not None else [],
+            "test": [self.test_dataset] if self.test_dataset is not None else []}
+        targets = {name: [_targets(getattr(ds, "dataset", ds)) for ds in datasets]
+                   for name, datasets in splits.items()}
+        counts = Counter(label for lists in targets.values() for labels in lists[:1]
+                         for label in labels)
+        for name, lists in targets.items():
+            for found in map(set, lists):
+                if not found:
+                    shortfall = "is empty (short by 1 image)"
+                elif name != "val" and (missing := sorted(set(counts) - found)):
+                    shortfall = (f"has no {', '.join(self.classes[c] for c in missing)} "
+                                 f"images (short by {len(missing)} of {len(counts)} classes)")
+                else:
+                    continue
+                raise DatasetSplitError(self._root(), f"the {name} split {shortfall}"
+                                                      f"{self._split_hint(name, counts)}")
+
+    def _root(self) -> str:
+        """The dataset root (EuroSAT) or label raster (scenes), for error messages."""
+        if self.config.dataset == "scenes":
+            return self.config.scenes.labels or "data.scenes.labels"
+        return self.config.root or "data.root"
+
+    def _split_hint(self, split: str, counts: Counter[int]) -> str:
+        """How many images per class the random split needs to give ``split`` one of each."""
+        if self.config.dataset != "eurosat" or self.config.split != "random":
+            return "; add images"
+        need = next(n for n in range(1, 100)
+                    if stratified_split(dict.fromkeys(map(str, range(n)), 0),
+                                        SPLIT_FRACTIONS, 0)[split])
+        return (f"; the random {'/'.join(str(round(100 * f)) for f in SPLIT_FRACTIONS)} "
+                f"split needs at least {need} images per class, the smallest class has "
+                f"{min(counts.values(), default=0)}")
+
     def _compute_missing_stats(self) -> None:
         """Statistics of each modality's training images not given to the constructor."""
         norm = self.config.normalization
@@ -171,7 +228,19 @@ class MSSARDataModule(L.LightningDataModule):
                           persistent_workers=workers > 0, **kwargs)
 
     def _generator(self, offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1000 + offset)
+        generator = torch.Generator().manual_seed(self.seed * 1000 + offset)
+        if offset in self._generator_states:
+            generator.set_state(self._generator_states[offset])
+        self._generators[offset] = generator
+        return generator
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training samplers' random states (Lightning puts them in checkpoints)."""
+        return {"generators": {k: g.get_state() for k, g in self._generators.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue the training samplers' draws where a checkpoint left them (resume)."""
+        self._generator_states = dict(state_dict.get("generators", {}))
 
     def epoch_size(self) -> int:
         """Training samples per epoch.

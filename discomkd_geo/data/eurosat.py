@@ -35,6 +35,12 @@ from ..errors import DatasetNotFoundError, InputFileError
 
 Split = Literal["train", "val", "test"]
 
+#: The splits, in order.
+SPLITS: tuple[Split, ...] = ("train", "val", "test")
+
+#: Train/val/test fractions of the random split (the paper's 70/10/20).
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)
+
 
 class Download(NamedTuple):
     """One published file: where it lives, its name and MD5 (``None``: not published)."""
@@ -74,8 +80,11 @@ class EuroSATMSSAR(NonGeoDataset):
         split_mode: ``random`` (seeded stratified) or ``published`` (the split lists).
         split_seed: seed of the random split.
         split_fractions: train/val/test fractions of the random split.
-        drop_unpaired: skip images whose twin in another selected modality is missing,
-            instead of raising.
+        drop_unpaired: skip images whose twin in another modality of ``pair_with`` is
+            missing, instead of raising.
+        pair_with: modalities every image must have a twin in (default: ``modalities``);
+            a single-modality view of a paired dataset passes all of them, so it holds
+            the same images as the paired view.
         transforms: function applied to each sample dict.
         download: download the data into ``root`` if it is missing.
         checksum: verify the MD5 of downloaded archives where one is published.
@@ -168,8 +177,9 @@ class EuroSATMSSAR(NonGeoDataset):
         layout: Literal["auto", "eurosat", "copernicus"] = "auto",
         split_mode: Literal["random", "published"] = "random",
         split_seed: int = 0,
-        split_fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
+        split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
         drop_unpaired: bool = False,
+        pair_with: Sequence[str] | None = None,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         download: bool = False,
         checksum: bool = False,
@@ -178,7 +188,8 @@ class EuroSATMSSAR(NonGeoDataset):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
         if split_mode not in ("random", "published"):
             raise ValueError(f"split_mode must be 'random' or 'published', got {split_mode!r}")
-        unknown = [m for m in modalities if m not in self.all_bands]
+        self.pair_with = list(pair_with or modalities)
+        unknown = [m for m in (*modalities, *self.pair_with) if m not in self.all_bands]
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of "
                              f"{list(self.all_bands)}, got {list(modalities)}")
@@ -194,14 +205,17 @@ class EuroSATMSSAR(NonGeoDataset):
         self.layout = self._verify(layout)
         found = {m: self._scan(m) for m in self.all_bands
                  if os.path.isdir(self._directory(m))}
-        if split_mode == "published":
-            in_split = self._published_ids()
-        else:
-            every = {i: label for f in found.values() for i, (label, _) in f.items()}
-            in_split = stratified_split(every, split_fractions, split_seed)[split]
-        files = {m: {i: v for i, v in found[m].items() if i in in_split}
-                 for m in self.modalities}
-        self.ids = self._pair(files, drop_unpaired)
+        every = {i: label for f in found.values() for i, (label, _) in f.items()}
+
+        def members(name: str) -> set[str]:
+            if split_mode == "published":
+                return self._published_ids(name)
+            return stratified_split(every, split_fractions, split_seed)[name]
+
+        needed = dict.fromkeys([*self.modalities, *self.pair_with])
+        in_split = members(split)
+        files = {m: {i: v for i, v in found[m].items() if i in in_split} for m in needed}
+        self.ids = self._pair(files, drop_unpaired, found, members)
         first = self.modalities[0]
         #: Label of every sample, for samplers.
         self.targets: list[int] = [files[first][i][0] for i in self.ids]
@@ -244,10 +258,11 @@ class EuroSATMSSAR(NonGeoDataset):
                 tried = " nor ".join(" + ".join(d.values()) for d in self.directories.values())
                 raise DatasetNotFoundError(self.root, f"EuroSat-MS-SAR (neither {tried})")
             layout = detected or self.default_download_layout
-        missing = [m for m in self.modalities if not os.path.isdir(self._directory(m, layout))]
+        needed = dict.fromkeys([*self.modalities, *self.pair_with])
+        missing = [m for m in needed if not os.path.isdir(self._directory(m, layout))]
         if missing and self.download:
             self._download(layout)
-        for m in self.modalities:
+        for m in needed:
             directory = self._directory(m, layout)
             if not os.path.isdir(directory):
                 raise DatasetNotFoundError(self.root, f"{m} images ({directory})")
@@ -281,9 +296,9 @@ class EuroSATMSSAR(NonGeoDataset):
                     found[stem] = (label, os.path.join(class_dir, entry))
         return found
 
-    def _published_ids(self) -> set[str]:
-        """Image ids of the published split list (``.jpg``/``.tif`` suffixes ignored)."""
-        candidates = [os.path.join(self.root, p.format(split=self.split))
+    def _published_ids(self, split: str) -> set[str]:
+        """Image ids of a published split list (``.jpg``/``.tif`` suffixes ignored)."""
+        candidates = [os.path.join(self.root, p.format(split=split))
                       for p in self.split_lists[self.layout]]
         for path in candidates:
             if os.path.isfile(path):
@@ -292,20 +307,33 @@ class EuroSATMSSAR(NonGeoDataset):
                             for line in f if line.strip()}
         raise DatasetNotFoundError(self.root, f"split list {candidates[0]}")
 
-    def _pair(self, files: Mapping[str, Mapping[str, tuple[int, str]]],
-              drop_unpaired: bool) -> list[str]:
-        """Sorted ids present in every selected modality; unpaired ones raise or drop."""
+    def _pair(self, files: Mapping[str, Mapping[str, tuple[int, str]]], drop_unpaired: bool,
+              found: Mapping[str, Mapping[str, tuple[int, str]]],
+              members: Callable[[str], set[str]]) -> list[str]:
+        """Sorted ids of the split present in every modality of ``files``.
+
+        Unpaired ones are dropped, or raise an error that counts them in every split.
+        """
         every = set().union(*files.values())
         paired = set.intersection(*(set(f) for f in files.values()))
         unpaired = sorted(every - paired)
         if unpaired and not drop_unpaired:
             example = unpaired[0]
-            have = next(m for m in self.modalities if example in files[m])
-            lacking = [m for m in self.modalities if example not in files[m]]
+            have = next(m for m in files if example in files[m])
+            lacking = [m for m in files if example not in files[m]]
+            everywhere = set().union(*(found[m] for m in files))
+            alone = everywhere - set.intersection(*(set(found[m]) for m in files))
+            counts = []
+            for name in SPLITS:
+                try:
+                    counts.append(f"{len(alone & members(name))} in {name}")
+                except DatasetNotFoundError:  # a published list that is not there
+                    continue
             raise InputFileError(
                 files[have][example][1],
-                f"no {'/'.join(lacking)} twin: {len(unpaired)} of {len(every)} {self.split} "
-                f"images are unpaired (this is one); pass drop_unpaired=True to skip them")
+                f"has no {'/'.join(lacking)} twin; unpaired images: "
+                f"{', '.join(counts)}; pass --set data.drop_unpaired=true "
+                "(drop_unpaired=True in Python) to skip them")
         return sorted(paired)
 
     # -- reading --------------------------------------------------------------------

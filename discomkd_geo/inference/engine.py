@@ -33,9 +33,9 @@ from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
 
-from .._io import atomic_path, check_writable
+from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
-from ..errors import CheckpointError
+from ..errors import CheckpointError, InputFileError, SchedulerError
 from ..models.predictor import Predictor
 from .io import Grid, SceneSource, open_sources
 from .tiling import PadMode, WindowGrid, accumulate, chunk_layout, extract_windows, relative_slices
@@ -196,6 +196,7 @@ def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = 
               offset: float = 0.0) -> tuple[dict[str, Predictor], Plan]:
     """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments)."""
     predictors, paths = _as_dicts(predictors, sources)
+    paths = {m: _absolute(p) for m, p in paths.items()}
     grid, readers = open_sources(paths, {m: p.info.bands for m, p in predictors.items()},
                                  names=bands, sar_db=sar_db, scale=scale, offset=offset)
     patch = min(p.info.patch_size for p in predictors.values())
@@ -206,6 +207,12 @@ def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
                             probabilities)
+
+
+def _absolute(path: str) -> str:
+    """A local file as an absolute path (Dask workers have other working directories);
+    GDAL URLs and virtual paths as given."""
+    return os.path.abspath(path) if os.path.exists(path) else path
 
 
 def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
@@ -219,34 +226,83 @@ def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
     return chunk_layout(plan.output.height, plan.output.width, size)
 
 
+def _predict_chunk_named(predictors: Mapping[str, Predictor], plan: Plan,
+                         chunk: Window) -> ChunkResult:
+    """:func:`predict_chunk`, a scene's failed read told as an error naming the scene."""
+    from rasterio.errors import RasterioIOError
+
+    try:
+        return predict_chunk(predictors, plan, chunk)
+    except RasterioIOError as err:
+        paths = [s.path for s in plan.sources.values()]
+        path = next((p for p in paths if p in str(err)), ", ".join(paths))
+        detail = str(err.__cause__ or err).splitlines()[0]  # GDAL's own words, if any
+        raise InputFileError(path, f"reading rows {chunk.row_off}-{chunk.row_off + chunk.height}"
+                                   f" failed: the file is cut off or damaged ({detail})"
+                             ) from err
+
+
+def _unreadable(paths: Sequence[str]) -> dict[str, str]:
+    """Each path this process cannot open, with the reason (run on every Dask worker)."""
+    import rasterio
+    from rasterio.errors import RasterioIOError
+
+    problems = {}
+    for path in paths:
+        try:
+            with rasterio.open(path):
+                pass
+        except RasterioIOError as err:
+            problems[path] = str(err).splitlines()[0]
+    return problems
+
+
 @contextmanager
-def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | None
+def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | None,
+               paths: Sequence[str] = (), timeout: float = 10.0,
                ) -> Iterator[tuple[Callable[[Plan, Window], Future], int]]:
     """``(submit(plan, chunk) -> future, slots)`` on local threads or a Dask cluster.
 
-    On a cluster the predictors are scattered (broadcast) once; every chunk task refers
-    to that one copy per worker.
+    On a cluster, every worker first checks that it can open ``paths``; the predictors are
+    then scattered (broadcast) once, and every chunk task refers to that one copy per
+    worker.
+
+    Raises:
+        SchedulerError: no scheduler answers at ``scheduler`` within ``timeout`` seconds.
+        InputFileError: a worker cannot open one of ``paths``.
     """
     if scheduler is None:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discomkd")
         try:
-            yield (lambda plan, chunk: pool.submit(predict_chunk, predictors, plan, chunk)), workers
+            yield (lambda plan, chunk: pool.submit(_predict_chunk_named, predictors, plan,
+                                                   chunk)), workers
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return
     from distributed import Client
 
-    with Client(scheduler, set_as_default=False) as client:
+    try:
+        client = Client(scheduler, set_as_default=False, timeout=timeout)
+    except OSError as err:  # distributed's connection timeout is one
+        raise SchedulerError(scheduler, f"no scheduler answered within {timeout:g} s "
+                                        f"({str(err).splitlines()[0]}); check the address "
+                                        "or raise --scheduler-timeout") from err
+    with client:
+        for worker, problems in client.run(_unreadable, list(paths)).items():
+            for path, problem in problems.items():
+                raise InputFileError(path, f"the Dask worker {worker} cannot open it "
+                                           f"({problem}); workers need the file at the "
+                                           "same path")
         [model] = client.scatter([predictors], broadcast=True, hash=False)
         slots = max(1, sum(client.nthreads().values()))
-        yield (lambda plan, chunk: client.submit(predict_chunk, model, plan, chunk,
+        yield (lambda plan, chunk: client.submit(_predict_chunk_named, model, plan, chunk,
                                                  pure=False)), slots
 
 
 def predict_to_file(predictors: Predictors, sources: Sources,
                     output: str | os.PathLike[str], *, stride: int | None = None,
                     coarse: bool = False, chunk_size: int = 1024, workers: int = 1,
-                    scheduler: str | None = None,
+                    scheduler: str | None = None, scheduler_timeout: float = 10.0,
                     probabilities: str | os.PathLike[str] | None = None,
                     probabilities_dtype: Literal["float32", "uint8"] = "float32",
                     confidence: bool | str | os.PathLike[str] = False,
@@ -270,6 +326,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         chunk_size: side of the chunks of output pixels each task maps (bounds memory).
         workers: local threads (ignored with ``scheduler``).
         scheduler: address of a ``dask.distributed`` scheduler to run the chunks on.
+        scheduler_timeout: seconds to wait for the scheduler to answer.
         probabilities: also write per-class probabilities (one band per class) there.
         probabilities_dtype: ``float32`` (nodata NaN) or ``uint8`` (0-250 = p x 250,
             nodata 255) for the probability and confidence rasters.
@@ -292,7 +349,11 @@ def predict_to_file(predictors: Predictors, sources: Sources,
 
     Raises:
         OutputExistsError: an output exists and ``overwrite`` is false (checked first).
-        InputFileError: a scene is unreadable, lacks bands or a CRS, or does not overlap.
+        OutputError: two outputs share a path, or an output's directory is missing
+            (checked first).
+        InputFileError: a scene is unreadable (also mid-run, or on a Dask worker), lacks
+            bands or a CRS, or does not overlap.
+        SchedulerError: the scheduler does not answer within ``scheduler_timeout``.
     """
     start = time.perf_counter()
     output = Path(output)
@@ -300,8 +361,9 @@ def predict_to_file(predictors: Predictors, sources: Sources,
     if confidence is True:
         confidence = output.with_suffix(".confidence.tif")
     extras = {"probabilities": probabilities, "confidence": confidence or None}
-    for path in (output, qml_path, legend_path, *filter(None, extras.values())):
-        check_writable(path, overwrite)
+    check_outputs({"map": output, "QGIS style": qml_path, "legend": legend_path,
+                   **{name: path for name, path in extras.items() if path}}, overwrite,
+                  inputs=sources if isinstance(sources, Mapping) else {"scene": sources})
     predictors, plan = make_plan(
         predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
         batch_size=batch_size, device=device, bands=bands, sar_db=sar_db, scale=scale,
@@ -327,7 +389,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
             colormap=colors)}
         scaled = probabilities_dtype == "uint8"
         continuous = {"dtype": probabilities_dtype, "nodata": 255 if scaled else np.nan,
-                      "resampling": Resampling.average}
+                      "resampling": Resampling.average, "scale": 1 / 250 if scaled else 1.0}
         if probabilities:
             outputs["probabilities"] = writer(
                 probabilities, count=len(classes), descriptions=classes, **continuous,
@@ -342,7 +404,9 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         bar = stack.enter_context(tqdm(total=grid.width * grid.height, unit="px",
                                        unit_scale=True, disable=not progress,
                                        desc=f"mapping {output.name}"))
-        submit, slots = stack.enter_context(_submitter(predictors, workers, scheduler))
+        submit, slots = stack.enter_context(_submitter(
+            predictors, workers, scheduler, [s.path for s in plan.sources.values()],
+            scheduler_timeout))
         todo = iter(chunks)
         pending = deque((c, submit(plan, c)) for c in islice(todo, 2 * slots))
         while pending:

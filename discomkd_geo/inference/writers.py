@@ -63,12 +63,14 @@ class CogWriter:
         descriptions: one description per band.
         tags: dataset metadata tags.
         colormap: RGB per class code, for a paletted single-band map.
+        scale: GDAL band scale of every band (value = stored x scale), so GDAL and QGIS
+            show scaled integers as what they stand for.
     """
 
     def __init__(self, path: str | os.PathLike[str], grid: Grid, count: int, dtype: str,
                  nodata: float, resampling: Resampling, descriptions: Sequence[str],
-                 tags: Mapping[str, str], colormap: Sequence[Sequence[int]] | None = None
-                 ) -> None:
+                 tags: Mapping[str, str], colormap: Sequence[Sequence[int]] | None = None,
+                 scale: float = 1.0) -> None:
         self.path = Path(path)
         self.stage = self.path.with_name(self.path.name + ".stage.tif")
         self.resampling = resampling
@@ -80,6 +82,9 @@ class CogWriter:
         for band, text in enumerate(descriptions, start=1):
             self.dataset.set_band_description(band, text)
         self.dataset.update_tags(**tags)
+        if scale != 1.0:
+            self.dataset.scales = (scale,) * count
+            self.dataset.offsets = (0.0,) * count
         if colormap is not None:
             self.dataset.write_colormap(1, {code: (*rgb, 255) for code, rgb in enumerate(colormap)})
 

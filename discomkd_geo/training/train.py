@@ -2,19 +2,25 @@
 
 Called by ``discomkd-geo train`` (and by ``compare`` for every method). Lightning does the
 loop, so users get checkpointing, resume, mixed precision, multi-GPU and loggers from the
-config's ``trainer`` section. A run directory holds::
+config's ``trainer`` section. Every checkpoint is written atomically (a temporary file moved
+into place), so a run killed at any moment resumes from its latest complete epoch, and a
+resumed run on the CPU ends with the same weights as an uninterrupted one. A run
+directory holds::
 
     RUN/config.yaml             the resolved configuration
     RUN/stats/<modality>.json   normalisation statistics of the training split
     RUN/checkpoints/best-<m>.ckpt  best epoch per modality (validation weighted F1),
                                 the paper's per-modality model selection
-    RUN/checkpoints/last.ckpt   for --resume
+    RUN/checkpoints/last.ckpt   end of the latest epoch, for --resume: model, optimiser,
+                                epoch, best scores, random states
     RUN/logs/metrics.csv        every logged value (TensorBoard too when installed)
     RUN/metrics.json            test metrics per modality, each with its best checkpoint
     RUN/plots/*.png             loss terms, F1 curves, confusion matrices
 """
 
+import csv
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -23,12 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from .._io import check_writable
+from .._io import atomic_path, check_writable
 from ..config import Config
+from ..errors import ResumeError
 from ..data.datamodule import MSSARDataModule
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
@@ -74,8 +83,52 @@ def data_info(dm: MSSARDataModule) -> dict[str, Any]:
     }
 
 
-def _loggers(run_dir: Path) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
+class AtomicCheckpoint(ModelCheckpoint):
+    """A :class:`ModelCheckpoint` that writes atomically and saves the random states.
+
+    Each file is written beside its target and moved into place, so a kill during the
+    write leaves the previous checkpoint whole. The loggers are flushed first, so the
+    log holds every epoch a checkpoint holds. The global random states (augmentations,
+    data-loader seeds) travel in the callback's state, so a resumed run draws what the
+    uninterrupted run would have drawn.
+    """
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        for logger in trainer.loggers:
+            logger.save()
+        with atomic_path(filepath, overwrite=True) as tmp:
+            super()._save_checkpoint(trainer, str(tmp))
+        self._last_checkpoint_saved = filepath
+
+    def state_dict(self) -> dict[str, Any]:
+        """ModelCheckpoint's state (best scores and paths) plus the random states."""
+        kind, keys, pos, has_gauss, gauss = np.random.get_state()
+        # Plain values: Lightning may load checkpoints with torch's weights_only.
+        rng = {"torch": torch.get_rng_state(), "python": random.getstate(),
+               "numpy": [kind, keys.tolist(), pos, has_gauss, gauss]}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {**super().state_dict(), "rng": rng}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the best scores and the random states of a checkpoint."""
+        state = dict(state_dict)
+        rng = state.pop("rng", None)
+        super().load_state_dict(state)
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            kind, keys, pos, has_gauss, gauss = rng["numpy"]
+            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+            random.setstate(rng["python"])
+            if "cuda" in rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _loggers(run_dir: Path, epochs_done: int | None) -> list[Logger]:
+    csv_logger = CSVLogger(run_dir, name="logs", version="")
+    if epochs_done is not None:
+        _continue_log(csv_logger, epochs_done)
+    loggers: list[Logger] = [csv_logger]
     try:  # TensorBoard is optional (pip install discomkd-geo[tensorboard])
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -85,16 +138,41 @@ def _loggers(run_dir: Path) -> list[Logger]:
     return loggers
 
 
+def _continue_log(logger: CSVLogger, epochs_done: int) -> None:
+    """Keep the log rows of the first ``epochs_done`` epochs for a resumed run to extend.
+
+    Lightning's CSV writer deletes an existing ``metrics.csv`` when it starts; rows of an
+    epoch the kill interrupted are dropped, since that epoch is trained again.
+    """
+    path = Path(logger.log_dir) / "metrics.csv"
+    header: list[str] = []
+    rows: list[dict[str, str]] = []
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = [r for r in reader if r.get("epoch") and float(r["epoch"]) < epochs_done]
+    writer = logger.experiment  # deletes the file
+    if header:
+        with path.open("w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=header)
+            out.writeheader()
+            out.writerows(rows)
+        writer.metrics_keys = header
+
+
 def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Callback]:
     ckpt_dir = run_dir / "checkpoints"
     callbacks: list[Callback] = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename=f"best-{m}", monitor=f"val/{m}/f1_weighted",
-                        mode="max", save_top_k=1, auto_insert_metric_name=False,
-                        enable_version_counter=False)
+        AtomicCheckpoint(dirpath=ckpt_dir, filename=f"best-{m}", monitor=f"val/{m}/f1_weighted",
+                         mode="max", save_top_k=1, auto_insert_metric_name=False,
+                         enable_version_counter=False)
         for m in task.heads
     ]
-    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=0,
-                                     save_last=True, enable_version_counter=False))
+    # Unmonitored, top 1: rewritten at the end of every epoch. Listed after the best-*
+    # callbacks, so it saves their scores of the same epoch.
+    callbacks.append(AtomicCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
+                                      enable_version_counter=False))
     patience = config.trainer.early_stopping_patience
     if patience is not None:
         first = task.heads[0]
@@ -103,38 +181,72 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     return callbacks
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    if not resume:
-        check_writable(run_dir, overwrite)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+
+def epochs_done(run_dir: Path) -> int:
+    """Epochs completed by the run in ``run_dir``, from its ``last.ckpt``.
+
+    Raises:
+        ResumeError: there is no readable ``last.ckpt`` to resume from.
+    """
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        raise ResumeError(run_dir, "nothing to resume: no checkpoints/last.ckpt (a run "
+                                   "writes it after its first epoch); run without --resume")
+    try:
+        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as err:  # torch raises several kinds for a damaged file
+        raise ResumeError(last, f"cannot be read ({str(err).splitlines()[0]})") from err
+    return int(checkpoint["epoch"]) + 1
+
+
+def _finished(run_dir: Path) -> TrainResult:
+    """The result a finished run recorded in ``metrics.json``."""
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    checkpoints = {m: run_dir / "checkpoints" / f"best-{m}.ckpt" for m in summary["test"]}
+    return TrainResult(run_dir, checkpoints, summary["test"], summary["seconds"],
+                       summary["parameters"])
 
 
 def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: bool = False,
           progress: bool = True,
           build_task: Callable[[Config, dict[str, Any]], MultiModalTask] | None = None,
-          ) -> TrainResult:
+          echo: Callable[[str], None] = print) -> TrainResult:
     """Train ``config.method`` and evaluate each modality's best checkpoint on the test split.
 
     Args:
         config: the experiment.
         run_dir: output directory (see the module docstring for its layout).
         overwrite: replace an existing non-empty ``run_dir``.
-        resume: continue from ``run_dir/checkpoints/last.ckpt``.
+        resume: continue from ``run_dir/checkpoints/last.ckpt`` (the end of the latest
+            epoch): model, optimiser, epoch, best scores, random states and log. A
+            finished run (``metrics.json`` written) is returned as it is.
         progress: show Lightning's progress bar.
         build_task: custom task factory (the comparison uses it to hand a trained teacher
             to distillation baselines); default: ``TASKS[config.method]``.
+        echo: where to say that the run resumes, or had finished.
 
     Raises:
         OutputExistsError: ``run_dir`` is not empty and neither ``overwrite`` nor ``resume``.
+        ResumeError: ``resume`` and there is nothing to resume.
+        DatasetSplitError: a split is empty or lacks classes (checked before training).
         DiscomkdGeoError: bad data or configuration (one-line message).
     """
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, overwrite, resume)
+    done = epochs_done(run_dir) if resume else None
+    if done is not None and (run_dir / "metrics.json").is_file():
+        echo(f"{run_dir}: finished ({done} epochs) before; nothing to resume")
+        return _finished(run_dir)
+    if done is None:
+        check_writable(run_dir, overwrite)
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = MSSARDataModule(config.data, seed=config.seed)
-    dm.setup("fit")
+    dm.setup()  # every split, checked before the run directory is touched
+    _prepare_run_dir(run_dir, resume)
     info = data_info(dm)
     (run_dir / "stats").mkdir(exist_ok=True)
     for m, stats in dm.stats.items():
@@ -150,13 +262,15 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=tc.log_every_n_steps, default_root_dir=run_dir,
-        callbacks=_callbacks(config, task, run_dir), logger=_loggers(run_dir),
+        callbacks=_callbacks(config, task, run_dir), logger=_loggers(run_dir, done),
         enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=0,
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
+    if done is not None:
+        echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
     start = time.perf_counter()
-    trainer.fit(task, datamodule=dm, ckpt_path=last if resume and last.exists() else None)
+    trainer.fit(task, datamodule=dm,
+                ckpt_path=run_dir / "checkpoints" / "last.ckpt" if done is not None else None)
     seconds = time.perf_counter() - start
 
     checkpoints: dict[str, Path] = {}
