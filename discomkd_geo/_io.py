@@ -49,8 +49,10 @@ def check_parent(path: str | os.PathLike[str]) -> Path:
 
 def check_outputs(outputs: Mapping[str, str | os.PathLike[str]], overwrite: bool,
                   inputs: Mapping[str, str | os.PathLike[str]] | None = None) -> None:
-    """Check every output of one command before any work: no two at one path, none onto an
-    input, each in an existing directory and replaceable.
+    """Check every output of one command before any work.
+
+    No two outputs at one path, none onto an input, each in an existing directory and
+    replaceable.
 
     Args:
         outputs: what each output is (``map``, ``probabilities``, ...) -> its path.

@@ -323,3 +323,47 @@ def test_stale_temporaries_of_dead_processes_are_removed(tmp_path: Path) -> None
         assert tmp.name.startswith(f".map.{os.getpid()}.")
         tmp.write_bytes(b"new")
     assert files(tmp_path) == {"map.tif", live.name, other.name}
+
+
+# --------------------------------------------------------------------------- cluster
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A one-worker process cluster whose worker runs in another working directory and
+    lacks GDAL's VRT driver (this process registered its drivers long before)."""
+    from distributed import LocalCluster
+
+    here = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("worker_cwd"))
+    os.environ["GDAL_SKIP"] = "VRT"
+    try:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+    finally:
+        os.chdir(here)
+        del os.environ["GDAL_SKIP"]
+    with cluster:
+        yield cluster.scheduler_address
+
+
+def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Path,
+                                                scheduler: str, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(scene_dir.parent)
+    code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar",
+                          Path(scene_dir.name) / "sar.tif", "-o", tmp_path / "map.tif",
+                          "--scheduler", scheduler, "--quiet")
+    assert code == 0, err
+    with rasterio.open(tmp_path / "map.tif") as src:
+        assert (src.read(1) != 255).any()
+
+
+def test_a_scene_the_workers_cannot_open_is_named(checkpoint: Path, scene_dir: Path,
+                                                  scheduler: str, tmp_path: Path) -> None:
+    vrt = tmp_path / "sar.vrt"  # this process reads it, the worker has no VRT driver
+    rasterio.shutil.copy(scene_dir / "sar.tif", vrt, driver="VRT")
+    code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", vrt,
+                          "-o", tmp_path / "map.tif", "--scheduler", scheduler, "--quiet")
+    assert code == 1 and err.count("\n") == 1
+    assert err.startswith(f"Error: {vrt}: the Dask worker tcp://")
+    assert "workers need the file at the same path" in err
+    assert files(tmp_path) == {"sar.vrt"}

@@ -210,8 +210,10 @@ def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = 
 
 
 def _absolute(path: str) -> str:
-    """A local file as an absolute path (Dask workers have other working directories);
-    GDAL URLs and virtual paths as given."""
+    """A local file as an absolute path; GDAL URLs and virtual paths as given.
+
+    Dask workers have other working directories than the client.
+    """
     return os.path.abspath(path) if os.path.exists(path) else path
 
 

@@ -37,8 +37,8 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 
 from .._io import atomic_path, check_writable
 from ..config import Config
-from ..errors import ResumeError
 from ..data.datamodule import MSSARDataModule
+from ..errors import ResumeError
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
