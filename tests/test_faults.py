@@ -200,6 +200,9 @@ def test_malformed_yaml_is_one_line_with_line_and_column(data: Path, tmp_path: P
     assert (code, err) == (1, f"Error: {bad}: invalid YAML at line 4, column 14: mapping "
                               "values are not allowed here\n")
     assert not (tmp_path / "run").exists()
+    code, _, err = invoke("train", "--set", "optim.lr=[1", "--out", tmp_path / "run")
+    assert (code, err) == (1, "Error: config key 'optim.lr': value '[1' is not valid YAML "
+                              "(line 1, column 3: expected ',' or ']', but got '<stream end>')\n")
 
 
 # --------------------------------------------------------------------------- predict
