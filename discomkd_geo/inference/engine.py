@@ -37,7 +37,8 @@ from .._io import atomic_path, check_writable
 from ..constants import CLASS_NODATA
 from ..errors import CheckpointError
 from ..models.predictor import Predictor
-from .io import Grid, SceneSource, open_sources
+from .checks import SceneCheck, check_sources
+from .io import Grid, SceneInput, Source, as_input, open_sources
 from .tiling import PadMode, WindowGrid, accumulate, chunk_layout, extract_windows, relative_slices
 from .writers import CogWriter, class_description, class_tags, legend, qgis_style, sidecar_paths
 
@@ -45,7 +46,12 @@ if TYPE_CHECKING:
     import xarray
 
 Predictors = Predictor | Mapping[str, Predictor]
-Sources = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
+if TYPE_CHECKING:
+    #: One modality's scene: a path, several (one per band or polarisation), an array or
+    #: a :class:`~discomkd_geo.inference.io.SceneInput` with units and scaling.
+    Scene = (SceneInput | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+             | xarray.DataArray)
+    Sources = Scene | Mapping[str, Scene]
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Plan:
     """
 
     grid: Grid
-    sources: Mapping[str, SceneSource]
+    sources: Mapping[str, Source]
     stride: int
     coarse: bool
     pad: PadMode
@@ -167,17 +173,17 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     return ChunkResult(codes, probs)
 
 
-def _as_dicts(predictors: Predictors, sources: Sources) -> tuple[dict[str, Predictor],
-                                                                  dict[str, str]]:
+def _as_dicts(predictors: Predictors, sources: "Sources"
+              ) -> tuple[dict[str, Predictor], dict[str, SceneInput]]:
     """Both arguments as ``{modality: ...}`` dicts, checked against each other."""
     if isinstance(predictors, Predictor):
         predictors = {predictors.info.modality: predictors}
     predictors = dict(predictors)
-    if isinstance(sources, str | os.PathLike):
+    if not isinstance(sources, Mapping):
         if len(predictors) != 1:
-            raise ValueError("one scene path given for several predictors; pass a dict")
+            raise ValueError("one scene given for several predictors; pass a dict")
         sources = {next(iter(predictors)): sources}
-    sources = {m: os.fspath(p) for m, p in sources.items()}
+    sources = {m: as_input(s) for m, s in sources.items()}
     if missing := sorted(set(sources) - set(predictors)):
         raise CheckpointError(f"no predictor for the {', '.join(missing)} scene")
     first = predictors[next(iter(sources))].info
@@ -188,16 +194,19 @@ def _as_dicts(predictors: Predictors, sources: Sources) -> tuple[dict[str, Predi
     return {m: predictors[m] for m in sources}, sources
 
 
-def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = None,
+def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
               coarse: bool = False, pad: PadMode = "reflect", min_valid: float = 0.5,
               batch_size: int = 32, device: str | None = None, probabilities: bool = False,
-              bands: Mapping[str, Sequence[str]] | None = None,
-              sar_db: Sequence[str] = (), scale: float = 1.0,
-              offset: float = 0.0) -> tuple[dict[str, Predictor], Plan]:
-    """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments)."""
-    predictors, paths = _as_dicts(predictors, sources)
-    grid, readers = open_sources(paths, {m: p.info.bands for m, p in predictors.items()},
-                                 names=bands, sar_db=sar_db, scale=scale, offset=offset)
+              force: bool = False
+              ) -> tuple[dict[str, Predictor], Plan, dict[str, SceneCheck]]:
+    """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments).
+
+    Returns:
+        The predictors per modality, the plan, and the statistics check of each scene.
+    """
+    predictors, inputs = _as_dicts(predictors, sources)
+    grid, readers = open_sources(inputs, {m: p.info for m, p in predictors.items()})
+    checks = check_sources(predictors, readers, force=force)
     patch = min(p.info.patch_size for p in predictors.values())
     stride = stride or max(1, patch // 2)
     if not 0 < stride <= patch:
@@ -205,7 +214,7 @@ def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = 
                               f"[1, patch size {patch}] for windows to cover every pixel")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
-                            probabilities)
+                            probabilities), checks
 
 
 def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
@@ -243,16 +252,14 @@ def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | 
                                                  pure=False)), slots
 
 
-def predict_to_file(predictors: Predictors, sources: Sources,
+def predict_to_file(predictors: Predictors, sources: "Sources",
                     output: str | os.PathLike[str], *, stride: int | None = None,
                     coarse: bool = False, chunk_size: int = 1024, workers: int = 1,
                     scheduler: str | None = None,
                     probabilities: str | os.PathLike[str] | None = None,
                     probabilities_dtype: Literal["float32", "uint8"] = "float32",
                     confidence: bool | str | os.PathLike[str] = False,
-                    overwrite: bool = False, progress: bool = False,
-                    bands: Mapping[str, Sequence[str]] | None = None,
-                    sar_db: Sequence[str] = (), scale: float = 1.0, offset: float = 0.0,
+                    overwrite: bool = False, progress: bool = False, force: bool = False,
                     pad: PadMode = "reflect", min_valid: float = 0.5, batch_size: int = 32,
                     device: str | None = None) -> dict[str, Any]:
     """Map land cover from one scene per available modality into a Cloud-Optimised GeoTIFF.
@@ -261,8 +268,12 @@ def predict_to_file(predictors: Predictors, sources: Sources,
 
     Args:
         predictors: a :class:`Predictor`, or one per modality (``{"ms": ..., "sar": ...}``).
-        sources: the scene (any GDAL raster) or one per modality; the first defines the
-            output grid, the others are warped onto it.
+        sources: the scene or one per modality (``{"ms": ..., "sar": ...}``): a raster
+            path, several paths (one per band or polarisation), a directory of band files,
+            an :class:`xarray.DataArray` with a CRS and a ``band`` coordinate, or a
+            :class:`~discomkd_geo.inference.io.SceneInput` that also gives band names,
+            SAR units and scaling. The first defines the output grid (at the model's pixel
+            size), the others are warped onto it.
         output: the class map to write; ``<stem>.qml`` and ``<stem>.legend.json`` go
             beside it.
         stride: step between windows (default: half the patch size).
@@ -277,10 +288,8 @@ def predict_to_file(predictors: Predictors, sources: Sources,
             ``<stem>.confidence.tif``.
         overwrite: replace existing outputs.
         progress: show a progress bar.
-        bands: explicit band names of a modality's raster, in raster order.
-        sar_db: modalities whose raster holds linear power, converted to dB.
-        scale: multiply raster values by this, then ...
-        offset: ... add this (e.g. reflectance to L1C digital numbers).
+        force: map scenes that the statistics check refuses (other units or scale,
+            permuted bands); the summary's ``checks`` keeps the figures.
         pad: scene edge extension, ``reflect`` or ``constant`` (the band's fill value).
         min_valid: windows with a smaller share of valid pixels are skipped (nodata).
         batch_size: windows per forward pass.
@@ -288,11 +297,14 @@ def predict_to_file(predictors: Predictors, sources: Sources,
 
     Returns:
         A summary: ``output``, ``pixels``, ``mapped_pixels``, ``seconds``,
-        ``pixels_per_s``, per-class ``histogram``, and the layout used.
+        ``pixels_per_s``, per-class ``histogram``, the layout used, and per modality the
+        statistics ``checks`` of the scene.
 
     Raises:
         OutputExistsError: an output exists and ``overwrite`` is false (checked first).
-        InputFileError: a scene is unreadable, lacks bands or a CRS, or does not overlap.
+        InputFileError: a scene is unreadable, not georeferenced, lacks bands, does not
+            overlap, holds no valid pixel, or (unless ``force``) looks like other units,
+            scale or band order than the training data.
     """
     start = time.perf_counter()
     output = Path(output)
@@ -302,10 +314,10 @@ def predict_to_file(predictors: Predictors, sources: Sources,
     extras = {"probabilities": probabilities, "confidence": confidence or None}
     for path in (output, qml_path, legend_path, *filter(None, extras.values())):
         check_writable(path, overwrite)
-    predictors, plan = make_plan(
+    predictors, plan, checks = make_plan(
         predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
-        batch_size=batch_size, device=device, bands=bands, sar_db=sar_db, scale=scale,
-        offset=offset, probabilities=any(extras.values()))
+        batch_size=batch_size, device=device, force=force,
+        probabilities=any(extras.values()))
     info = next(iter(predictors.values())).info
     classes, colors = list(info.classes), [tuple(c) for c in info.colors]
     grid = plan.output
@@ -373,6 +385,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         "pixels": pixels, "mapped_pixels": int(histogram[:-1].sum()),
         "seconds": round(seconds, 3), "pixels_per_s": round(pixels / max(seconds, 1e-9), 1),
         "histogram": {name: int(n) for name, n in zip(classes, histogram, strict=False)},
+        "checks": {m: check.to_dict() for m, check in checks.items()},
     }
 
 
@@ -391,7 +404,7 @@ def _write(outputs: Mapping[str, CogWriter], chunk: Window, result: ChunkResult,
             outputs[name].write(chunk, values)
 
 
-def predict_lazy(predictors: Predictors, sources: Sources, *, stride: int | None = None,
+def predict_lazy(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
                  coarse: bool = False, chunk_size: int = 1024,
                  what: Literal["classes", "probabilities"] = "classes",
                  **options: Any) -> "xarray.DataArray":
@@ -408,15 +421,15 @@ def predict_lazy(predictors: Predictors, sources: Sources, *, stride: int | None
         chunk_size: as in :func:`predict_to_file`.
         what: ``classes`` (uint8 ``(y, x)``, nodata 255) or ``probabilities`` (float32
             ``(band, y, x)``, one band per class, NaN nodata).
-        **options: ``bands``, ``sar_db``, ``scale``, ``offset``, ``pad``, ``min_valid``,
-            ``batch_size``, ``device`` of :func:`make_plan`.
+        **options: ``force``, ``pad``, ``min_valid``, ``batch_size``, ``device`` of
+            :func:`make_plan`.
     """
     import dask
     import dask.array as da
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
-    predictors, plan = make_plan(predictors, sources, stride=stride, coarse=coarse,
+    predictors, plan, _ = make_plan(predictors, sources, stride=stride, coarse=coarse,
                                  probabilities=what == "probabilities", **options)
     info = next(iter(predictors.values())).info
     model = dask.delayed(predictors, pure=True, traverse=False)
