@@ -9,11 +9,13 @@ Distances are measured in decades, the natural unit of unit mistakes: for SAR in
 10 dB is one decade of power; for reflectance (positive digital numbers), the log10 of
 the ratio of medians. A scene is refused when its bands lie more than
 :data:`UNIT_DECADES` from the training medians in the declared units (reflectance 0-1
-given as digital numbers is 4 decades off; linear power read as dB about 1.5) and the
-raw values are then matched against the other usual storages (dB, linear power,
-amplitude; reflectance 0-1, x 10000, with or without the baseline-04.00 offset) to name
-the likely fix. Band order is refused when two bands whose training medians are clearly
-ordered (NIR above red, VV above VH, ...) come in the opposite order in the scene.
+given as digital numbers is 4 decades off; linear power read as dB about 1.5), or more
+than :data:`SHIFT_DECADES` on average while another storage fits far better (amplitude
+read as power is off by half its dB value). The raw values are matched against the other
+usual storages (dB, linear power, amplitude; reflectance 0-1, x 10000, with or without
+the baseline-04.00 offset) to name the likely fix. Band order is refused when two bands
+whose training medians are clearly ordered (NIR above red, VV above VH, ...) come in the
+opposite order in the scene.
 """
 
 import math
@@ -33,6 +35,8 @@ from .tiling import chunk_layout
 UNIT_DECADES = 1.0
 #: ... and a scene whose bands are on average further than this is refused.
 SHIFT_DECADES = 0.5
+#: ... or when they are off on average and another storage fits this many times better.
+BETTER_FIT = 3.0
 #: Band pairs whose training medians differ by at least this (decades) must keep their order.
 ORDER_DECADES = 0.2
 #: ... and are called permuted when the scene reverses them by at least this.
@@ -153,7 +157,7 @@ def candidates(modality: str, declared: Units, db: bool) -> list[Candidate]:
         first = [Candidate(words[declared.sar or "db"], declared, "")]
         return first + [Candidate(word, replace(declared, sar=sar), f"--{modality}-units {sar}")
                         for sar, word in words.items() if sar != declared.sar]
-    usual = [("reflectance x 10000", 1.0, 0.0, f"no --{modality}-scale/--{modality}-offset"),
+    usual = [("reflectance x 10000", 1.0, 0.0, f"no --{modality}-scale or --{modality}-offset"),
              ("reflectance 0-1", 1e4, 0.0, f"--{modality}-scale 10000"),
              ("reflectance x 10000 + 1000 (baseline 04.00)", 1.0, -1000.0,
               f"--{modality}-offset -1000")]
@@ -210,11 +214,17 @@ def check_scene(predictor: Predictor, source: Source, modality: str) -> SceneChe
     declared = fits[0]
     inside = (converted >= training[:, :1]) & (converted <= training[:, 2:])
     clipped = 1.0 - inside[:, valid].mean(axis=1) if valid.any() else np.ones(len(bands))
-    guesses = [options[int(np.argmin(fits[:, i]))].label for i in range(len(bands))]
+    # The declared storage unless it is off and another fits better.
+    guesses = [options[0 if fits[0, i] <= SHIFT_DECADES else int(np.argmin(fits[:, i]))].label
+               for i in range(len(bands))]
     verdicts = ["ok" if d <= SHIFT_DECADES else "shifted" for d in declared]
     worst = int(np.argmax(declared))
-    if declared[worst] > UNIT_DECADES and (declared.mean() > SHIFT_DECADES
-                                           or declared[worst] > 2 * UNIT_DECADES):
+    means = fits.mean(axis=1)
+    far = declared[worst] > UNIT_DECADES and (means[0] > SHIFT_DECADES
+                                              or declared[worst] > 2 * UNIT_DECADES)
+    # Off, and another storage fits far better (amplitude read as power: half the dB).
+    beaten = means[0] > SHIFT_DECADES and means[1:].min() < means[0] / BETTER_FIT
+    if far or beaten:
         verdicts = ["units" if d > SHIFT_DECADES else v for d, v in zip(declared, verdicts,
                                                                         strict=True)]
         check.problems.append(_units_problem(bands[worst], scene[worst, 1],
@@ -245,6 +255,9 @@ def _units_problem(band: str, median: float, training: float, decades: float,
     else:
         advice = (f"no usual storage fits ({', '.join(c.label for c in options)}); "
                   "uncalibrated digital numbers? calibrate the product first (or --force)")
+    if not math.isfinite(decades):
+        return (f"band {band} median {shown} is not positive like the training median "
+                f"{training:.4g} ({options[0].label}); {advice}")
     return (f"band {band} median {shown} is {decades:.1f} decades {direction} the "
             f"training median {training:.4g} ({options[0].label}); {advice}")
 
