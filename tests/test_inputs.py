@@ -17,6 +17,7 @@ import rasterio
 import torch
 from click.testing import CliRunner
 from rasterio.control import GroundControlPoint
+from rasterio.rpc import RPC
 from rasterio.transform import from_origin
 from test_inference import ORIGIN, make_predictor, read, texture, write_scene
 
@@ -95,7 +96,8 @@ def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
     assert check["forced"] and "permuted" in check["problems"][0]
     assert {b["band"]: b["verdict"] for b in check["bands"]}["B08"] == "order"
     # The baseline-04.00 offset applied to a product that has none: negative values.
-    with pytest.raises(InputFileError, match="not positive .* --ms-scale or --ms-offset"):
+    with pytest.raises(InputFileError, match="not positive .* pass neither --ms-scale nor "
+                                             "--ms-offset"):
         predict_to_file(ms4, SceneInput(right, offset=-1000), tmp_path / "offset.tif")
 
 
@@ -156,7 +158,8 @@ def test_band_matching_rules(tmp_path: Path) -> None:
     ("amplitude", "amplitude", None),
     ("linear", None, "decades above .* it looks like linear power: pass --sar-units linear"),
     ("amplitude", "linear", "it looks like amplitude: pass --sar-units amplitude"),
-    ("db", "linear", "not positive .* it looks like dB: pass --sar-units db"),
+    ("db", "linear", "values <= 0, which cannot be linear power; it looks like dB: pass "
+                       "--sar-units db"),
     ("dn", None, "no usual storage fits .* calibrate the product first"),
 ])
 def test_sar_units(sar: Predictor, tmp_path: Path, storage: str, units: str | None,
@@ -191,13 +194,14 @@ def test_swapped_polarisations_and_all_nodata(sar: Predictor, tmp_path: Path) ->
     for force in (False, True):  # --force cannot map nothing
         with pytest.raises(InputFileError, match="empty.tif: holds no valid pixel"):
             predict_to_file(sar, empty, tmp_path / "m.tif", force=force)
-    # A scene that is nodata except in one corner is mapped, not called empty.
-    corner = np.full((2, 1200, 1200), np.nan, np.float32)
-    corner[:, -40:, -40:] = s1_db(40)
-    summary = predict_to_file(sar, write_scene(tmp_path / "corner.tif", corner,
+    # Nodata except a patch that the sample windows miss: the full pass finds it.
+    patch = np.full((2, 1200, 1200), np.nan, np.float32)
+    patch[:, 600:640, 100:140] = s1_db(40)
+    summary = predict_to_file(sar, write_scene(tmp_path / "patch.tif", patch,
                                                list(S1_BANDS)), tmp_path / "c.tif",
                               stride=16, coarse=True)
     assert summary["mapped_pixels"] > 0
+    assert summary["checks"]["sar"]["sampled_pixels"] > 8 * 8 * 64 * 64
 
 
 def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
@@ -234,7 +238,7 @@ def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
 
 
 def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> None:
-    """SYNTHETIC dB values on a GCP-only raster (as GRD measurement files come)."""
+    """SYNTHETIC dB values on GCP-only and RPC-only rasters (as L1 products come)."""
     path = tmp_path / "gcp.tif"
     gcps = [GroundControlPoint(row=r, col=c, x=3.0 + c * 1.3e-4, y=45.0 - r * 0.9e-4)
             for r in (0, 96) for c in (0, 96)]
@@ -248,6 +252,18 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
     assert (lazy.compute(scheduler="sync").values != 255).mean() > 0.5
     named = predict_lazy(sar, SceneInput(path, crs="EPSG:3035"))
     assert named.rio.crs.to_epsg() == 3035
+    # RPC-only (optical and SAR L1 products): warped through GDAL's RPC transformer.
+    rpc = RPC(height_off=0, height_scale=100, lat_off=45.0, lat_scale=0.004, long_off=3.0,
+              long_scale=0.006, line_off=48, line_scale=48, samp_off=48, samp_scale=48,
+              line_num_coeff=[0, 0, -1] + [0] * 17, line_den_coeff=[1] + [0] * 19,
+              samp_num_coeff=[0, 1] + [0] * 18, samp_den_coeff=[1] + [0] * 19)
+    with rasterio.open(tmp_path / "rpc.tif", "w", driver="GTiff", width=96, height=96, count=2,
+                       dtype="float32", rpcs=rpc, nodata=np.nan) as dst:
+        dst.write(s1_db(96, seed=7))
+        dst.descriptions = tuple(S1_BANDS)
+    from_rpc = predict_lazy(sar, tmp_path / "rpc.tif")
+    assert from_rpc.rio.crs.to_epsg() == 32631
+    assert (from_rpc.compute(scheduler="sync").values != 255).mean() > 0.5
     nothing = write_scene(tmp_path / "nothing.tif", s1_db(32), list(S1_BANDS), crs=None)
     with pytest.raises(InputFileError, match="no georeferencing .* gdal_translate -a_srs"):
         predict_lazy(sar, nothing)

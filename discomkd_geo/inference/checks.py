@@ -157,7 +157,8 @@ def candidates(modality: str, declared: Units, db: bool) -> list[Candidate]:
         first = [Candidate(words[declared.sar or "db"], declared, "")]
         return first + [Candidate(word, replace(declared, sar=sar), f"--{modality}-units {sar}")
                         for sar, word in words.items() if sar != declared.sar]
-    usual = [("reflectance x 10000", 1.0, 0.0, f"no --{modality}-scale or --{modality}-offset"),
+    usual = [("reflectance x 10000", 1.0, 0.0,
+              f"neither --{modality}-scale nor --{modality}-offset"),
              ("reflectance 0-1", 1e4, 0.0, f"--{modality}-scale 10000"),
              ("reflectance x 10000 + 1000 (baseline 04.00)", 1.0, -1000.0,
               f"--{modality}-offset -1000")]
@@ -248,17 +249,19 @@ def _units_problem(band: str, median: float, training: float, decades: float,
     direction = "below" if median < training or not np.isfinite(median) else "above"
     mean = fits.mean(axis=1)
     best = int(np.argmin(mean[1:])) + 1
-    shown = f"{median:.4g}" if np.isfinite(median) else "undefined (values <= 0)"
     if mean[best] <= SHIFT_DECADES:
         advice = (f"it looks like {options[best].label}: pass {options[best].fix} "
                   "(or --force to map anyway)")
     else:
         advice = (f"no usual storage fits ({', '.join(c.label for c in options)}); "
                   "uncalibrated digital numbers? calibrate the product first (or --force)")
+    if not np.isfinite(median):
+        return (f"band {band} holds mostly values <= 0, which cannot be {options[0].label}; "
+                f"{advice}")
     if not math.isfinite(decades):
-        return (f"band {band} median {shown} is not positive like the training median "
+        return (f"band {band} median {median:.4g} is not positive like the training median "
                 f"{training:.4g} ({options[0].label}); {advice}")
-    return (f"band {band} median {shown} is {decades:.1f} decades {direction} the "
+    return (f"band {band} median {median:.4g} is {decades:.1f} decades {direction} the "
             f"training median {training:.4g} ({options[0].label}); {advice}")
 
 

@@ -61,6 +61,9 @@ _HYP3_UNITS: Mapping[str, SarUnits] = {"p": "linear", "a": "amplitude", "d": "db
 _SAR_WORDS: Mapping[str, str] = {"db": "dB", "linear": "linear power -> dB",
                                  "amplitude": "amplitude -> dB"}
 
+#: The CRS of RPC coordinates (longitude, latitude on WGS 84).
+RPC_CRS = CRS.from_epsg(4326)
+
 #: Raster files looked for in a directory of band files.
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
 
@@ -264,8 +267,9 @@ class SceneSource(_Source):
                     # (almost) exactly, so its value does not depend on the window it is
                     # read through (byte-identical output for any chunking).
                     src = stack.enter_context(WarpedVRT(
-                        src, crs=self.grid.crs, transform=self.grid.transform,
-                        width=self.grid.width, height=self.grid.height,
+                        src, src_crs=_source_crs(src), crs=self.grid.crs,
+                        transform=self.grid.transform, width=self.grid.width,
+                        height=self.grid.height,
                         resampling=Resampling.bilinear, dtype="float32", nodata=np.nan,
                         src_nodata=src.nodata, tolerance=1e-9))
                     # Band by band: GDAL's multi-band warped reads of a VRT's full extent
@@ -419,6 +423,14 @@ def match_bands(name: str, labels: Sequence[str | None], wanted: Sequence[str],
     return tuple(names.index(w) for w in wanted_names)
 
 
+def _source_crs(src: rasterio.DatasetReader) -> CRS:
+    """The CRS of a raster's georeferencing: its own, its GCPs', or WGS 84 for RPCs.
+
+    GDAL's warper falls back to RPCs only when it is given a source CRS.
+    """
+    return src.crs or (src.gcps[1] if src.gcps[0] else RPC_CRS)
+
+
 def _utm_of(lon: float, lat: float) -> CRS:
     """The WGS 84 UTM zone of a point."""
     zone = min(int((lon + 180.0) // 6.0) + 1, 60)
@@ -455,10 +467,10 @@ def _native_grid(src: rasterio.DatasetReader, crs: str | None,
                                        "it first, e.g. gdal_translate -a_srs EPSG:32631 "
                                        "-a_ullr ULX ULY LRX LRY")
     target = _target_crs(src, crs)
-    gcps, gcp_crs = src.gcps
+    gcps = src.gcps[0]
     transform, width, height = calculate_default_transform(
-        gcp_crs if gcps else CRS.from_epsg(4326), target, src.width, src.height,
-        gcps=gcps or None, rpcs=None if gcps else src.rpcs, resolution=pixel_size)
+        _source_crs(src), target, src.width, src.height, gcps=gcps or None,
+        rpcs=None if gcps else src.rpcs, resolution=pixel_size)
     return Grid(target, transform, width, height), True
 
 
