@@ -268,28 +268,89 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
     return names
 
 
+_MS_OFFSET_HELP = (
+    "Then add this to the MS values. Sentinel-2 L1C and L2A digital numbers of processing "
+    "baseline 04.00 and later (products from 25 January 2022 on) carry +1000: reflectance = "
+    "(DN - 1000) / 10000, so pass -1000 to match models trained on earlier products such as "
+    "EuroSAT. L2A example: --ms-offset -1000 for a 2023 L2A .SAFE; --ms-scale 10000 for L2A "
+    "surface reflectance already divided by 10000 (0-1).")
+
+
+def _input_options(command: Any) -> Any:
+    """The options that describe the scenes, shared by ``predict`` and ``inspect``."""
+    options = [
+        click.option("--bands", multiple=True, metavar="[MODALITY=]NAME,...",
+                     help="Names of the input's bands in order (files in the order given), "
+                          "when band descriptions and file names do not name them "
+                          "(repeatable per modality)."),
+        click.option("--sar-units", type=click.Choice(["db", "linear", "amplitude"]),
+                     help="How the SAR input stores backscatter [default: from ASF HyP3 RTC "
+                          "file names, else db]. RTC products on public catalogues are "
+                          "gamma0 linear power."),
+        click.option("--sar-db", is_flag=True, hidden=True,
+                     help="Deprecated: the SAR input holds linear power (--sar-units linear)."),
+        click.option("--ms-scale", type=float, default=1.0, show_default=True,
+                     help="Multiply the MS values by this: 10000 for reflectance 0-1."),
+        click.option("--ms-offset", type=float, default=0.0, show_default=True,
+                     help=_MS_OFFSET_HELP),
+        click.option("--crs", metavar="CRS",
+                     help="CRS to warp rasters georeferenced only by GCPs or RPCs to, e.g. "
+                          "EPSG:32631 [default: UTM zone of the scene centre]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
+                  sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
+                  crs: str | None) -> dict[str, Any]:
+    """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
+    from .constants import MS, SAR
+    from .inference.io import SceneInput
+
+    if sar_db:
+        if sar_units not in (None, "linear"):
+            raise click.UsageError("--sar-db (deprecated) means --sar-units linear; "
+                                   f"it contradicts --sar-units {sar_units}")
+        click.echo("warning: --sar-db is deprecated; use --sar-units linear", err=True)
+        sar_units = "linear"
+    names = _band_names(bands, list(scenes))
+    inputs = {}
+    for modality, paths in scenes.items():
+        scale, offset = (ms_scale, ms_offset) if modality == MS else (1.0, 0.0)
+        inputs[modality] = SceneInput(paths, names.get(modality),
+                                      sar_units if modality == SAR else None, scale, offset,
+                                      crs)
+    return inputs
+
+
 @click.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
               help="Training checkpoint, run directory or exported predictor.")
-@click.option("--sar", type=click.Path(dir_okay=False, path_type=Path),
-              help="Sentinel-1 scene (VV, VH; dB unless --sar-db).")
-@click.option("--ms", type=click.Path(dir_okay=False, path_type=Path),
-              help="Sentinel-2 scene (the checkpoint's MS bands).")
-@click.option("--scene", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--sar", multiple=True, type=click.Path(path_type=Path),
+              help="Sentinel-1 scene: a VV/VH stack, or one file per polarisation (repeat "
+                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), or their "
+                   "directory. A raw .SAFE is refused: calibrate and terrain-correct first.")
+@click.option("--sar-vv", type=click.Path(dir_okay=False, path_type=Path),
+              help="The VV file of a scene given as one file per polarisation.")
+@click.option("--sar-vh", type=click.Path(dir_okay=False, path_type=Path),
+              help="The VH file (with --sar-vv).")
+@click.option("--ms", multiple=True, type=click.Path(path_type=Path),
+              help="Sentinel-2 scene: a stack, one file per band (repeat --ms), or a "
+                   "directory of band files such as an L1C/L2A .SAFE (finest resolution "
+                   "of each band; every band is resampled to the model's pixel size).")
+@click.option("--scene", multiple=True, type=click.Path(path_type=Path),
               help="Scene of another modality, named by --modality.")
 @click.option("--modality", help="Branch for --scene (or for an ambiguous checkpoint).")
 @click.option("--fuse", is_flag=True,
               help="With several scenes: average the branches' class probabilities.")
-@click.option("--bands", multiple=True, metavar="[MODALITY=]NAME,...",
-              help="Names of the raster's bands in raster order, when its band "
-                   "descriptions do not name them (repeatable per modality).")
-@click.option("--sar-db", is_flag=True, help="The SAR scene holds linear power: convert to dB.")
-@click.option("--scale", type=float, default=1.0, show_default=True,
-              help="Multiply raster values by this (e.g. 10000 for reflectance).")
-@click.option("--offset", type=float, default=0.0, show_default=True,
-              help="Then add this (e.g. 1000 for the S2 L2A/L1C offset).")
+@_input_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Land-cover GeoTIFF to write (.qml and .legend.json go beside it).")
+@click.option("--force", is_flag=True,
+              help="Map scenes whose values look like other units, scale or band order "
+                   "than the training data (the summary keeps the check's figures).")
 @click.option("--stride", type=click.IntRange(min=1), help="Window step [patch size / 2].")
 @click.option("--coarse", is_flag=True, help="One output pixel per stride cell.")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
@@ -310,41 +371,58 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | None,
-            modality: str | None, fuse: bool, bands: tuple[str, ...], sar_db: bool,
-            scale: float, offset: float, output: Path, stride: int | None, coarse: bool,
-            chunk_size: int, workers: int, scheduler: str | None, scheduler_timeout: float,
-            probabilities: Path | None, probabilities_dtype: str, confidence: bool,
+def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
+            sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
+            modality: str | None, fuse: bool, bands: tuple[str, ...], sar_units: str | None,
+            sar_db: bool, ms_scale: float, ms_offset: float, crs: str | None, output: Path,
+            force: bool, stride: int | None, coarse: bool, chunk_size: int, workers: int,
+            scheduler: str | None, scheduler_timeout: float, probabilities: Path | None,
+            probabilities_dtype: str, confidence: bool,
             overwrite: bool, quiet: bool, as_json: bool) -> None:
-    """Map land cover from whichever modality's scene is available to a GeoTIFF."""
+    """Map land cover from whichever modality's scene is available to a GeoTIFF.
+
+    Every scene is first checked against the model's training data (units, scale, band
+    order; see the inspect command). Worked examples: "Your own scenes" in the README.
+    """
     from .constants import MS, SAR
 
-    scenes = {m: p for m, p in ((MS, ms), (SAR, sar)) if p is not None}
-    if scene is not None:
+    scenes: dict[str, list[Path]] = {}
+    if ms:
+        scenes[MS] = list(ms)
+    if sar_vv or sar_vh:
+        if not (sar_vv and sar_vh) or sar:
+            raise click.UsageError("give both --sar-vv and --sar-vh (and no --sar)")
+        scenes[SAR] = [sar_vv, sar_vh]
+        bands = (*bands, f"{SAR}=VV,VH")
+    elif sar:
+        scenes[SAR] = list(sar)
+    if scene:
         if modality is None:
             raise click.UsageError("--scene needs --modality")
-        scenes[modality] = scene
+        scenes[modality] = list(scene)
     if not scenes:
         raise click.UsageError("give a scene: --sar, --ms or --scene with --modality")
     if len(scenes) > 1 and not fuse:
         raise click.UsageError("several scenes given: add --fuse to average the branches")
-    names = _band_names(bands, list(scenes))
+    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs)
     from .inference.engine import predict_to_file
     from .models.predictor import load_predictor
 
     predictors = {m: load_predictor(checkpoint, m) for m in scenes}
     summary = predict_to_file(
-        predictors, scenes, output, stride=stride, coarse=coarse, chunk_size=chunk_size,
+        predictors, inputs, output, stride=stride, coarse=coarse, chunk_size=chunk_size,
         workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
         probabilities=probabilities,
         probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
-        progress=not (quiet or as_json), bands=names, sar_db=(SAR,) if sar_db else (),
-        scale=scale, offset=offset)
+        progress=not (quiet or as_json), force=force)
     if as_json:
         import json
 
         click.echo(json.dumps(summary, indent=2))
         return
+    for check in summary["checks"].values():
+        if check["forced"]:
+            click.echo(f"warning: mapped with --force: {check['problems'][0]}", err=True)
     click.echo(f"{summary['output']}: {summary['width']} x {summary['height']} px "
                f"({', '.join(summary['modalities'])}, stride {summary['stride']}) in "
                f"{summary['seconds']:.1f} s, {summary['pixels_per_s']:,.0f} px/s")
@@ -357,6 +435,54 @@ def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | N
 
 
 main.add_command(predict)
+
+
+# --------------------------------------------------------------------------- inspect
+@main.command()
+@click.argument("scene", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
+              help="Training checkpoint, run directory or exported predictor.")
+@click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
+@_input_options
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
+            bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
+            ms_offset: float, crs: str | None, as_json: bool) -> None:
+    """Compare a scene's bands with the model's training data, as predict checks them.
+
+    SCENE is one raster, one file per band or polarisation, or a directory of them.
+    Prints per band the unit guess, the scene's and the training data's 2nd/50th/98th
+    percentiles and the verdict, then whether predict would map the scene.
+    """
+    from .inference.checks import check_scene
+    from .inference.io import open_sources
+    from .models.predictor import load_predictor
+
+    predictor = load_predictor(checkpoint, modality)
+    modality = predictor.info.modality
+    inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
+                           ms_offset, crs)
+    _, sources = open_sources(inputs, {modality: predictor.info})
+    check = check_scene(predictor, sources[modality], modality)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(check.to_dict(), indent=2))
+        return
+    click.echo(f"{check.source}: {modality}, {check.units}; {check.sampled_pixels:,} px "
+               f"sampled, {check.valid_share:.0%} valid")
+    click.echo(f"{'band':<6} {'unit guess':<44} {'scene p2/p50/p98':>26}   "
+               f"{'training p2/p50/p98':>26}  verdict")
+    for band in check.bands:
+        training = "(none in checkpoint)" if band.training is None else "/".join(
+            f"{v:.4g}" for v in band.training)
+        click.echo(f"{band.band:<6} {band.unit_guess:<44} "
+                   f"{'/'.join(f'{v:.4g}' for v in band.scene):>26}   {training:>26}  "
+                   f"{band.verdict}")
+    if check.problems:
+        click.echo(f"predict refuses this scene: {check.problems[0]}")
+    else:
+        click.echo("predict maps this scene")
 
 
 @click.group("discomkd", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

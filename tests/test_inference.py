@@ -17,6 +17,7 @@ from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES, EUROSAT_COLORS
 from discomkd_geo.data.normalization import BandStats
 from discomkd_geo.errors import InputFileError, OutputExistsError
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
+from discomkd_geo.inference.io import SceneInput
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor, PredictorInfo
 
@@ -232,8 +233,8 @@ def test_linear_sar_converted_to_db_and_band_mapping(sar: Predictor, tmp_path: P
     linear = write_scene(tmp_path / "lin.tif", (10.0 ** (db[::-1] / 10.0)).astype(np.float32),
                          None)
     predict_to_file(sar, in_db, tmp_path / "a.tif", probabilities=tmp_path / "a.p.tif")
-    predict_to_file(sar, linear, tmp_path / "b.tif", probabilities=tmp_path / "b.p.tif",
-                    sar_db=("sar",), bands={"sar": ["VH", "VV"]})
+    predict_to_file(sar, SceneInput(linear, bands=["VH", "VV"], sar_units="linear"),
+                    tmp_path / "b.tif", probabilities=tmp_path / "b.p.tif")
     np.testing.assert_allclose(read(tmp_path / "b.p.tif"), read(tmp_path / "a.p.tif"),
                                atol=1e-4)
 
@@ -283,9 +284,9 @@ def test_input_errors_name_the_file(sar: Predictor, tmp_path: Path) -> None:
         "names.tif": (write_scene(tmp_path / "names.tif", data, ["HH", "HV"]),
                       r"lacks bands \['VV', 'VH'\]"),
         "count.tif": (write_scene(tmp_path / "count.tif", texture(3, 64, 8), None),
-                      "has 3 unnamed bands, the model reads 2"),
+                      "has 3 unnamed of 3 bands, the model reads 2"),
         "nocrs.tif": (write_scene(tmp_path / "nocrs.tif", data, list(S1_BANDS), crs=None),
-                      "has no CRS"),
+                      "has no georeferencing"),
     }
     junk = tmp_path / "junk.tif"
     junk.write_bytes(b"not a raster at all")

@@ -10,7 +10,10 @@ The statistics come from one streaming pass over the training split
 keeps per band a running count/mean/M2 (Chan et al.'s parallel update of Welford's
 algorithm) and a fixed-bin histogram from which percentiles are read. Sits under the
 DataModule (:mod:`discomkd_geo.data.datamodule`), which computes and caches the
-statistics, and beside the predictor, which applies them at inference.
+statistics, and beside the predictor, which applies them at inference. The 2nd, 50th and
+98th percentiles of every band travel with the statistics (:attr:`BandStats.profile`)
+whatever the method, so inference can tell a scene in other units from the training data
+(:mod:`discomkd_geo.inference.checks`).
 """
 
 import json
@@ -35,16 +38,23 @@ class BandStats:
         bands: band names, in the order of the image channels.
         shift: per band, the low percentile or the mean.
         scale: per band, high minus low percentile, or the standard deviation.
+        profile: per band, the training data's percentiles keyed ``p2``, ``p50``, ``p98``
+            (:data:`PROFILE_PERCENTILES`); ``None`` in statistics computed before they
+            were recorded.
     """
 
     method: Literal["percentile", "meanstd"]
     bands: list[str]
     shift: list[float]
     scale: list[float]
+    profile: dict[str, list[float]] | None = None
 
     def __post_init__(self) -> None:
         if not len(self.bands) == len(self.shift) == len(self.scale):
             raise ValueError("bands, shift and scale must have the same length")
+        if self.profile is not None and any(len(v) != len(self.bands)
+                                            for v in self.profile.values()):
+            raise ValueError("every profile percentile needs one value per band")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -53,9 +63,12 @@ class BandStats:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "BandStats":
         """Inverse of :meth:`to_dict`."""
+        profile = data.get("profile")  # absent from statistics of earlier versions
         return cls(method=data["method"], bands=list(data["bands"]),
                    shift=[float(v) for v in data["shift"]],
-                   scale=[float(v) for v in data["scale"]])
+                   scale=[float(v) for v in data["scale"]],
+                   profile=None if profile is None else {
+                       k: [float(v) for v in values] for k, values in profile.items()})
 
     def save_json(self, path: str | os.PathLike[str]) -> None:
         """Write the statistics as JSON."""
@@ -71,8 +84,10 @@ class BandStats:
     def select(self, bands: Sequence[str]) -> "BandStats":
         """The statistics of a subset of bands, in the given order."""
         idx = [self.bands.index(b) for b in bands]
+        profile = None if self.profile is None else {
+            k: [values[i] for i in idx] for k, values in self.profile.items()}
         return BandStats(self.method, list(bands), [self.shift[i] for i in idx],
-                         [self.scale[i] for i in idx])
+                         [self.scale[i] for i in idx], profile)
 
 
 class Normalize(nn.Module):
@@ -131,6 +146,9 @@ DN_BINS = HistogramBins(-0.5, 65535.5, 65536)
 #: SAR backscatter in dB: 0.01 dB bins over [-80, 40) dB, percentile error <= 0.005 dB;
 #: Sentinel-1 GRD backscatter lies well inside this range (noise floor near -30 dB).
 DB_BINS = HistogramBins(-80.0, 40.0, 12000)
+
+#: Percentiles of the training data recorded per band in :attr:`BandStats.profile`.
+PROFILE_PERCENTILES: tuple[float, ...] = (2.0, 50.0, 98.0)
 
 #: Histogram bins for each unit of raw values (``dn`` for MS, ``dB`` for SAR).
 BINS_BY_UNITS: Mapping[str, HistogramBins] = {"dn": DN_BINS, "dB": DB_BINS}
@@ -212,6 +230,8 @@ class RunningBandStats:
                       low: float = 2.0, high: float = 98.0) -> BandStats:
         """The :class:`BandStats` of ``method`` (``low``/``high`` percentiles if relevant).
 
+        The statistics carry the :data:`PROFILE_PERCENTILES` of every band as well.
+
         Raises:
             ValueError: ``bands`` does not match the channel count.
         """
@@ -222,7 +242,8 @@ class RunningBandStats:
             shift, scale = lo, hi - lo
         else:
             shift, scale = self.mean, self.std
-        return BandStats(method, list(bands), shift.tolist(), scale.tolist())
+        profile = {f"p{q:g}": self.percentile(q).tolist() for q in PROFILE_PERCENTILES}
+        return BandStats(method, list(bands), shift.tolist(), scale.tolist(), profile)
 
 
 def _batches(data: "Dataset[dict[str, Any]] | DataLoader[dict[str, Any]]",

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -37,7 +37,8 @@ from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
 from ..errors import CheckpointError, InputFileError, SchedulerError
 from ..models.predictor import Predictor
-from .io import Grid, SceneSource, open_sources
+from .checks import SceneCheck, check_sources
+from .io import Grid, SceneInput, Source, as_input, open_sources
 from .tiling import PadMode, WindowGrid, accumulate, chunk_layout, extract_windows, relative_slices
 from .writers import CogWriter, class_description, class_tags, legend, qgis_style, sidecar_paths
 
@@ -45,7 +46,12 @@ if TYPE_CHECKING:
     import xarray
 
 Predictors = Predictor | Mapping[str, Predictor]
-Sources = str | os.PathLike[str] | Mapping[str, str | os.PathLike[str]]
+if TYPE_CHECKING:
+    #: One modality's scene: a path, several (one per band or polarisation), an array or
+    #: a :class:`~discomkd_geo.inference.io.SceneInput` with units and scaling.
+    Scene = (SceneInput | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+             | xarray.DataArray)
+    Sources = Scene | Mapping[str, Scene]
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class Plan:
     """
 
     grid: Grid
-    sources: Mapping[str, SceneSource]
+    sources: Mapping[str, Source]
     stride: int
     coarse: bool
     pad: PadMode
@@ -167,17 +173,17 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     return ChunkResult(codes, probs)
 
 
-def _as_dicts(predictors: Predictors, sources: Sources) -> tuple[dict[str, Predictor],
-                                                                  dict[str, str]]:
+def _as_dicts(predictors: Predictors, sources: "Sources"
+              ) -> tuple[dict[str, Predictor], dict[str, SceneInput]]:
     """Both arguments as ``{modality: ...}`` dicts, checked against each other."""
     if isinstance(predictors, Predictor):
         predictors = {predictors.info.modality: predictors}
     predictors = dict(predictors)
-    if isinstance(sources, str | os.PathLike):
+    if not isinstance(sources, Mapping):
         if len(predictors) != 1:
-            raise ValueError("one scene path given for several predictors; pass a dict")
+            raise ValueError("one scene given for several predictors; pass a dict")
         sources = {next(iter(predictors)): sources}
-    sources = {m: os.fspath(p) for m, p in sources.items()}
+    sources = {m: as_input(s) for m, s in sources.items()}
     if missing := sorted(set(sources) - set(predictors)):
         raise CheckpointError(f"no predictor for the {', '.join(missing)} scene")
     first = predictors[next(iter(sources))].info
@@ -188,17 +194,20 @@ def _as_dicts(predictors: Predictors, sources: Sources) -> tuple[dict[str, Predi
     return {m: predictors[m] for m in sources}, sources
 
 
-def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = None,
+def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
               coarse: bool = False, pad: PadMode = "reflect", min_valid: float = 0.5,
               batch_size: int = 32, device: str | None = None, probabilities: bool = False,
-              bands: Mapping[str, Sequence[str]] | None = None,
-              sar_db: Sequence[str] = (), scale: float = 1.0,
-              offset: float = 0.0) -> tuple[dict[str, Predictor], Plan]:
-    """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments)."""
-    predictors, paths = _as_dicts(predictors, sources)
-    paths = {m: _absolute(p) for m, p in paths.items()}
-    grid, readers = open_sources(paths, {m: p.info.bands for m, p in predictors.items()},
-                                 names=bands, sar_db=sar_db, scale=scale, offset=offset)
+              force: bool = False
+              ) -> tuple[dict[str, Predictor], Plan, dict[str, SceneCheck]]:
+    """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments).
+
+    Returns:
+        The predictors per modality, the plan, and the statistics check of each scene.
+    """
+    predictors, inputs = _as_dicts(predictors, sources)
+    inputs = {m: _absolute(s) for m, s in inputs.items()}
+    grid, readers = open_sources(inputs, {m: p.info for m, p in predictors.items()})
+    checks = check_sources(predictors, readers, force=force)
     patch = min(p.info.patch_size for p in predictors.values())
     stride = stride or max(1, patch // 2)
     if not 0 < stride <= patch:
@@ -206,15 +215,28 @@ def make_plan(predictors: Predictors, sources: Sources, *, stride: int | None = 
                               f"[1, patch size {patch}] for windows to cover every pixel")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
-                            probabilities)
+                            probabilities), checks
 
 
-def _absolute(path: str) -> str:
-    """A local file as an absolute path; GDAL URLs and virtual paths as given.
+def _absolute(scene: SceneInput) -> SceneInput:
+    """The scene with local files as absolute paths; GDAL URLs and virtual paths as given.
 
     Dask workers have other working directories than the client.
     """
-    return os.path.abspath(path) if os.path.exists(path) else path
+    if not scene.paths:
+        return scene
+    return replace(scene, source=tuple(os.path.abspath(p) if os.path.exists(p) else p
+                                       for p in scene.paths))
+
+
+def _input_files(sources: "Sources") -> dict[str, str]:
+    """Every file the inputs name, labelled for error messages (outputs may not replace one)."""
+    scenes = sources if isinstance(sources, Mapping) else {"scene": sources}
+    files = {}
+    for m, scene in scenes.items():
+        paths = as_input(scene).paths
+        files.update({m if len(paths) == 1 else f"{m} {i + 1}": p for i, p in enumerate(paths)})
+    return files
 
 
 def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
@@ -226,22 +248,6 @@ def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
     cell = 1 if plan.coarse else plan.stride
     size = max(1, round(chunk_size / cell)) * cell
     return chunk_layout(plan.output.height, plan.output.width, size)
-
-
-def _predict_chunk_named(predictors: Mapping[str, Predictor], plan: Plan,
-                         chunk: Window) -> ChunkResult:
-    """:func:`predict_chunk`, a scene's failed read told as an error naming the scene."""
-    from rasterio.errors import RasterioIOError
-
-    try:
-        return predict_chunk(predictors, plan, chunk)
-    except RasterioIOError as err:
-        paths = [s.path for s in plan.sources.values()]
-        path = next((p for p in paths if p in str(err)), ", ".join(paths))
-        detail = str(err.__cause__ or err).splitlines()[0]  # GDAL's own words, if any
-        raise InputFileError(path, f"reading rows {chunk.row_off}-{chunk.row_off + chunk.height}"
-                                   f" failed: the file is cut off or damaged ({detail})"
-                             ) from err
 
 
 def _unreadable(paths: Sequence[str]) -> dict[str, str]:
@@ -276,7 +282,7 @@ def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | 
     if scheduler is None:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discomkd")
         try:
-            yield (lambda plan, chunk: pool.submit(_predict_chunk_named, predictors, plan,
+            yield (lambda plan, chunk: pool.submit(predict_chunk, predictors, plan,
                                                    chunk)), workers
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -297,20 +303,18 @@ def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | 
                                            "same path")
         [model] = client.scatter([predictors], broadcast=True, hash=False)
         slots = max(1, sum(client.nthreads().values()))
-        yield (lambda plan, chunk: client.submit(_predict_chunk_named, model, plan, chunk,
+        yield (lambda plan, chunk: client.submit(predict_chunk, model, plan, chunk,
                                                  pure=False)), slots
 
 
-def predict_to_file(predictors: Predictors, sources: Sources,
+def predict_to_file(predictors: Predictors, sources: "Sources",
                     output: str | os.PathLike[str], *, stride: int | None = None,
                     coarse: bool = False, chunk_size: int = 1024, workers: int = 1,
                     scheduler: str | None = None, scheduler_timeout: float = 10.0,
                     probabilities: str | os.PathLike[str] | None = None,
                     probabilities_dtype: Literal["float32", "uint8"] = "float32",
                     confidence: bool | str | os.PathLike[str] = False,
-                    overwrite: bool = False, progress: bool = False,
-                    bands: Mapping[str, Sequence[str]] | None = None,
-                    sar_db: Sequence[str] = (), scale: float = 1.0, offset: float = 0.0,
+                    overwrite: bool = False, progress: bool = False, force: bool = False,
                     pad: PadMode = "reflect", min_valid: float = 0.5, batch_size: int = 32,
                     device: str | None = None) -> dict[str, Any]:
     """Map land cover from one scene per available modality into a Cloud-Optimised GeoTIFF.
@@ -319,8 +323,12 @@ def predict_to_file(predictors: Predictors, sources: Sources,
 
     Args:
         predictors: a :class:`Predictor`, or one per modality (``{"ms": ..., "sar": ...}``).
-        sources: the scene (any GDAL raster) or one per modality; the first defines the
-            output grid, the others are warped onto it.
+        sources: the scene or one per modality (``{"ms": ..., "sar": ...}``): a raster
+            path, several paths (one per band or polarisation), a directory of band files,
+            an :class:`xarray.DataArray` with a CRS and a ``band`` coordinate, or a
+            :class:`~discomkd_geo.inference.io.SceneInput` that also gives band names,
+            SAR units and scaling. The first defines the output grid (at the model's pixel
+            size), the others are warped onto it.
         output: the class map to write; ``<stem>.qml`` and ``<stem>.legend.json`` go
             beside it.
         stride: step between windows (default: half the patch size).
@@ -336,10 +344,8 @@ def predict_to_file(predictors: Predictors, sources: Sources,
             ``<stem>.confidence.tif``.
         overwrite: replace existing outputs.
         progress: show a progress bar.
-        bands: explicit band names of a modality's raster, in raster order.
-        sar_db: modalities whose raster holds linear power, converted to dB.
-        scale: multiply raster values by this, then ...
-        offset: ... add this (e.g. reflectance to L1C digital numbers).
+        force: map scenes that the statistics check refuses (other units or scale,
+            permuted bands); the summary's ``checks`` keeps the figures.
         pad: scene edge extension, ``reflect`` or ``constant`` (the band's fill value).
         min_valid: windows with a smaller share of valid pixels are skipped (nodata).
         batch_size: windows per forward pass.
@@ -347,14 +353,16 @@ def predict_to_file(predictors: Predictors, sources: Sources,
 
     Returns:
         A summary: ``output``, ``pixels``, ``mapped_pixels``, ``seconds``,
-        ``pixels_per_s``, per-class ``histogram``, and the layout used.
+        ``pixels_per_s``, per-class ``histogram``, the layout used, and per modality the
+        statistics ``checks`` of the scene.
 
     Raises:
         OutputExistsError: an output exists and ``overwrite`` is false (checked first).
         OutputError: two outputs share a path, or an output's directory is missing
             (checked first).
-        InputFileError: a scene is unreadable (also mid-run, or on a Dask worker), lacks
-            bands or a CRS, or does not overlap.
+        InputFileError: a scene is unreadable (also mid-run, or on a Dask worker), not
+            georeferenced, lacks bands, does not overlap, holds no valid pixel, or (unless
+            ``force``) looks like other units, scale or band order than the training data.
         SchedulerError: the scheduler does not answer within ``scheduler_timeout``.
     """
     start = time.perf_counter()
@@ -365,11 +373,11 @@ def predict_to_file(predictors: Predictors, sources: Sources,
     extras = {"probabilities": probabilities, "confidence": confidence or None}
     check_outputs({"map": output, "QGIS style": qml_path, "legend": legend_path,
                    **{name: path for name, path in extras.items() if path}}, overwrite,
-                  inputs=sources if isinstance(sources, Mapping) else {"scene": sources})
-    predictors, plan = make_plan(
+                  inputs=_input_files(sources))
+    predictors, plan, checks = make_plan(
         predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
-        batch_size=batch_size, device=device, bands=bands, sar_db=sar_db, scale=scale,
-        offset=offset, probabilities=any(extras.values()))
+        batch_size=batch_size, device=device, force=force,
+        probabilities=any(extras.values()))
     info = next(iter(predictors.values())).info
     classes, colors = list(info.classes), [tuple(c) for c in info.colors]
     grid = plan.output
@@ -406,9 +414,9 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         bar = stack.enter_context(tqdm(total=grid.width * grid.height, unit="px",
                                        unit_scale=True, disable=not progress,
                                        desc=f"mapping {output.name}"))
+        files = [f for source in plan.sources.values() for f in source.files]
         submit, slots = stack.enter_context(_submitter(
-            predictors, workers, scheduler, [s.path for s in plan.sources.values()],
-            scheduler_timeout))
+            predictors, workers, scheduler, files, scheduler_timeout))
         todo = iter(chunks)
         pending = deque((c, submit(plan, c)) for c in islice(todo, 2 * slots))
         while pending:
@@ -439,6 +447,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         "pixels": pixels, "mapped_pixels": int(histogram[:-1].sum()),
         "seconds": round(seconds, 3), "pixels_per_s": round(pixels / max(seconds, 1e-9), 1),
         "histogram": {name: int(n) for name, n in zip(classes, histogram, strict=False)},
+        "checks": {m: check.to_dict() for m, check in checks.items()},
     }
 
 
@@ -457,7 +466,7 @@ def _write(outputs: Mapping[str, CogWriter], chunk: Window, result: ChunkResult,
             outputs[name].write(chunk, values)
 
 
-def predict_lazy(predictors: Predictors, sources: Sources, *, stride: int | None = None,
+def predict_lazy(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
                  coarse: bool = False, chunk_size: int = 1024,
                  what: Literal["classes", "probabilities"] = "classes",
                  **options: Any) -> "xarray.DataArray":
@@ -474,15 +483,15 @@ def predict_lazy(predictors: Predictors, sources: Sources, *, stride: int | None
         chunk_size: as in :func:`predict_to_file`.
         what: ``classes`` (uint8 ``(y, x)``, nodata 255) or ``probabilities`` (float32
             ``(band, y, x)``, one band per class, NaN nodata).
-        **options: ``bands``, ``sar_db``, ``scale``, ``offset``, ``pad``, ``min_valid``,
-            ``batch_size``, ``device`` of :func:`make_plan`.
+        **options: ``force``, ``pad``, ``min_valid``, ``batch_size``, ``device`` of
+            :func:`make_plan`.
     """
     import dask
     import dask.array as da
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
-    predictors, plan = make_plan(predictors, sources, stride=stride, coarse=coarse,
+    predictors, plan, _ = make_plan(predictors, sources, stride=stride, coarse=coarse,
                                  probabilities=what == "probabilities", **options)
     info = next(iter(predictors.values())).info
     model = dask.delayed(predictors, pure=True, traverse=False)

@@ -1,19 +1,25 @@
 """Open and check the scenes a map is made from, and read them window by window.
 
-First step of the inference flow (io -> tiling -> engine -> writers). :func:`open_sources`
-checks every input once, up front, and turns it into a picklable :class:`SceneSource`
-(plain values, no open dataset) that Dask workers use to read windows of the scene on the
-output grid: the first modality's grid, onto which any other modality is warped on the fly
-through a :class:`rasterio.vrt.WarpedVRT`. Bands are matched to the checkpoint's band
-names through the raster's band descriptions or an explicit list; SAR in linear power is
-converted to dB and reflectance products are rescaled here, so the predictor receives the
-raw units it was trained on.
+First step of the inference flow (io -> tiling -> engine -> writers). A scene is described
+per modality by a :class:`SceneInput`: one stack, one file per band or polarisation (a
+directory of them, e.g. a Sentinel-2 ``.SAFE``), or an :class:`xarray.DataArray`, with
+its units and scaling. :func:`open_sources` checks every input once, up front, and turns
+it into a picklable source (plain values, no open dataset) that Dask workers use to read
+windows of the scene on the output grid: the first modality's grid at the model's pixel
+size, onto which every other file is warped on the fly through a
+:class:`rasterio.vrt.WarpedVRT` (also rasters georeferenced only by GCPs or RPCs).
+Bands are matched to the checkpoint's band names through band descriptions, file names
+or an explicit list; SAR in linear power or amplitude is converted to dB and reflectance
+products are rescaled here, so the predictor receives the raw units it was trained on.
 """
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 import rasterio
@@ -21,13 +27,159 @@ from affine import Affine
 from rasterio.coords import disjoint_bounds
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
-from rasterio.transform import array_bounds
+from rasterio.errors import CRSError, RasterioIOError
+from rasterio.transform import array_bounds, from_origin
 from rasterio.vrt import WarpedVRT
-from rasterio.warp import transform_bounds
+from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from ..errors import InputFileError
+from ..models.predictor import PredictorInfo
+
+if TYPE_CHECKING:
+    import xarray
+
+#: How a SAR input stores backscatter: dB, linear power (sigma0/gamma0) or amplitude.
+SarUnits = Literal["db", "linear", "amplitude"]
+
+#: Band names that STAC catalogues (Element 84's Earth Search, ...) give Sentinel-2 assets.
+S2_ALIASES: Mapping[str, str] = {
+    "COASTAL": "B01", "BLUE": "B02", "GREEN": "B03", "RED": "B04", "REDEDGE1": "B05",
+    "REDEDGE2": "B06", "REDEDGE3": "B07", "NIR": "B08", "NIR08": "B8A", "NIR09": "B09",
+    "CIRRUS": "B10", "SWIR16": "B11", "SWIR22": "B12",
+}  # fmt: skip
+
+#: A Sentinel-2 band (``B4``, ``B04``, ``B8A``) or a polarisation, as a word of a longer name.
+_BAND_TOKEN = re.compile(r"(?<![A-Z0-9])(B\d{1,2}A?|VV|VH|HH|HV)(?![A-Z0-9])")
+
+#: ASF HyP3 RTC file names: ``..._RTC30_G_gpuned_...``; the 2nd letter after the product
+#: type is the scale: p(ower), a(mplitude) or d(ecibel).
+_HYP3_SCALE = re.compile(r"_RTC\d+_[A-Z]_[gs]([pad])[a-z]{4}_", re.IGNORECASE)
+_HYP3_UNITS: Mapping[str, SarUnits] = {"p": "linear", "a": "amplitude", "d": "db"}
+
+#: How :meth:`Units.describe` words each SAR storage.
+_SAR_WORDS: Mapping[str, str] = {"db": "dB", "linear": "linear power -> dB",
+                                 "amplitude": "amplitude -> dB"}
+
+#: The CRS of RPC coordinates (longitude, latitude on WGS 84).
+RPC_CRS = CRS.from_epsg(4326)
+
+#: Raster files looked for in a directory of band files.
+_RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
+
+#: Why a raw Sentinel-1 product is refused, and the tools that prepare it.
+RAW_S1_PROBLEM = (
+    "is a raw Sentinel-1 product (uncalibrated digital numbers in radar geometry); calibrate "
+    "it to backscatter and terrain-correct it first: ESA SNAP (Calibration + "
+    "Terrain-Correction), pyroSAR, ISCE or ASF HyP3 RTC, or download an RTC product (ASF "
+    "HyP3, Planetary Computer sentinel-1-rtc); then pass the GeoTIFF(s)")
+
+
+def canonical_band(name: str) -> str:
+    """A band name in the checkpoints' spelling: ``B4``/``red``/``B04_10m`` -> ``B04``.
+
+    Names that hold no Sentinel band or polarisation come back stripped and upper-case.
+    """
+    upper = name.strip().upper()
+    if upper in S2_ALIASES:
+        return S2_ALIASES[upper]
+    tokens = set(_BAND_TOKEN.findall(upper.replace("_", " ").replace("-", " ")))
+    if len(tokens) != 1:
+        return upper
+    token = tokens.pop()
+    if token.startswith("B"):
+        number = token[1:]
+        return "B8A" if number in ("8A", "08A") else f"B{int(number.rstrip('A')):02d}"
+    return token
+
+
+@dataclass(frozen=True)
+class SceneInput:
+    """One modality's scene as the user has it, and how to read its values.
+
+    Attributes:
+        source: a raster path, several (one per band or polarisation, stacked on the
+            first one's grid), a directory of band files (e.g. a Sentinel-2 ``.SAFE``), or
+            an :class:`xarray.DataArray` with a CRS and a ``band`` coordinate.
+        bands: names of the input's bands in order (files in the given order), when
+            descriptions and file names do not name them.
+        sar_units: SAR only: ``db``, ``linear`` power or ``amplitude``; ``None`` reads it
+            from ASF HyP3 RTC file names, else assumes dB.
+        scale: multiply the values by this (e.g. 10000 for reflectance 0-1) ...
+        offset: ... then add this (-1000 turns Sentinel-2 digital numbers of processing
+            baseline 04.00 and later into those of earlier products).
+        crs: CRS to warp a raster georeferenced only by GCPs or RPCs to (default: the
+            UTM zone of the scene centre).
+    """
+
+    source: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | xarray.DataArray"
+    bands: Sequence[str] | None = None
+    sar_units: SarUnits | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+    crs: str | None = None
+
+    def __post_init__(self) -> None:
+        # Normalise to hashable, picklable tuples; the dataclass is frozen.
+        if isinstance(self.source, str | os.PathLike):
+            object.__setattr__(self, "source", (os.fspath(self.source),))
+        elif isinstance(self.source, Sequence):
+            object.__setattr__(self, "source", tuple(os.fspath(p) for p in self.source))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(self.bands))
+        if self.sar_units is not None and self.sar_units not in get_args(SarUnits):
+            raise ValueError(f"sar_units must be one of {get_args(SarUnits)}, "
+                             f"got {self.sar_units!r}")
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        """The files given (empty for an array)."""
+        return self.source if isinstance(self.source, tuple) else ()
+
+    @property
+    def name(self) -> str:
+        """What error messages call this input."""
+        return self.paths[0] if self.paths else "xarray input"
+
+
+def as_input(value: "SceneInput | str | os.PathLike[str] | Sequence[str] | xarray.DataArray"
+             ) -> SceneInput:
+    """A :class:`SceneInput` of a path, several paths, an array, or one already made."""
+    return value if isinstance(value, SceneInput) else SceneInput(value)
+
+
+@dataclass(frozen=True)
+class Units:
+    """Raw values -> the predictor's units: SAR power or amplitude to dB, then scale, offset.
+
+    Attributes:
+        sar: how SAR raw values are stored (``None``: not SAR, no conversion).
+        scale: multiply by this after any dB conversion ...
+        offset: ... then add this.
+    """
+
+    sar: SarUnits | None = None
+    scale: float = 1.0
+    offset: float = 0.0
+
+    def apply(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Convert ``(C, ...)`` values; power and amplitude <= 0 become invalid."""
+        if self.sar in ("linear", "amplitude"):
+            valid = valid & (data > 0).all(axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                data = (10.0 if self.sar == "linear" else 20.0) * np.log10(data)
+        if self.scale != 1.0 or self.offset != 0.0:
+            data = data * np.float32(self.scale) + np.float32(self.offset)
+        return data.astype(np.float32, copy=False), valid
+
+    def describe(self) -> str:
+        """The conversion in words, e.g. ``linear power -> dB``."""
+        parts = [] if self.sar is None else [_SAR_WORDS[self.sar]]
+        if self.scale != 1.0:
+            parts.append(f"x {self.scale:g}")
+        if self.offset != 0.0:
+            parts.append(f"{self.offset:+g}")
+        return ", ".join(parts) or "as stored"
 
 
 @dataclass(frozen=True)
@@ -52,27 +204,20 @@ class Grid:
         return Window(0, 0, self.width, self.height)
 
 
-@dataclass(frozen=True)
-class SceneSource:
-    """How to read one modality's scene on the output grid; picklable for Dask workers.
+class _Source:
+    """What every source offers: raw values of a window, and values in model units."""
 
-    Attributes:
-        path: the raster (any GDAL-readable file).
-        indexes: 1-based raster bands, in the predictor's band order.
-        grid: the output grid the scene is read on.
-        warp: whether the scene lies on another grid and is warped onto ``grid``.
-        sar_db: convert linear power to dB (``10 log10``; values <= 0 become nodata).
-        scale: multiply the values by this ...
-        offset: ... then add this (reflectance products to L1C digital numbers, ...).
-    """
-
-    path: str
-    indexes: tuple[int, ...]
     grid: Grid
-    warp: bool = False
-    sar_db: bool = False
-    scale: float = 1.0
-    offset: float = 0.0
+    units: Units
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files this source reads (none for an in-memory array)."""
+        return ()
+
+    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
+        raise NotImplementedError
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Values and validity of a window of the output grid (inside the grid).
@@ -81,73 +226,164 @@ class SceneSource:
             ``(data, valid)``: float32 ``(C, h, w)`` in the predictor's units, and a bool
             ``(h, w)`` mask of pixels where every band holds a finite, non-nodata value.
         """
-        with ExitStack() as stack:
-            src = stack.enter_context(rasterio.open(self.path))
-            if self.warp:
-                # A negligible approximation tolerance: each pixel is transformed (almost)
-                # exactly, so its value does not depend on the window it is read through
-                # (byte-identical output for any chunking). rasterio rejects exactly 0.
-                src = stack.enter_context(WarpedVRT(
-                    src, crs=self.grid.crs, transform=self.grid.transform,
-                    width=self.grid.width, height=self.grid.height,
-                    resampling=Resampling.bilinear, dtype="float32", nodata=np.nan,
-                    src_nodata=src.nodata, tolerance=1e-9))
-            if self.warp:
-                # Band by band: GDAL's multi-band warped reads of a VRT's full extent give
-                # other values than smaller windows; single-band reads do not.
-                masked = np.ma.stack([src.read(i, window=window, masked=True,
-                                               out_dtype="float32") for i in self.indexes])
-            else:
-                masked = src.read(self.indexes, window=window, masked=True,
-                                  out_dtype="float32")
+        return self.units.apply(*self.read_raw(window))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """Where one model band is stored: a raster and its 1-based band."""
+
+    path: str
+    index: int
+
+
+@dataclass(frozen=True)
+class SceneSource(_Source):
+    """How to read one modality's files on the output grid; picklable for Dask workers.
+
+    Attributes:
+        layers: one per model band, in the predictor's band order.
+        grid: the output grid the scene is read on.
+        warped: files on another grid (or georeferenced by GCPs/RPCs only), warped onto
+            ``grid``.
+        units: conversion of the raw values to the predictor's units.
+    """
+
+    layers: tuple[Layer, ...]
+    grid: Grid
+    warped: frozenset[str] = frozenset()
+    units: Units = Units()
+
+    @property
+    def name(self) -> str:
+        """What error messages call this source."""
+        return self.layers[0].path
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """The files this source reads."""
+        return tuple(dict.fromkeys(layer.path for layer in self.layers))
+
+    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
+        bands: list[np.ma.MaskedArray] = [np.ma.masked_array([])] * len(self.layers)
+        for path in dict.fromkeys(layer.path for layer in self.layers):
+            at = [i for i, layer in enumerate(self.layers) if layer.path == path]
+            indexes = [self.layers[i].index for i in at]
+            try:
+                read = self._read_file(path, indexes, window)
+            except RasterioIOError as err:
+                detail = str(err.__cause__ or err).splitlines()[0]  # GDAL's own words, if any
+                raise InputFileError(path, f"reading rows {window.row_off}-"
+                                           f"{window.row_off + window.height} failed: the file "
+                                           f"is cut off or damaged ({detail})") from err
+            for i, band in zip(at, read, strict=True):
+                bands[i] = band
+        masked = np.ma.stack(bands)
         data = np.ma.getdata(masked).astype(np.float32, copy=False)
         valid = ~np.ma.getmaskarray(masked).any(axis=0) & np.isfinite(data).all(axis=0)
-        if self.sar_db:
-            valid &= (data > 0).all(axis=0)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                data = 10.0 * np.log10(data)
-        if self.scale != 1.0 or self.offset != 0.0:
-            data = data * np.float32(self.scale) + np.float32(self.offset)
+        return data, valid
+
+    def _read_file(self, path: str, indexes: list[int], window: Window
+                   ) -> list[np.ma.MaskedArray]:
+        """Bands ``indexes`` of one file through ``window`` of the output grid."""
+        with ExitStack() as stack:
+            src = stack.enter_context(rasterio.open(path))
+            if path not in self.warped:
+                return list(src.read(indexes, window=window, masked=True, out_dtype="float32"))
+            # A negligible approximation tolerance: each pixel is transformed (almost)
+            # exactly, so its value does not depend on the window it is read through
+            # (byte-identical output for any chunking).
+            src = stack.enter_context(WarpedVRT(
+                src, src_crs=_source_crs(src), crs=self.grid.crs,
+                transform=self.grid.transform, width=self.grid.width,
+                height=self.grid.height, resampling=Resampling.bilinear, dtype="float32",
+                nodata=np.nan, src_nodata=src.nodata, tolerance=1e-9))
+            # Band by band: GDAL's multi-band warped reads of a VRT's full extent give
+            # other values than smaller windows; single-band reads do not.
+            return [src.read(i, window=window, masked=True, out_dtype="float32")
+                    for i in indexes]
+
+
+@dataclass(frozen=True)
+class ArraySource(_Source):
+    """How to read one modality from an :class:`xarray.DataArray` on the output grid.
+
+    Attributes:
+        array: ``(band, y, x)`` values, lazy (Dask) or in memory.
+        positions: 0-based positions along ``band`` of the model's bands, in its order.
+        grid: the array's grid (the output grid).
+        nodata: the array's nodata value, besides NaN.
+        units: conversion of the raw values to the predictor's units.
+    """
+
+    array: "xarray.DataArray"
+    positions: tuple[int, ...]
+    grid: Grid
+    nodata: float | None = None
+    units: Units = Units()
+    name: str = "xarray input"
+
+    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
+        rows, cols = window.toslices()
+        data = np.asarray(self.array.isel(band=list(self.positions), y=rows, x=cols).values,
+                          dtype=np.float32)
+        valid = np.isfinite(data).all(axis=0)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            valid &= (data != np.float32(self.nodata)).all(axis=0)
         return data, valid
 
 
-def match_bands(path: str, descriptions: Sequence[str | None], wanted: Sequence[str],
-                names: Sequence[str] | None = None) -> tuple[int, ...]:
-    """1-based raster bands holding the model's bands ``wanted``, in the model's order.
+Source = SceneSource | ArraySource
 
-    Args:
-        path: the raster, for error messages.
-        descriptions: the raster's band descriptions (``None`` where unset).
-        wanted: band names the model reads, in its order.
-        names: explicit names of the raster's bands, in raster order; overrides the
-            descriptions.
+
+def _is_safe(path: Path) -> bool:
+    """A Sentinel ``.SAFE`` product, its zip, its manifest, or a file inside one."""
+    names = [p.name.upper() for p in (path, *path.parents)]
+    return any(n.endswith((".SAFE", ".SAFE.ZIP")) for n in names) or names[0] == "MANIFEST.SAFE"
+
+
+def _band_files(directory: Path) -> list[str]:
+    """Raster files under ``directory`` named by a band, the finest resolution per band."""
+    finest: dict[str, tuple[float, str]] = {}
+    for path in sorted(directory.rglob("*")):
+        if path.suffix.lower() not in _RASTER_SUFFIXES or path.name.startswith("."):
+            continue
+        band = canonical_band(path.stem)
+        if not _BAND_TOKEN.fullmatch(band):
+            continue
+        with _open(str(path)) as src:
+            res = abs(src.res[0])
+        if band not in finest or res < finest[band][0]:
+            finest[band] = (res, str(path))
+    if not finest:
+        raise InputFileError(directory, "holds no raster named by its band (e.g. "
+                                        "T31UFQ_..._B04_10m.jp2, B04.tif, ..._VV.tif)")
+    return [path for _, path in finest.values()]
+
+
+def _expand(scene: SceneInput, sar: bool) -> list[str]:
+    """The raster files of a file input: directories replaced by their band files.
 
     Raises:
-        InputFileError: a band is missing, or the band count differs and the raster does
-            not name its bands.
+        InputFileError: a raw Sentinel-1 product, a zipped product, or a missing path.
     """
-    count = len(descriptions)
-    if names is not None:
-        if len(names) != count:
-            raise InputFileError(path, f"--bands names {len(names)} bands but the raster "
-                                       f"has {count}")
-        labels = list(names)
-    elif all(descriptions):
-        labels = [str(d) for d in descriptions]
-    elif count == len(wanted):
-        # Unnamed bands: trust the order, as EuroSAT's own GeoTIFFs require.
-        return tuple(range(1, count + 1))
-    else:
-        raise InputFileError(path, f"has {count} unnamed bands, the model reads "
-                                   f"{len(wanted)} ({', '.join(wanted)}); name them with --bands")
-    missing = [b for b in wanted if b not in labels]
-    if missing:
-        raise InputFileError(path, f"lacks bands {missing} the model reads "
-                                   f"(raster bands: {labels}); map them with --bands")
-    return tuple(labels.index(b) + 1 for b in wanted)
+    files = []
+    for raw in scene.paths:
+        path = Path(raw)
+        if sar and _is_safe(path):
+            raise InputFileError(raw, RAW_S1_PROBLEM)
+        if path.name.upper().endswith(".ZIP"):
+            raise InputFileError(raw, "is a zipped product; unzip it and pass the directory")
+        if path.is_dir():
+            files.extend(_band_files(path))
+        else:
+            files.append(raw)
+    return files
 
 
-def _check(path: str) -> rasterio.DatasetReader:
+def _open(path: str) -> rasterio.DatasetReader:
     """Open ``path`` (the caller closes it), with a one-line error naming it."""
     if not os.path.exists(path):
         raise InputFileError(path, "no such file")
@@ -157,50 +393,229 @@ def _check(path: str) -> rasterio.DatasetReader:
         raise InputFileError(path, f"cannot read raster: {err}") from err
 
 
-def open_sources(paths: Mapping[str, str | os.PathLike[str]],
-                 bands: Mapping[str, Sequence[str]], *,
-                 names: Mapping[str, Sequence[str]] | None = None,
-                 sar_db: Sequence[str] = (), scale: float = 1.0,
-                 offset: float = 0.0) -> tuple[Grid, dict[str, SceneSource]]:
-    """Check the scenes of every modality and describe how to read them on one grid.
+def _labels(path: str, count: int, descriptions: Sequence[str | None]) -> list[str | None]:
+    """Band names of one file: its descriptions, or for one band, its file name."""
+    if all(descriptions):
+        return [canonical_band(str(d)) for d in descriptions]
+    if count == 1:
+        name = canonical_band(Path(path).stem)
+        return [name if _BAND_TOKEN.fullmatch(name) else None]
+    return [None] * count
 
-    The first modality's raster defines the output grid; the others are warped onto it.
+
+def match_bands(name: str, labels: Sequence[str | None], wanted: Sequence[str],
+                modality: str) -> tuple[int, ...]:
+    """0-based positions of the model's bands ``wanted`` among the input's bands.
 
     Args:
-        paths: scene per modality, the grid-defining one first.
-        bands: band names each modality's model reads, in its order.
-        names: explicit names of a raster's bands (raster order), per modality.
-        sar_db: modalities whose raster holds linear power to convert to dB.
-        scale: multiply raster values by this (every modality) ...
-        offset: ... then add this.
+        name: the input, for error messages.
+        labels: the input's band names in order (``None`` where unnamed).
+        wanted: band names the model reads, in its order.
+        modality: the modality, for the advice in error messages.
 
     Raises:
-        InputFileError: a file is missing or unreadable, has no CRS, lacks bands, or does
-            not overlap the first scene.
+        InputFileError: a band name repeats, a band is missing, or the band count differs
+            and the input does not name its bands.
     """
-    names = names or {}
-    grid: Grid | None = None
-    first = ""
-    sources: dict[str, SceneSource] = {}
-    for modality, raw_path in paths.items():
-        path = os.fspath(raw_path)
-        with _check(path) as src:
-            if src.crs is None:
-                raise InputFileError(path, "has no CRS; georeference it (e.g. gdal_edit.py "
-                                           "-a_srs) before mapping")
-            indexes = match_bands(path, src.descriptions, bands[modality], names.get(modality))
+    if not all(labels):
+        if len(labels) == len(wanted) and not any(labels):
+            # Unnamed bands: trust the order, as EuroSAT's own GeoTIFFs require.
+            return tuple(range(len(labels)))
+        unnamed = sum(label is None for label in labels)
+        raise InputFileError(name, f"has {unnamed} unnamed of {len(labels)} bands, the model "
+                                   f"reads {len(wanted)} ({', '.join(wanted)}); name them "
+                                   "with --bands")
+    names = [str(label) for label in labels]
+    if repeated := sorted({n for n in names if names.count(n) > 1}):
+        where = [i + 1 for i, n in enumerate(names) if n == repeated[0]]
+        raise InputFileError(name, f"band {repeated[0]} appears {len(where)} times (bands "
+                                   f"{', '.join(map(str, where))}); each band must appear once")
+    wanted_names = [canonical_band(b) for b in wanted]
+    if missing := [b for b, w in zip(wanted, wanted_names, strict=True) if w not in names]:
+        usable = [b for b in names if b in wanted_names]
+        raise InputFileError(name, f"lacks bands {missing} that the model reads (scene bands: "
+                                   f"{names}); if they are there under other names, name them "
+                                   "with --bands, otherwise use a model trained on the scene's "
+                                   f"bands (train --set data.modalities.{modality}.bands="
+                                   f"[{','.join(usable)}])")
+    return tuple(names.index(w) for w in wanted_names)
+
+
+def _source_crs(src: rasterio.DatasetReader) -> CRS:
+    """The CRS of a raster's georeferencing: its own, its GCPs', or WGS 84 for RPCs.
+
+    GDAL's warper falls back to RPCs only when it is given a source CRS.
+    """
+    return src.crs or (src.gcps[1] if src.gcps[0] else RPC_CRS)
+
+
+def _utm_of(lon: float, lat: float) -> CRS:
+    """The WGS 84 UTM zone of a point."""
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def _target_crs(src: rasterio.DatasetReader, named: str | None) -> CRS:
+    """The CRS to warp a GCP/RPC raster to: the one named, or the centre's UTM zone."""
+    if named is not None:
+        try:
+            return CRS.from_user_input(named)
+        except CRSError as err:
+            raise InputFileError(src.name, f"--crs {named!r} is not a CRS: {err}") from err
+    if src.gcps[0]:
+        gcps, gcp_crs = src.gcps
+        xs, ys = [g.x for g in gcps], [g.y for g in gcps]
+        west, south, east, north = transform_bounds(gcp_crs, "EPSG:4326", min(xs), min(ys),
+                                                    max(xs), max(ys))
+        return _utm_of((west + east) / 2, (south + north) / 2)
+    return _utm_of(src.rpcs.long_off, src.rpcs.lat_off)
+
+
+def _native_grid(src: rasterio.DatasetReader, crs: str | None,
+                 pixel_size: float | None) -> tuple[Grid, bool]:
+    """The grid a raster is read on, and whether that needs a warp (GCPs or RPCs only).
+
+    Raises:
+        InputFileError: the raster has no georeferencing at all.
+    """
+    if src.crs is not None:
+        return Grid(src.crs, src.transform, src.width, src.height), False
+    if not (src.gcps[0] or src.rpcs):
+        raise InputFileError(src.name, "has no georeferencing (no CRS, GCPs or RPCs); assign "
+                                       "it first, e.g. gdal_translate -a_srs EPSG:32631 "
+                                       "-a_ullr ULX ULY LRX LRY")
+    target = _target_crs(src, crs)
+    gcps = src.gcps[0]
+    transform, width, height = calculate_default_transform(
+        _source_crs(src), target, src.width, src.height, gcps=gcps or None,
+        rpcs=None if gcps else src.rpcs, resolution=pixel_size)
+    return Grid(target, transform, width, height), True
+
+
+def _at_pixel_size(grid: Grid, pixel_size: float | None) -> Grid:
+    """``grid`` resampled to the model's pixel size, for north-up grids in metres.
+
+    Sentinel-2 20 m and 60 m bands (or stacks) are thus read at the 10 m the model was
+    trained on; grids in degrees are kept as they are.
+    """
+    res = grid.transform.a
+    if (pixel_size is None or not grid.crs.is_projected or grid.crs.linear_units != "metre"
+            or grid.transform.b or grid.transform.d or abs(res - pixel_size) <= 0.01 * res):
+        return grid
+    west, south, east, north = array_bounds(grid.height, grid.width, grid.transform)
+    return Grid(grid.crs, from_origin(west, north, pixel_size, pixel_size),
+                round((east - west) / pixel_size), round((north - south) / pixel_size))
+
+
+def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
+                first: str) -> tuple[Grid, SceneSource]:
+    """Check a file input and describe how to read it on ``grid`` (or on its own grid).
+
+    ``first`` names the input that defined ``grid``, for error messages.
+    """
+    sar = info.units == "dB"
+    files = _expand(scene, sar)
+    labels: list[str | None] = []
+    layers: list[Layer] = []
+    warped = set()
+    first = first if grid is not None else files[0]
+    for path in files:
+        with _open(path) as src:
+            native, needs_warp = _native_grid(src, scene.crs, info.pixel_size)
             if grid is None:
-                grid = Grid(src.crs, src.transform, src.width, src.height)
-                first, warp = path, False
-            else:
-                bounds = transform_bounds(src.crs, grid.crs, *src.bounds)
+                grid = _at_pixel_size(native, info.pixel_size)
+            elif not needs_warp:
+                bounds = transform_bounds(native.crs, grid.crs, *array_bounds(
+                    native.height, native.width, native.transform))
                 if disjoint_bounds(bounds, array_bounds(grid.height, grid.width,
                                                         grid.transform)):
                     raise InputFileError(path, f"does not overlap {first}")
-                warp = (src.crs, src.transform, src.width, src.height) != (
-                    grid.crs, grid.transform, grid.width, grid.height)
-        sources[modality] = SceneSource(path, indexes, grid, warp, modality in sar_db,
-                                        scale, offset)
+            if needs_warp or native != grid:
+                warped.add(path)
+            labels.extend(_labels(path, src.count, src.descriptions))
+            layers.extend(Layer(path, i) for i in range(1, src.count + 1))
+    assert grid is not None
+    if scene.bands is not None:
+        if len(scene.bands) != len(layers):
+            raise InputFileError(scene.name, f"--bands names {len(scene.bands)} bands but the "
+                                             f"input has {len(layers)}")
+        labels = [canonical_band(b) for b in scene.bands]
+    positions = match_bands(scene.name, labels, info.bands, modality)
+    units = Units(_sar_units(scene, files) if sar else None, scene.scale, scene.offset)
+    return grid, SceneSource(tuple(layers[p] for p in positions), grid, frozenset(warped),
+                             units)
+
+
+def _sar_units(scene: SceneInput, files: Sequence[str]) -> SarUnits:
+    """The units asked for, else those ASF HyP3 RTC file names state, else dB."""
+    if scene.sar_units is not None:
+        return scene.sar_units
+    stated = {_HYP3_UNITS[m.group(1).lower()] for f in files
+              if (m := _HYP3_SCALE.search(Path(f).name))}
+    return stated.pop() if len(stated) == 1 else "db"
+
+
+def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
+                first: str) -> tuple[Grid, ArraySource]:
+    """Check an :class:`xarray.DataArray` input; it must lie on ``grid`` when given."""
+    import rioxarray  # noqa: F401  (registers the .rio accessor)
+
+    array = scene.source
+    name = scene.name
+    if array.ndim != 3 or "band" not in array.dims:
+        raise InputFileError(name, f"has dimensions {array.dims}; expected (band, y, x)")
+    crs = array.rio.crs
+    if crs is None:
+        raise InputFileError(name, "has no CRS; set one with .rio.write_crs(...)")
+    array = array.transpose("band", array.rio.y_dim, array.rio.x_dim).rename(
+        {array.rio.y_dim: "y", array.rio.x_dim: "x"})
+    own = Grid(crs, array.rio.transform(), array.sizes["x"], array.sizes["y"])
+    if grid is not None and own != grid:
+        raise InputFileError(name, f"lies on another grid than {first}; align it first "
+                                   "(.rio.reproject_match)")
+    if scene.bands is not None:
+        labels: list[str | None] = [canonical_band(b) for b in scene.bands]
+        if len(labels) != array.sizes["band"]:
+            raise InputFileError(name, f"bands names {len(labels)} bands but the array has "
+                                       f"{array.sizes['band']}")
+    elif "band" in array.coords and array["band"].dtype.kind in "US":
+        labels = [canonical_band(str(b)) for b in array["band"].values]
+    else:
+        labels = [None] * array.sizes["band"]
+    positions = match_bands(name, labels, info.bands, modality)
+    units = Units((scene.sar_units or "db") if info.units == "dB" else None, scene.scale,
+                  scene.offset)
+    return own, ArraySource(array, positions, own, array.rio.nodata, units, name)
+
+
+def open_sources(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
+                 ) -> tuple[Grid, dict[str, Source]]:
+    """Check the scenes of every modality and describe how to read them on one grid.
+
+    The first modality's first raster defines the output grid, at the model's pixel size
+    (``infos[...].pixel_size``) when it is in metres; every other file is warped onto it.
+
+    Args:
+        inputs: scene per modality, the grid-defining one first.
+        infos: what each modality's predictor reads (bands, units, pixel size).
+
+    Raises:
+        InputFileError: a file is missing or unreadable, a raw Sentinel-1 product, not
+            georeferenced, lacks or repeats bands, or does not overlap the first scene.
+    """
+    grid: Grid | None = None
+    first = ""
+    sources: dict[str, Source] = {}
+    for modality, scene in inputs.items():
+        info = infos[modality]
+        if scene.sar_units is not None and info.units != "dB":
+            raise ValueError(f"sar_units given for the {modality} input, whose model does "
+                             "not read SAR in dB")
+        opener = _open_files if scene.paths else _open_array
+        source_grid, sources[modality] = opener(scene, info, modality, grid, first)
+        grid, first = grid or source_grid, first or sources[modality].name
     if grid is None:
         raise ValueError("no scene given")
     return grid, sources
+
+

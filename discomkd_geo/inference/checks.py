@@ -1,0 +1,307 @@
+"""Does a scene hold what the model was trained on? Units, scale and band order, checked.
+
+Called by the engine before any mapping (and by ``discomkd-geo inspect``). A sampled
+statistics pass reads a regular grid of small windows of the scene and compares every
+band's 2nd/50th/98th percentiles with those of the training data that the checkpoint
+carries (:attr:`~discomkd_geo.data.normalization.BandStats.profile`).
+
+Distances are measured in decades, the natural unit of unit mistakes: for SAR in dB,
+10 dB is one decade of power; for reflectance (positive digital numbers), the log10 of
+the ratio of medians. A scene is refused when its bands lie more than
+:data:`UNIT_DECADES` from the training medians in the declared units (reflectance 0-1
+given as digital numbers is 4 decades off; linear power read as dB about 1.5), or more
+than :data:`SHIFT_DECADES` on average while another storage fits far better (amplitude
+read as power is off by half its dB value). The raw values are matched against the other
+usual storages (dB, linear power, amplitude; reflectance 0-1, x 10000, with or without
+the baseline-04.00 offset) to name the likely fix. Band order is refused when two bands
+whose training medians are clearly ordered (NIR above red, VV above VH, ...) come in the
+opposite order in the scene.
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from ..errors import InputFileError
+from ..models.predictor import Predictor
+from .io import Source, Units
+from .tiling import chunk_layout
+
+#: A band whose median lies further than this from the training median (decades) is off.
+UNIT_DECADES = 1.0
+#: ... and a scene whose bands are on average further than this is refused.
+SHIFT_DECADES = 0.5
+#: ... or when they are off on average and another storage fits this many times better.
+BETTER_FIT = 3.0
+#: Band pairs whose training medians differ by at least this (decades) must keep their order.
+ORDER_DECADES = 0.2
+#: ... and are called permuted when the scene reverses them by at least this.
+REVERSED_DECADES = 0.1
+#: Windows per side of the sample grid, and their size in pixels.
+SAMPLE_WINDOWS, SAMPLE_SIZE = 8, 64
+#: Chunk side of the full pass that confirms an empty-looking sample.
+FULL_PASS_CHUNK = 1024
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A usual way of storing the values, and the option that declares it."""
+
+    label: str
+    units: Units
+    fix: str
+
+
+@dataclass
+class BandCheck:
+    """One band's figures: scene and training percentiles in model units, and a verdict.
+
+    Attributes:
+        band: the model's band name.
+        unit_guess: the storage of the raw values that best matches the training data.
+        scene: scene p2, p50, p98 (in the predictor's units, as declared).
+        training: training p2, p50, p98 (``None``: the checkpoint has none).
+        decades: distance of the scene median from the training median.
+        clipped: share of scene values outside the training [p2, p98].
+        verdict: ``ok``, ``shifted``, ``units``, ``order`` or ``not checked``.
+    """
+
+    band: str
+    unit_guess: str
+    scene: tuple[float, float, float]
+    training: tuple[float, float, float] | None
+    decades: float | None
+    clipped: float | None
+    verdict: str
+
+
+@dataclass
+class SceneCheck:
+    """The outcome of the statistics pass over one modality's scene.
+
+    Attributes:
+        modality: the modality.
+        source: the input, for messages.
+        units: the declared conversion, in words.
+        sampled_pixels: pixels read.
+        valid_share: share of them valid in every band.
+        bands: per-band figures.
+        problems: reasons to refuse the scene, each one line without the file name
+            (empty: it looks right).
+        forced: mapped although there were problems.
+    """
+
+    modality: str
+    source: str
+    units: str
+    sampled_pixels: int
+    valid_share: float
+    bands: list[BandCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (for the run summary)."""
+        return asdict(self)
+
+
+def sample_windows(height: int, width: int, per_side: int = SAMPLE_WINDOWS,
+                   size: int = SAMPLE_SIZE) -> list[Window]:
+    """A regular grid of ``per_side`` x ``per_side`` windows spread over the scene."""
+    def starts(extent: int) -> list[int]:
+        span = min(size, extent)
+        return sorted({int(v) for v in np.linspace(0, extent - span, per_side)})
+
+    return [Window(col, row, min(size, width), min(size, height))
+            for row in starts(height) for col in starts(width)]
+
+
+def _sample(source: Source) -> tuple[np.ndarray, int]:
+    """Raw values ``(C, N)`` of the valid pixels of a sample, and the pixels read.
+
+    When the sample holds no valid pixel, the whole scene is read chunk by chunk before
+    it is called empty: a small valid area must not be missed.
+    """
+    grid = source.grid
+    read = 0
+    for windows in (sample_windows(grid.height, grid.width),
+                    chunk_layout(grid.height, grid.width, FULL_PASS_CHUNK)):
+        values = []
+        for window in windows:
+            data, valid = source.read_raw(window)
+            read += valid.size
+            values.append(data[:, valid])
+        found = np.concatenate(values, axis=1)
+        if found.shape[1]:
+            break
+    return found, read
+
+
+def _distance(scene: float, training: float, db: bool) -> float:
+    """Decades between two medians (dB: tenths; positive values: log10 of the ratio)."""
+    if db:
+        return abs(scene - training) / 10.0
+    if scene <= 0 or training <= 0:
+        return math.inf
+    return abs(math.log10(scene / training))
+
+
+def candidates(modality: str, declared: Units, db: bool) -> list[Candidate]:
+    """The usual storages of a modality's values, the declared one first."""
+    if db:
+        words = {"db": "dB", "linear": "linear power", "amplitude": "amplitude"}
+        first = [Candidate(words[declared.sar or "db"], declared, "")]
+        return first + [Candidate(word, replace(declared, sar=sar), f"--{modality}-units {sar}")
+                        for sar, word in words.items() if sar != declared.sar]
+    usual = [("reflectance x 10000", 1.0, 0.0,
+              f"neither --{modality}-scale nor --{modality}-offset"),
+             ("reflectance 0-1", 1e4, 0.0, f"--{modality}-scale 10000"),
+             ("reflectance x 10000 + 1000 (baseline 04.00)", 1.0, -1000.0,
+              f"--{modality}-offset -1000")]
+    first = [Candidate(next((w for w, s, o, _ in usual if (s, o) == (declared.scale,
+                                                                      declared.offset)),
+                            declared.describe()), declared, "")]
+    return first + [Candidate(word, Units(None, scale, offset), fix)
+                    for word, scale, offset, fix in usual
+                    if (scale, offset) != (declared.scale, declared.offset)]
+
+
+def _medians(raw: np.ndarray, candidate: Candidate) -> np.ndarray:
+    """Per-band medians of the raw sample under a candidate storage (NaN if unusable)."""
+    data, valid = candidate.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
+    if valid.mean() < 0.5:  # mostly <= 0: cannot be power or amplitude
+        return np.full(raw.shape[0], np.nan)
+    return np.median(data[:, valid], axis=1)
+
+
+def check_scene(predictor: Predictor, source: Source, modality: str) -> SceneCheck:
+    """Compare a scene's bands with the training data of ``predictor`` (no exception).
+
+    Args:
+        predictor: the model the scene is for; its statistics carry the training profile.
+        source: the scene, as :func:`~discomkd_geo.inference.io.open_sources` opened it.
+        modality: the modality, for the options named in the advice.
+
+    Returns:
+        The figures and the problems found; an all-nodata scene is a problem whatever the
+        checkpoint holds.
+    """
+    raw, read = _sample(source)
+    check = SceneCheck(modality, source.name, source.units.describe(), read,
+                       raw.shape[1] / max(read, 1))
+    if raw.shape[1] == 0:
+        check.problems.append("holds no valid pixel (every pixel is nodata or not finite in "
+                              "some band); nothing to map")
+        return check
+    bands = predictor.info.bands
+    converted, valid = source.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
+    scene = np.percentile(converted[:, valid], [2, 50, 98], axis=1).T if valid.any() else (
+        np.full((len(bands), 3), np.nan))
+    profile = predictor.stats.profile
+    if profile is None:
+        check.bands = [BandCheck(b, "", tuple(map(float, s)), None, None, None, "not checked")
+                       for b, s in zip(bands, scene, strict=True)]
+        return check
+    training = np.array([profile["p2"], profile["p50"], profile["p98"]]).T
+    db = predictor.info.units == "dB"
+    options = candidates(modality, source.units, db)
+    fits = np.array([[_distance(m, t, db) if np.isfinite(m) else math.inf
+                      for m, t in zip(_medians(raw, c), training[:, 1], strict=True)]
+                     for c in options])
+    declared = fits[0]
+    inside = (converted >= training[:, :1]) & (converted <= training[:, 2:])
+    clipped = 1.0 - inside[:, valid].mean(axis=1) if valid.any() else np.ones(len(bands))
+    # The declared storage unless it is off and another fits better.
+    guesses = [options[0 if fits[0, i] <= SHIFT_DECADES else int(np.argmin(fits[:, i]))].label
+               for i in range(len(bands))]
+    verdicts = ["ok" if d <= SHIFT_DECADES else "shifted" for d in declared]
+    worst = int(np.argmax(declared))
+    means = fits.mean(axis=1)
+    far = declared[worst] > UNIT_DECADES and (means[0] > SHIFT_DECADES
+                                              or declared[worst] > 2 * UNIT_DECADES)
+    # Off, and another storage fits far better (amplitude read as power: half the dB).
+    beaten = means[0] > SHIFT_DECADES and means[1:].min() < means[0] / BETTER_FIT
+    if far or beaten:
+        verdicts = ["units" if d > SHIFT_DECADES else v for d, v in zip(declared, verdicts,
+                                                                        strict=True)]
+        check.problems.append(_units_problem(bands[worst], scene[worst, 1],
+                                             training[worst, 1], declared[worst], options,
+                                             fits))
+    else:
+        for problem, pair in _order_problems(bands, scene[:, 1], training[:, 1], db):
+            check.problems.append(problem)
+            for i in pair:
+                verdicts[i] = "order"
+    check.bands = [BandCheck(b, g, tuple(map(float, s)), tuple(map(float, t)), float(d),
+                             float(c), v)
+                   for b, g, s, t, d, c, v in zip(bands, guesses, scene, training, declared,
+                                                  clipped, verdicts, strict=True)]
+    return check
+
+
+def _units_problem(band: str, median: float, training: float, decades: float,
+                   options: Sequence[Candidate], fits: np.ndarray) -> str:
+    """The one-line refusal of a scene in other units, naming the likely fix."""
+    direction = "below" if median < training or not np.isfinite(median) else "above"
+    mean = fits.mean(axis=1)
+    best = int(np.argmin(mean[1:])) + 1
+    if mean[best] <= SHIFT_DECADES:
+        advice = (f"it looks like {options[best].label}: pass {options[best].fix} "
+                  "(or --force to map anyway)")
+    else:
+        advice = (f"no usual storage fits ({', '.join(c.label for c in options)}); "
+                  "uncalibrated digital numbers? calibrate the product first (or --force)")
+    if not np.isfinite(median):
+        return (f"band {band} holds mostly values <= 0, which cannot be {options[0].label}; "
+                f"{advice}")
+    if not math.isfinite(decades):
+        return (f"band {band} median {median:.4g} is not positive like the training median "
+                f"{training:.4g} ({options[0].label}); {advice}")
+    return (f"band {band} median {median:.4g} is {decades:.1f} decades {direction} the "
+            f"training median {training:.4g} ({options[0].label}); {advice}")
+
+
+def _gap(high: float, low: float, db: bool) -> float:
+    """Signed decades by which ``high`` exceeds ``low`` (0 when not comparable)."""
+    if db:
+        return (high - low) / 10.0
+    return math.log10(high / low) if min(high, low) > 0 else 0.0
+
+
+def _order_problems(bands: Sequence[str], scene: np.ndarray, training: np.ndarray,
+                    db: bool) -> list[tuple[str, tuple[int, int]]]:
+    """Band pairs clearly ordered in training (e.g. B08 > B04) but reversed in the scene."""
+    problems = []
+    for i in range(len(bands)):
+        for j in range(len(bands)):
+            if _gap(training[i], training[j], db) >= ORDER_DECADES and (
+                    _gap(scene[j], scene[i], db) >= REVERSED_DECADES):
+                problems.append((
+                    f"band order looks permuted: {bands[i]} (median {scene[i]:.4g}) "
+                    f"lies below {bands[j]} ({scene[j]:.4g}) while the training data has "
+                    f"{bands[i]} above {bands[j]}; check the band names or --bands (raster "
+                    "order) (or --force to map anyway)", (i, j)))
+    return problems[:1]  # the first reversed pair says it; more would repeat it
+
+
+def check_sources(predictors: Mapping[str, Predictor], sources: Mapping[str, Source], *,
+                  force: bool = False) -> dict[str, SceneCheck]:
+    """Check every modality's scene; refuse the first problem unless ``force``.
+
+    An all-nodata scene is refused even with ``force``: there is nothing to map.
+
+    Raises:
+        InputFileError: a scene is empty, in other units or scale, or its bands permuted.
+    """
+    checks = {}
+    for modality, source in sources.items():
+        check = check_scene(predictors[modality], source, modality)
+        if check.problems and (not force or check.valid_share == 0.0):
+            raise InputFileError(source.name, check.problems[0])
+        check.forced = bool(check.problems)
+        checks[modality] = check
+    return checks
