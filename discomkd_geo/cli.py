@@ -248,8 +248,13 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
               help="Then add this (e.g. 1000 for the S2 L2A/L1C offset).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Land-cover GeoTIFF to write (.qml and .legend.json go beside it).")
-@click.option("--stride", type=click.IntRange(min=1), help="Window step [patch size / 2].")
+@click.option("--stride", type=click.IntRange(min=1),
+              help="Window step [patch size / 4 dense, / 2 windows].")
 @click.option("--coarse", is_flag=True, help="One output pixel per stride cell.")
+@click.option("--mode", type=click.Choice(["windows", "dense"]), default="windows",
+              show_default=True,
+              help="windows: every window classified on its own; dense: encoders once per "
+                   "block, windows pooled from their feature maps (faster at fine strides).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Side of the chunks of output pixels (bounds memory).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -269,7 +274,7 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
 def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | None,
             modality: str | None, fuse: bool, bands: tuple[str, ...], sar_db: bool,
             scale: float, offset: float, output: Path, stride: int | None, coarse: bool,
-            chunk_size: int, workers: int, scheduler: str | None,
+            mode: str, chunk_size: int, workers: int, scheduler: str | None,
             probabilities: Path | None, probabilities_dtype: str, confidence: bool,
             overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF."""
@@ -290,7 +295,8 @@ def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | N
 
     predictors = {m: load_predictor(checkpoint, m) for m in scenes}
     summary = predict_to_file(
-        predictors, scenes, output, stride=stride, coarse=coarse, chunk_size=chunk_size,
+        predictors, scenes, output, stride=stride, coarse=coarse, mode=mode,
+        chunk_size=chunk_size,
         workers=workers, scheduler=scheduler, probabilities=probabilities,
         probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
         progress=not (quiet or as_json), bands=names, sar_db=(SAR,) if sar_db else (),
