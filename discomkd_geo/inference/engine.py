@@ -12,9 +12,10 @@ fusing modalities by averaging their probabilities. Two modes classify the windo
   are box means of the feature maps (:mod:`discomkd_geo.models.dense`). A block's
   computation depends only on the scene, so the output is byte-identical for any chunk
   size, number of workers or scheduler.
-- ``windows`` (default; dense mode is about 1 point less accurate on the demo scene and
-  the synthetic test patches, see ``benchmarks/results.json``): each window alone, in fixed-size batches (a window's probabilities then
-  never depend on its batch companions), as a model sees a training patch.
+- ``windows`` (default: dense mode is about 1 point less accurate on the demo scene and
+  the synthetic test patches, see ``benchmarks/results.json``): each window alone, as a
+  model sees a training patch, in fixed-size batches (a window's probabilities then never
+  depend on its batch companions).
 
 :func:`predict_to_file` streams the chunks through a local thread pool or an existing
 ``dask.distributed`` cluster with a bounded number in flight, and writes each result
