@@ -1,28 +1,29 @@
-"""Tiled inference benchmark: model-only rate, engine end to end, peak memory, naive loop.
+"""Inference benchmark: windows vs dense mode vs the naive TorchGeo loop, strides 32/16/8.
 
 Prints a table and merges key "inference" into benchmarks/results.json.
 
-(a) model only: the ResNet-18 DisCoM-KD SAR branch (build_branch) on 64 x 64 windows
-    already in memory, batches of 32 (the engine's batch size);
-(b) the engine (predict_to_file, workers=1) on a synthetic 2-band SAR scene at
-    stride = patch size = 64, written to a COG; ratio to (a) in pixels/s;
-(c) peak resident memory (ru_maxrss of a fresh subprocess) of the engine for 1k, 4k and
-    8k px square scenes, and of the naive loop for comparison (1k and 4k: it holds the
-    whole map, 8k would need ~3 GB);
-(d) the naive TorchGeo loop: RasterDataset + GridGeoSampler + DataLoader, probabilities
-    stitched into a whole-scene array in memory, then written once.
-(a), (b), (d) run interleaved, each in a fresh process, medians over repeats; the ratio
-is the median of the paired (a)/(b) runs (the machine may be shared). (c) uses small_cnn
-(width 8) so the 8k case stays quick: memory is about the data path, not the model.
+On the demo scene (tiles/demo/sar.tif, 526 x 526 px, truth.tif beside it), for strides
+32, 16 and 8 and each of
+  windows  the engine classifying every window alone (--mode windows),
+  dense    the engine with shared computation (--mode dense),
+  naive    the loop a TorchGeo user writes: RasterDataset + GridGeoSampler at that stride
+           + DataLoader, probabilities of the windows averaged into a whole-scene array,
+one run in a fresh process gives pixels/s, peak RSS (ru_maxrss), the share of the run
+spent in the model (engine / model-only), and the map's overall accuracy against the
+truth and agreement with windows mode at the same stride. Two models:
+  demo     the trained demo SAR branch (small_cnn; --run, default demo_out/run from
+           `make demo`): accuracy;
+  resnet18 the DisCoM-KD SAR branch with ResNet-18 (random weights: speed only).
+Then dense mode at stride 16 with 1 and 2 local workers (blocks of 256 px, so there is
+work to share), each worker getting torch.get_num_threads() // workers threads.
 
-    python benchmarks/bench_inference.py [--quick]
+    python benchmarks/bench_inference.py [--run RUN_DIR]
 """
 
 import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,18 +41,19 @@ CLASSES = 10
 #: barriers stall whenever another process holds a core (measured: the same ResNet-18
 #: pass took 13.8 s with 2 threads, 1.7 s with 1, under a load average of 2.5).
 TORCH_THREADS = 1
-#: Largest scene the naive loop's memory is measured on (it holds the whole map).
-NAIVE_MAX = 4096
+STRIDES = (32, 16, 8)
 
 
-def predictor(backbone: str):
+def predictor(backbone: str, run: str):
     import torch
 
     from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS
     from discomkd_geo.data.normalization import BandStats
     from discomkd_geo.models.branches import build_branch
-    from discomkd_geo.models.predictor import Predictor, PredictorInfo
+    from discomkd_geo.models.predictor import Predictor, PredictorInfo, load_predictor
 
+    if backbone == "demo":
+        return load_predictor(run, "sar").eval()
     torch.manual_seed(0)
     spec = {"kind": "discomkd", "in_channels": 2, "num_classes": CLASSES,
             "backbone": backbone, "width": 8}
@@ -61,66 +63,46 @@ def predictor(backbone: str):
     return Predictor(build_branch(**spec), stats, info).eval()
 
 
-def make_scene(path: Path, size: int) -> Path:
-    """A SAR-like 2-band float32 dB scene, written block by block (tiled, compressed)."""
-    import rasterio
-    from rasterio.transform import from_origin
-    from rasterio.windows import Window
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    profile = {"driver": "GTiff", "width": size, "height": size, "count": 2,
-               "dtype": "float32", "crs": "EPSG:32631", "nodata": np.nan,
-               "transform": from_origin(500000.0, 5000000.0, 10.0, 10.0), "tiled": True,
-               "blockxsize": 512, "blockysize": 512, "compress": "deflate"}
-    rng = np.random.default_rng(0)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.descriptions = ("VV", "VH")
-        for row in range(0, size, 1024):
-            for col in range(0, size, 1024):
-                h, w = min(1024, size - row), min(1024, size - col)
-                regions = np.kron(rng.normal(-12, 4, (2, 16, 16)), np.ones((64, 64)))
-                data = regions[:, :h, :w] + rng.normal(0, 1, (2, h, w))
-                dst.write(data.astype(np.float32), window=Window(col, row, w, h))
-    return path
-
-
 def warm(model) -> None:
-    """One batch through the model: every timed run starts after it, so the three compare
-    steady-state rates (the first call's one-off kernel set-up, ~0.2 s here, is left out)."""
+    """One batch through the model: every timed run starts after the first call's one-off
+    kernel set-up."""
     import torch
 
     with torch.inference_mode():
         model(torch.randn(BATCH, 2, PATCH, PATCH) * 4 - 12)
 
 
-def model_only(windows: int = 256) -> dict:
-    """One timed pass of the model over ``windows`` random windows, after a warm-up."""
-    import torch
+def timed_model(model) -> list[float]:
+    """Accumulate the seconds spent in the model's forward and dense passes."""
+    spent = [0.0]
+    for name in ("forward", "dense"):
+        method = getattr(model, name)
 
-    model = predictor("resnet18")
-    warm(model)
-    x = torch.randn(windows, 2, PATCH, PATCH) * 4 - 12
-    with torch.inference_mode():
-        start = time.perf_counter()
-        for i in range(0, windows, BATCH):
-            model(x[i:i + BATCH])
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "pixels": windows * PATCH * PATCH}
+        def wrapper(*args, _method=method, **kwargs):
+            start = time.perf_counter()
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - start
+
+        setattr(model, name, wrapper)
+    return spent
 
 
-def engine_run(scene: Path, out: Path, backbone: str) -> dict:
+def engine_run(model, scene: Path, out: Path, stride: int, mode: str, workers: int = 1,
+               block_size: int = 1024) -> dict:
     from discomkd_geo.inference.engine import predict_to_file
 
-    model = predictor(backbone)
-    warm(model)
+    spent = timed_model(model)
     start = time.perf_counter()
-    summary = predict_to_file(model, scene, out, stride=PATCH, overwrite=True,
-                              batch_size=BATCH)
+    summary = predict_to_file(model, scene, out, stride=stride, mode=mode, overwrite=True,
+                              batch_size=BATCH, workers=workers, block_size=block_size,
+                              chunk_size=block_size)
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "pixels": summary["pixels"]}
+    return {"seconds": seconds, "pixels": summary["pixels"], "model_seconds": spent[0]}
 
 
-def naive_run(scene: Path, out: Path, backbone: str) -> dict:
+def naive_run(model, scene: Path, out: Path, stride: int) -> dict:
     """What a TorchGeo user writes today: sampler + loader, whole map stitched in memory."""
     import rasterio
     import torch
@@ -128,8 +110,10 @@ def naive_run(scene: Path, out: Path, backbone: str) -> dict:
     from torchgeo.datasets import RasterDataset, stack_samples
     from torchgeo.samplers import GridGeoSampler, Units
 
-    model = predictor(backbone)
-    warm(model)
+    from discomkd_geo.inference.engine import typical_values
+
+    fill = torch.from_numpy(typical_values(model))[None, :, None, None]
+    spent = timed_model(model)
     start = time.perf_counter()
 
     class Scene(RasterDataset):
@@ -137,7 +121,7 @@ def naive_run(scene: Path, out: Path, backbone: str) -> dict:
         is_image = True
 
     dataset = Scene(paths=str(scene.parent))
-    sampler = GridGeoSampler(dataset, size=PATCH, stride=PATCH, units=Units.PIXELS)
+    sampler = GridGeoSampler(dataset, size=PATCH, stride=stride, units=Units.PIXELS)
     loader = DataLoader(dataset, sampler=sampler, batch_size=BATCH, collate_fn=stack_samples)
     with rasterio.open(scene) as src:
         profile, transform, height, width = src.profile, src.transform, src.height, src.width
@@ -146,7 +130,8 @@ def naive_run(scene: Path, out: Path, backbone: str) -> dict:
     inverse = ~transform
     with torch.inference_mode():
         for batch in loader:
-            out_probs = model(torch.nan_to_num(batch["image"].float(), nan=-12.0)).numpy()
+            image = batch["image"].float()
+            out_probs = model(torch.where(torch.isnan(image), fill, image)).numpy()
             for bounds, p in zip(batch["bounds"], out_probs, strict=True):
                 col, row = (inverse @ (bounds[0].start, bounds[1].stop))
                 r, c = round(row), round(col)
@@ -157,93 +142,121 @@ def naive_run(scene: Path, out: Path, backbone: str) -> dict:
     profile.update(count=1, dtype="uint8", nodata=255, compress="deflate")
     with rasterio.open(out, "w", **profile) as dst:
         dst.write(codes, 1)
-    return {"seconds": time.perf_counter() - start, "pixels": height * width}
+    return {"seconds": time.perf_counter() - start, "pixels": height * width,
+            "model_seconds": spent[0]}
 
 
-def child(kind: str, scene: str, out: str, backbone: str) -> None:
+def child(kind: str, scene: str, out: str, backbone: str, stride: int, run: str,
+          workers: int, block_size: int) -> None:
     """Subprocess entry: one run, then its wall time and peak RSS as JSON on stdout."""
     import torch
 
-    torch.set_num_threads(TORCH_THREADS)
-    if kind == "model":
-        result = model_only()
+    torch.set_num_threads(TORCH_THREADS * workers)
+    model = predictor(backbone, run)
+    warm(model)
+    if kind == "naive":
+        result = naive_run(model, Path(scene), Path(out), stride)
     else:
-        run = engine_run if kind == "engine" else naive_run
-        result = run(Path(scene), Path(out), backbone)
+        result = engine_run(model, Path(scene), Path(out), stride, kind, workers, block_size)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(result))
 
 
-def in_subprocess(kind: str, scene: Path, out: Path, backbone: str) -> dict:
+def in_subprocess(kind: str, scene: Path, out: Path, backbone: str, stride: int, run: str,
+                  workers: int = 1, block_size: int = 1024) -> dict:
     code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import bench_inference as b; "
-            f"b.child({kind!r}, {str(scene)!r}, {str(out)!r}, {backbone!r})")
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": str(TORCH_THREADS)}
+            f"b.child({kind!r}, {str(scene)!r}, {str(out)!r}, {backbone!r}, {stride}, "
+            f"{run!r}, {workers}, {block_size})")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore",
+           "OMP_NUM_THREADS": str(TORCH_THREADS * workers)}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def summarise(runs: list[dict]) -> dict:
-    seconds = statistics.median(r["seconds"] for r in runs)
-    return {"seconds": round(seconds, 3), "pixels": runs[0]["pixels"],
-            "pixels_per_s": round(runs[0]["pixels"] / seconds, 1),
-            "peak_rss_mb": round(statistics.median(r["peak_rss_mb"] for r in runs), 1)}
+def agreement(path: Path, reference: Path) -> float:
+    """Share of pixels mapped in both maps that have the same class."""
+    import rasterio
+
+    with rasterio.open(path) as a, rasterio.open(reference) as b:
+        x, y = a.read(1), b.read(1)
+    both = (x != 255) & (y != 255)
+    return float((x[both] == y[both]).mean())
 
 
 def main() -> None:
+    from discomkd_geo.constants import EUROSAT_CLASSES
+    from discomkd_geo.demo import score_map
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 repeat, no 8k scene")
+    parser.add_argument("--run", default="demo_out/run",
+                        help="trained demo run directory (make demo) [demo_out/run]")
     args = parser.parse_args()
-    repeats = 1 if args.quick else 5
-    sizes = (1024, 4096) if args.quick else (1024, 4096, 8192)
+    if not (Path(args.run) / "checkpoints" / "best-sar.ckpt").exists():
+        sys.exit(f"Error: {args.run}: no trained demo run; run `make demo` first")
+    run = str(Path(args.run).resolve())
+    tiles = HERE.parent / "tiles" / "demo"
+    started = time.perf_counter()
+    rows = []
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         tmp = Path(tmp)
-        scenes = {s: make_scene(tmp / f"scene{s}" / "sar.tif", s) for s in sizes}
-        started = time.perf_counter()
-        # Interleaved repeats, each in a fresh process: a busy shared machine slows
-        # the three alike, so the ratios stay fair; medians over repeats.
-        runs: dict[str, list[dict]] = {"model": [], "engine": [], "naive": []}
-        for _ in range(repeats):
-            for kind, runs_of_kind in runs.items():
-                runs_of_kind.append(in_subprocess(kind, scenes[1024], tmp / f"{kind}.tif",
-                                                  "resnet18"))
-        ratios = [(e["pixels"] / e["seconds"]) / (m["pixels"] / m["seconds"])
-                  for m, e in zip(runs["model"], runs["engine"], strict=True)]
-        model, engine, naive = (summarise(runs[k]) for k in ("model", "engine", "naive"))
-        memory: dict[str, dict[str, float]] = {}
-        for size in sizes:
-            kinds = ("engine", "naive") if size <= NAIVE_MAX else ("engine",)
-            memory[f"{size}px"] = {
-                kind: round(in_subprocess(kind, scenes[size], tmp / f"{kind}{size}.tif",
-                                          "small_cnn")["peak_rss_mb"], 1) for kind in kinds}
-        total = time.perf_counter() - started
+        scene = tmp / "scene" / "sar.tif"
+        scene.parent.mkdir()
+        scene.write_bytes((tiles / "sar.tif").read_bytes())
+        for backbone in ("demo", "resnet18"):
+            for stride in STRIDES:
+                for kind in ("windows", "dense", "naive"):
+                    out = tmp / f"{backbone}_{kind}_{stride}.tif"
+                    result = in_subprocess(kind, scene, out, backbone, stride, run)
+                    accuracy = score_map(out, tiles / "truth.tif", list(EUROSAT_CLASSES))
+                    rows.append({
+                        "model": backbone, "stride": stride, "mode": kind,
+                        "pixels_per_s": round(result["pixels"] / result["seconds"], 1),
+                        "seconds": round(result["seconds"], 2),
+                        "model_share": round(result["model_seconds"] / result["seconds"], 3),
+                        "peak_rss_mb": round(result["peak_rss_mb"], 1),
+                        "oa_vs_truth": round(accuracy["oa"], 4),
+                        "f1_weighted_vs_truth": round(accuracy["f1_weighted"], 4),
+                        "agreement_with_windows": round(agreement(
+                            out, tmp / f"{backbone}_windows_{stride}.tif"), 4)})
+                    print(json.dumps(rows[-1]), flush=True)
+        workers = {}
+        for n in (1, 2):
+            result = in_subprocess("dense", scene, tmp / f"workers{n}.tif", "demo", 16, run,
+                                   workers=n, block_size=256)
+            workers[f"{n}_workers_px_per_s"] = round(result["pixels"] / result["seconds"], 1)
+        identical = (tmp / "workers1.tif").read_bytes() == (tmp / "workers2.tif").read_bytes()
+    total = time.perf_counter() - started
 
-    ratio = statistics.median(ratios)
+    def rate(model: str, stride: int, mode: str) -> float:
+        return next(r["pixels_per_s"] for r in rows
+                    if (r["model"], r["stride"], r["mode"]) == (model, stride, mode))
+
     results = {
-        "setup": {"patch_size": PATCH, "stride": PATCH, "batch_size": BATCH, "bands": 2,
-                  "scene_px": 1024, "chunk_size": 1024, "workers": 1, "repeats": repeats,
-                  "torch_threads": TORCH_THREADS, "cpu_count": os.cpu_count(),
-                  "throughput_model": "DisCoM-KD SAR branch, ResNet-18 (two encoders)",
-                  "memory_model": "DisCoM-KD SAR branch, small_cnn width 8"},
-        "model_only": model,
-        "engine": engine,
-        "engine_vs_model": round(ratio, 3),
-        "engine_vs_model_per_repeat": [round(r, 3) for r in ratios],
-        "naive_torchgeo": naive,
-        "engine_vs_naive": round(engine["pixels_per_s"] / naive["pixels_per_s"], 3),
-        "peak_rss_mb": memory,
+        "setup": {"scene": "tiles/demo/sar.tif (526 x 526 px)", "patch_size": PATCH,
+                  "strides": list(STRIDES), "batch_size": BATCH, "block_size": 1024,
+                  "chunk_size": 1024, "torch_threads": TORCH_THREADS,
+                  "cpu_count": os.cpu_count(), "runs": "one per cell, fresh process",
+                  "machine": "shared 2-core CPU machine (other jobs running), nice 10",
+                  "models": {"demo": "trained demo DisCoM-KD SAR branch, small_cnn width 16",
+                             "resnet18": "DisCoM-KD SAR branch, ResNet-18, random weights "
+                                         "(speed only)"}},
+        "runs": rows,
+        "dense_vs_naive_stride16": {m: round(rate(m, 16, "dense") / rate(m, 16, "naive"), 2)
+                                    for m in ("demo", "resnet18")},
+        "dense_vs_windows_stride16": {m: round(rate(m, 16, "dense") / rate(m, 16, "windows"),
+                                               2) for m in ("demo", "resnet18")},
+        "workers_dense_stride16_block256": {**workers, "byte_identical": identical},
         "bench_seconds": round(total, 1),
     }
-    print(f"{'measure':<44}{'value':>16}")
-    print(f"{'(a) model only, px/s (windows in memory)':<44}{model['pixels_per_s']:>16,.0f}")
-    print(f"{'(b) engine end to end, px/s (1k scene)':<44}{engine['pixels_per_s']:>16,.0f}")
-    print(f"{'    engine / model, median of paired runs':<44}{ratio:>16.3f}")
-    print(f"{'(d) naive TorchGeo loop, px/s':<44}{naive['pixels_per_s']:>16,.0f}")
-    print(f"{'    engine / naive':<44}{results['engine_vs_naive']:>16.3f}")
-    for size, row in memory.items():
-        naive_mb = f"{row['naive']:>6.0f}" if "naive" in row else "     -"
-        print(f"{'(c) peak RSS MB ' + size + ' engine | naive':<44}"
-              f"{row['engine']:>7.0f} | {naive_mb}")
+    print(f"{'model':<9}{'stride':>7} {'mode':<8}{'px/s':>11}{'model %':>9}{'RSS MB':>8}"
+          f"{'OA':>8}{'agree':>8}")
+    for r in rows:
+        print(f"{r['model']:<9}{r['stride']:>7} {r['mode']:<8}{r['pixels_per_s']:>11,.0f}"
+              f"{r['model_share']:>9.1%}{r['peak_rss_mb']:>8.0f}{r['oa_vs_truth']:>8.3f}"
+              f"{r['agreement_with_windows']:>8.3f}")
+    print(f"dense / naive at stride 16: {results['dense_vs_naive_stride16']}")
+    print(f"dense, stride 16, 1 | 2 workers: {workers} (byte-identical: {identical})")
     print(f"total {total:.0f} s")
     print(f"-> {merge_results('inference', results)} [inference]")
 

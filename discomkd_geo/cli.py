@@ -351,8 +351,13 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
 @click.option("--force", is_flag=True,
               help="Map scenes whose values look like other units, scale or band order "
                    "than the training data (the summary keeps the check's figures).")
-@click.option("--stride", type=click.IntRange(min=1), help="Window step [patch size / 2].")
+@click.option("--stride", type=click.IntRange(min=1),
+              help="Window step [patch size / 4 dense, / 2 windows].")
 @click.option("--coarse", is_flag=True, help="One output pixel per stride cell.")
+@click.option("--mode", type=click.Choice(["windows", "dense"]), default="windows",
+              show_default=True,
+              help="windows: every window classified on its own; dense: encoders once per "
+                   "block, windows pooled from their feature maps (faster at fine strides).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Side of the chunks of output pixels (bounds memory).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
@@ -375,9 +380,9 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
             sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
             modality: str | None, fuse: bool, bands: tuple[str, ...], sar_units: str | None,
             sar_db: bool, ms_scale: float, ms_offset: float, crs: str | None, output: Path,
-            force: bool, stride: int | None, coarse: bool, chunk_size: int, workers: int,
-            scheduler: str | None, scheduler_timeout: float, probabilities: Path | None,
-            probabilities_dtype: str, confidence: bool,
+            force: bool, stride: int | None, coarse: bool, mode: str, chunk_size: int,
+            workers: int, scheduler: str | None, scheduler_timeout: float,
+            probabilities: Path | None, probabilities_dtype: str, confidence: bool,
             overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
@@ -410,7 +415,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
 
     predictors = {m: load_predictor(checkpoint, m) for m in scenes}
     summary = predict_to_file(
-        predictors, inputs, output, stride=stride, coarse=coarse, chunk_size=chunk_size,
+        predictors, inputs, output, stride=stride, coarse=coarse, mode=mode,
+        chunk_size=chunk_size,
         workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
         probabilities=probabilities,
         probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,

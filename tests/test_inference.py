@@ -31,10 +31,10 @@ def make_predictor(modality: str, bands: list[str], patch: int = 16, seed: int =
     """A tiny, untrained but input-sensitive predictor (torch.nn modules only: picklable)."""
     torch.manual_seed(seed)
     if branch is None:
-        branch = nn.Sequential(nn.Conv2d(len(bands), 8, 3, padding=1), nn.Tanh(),
-                               nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 10))
+        branch = build_branch("mono", in_channels=len(bands), num_classes=10,
+                              backbone="small_cnn", width=2)
         with torch.no_grad():  # sharper probabilities: several classes win across a scene
-            branch[-1].weight.mul_(8.0)
+            branch.head.weight.mul_(8.0)
     info = PredictorInfo(modality, list(bands), list(EUROSAT_CLASSES), list(EUROSAT_COLORS),
                          patch, 10.0, "dB" if modality == "sar" else "dn")
     stats = BandStats("meanstd", list(bands), [0.0] * len(bands), [1.0] * len(bands))
@@ -110,13 +110,17 @@ def test_output_is_a_styled_cloud_optimised_geotiff(sar: Predictor, sar_scene: P
                                                           "map.tif"]
 
 
+@pytest.mark.parametrize("mode", ["dense", "windows"])
 def test_byte_identical_for_any_chunk_size_and_workers(sar: Predictor, sar_scene: Path,
-                                                       tmp_path: Path) -> None:
+                                                       tmp_path: Path, mode: str) -> None:
     runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
             "c24w2": {"chunk_size": 24, "workers": 2}}
     for name, kwargs in runs.items():
-        predict_to_file(sar, sar_scene, tmp_path / f"{name}.tif", stride=8,
-                        probabilities=tmp_path / f"{name}.p.tif", confidence=True, **kwargs)
+        summary = predict_to_file(sar, sar_scene, tmp_path / f"{name}.tif", stride=8,
+                                  mode=mode, block_size=16,
+                                  probabilities=tmp_path / f"{name}.p.tif", confidence=True,
+                                  **kwargs)
+        assert summary["mode"] == mode and (summary["chunks"] > 1) == (name != "c1024w1")
     for suffix in (".tif", ".p.tif", ".confidence.tif"):
         first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
         assert all(other == first for other in others), suffix
@@ -132,10 +136,12 @@ def test_same_bytes_on_a_distributed_cluster(sar: Predictor, sar_scene: Path,
                                              tmp_path: Path) -> None:
     from distributed import LocalCluster
 
-    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=48)
+    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=32, mode="dense",
+                    block_size=32)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
         summary = predict_to_file(sar, sar_scene, tmp_path / "cluster.tif", chunk_size=64,
+                                  mode="dense", block_size=32,
                                   scheduler=cluster.scheduler_address)
     assert summary["chunks"] == 9
     assert (tmp_path / "cluster.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
@@ -161,12 +167,12 @@ def test_stitched_map_equals_each_window_alone(tmp_path: Path) -> None:
         count[rows, cols] += 1
     expected = total / count
     predict_to_file(predictor, scene, tmp_path / "fine.tif", stride=8, chunk_size=16,
-                    probabilities=tmp_path / "fine.p.tif")
+                    mode="windows", probabilities=tmp_path / "fine.p.tif")
     np.testing.assert_allclose(read(tmp_path / "fine.p.tif"), expected, atol=1e-6)
     assert (read(tmp_path / "fine.tif")[0] == expected.argmax(axis=0)).all()
     # Coarse: one pixel per stride cell, holding its window's own probabilities.
     predict_to_file(predictor, scene, tmp_path / "coarse.tif", stride=8, coarse=True,
-                    probabilities=tmp_path / "coarse.p.tif")
+                    mode="windows", probabilities=tmp_path / "coarse.p.tif")
     coarse = read(tmp_path / "coarse.p.tif")
     assert coarse.shape == (10, 5, 5)
     np.testing.assert_allclose(coarse[:, 2, 3], alone[2, 3], atol=1e-6)
@@ -201,9 +207,11 @@ def test_fused_modalities_on_different_grids(tmp_path: Path) -> None:
     scenes = {"ms": ms, "sar": sar}
     for size in (32, 96):
         predict_to_file(predictors, scenes, tmp_path / f"fused{size}.tif", chunk_size=size,
+                        mode="dense", block_size=32,
                         probabilities=tmp_path / f"fused{size}.p.tif")
     assert (tmp_path / "fused32.tif").read_bytes() == (tmp_path / "fused96.tif").read_bytes()
-    predict_to_file(ms_pred, ms, tmp_path / "ms_only.tif", probabilities=tmp_path / "ms.p.tif")
+    predict_to_file(ms_pred, ms, tmp_path / "ms_only.tif", mode="dense",
+                    probabilities=tmp_path / "ms.p.tif")
     with rasterio.open(tmp_path / "fused32.tif") as fused, rasterio.open(ms) as grid:
         assert fused.transform == grid.transform and fused.shape == (96, 96)
     fused_p, ms_p = read(tmp_path / "fused32.p.tif"), read(tmp_path / "ms.p.tif")
@@ -219,8 +227,10 @@ def test_generated_scene_pair_fuses_identically_for_any_chunking(tmp_path: Path)
     predictors = {"ms": make_predictor("ms", list(S2_BANDS)), "sar": make_predictor(
         "sar", list(S1_BANDS))}
     scenes = {m: tmp_path / "scene" / f"{m}.tif" for m in predictors}
-    predict_to_file(predictors, scenes, tmp_path / "a.tif", chunk_size=100)
-    predict_to_file(predictors, scenes, tmp_path / "b.tif", chunk_size=1000, workers=2)
+    predict_to_file(predictors, scenes, tmp_path / "a.tif", chunk_size=100, mode="dense",
+                    block_size=64)
+    predict_to_file(predictors, scenes, tmp_path / "b.tif", chunk_size=1000, mode="dense",
+                    block_size=64, workers=2)
     assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
     with rasterio.open(tmp_path / "a.tif") as out, rasterio.open(scenes["ms"]) as ms:
         assert out.crs == ms.crs and out.transform == ms.transform
@@ -332,6 +342,9 @@ def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
     summary = json.loads(result.output)
     assert summary["pixels"] == 160 * 144 and summary["stride"] == 8
     assert read(out).shape == (1, 160, 144) and out.with_suffix(".confidence.tif").exists()
+    assert summary["mode"] == "windows"
+    dense = CliRunner().invoke(main, [*args, "--mode", "dense", "--overwrite", "--json"])
+    assert dense.exit_code == 0 and json.loads(dense.output)["mode"] == "dense"
     # The same command as `rio discomkd predict` (entry point), with the human summary.
     from rasterio.rio.main import main_group
 

@@ -3,9 +3,19 @@
 Centre of the inference flow (io -> tiling -> engine -> writers), called by the CLI
 (``discomkd-geo predict``, ``rio discomkd predict``) and the demo. The output grid is cut
 into chunks of output pixels; :func:`predict_chunk` reads one chunk's windows with their
-halo through windowed reads, classifies them in fixed-size batches (a window's
-probabilities then never depend on its batch companions) and averages them per pixel
-(:mod:`.tiling`), fusing modalities by averaging their probabilities.
+halo through windowed reads, classifies them and averages them per pixel (:mod:`.tiling`),
+fusing modalities by averaging their probabilities. Two modes classify the windows:
+
+- ``dense``: the chunk is cut into scene-anchored blocks; each block's
+  encoders run once over the block's windows plus a halo of half the encoders' receptive
+  field (224 px for ResNet-18, 24 for ``small_cnn``), and every window's pooled features
+  are box means of the feature maps (:mod:`discomkd_geo.models.dense`). A block's
+  computation depends only on the scene, so the output is byte-identical for any chunk
+  size, number of workers or scheduler.
+- ``windows`` (default: dense mode is about 1 point less accurate on the demo scene and
+  the synthetic test patches, see ``benchmarks/results.json``): each window alone, as a
+  model sees a training patch, in fixed-size batches (a window's probabilities then never
+  depend on its batch companions).
 
 :func:`predict_to_file` streams the chunks through a local thread pool or an existing
 ``dask.distributed`` cluster with a bounded number in flight, and writes each result
@@ -39,7 +49,18 @@ from ..errors import CheckpointError, InputFileError, SchedulerError
 from ..models.predictor import Predictor
 from .checks import SceneCheck, check_sources
 from .io import Grid, SceneInput, Source, as_input, open_sources
-from .tiling import PadMode, WindowGrid, accumulate, chunk_layout, extract_windows, relative_slices
+from .tiling import (
+    PadMode,
+    WindowGrid,
+    accumulate,
+    chunk_layout,
+    extend,
+    fill_invalid,
+    grow,
+    relative_slices,
+    valid_fraction,
+    window_views,
+)
 from .writers import CogWriter, class_description, class_tags, legend, qgis_style, sidecar_paths
 
 if TYPE_CHECKING:
@@ -52,6 +73,11 @@ if TYPE_CHECKING:
     Scene = (SceneInput | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
              | xarray.DataArray)
     Sources = Scene | Mapping[str, Scene]
+#: ``dense``: encoders once per block, windows pooled from their feature maps;
+#: ``windows``: every window classified on its own.
+Mode = Literal["dense", "windows"]
+#: Invalid pixels take the mean of the valid ones within this many pixels.
+FILL_RADIUS = 2
 
 
 @dataclass(frozen=True)
@@ -68,6 +94,11 @@ class Plan:
         batch_size: windows per forward pass (always full: the last batch is padded).
         device: torch device the predictors run on.
         probabilities: whether chunks return their class probabilities.
+        mode: ``windows`` (each window alone) or ``dense`` (shared computation).
+        block: dense mode's unit of work, in input pixels: the encoders run on
+            scene-anchored ``block x block`` areas (with their windows' halo), so a pixel's
+            value never depends on the chunking; chunks are whole blocks.
+        threads: torch intra-op threads per worker (``None``: leave torch's setting).
     """
 
     grid: Grid
@@ -79,6 +110,9 @@ class Plan:
     batch_size: int
     device: str
     probabilities: bool
+    mode: Mode = "windows"
+    block: int = 1024
+    threads: int | None = None
 
     def window_grid(self, patch: int) -> WindowGrid:
         """The classification windows of a model with this patch size."""
@@ -128,41 +162,131 @@ def classify(predictor: Predictor, windows: np.ndarray, which: np.ndarray, batch
     return np.concatenate(out) if out else np.zeros((0, classes), dtype=np.float32)
 
 
-def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
-    """Classify one chunk of output pixels (a window of :attr:`Plan.output`).
+def classify_dense(predictor: Predictor, values: np.ndarray, stride: int, halo: int,
+                   device: str) -> np.ndarray:
+    """Probabilities ``(rows, cols, K)`` of every window of a block's ``(C, h, w)`` values.
+
+    One transfer in and one out per block: on CUDA the block goes through pinned memory
+    and every window's features stay on the device.
+    """
+    predictor = predictor.to(device).eval()
+    x = torch.from_numpy(np.ascontiguousarray(values))[None]
+    if torch.device(device).type == "cuda":
+        x = x.pin_memory()
+    with torch.inference_mode():
+        probs = predictor.dense(x.to(device, non_blocking=True), stride, halo)
+    return probs[0].float().cpu().numpy()
+
+
+def typical_values(predictor: Predictor) -> np.ndarray:
+    """Per band, the raw value at the centre of the training distribution.
+
+    The fill for pixels with no valid neighbour: the middle of the 2-98 percentile range,
+    or the mean (a band's low percentile, used before, made holes look like another class).
+    """
+    stats = predictor.stats
+    shift = np.asarray(stats.shift, dtype=np.float32)
+    if stats.method == "percentile":
+        return shift + np.asarray(stats.scale, dtype=np.float32) / 2
+    return shift
+
+
+def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows: range,
+                         cols: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, Window]:
+    """Classify the windows ``rows x cols`` of one modality.
+
+    The windows' span (plus, in dense mode, the encoders' halo) is read with
+    :data:`FILL_RADIUS` more pixels for :func:`fill_invalid`, extended beyond the scene
+    edge as ``plan.pad`` says, then classified window by window or densely.
+
+    Returns:
+        ``(probs, done, valid, read)``: float32 ``(rows, cols, K)`` probabilities (zero
+        where not classified), which windows were classified (enough valid pixels), and
+        the validity of the pixels of ``read``, the span's part inside the scene.
+    """
+    grid = plan.window_grid(predictor.info.patch_size)
+    halo = predictor.dense_halo() if plan.mode == "dense" else 0
+    span = grid.span(rows, cols)
+    area = grow(span, halo)
+    inside = area.intersection(plan.grid.window)
+    reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
+    data, valid = source.read(reach)
+    fill = typical_values(predictor)
+    data = fill_invalid(data, valid, fill, FILL_RADIUS)
+    crop = relative_slices(inside, reach)
+    values = extend(data[(slice(None), *crop)], inside, area, fill, plan.pad)
+    valid = valid[crop]
+    read = span.intersection(plan.grid.window)
+    valid = valid[relative_slices(read, inside)]
+    done = valid_fraction(valid, read, span, grid) >= plan.min_valid
+    classes = len(predictor.info.classes)
+    probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
+    if plan.mode == "dense":
+        if done.any():
+            probs[done] = classify_dense(predictor, values, plan.stride, halo,
+                                         plan.device)[done]
+    else:
+        probs[done] = classify(predictor, window_views(values, grid), np.argwhere(done),
+                               plan.batch_size, plan.device)
+    return probs, done, valid, read
+
+
+def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
+                  area: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Summed per-modality mean probabilities ``(K, h, w)`` and modality counts of ``area``.
 
     Each modality's per-pixel mean probability is computed over the windows covering the
-    pixel; modalities are then averaged where they have a value.
+    pixel (or, coarse, is the pixel's window's); pixels without a value add zero.
     """
     classes = len(next(iter(predictors.values())).info.classes)
-    total: np.ndarray | None = None
-    mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
+    total = np.zeros((classes, area.height, area.width), dtype=np.float64)
+    mapped = np.zeros((area.height, area.width), dtype=np.int32)
     for modality, source in plan.sources.items():
         predictor = predictors[modality]
         grid = plan.window_grid(predictor.info.patch_size)
         if plan.coarse:
-            rows = range(chunk.row_off, chunk.row_off + chunk.height)
-            cols = range(chunk.col_off, chunk.col_off + chunk.width)
+            rows = range(area.row_off, area.row_off + area.height)
+            cols = range(area.col_off, area.col_off + area.width)
         else:
-            rows, cols = grid.covering(chunk)
-        span = grid.span(rows, cols)
-        read = span.intersection(plan.grid.window)
-        data, valid = source.read(read)
-        fill = np.asarray(predictor.stats.shift, dtype=np.float32)
-        windows, fraction = extract_windows(data, valid, read, span, grid, fill, plan.pad)
-        done = fraction >= plan.min_valid
-        probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
-        probs[done] = classify(predictor, windows, np.argwhere(done), plan.batch_size,
-                               plan.device)
+            rows, cols = grid.covering(area)
+        probs, done, valid, read = window_probabilities(predictor, source, plan, rows, cols)
         if plan.coarse:
             mean, ok = probs.transpose(2, 0, 1).astype(np.float64), done
         else:
-            mean, count = accumulate(probs, done, grid, rows, cols, chunk)
+            mean, count = accumulate(probs, done, grid, rows, cols, area)
             mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
-            ok = (count > 0) & valid[relative_slices(chunk, read)]
+            ok = (count > 0) & valid[relative_slices(area, read)]
         mean[:, ~ok] = 0.0
-        total = mean if total is None else total + mean
+        total += mean
         mapped += ok
+    return total, mapped
+
+
+def _units(plan: Plan, chunk: Window) -> list[Window]:
+    """What a chunk is computed in: itself, or (dense mode) its scene-anchored blocks."""
+    if plan.mode == "windows":
+        return [chunk]
+    size = plan.block // plan.stride if plan.coarse else plan.block
+    return [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
+            for b in chunk_layout(chunk.height, chunk.width, size)]
+
+
+def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
+    """Classify one chunk of output pixels (a window of :attr:`Plan.output`).
+
+    Each modality's per-pixel mean probability is computed over the windows covering the
+    pixel; modalities are then averaged where they have a value. In dense mode the chunk
+    is computed block by block (see :attr:`Plan.block`).
+    """
+    if plan.threads is not None:
+        # Per worker thread (OpenMP's thread count is a per-thread setting).
+        torch.set_num_threads(plan.threads)
+    classes = len(next(iter(predictors.values())).info.classes)
+    total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
+    mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
+    for unit in _units(plan, chunk):
+        where = (slice(None), *relative_slices(unit, chunk))
+        total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
     probs = total / np.maximum(mapped, 1) if len(plan.sources) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
@@ -197,7 +321,7 @@ def _as_dicts(predictors: Predictors, sources: "Sources"
 def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
               coarse: bool = False, pad: PadMode = "reflect", min_valid: float = 0.5,
               batch_size: int = 32, device: str | None = None, probabilities: bool = False,
-              force: bool = False
+              force: bool = False, mode: Mode = "windows", block_size: int = 1024
               ) -> tuple[dict[str, Predictor], Plan, dict[str, SceneCheck]]:
     """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments).
 
@@ -209,13 +333,18 @@ def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None 
     grid, readers = open_sources(inputs, {m: p.info for m, p in predictors.items()})
     checks = check_sources(predictors, readers, force=force)
     patch = min(p.info.patch_size for p in predictors.values())
-    stride = stride or max(1, patch // 2)
+    # Dense mode makes fine strides cheap: a quarter patch by default (16 px for 64 px).
+    stride = stride or max(1, patch // (4 if mode == "dense" else 2))
     if not 0 < stride <= patch:
         raise CheckpointError(f"stride {stride} does not fit the model: it must be in "
                               f"[1, patch size {patch}] for windows to cover every pixel")
+    if mode == "dense":
+        for predictor in predictors.values():
+            predictor.dense_halo()  # raises for a branch that cannot run densely
+    block = max(1, round(block_size / stride)) * stride
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
-                            probabilities), checks
+                            probabilities, mode, block), checks
 
 
 def _absolute(scene: SceneInput) -> SceneInput:
@@ -243,9 +372,13 @@ def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
     """Output chunks of about ``chunk_size`` pixels a side.
 
     On the input grid they are rounded to whole stride cells, so that neighbouring
-    chunks share no window unless the windows overlap (stride < patch).
+    chunks share no window unless the windows overlap (stride < patch); in dense mode to
+    whole blocks (:attr:`Plan.block`).
     """
-    cell = 1 if plan.coarse else plan.stride
+    if plan.mode == "dense":
+        cell = plan.block // plan.stride if plan.coarse else plan.block
+    else:
+        cell = 1 if plan.coarse else plan.stride
     size = max(1, round(chunk_size / cell)) * cell
     return chunk_layout(plan.output.height, plan.output.width, size)
 
@@ -316,7 +449,8 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
                     confidence: bool | str | os.PathLike[str] = False,
                     overwrite: bool = False, progress: bool = False, force: bool = False,
                     pad: PadMode = "reflect", min_valid: float = 0.5, batch_size: int = 32,
-                    device: str | None = None) -> dict[str, Any]:
+                    device: str | None = None, mode: Mode = "windows",
+                    block_size: int = 1024) -> dict[str, Any]:
     """Map land cover from one scene per available modality into a Cloud-Optimised GeoTIFF.
 
     Several modalities are fused by averaging their class probabilities per pixel.
@@ -331,7 +465,8 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             size), the others are warped onto it.
         output: the class map to write; ``<stem>.qml`` and ``<stem>.legend.json`` go
             beside it.
-        stride: step between windows (default: half the patch size).
+        stride: step between windows (default: a quarter of the patch size in dense mode,
+            half in windows mode).
         coarse: one output pixel per stride cell instead of the input grid.
         chunk_size: side of the chunks of output pixels each task maps (bounds memory).
         workers: local threads (ignored with ``scheduler``).
@@ -348,8 +483,14 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             permuted bands); the summary's ``checks`` keeps the figures.
         pad: scene edge extension, ``reflect`` or ``constant`` (the band's fill value).
         min_valid: windows with a smaller share of valid pixels are skipped (nodata).
-        batch_size: windows per forward pass.
+        batch_size: windows per forward pass (windows mode).
         device: torch device (default: CUDA when available).
+        mode: ``windows`` (each window classified on its own, with zero padding at its
+            edge) or ``dense`` (the encoders run once per block and every window's
+            features are box means of their feature maps: several times faster at
+            strides below the patch size).
+        block_size: dense mode's block side in pixels (rounded to whole strides): the
+            output does not depend on ``chunk_size`` or ``workers``, only on this.
 
     Returns:
         A summary: ``output``, ``pixels``, ``mapped_pixels``, ``seconds``,
@@ -377,16 +518,24 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
     predictors, plan, checks = make_plan(
         predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
         batch_size=batch_size, device=device, force=force,
-        probabilities=any(extras.values()))
+        probabilities=any(extras.values()), mode=mode, block_size=block_size)
+    torch_threads = torch.get_num_threads()  # restored at the end: workers change it
+    if scheduler is None:
+        # N local workers share torch's thread budget (by default one thread per core):
+        # a full pool of intra-op threads each would oversubscribe the cores. A cluster's
+        # workers keep their own settings (Dask's nannies start them with one thread).
+        plan = replace(plan, threads=max(1, torch.get_num_threads() // workers))
     info = next(iter(predictors.values())).info
     classes, colors = list(info.classes), [tuple(c) for c in info.colors]
     grid = plan.output
     facts = {"modalities": ",".join(plan.sources), "stride": plan.stride,
-             "coarse": plan.coarse, "software": "discomkd_geo"}
+             "coarse": plan.coarse, "mode": plan.mode, "software": "discomkd_geo"}
     chunks = _chunks(plan, chunk_size)
     histogram = np.zeros(len(classes) + 1, dtype=np.int64)  # last bin: nodata
 
     with ExitStack() as stack:
+        stack.callback(torch.set_num_threads, torch_threads)
+
         def writer(path: str | os.PathLike[str], **kwargs: Any) -> CogWriter:
             tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
             cog = CogWriter(tmp, grid, **kwargs)
@@ -443,7 +592,8 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         "confidence": str(confidence) if confidence else None,
         "width": grid.width, "height": grid.height, "crs": grid.crs.to_string(),
         "modalities": list(plan.sources), "patch_size": info.patch_size,
-        "stride": plan.stride, "coarse": plan.coarse, "chunks": len(chunks),
+        "stride": plan.stride, "coarse": plan.coarse, "mode": plan.mode,
+        "chunks": len(chunks),
         "pixels": pixels, "mapped_pixels": int(histogram[:-1].sum()),
         "seconds": round(seconds, 3), "pixels_per_s": round(pixels / max(seconds, 1e-9), 1),
         "histogram": {name: int(n) for name, n in zip(classes, histogram, strict=False)},
@@ -483,8 +633,8 @@ def predict_lazy(predictors: Predictors, sources: "Sources", *, stride: int | No
         chunk_size: as in :func:`predict_to_file`.
         what: ``classes`` (uint8 ``(y, x)``, nodata 255) or ``probabilities`` (float32
             ``(band, y, x)``, one band per class, NaN nodata).
-        **options: ``force``, ``pad``, ``min_valid``, ``batch_size``, ``device`` of
-            :func:`make_plan`.
+        **options: ``force``, ``pad``, ``min_valid``, ``batch_size``, ``device``, ``mode``,
+            ``block_size`` of :func:`make_plan`.
     """
     import dask
     import dask.array as da

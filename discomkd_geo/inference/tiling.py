@@ -9,7 +9,8 @@ of all windows covering it, summed in float64 in the windows' row-major order. B
 the windows, their padding and the summation order depend only on the scene, a pixel's
 value is the same whatever chunk it falls in: the output is byte-identical for any chunk
 size, number of workers or scheduler. The coarse output (one pixel per stride cell) is
-just each window's own probabilities.
+just each window's own probabilities. Invalid pixels are filled from their valid
+neighbours (:func:`fill_invalid`) before any window sees them.
 """
 
 from dataclasses import dataclass
@@ -90,38 +91,81 @@ class WindowGrid:
                       (len(rows) - 1) * self.stride + self.patch)
 
 
-def extract_windows(data: np.ndarray, valid: np.ndarray, read: Window, span: Window,
-                    grid: WindowGrid, fill: np.ndarray,
-                    pad: PadMode = "reflect") -> tuple[np.ndarray, np.ndarray]:
-    """Cut the windows of ``span`` out of the scene read over ``read`` (``span`` in scene).
+def grow(area: Window, margin: int) -> Window:
+    """``area`` with ``margin`` more pixels on every side."""
+    return Window(area.col_off - margin, area.row_off - margin, area.width + 2 * margin,
+                  area.height + 2 * margin)
 
-    Invalid pixels take the band's ``fill`` value; the part of ``span`` beyond the scene
-    is mirrored from the scene (``reflect``: mirror about the scene edge, so the same for
-    every chunk) or filled (``constant``).
+
+def _box_sum(values: np.ndarray, radius: int) -> np.ndarray:
+    """Sums over ``(2 radius + 1)^2`` boxes of the last two axes (zero beyond the array).
+
+    Shifted slices added in a fixed order: a pixel's sum depends only on its box, never
+    on how large the array around it is (cumulative sums would).
+    """
+    for axis in (-2, -1):
+        widths = [(0, 0)] * values.ndim
+        widths[axis] = (radius, radius)
+        padded = np.pad(values, widths)
+        size = values.shape[axis]
+        values = sum(np.take(padded, range(k, k + size), axis=axis)
+                     for k in range(2 * radius + 1))
+    return values
+
+
+def fill_invalid(data: np.ndarray, valid: np.ndarray, fallback: np.ndarray,
+                 radius: int) -> np.ndarray:
+    """Give invalid pixels the mean of the valid pixels within ``radius`` (band by band).
+
+    Scattered invalid pixels (NaN, nodata) thus take values like their neighbours', which
+    disturbs the windows around them least; pixels with no valid neighbour take
+    ``fallback``. A pixel's value depends only on its ``(2 radius + 1)^2`` neighbourhood,
+    so reading that much around an area makes the result independent of the chunking.
 
     Args:
-        data: ``(C, h, w)`` values over ``read``.
+        data: ``(C, h, w)`` values.
+        valid: ``(h, w)`` validity.
+        fallback: ``(C,)`` value where no neighbour is valid.
+        radius: neighbourhood reach in pixels.
+    """
+    if valid.all():
+        return data
+    counts = _box_sum(valid.astype(np.float64), radius)
+    sums = _box_sum(np.where(valid, data, 0.0).astype(np.float64), radius)
+    local = np.where(counts > 0, sums / np.maximum(counts, 1.0), fallback[:, None, None])
+    return np.where(valid, data, local).astype(data.dtype)
+
+
+def extend(data: np.ndarray, read: Window, area: Window, fill: np.ndarray,
+           pad: PadMode = "reflect") -> np.ndarray:
+    """Values ``(C, area.height, area.width)`` of ``area`` from ``data`` read over ``read``.
+
+    ``read`` is the part of ``area`` inside the scene; the rest is mirrored from the scene
+    (``reflect``: about the scene edge, so the same for every chunk) or ``fill``
+    (``constant``).
+    """
+    inside = relative_slices(read, area)
+    if pad == "reflect":
+        widths = [(0, 0)] + [(s.start, size - s.stop) for s, size in
+                             zip(inside, (area.height, area.width), strict=True)]
+        return np.pad(data, widths, mode="reflect")
+    out = np.broadcast_to(fill.astype(data.dtype)[:, None, None],
+                          (data.shape[0], area.height, area.width)).copy()
+    out[(slice(None), *inside)] = data
+    return out
+
+
+def valid_fraction(valid: np.ndarray, read: Window, span: Window,
+                   grid: WindowGrid) -> np.ndarray:
+    """``(rows, cols)`` share of valid pixels among each window's in-scene pixels.
+
+    Args:
         valid: ``(h, w)`` validity over ``read``.
         read: the part of ``span`` inside the scene.
         span: the union of the windows (see :meth:`WindowGrid.span`).
         grid: the window grid.
-        fill: ``(C,)`` value for invalid and (``constant``) outside pixels.
-        pad: how the scene is extended beyond its edge.
-
-    Returns:
-        ``(windows, fraction)``: ``(rows, cols, C, patch, patch)`` views of the windows and
-        ``(rows, cols)`` the share of each window's in-scene pixels that are valid.
     """
-    fill = fill.astype(data.dtype)[:, None, None]
-    data = np.where(valid, data, fill)
     inside = relative_slices(read, span)
-    if pad == "reflect":
-        widths = [(0, 0)] + [(s.start, size - s.stop) for s, size in
-                             zip(inside, (span.height, span.width), strict=True)]
-        padded = np.pad(data, widths, mode="reflect")
-    else:
-        padded = np.broadcast_to(fill, (data.shape[0], span.height, span.width)).copy()
-        padded[(slice(None), *inside)] = data
     in_scene = np.zeros((span.height, span.width), dtype=np.int32)
     in_scene[inside] = 1
     good = np.zeros_like(in_scene)
@@ -130,8 +174,14 @@ def extract_windows(data: np.ndarray, valid: np.ndarray, read: Window, span: Win
     shape = (grid.patch, grid.patch)
     counts = sliding_window_view(in_scene, shape)[step].sum(axis=(-2, -1))
     goods = sliding_window_view(good, shape)[step].sum(axis=(-2, -1))
-    windows = sliding_window_view(padded, shape, axis=(1, 2))[(slice(None), *step)]
-    return windows.transpose(1, 2, 0, 3, 4), goods / np.maximum(counts, 1)
+    return goods / np.maximum(counts, 1)
+
+
+def window_views(values: np.ndarray, grid: WindowGrid) -> np.ndarray:
+    """``(rows, cols, C, patch, patch)`` views of the windows of a span's ``(C, h, w)`` values."""
+    step = (slice(None, None, grid.stride),) * 2
+    views = sliding_window_view(values, (grid.patch, grid.patch), axis=(1, 2))
+    return views[(slice(None), *step)].transpose(1, 2, 0, 3, 4)
 
 
 def accumulate(probs: np.ndarray, done: np.ndarray, grid: WindowGrid, rows: range,

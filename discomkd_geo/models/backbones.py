@@ -3,8 +3,12 @@
 ``resnet18`` is the paper's encoder (torchvision ResNet-18 trained from scratch, first
 convolution taking the modality's bands, classifier removed); ``small_cnn`` is a few
 conv-BN-ReLU layers for the demo and the tests on CPU. Every encoder has an
-``out_features`` attribute (D). :func:`load_backbone_weights` initialises an encoder
-from a local state-dict file. Used by :mod:`discomkd_geo.models.branches`.
+``out_features`` attribute (D), and is a feature map followed by global average pooling:
+``stages()`` lists the convolutional stages with their cumulative output strides and
+``receptive_field`` is the side of the input square one feature-map cell sees, which is
+what dense (shared-computation) inference needs (:mod:`discomkd_geo.models.dense`).
+:func:`load_backbone_weights` initialises an encoder from a local state-dict file. Used by
+:mod:`discomkd_geo.models.branches`.
 """
 
 import os
@@ -30,12 +34,21 @@ class ResNet18Features(ResNet):
     """
 
     out_features = 512
+    #: Theoretical receptive field of a layer4 cell: 7x7/2 stem, 3x3/2 max-pool, then
+    #: eight 3x3 convolutions per stage pair at strides 4, 8, 16 and 32.
+    receptive_field = 435
 
     def __init__(self, in_channels: int) -> None:
         super().__init__(BasicBlock, [2, 2, 2, 2])
         self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.fc = nn.Identity()
+
+    def stages(self) -> list[tuple[nn.Module, int]]:
+        """``(stage, cumulative output stride)`` whose composition gives the feature map."""
+        stem = nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+        return [(stem, 4), (self.layer1, 4), (self.layer2, 8), (self.layer3, 16),
+                (self.layer4, 32)]
 
 
 def _conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
@@ -47,7 +60,7 @@ class SmallCNN(nn.Sequential):
     """Four conv-BN-ReLU stages (``width`` to ``8 * width`` channels) and global pooling.
 
     Three 2x max-pools shrink the image before the wider stages, which keeps it fast on
-    CPU; ``out_features = 8 * width``.
+    CPU; ``out_features = 8 * width``, output stride 8, receptive field 38 pixels.
 
     Args:
         in_channels: number of input bands.
@@ -64,6 +77,13 @@ class SmallCNN(nn.Sequential):
             pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
         ))
         self.out_features = 8 * w
+        self.receptive_field = 38
+
+    def stages(self) -> list[tuple[nn.Module, int]]:
+        """``(stage, cumulative output stride)`` whose composition gives the feature map."""
+        return [(self.stage1, 1), (nn.Sequential(self.pool1, self.stage2), 2),
+                (nn.Sequential(self.pool2, self.stage3), 4),
+                (nn.Sequential(self.pool3, self.stage4), 8)]
 
 
 #: Encoder names accepted by :func:`build_backbone` (``model.backbone`` in the config).

@@ -9,6 +9,12 @@ a branch from JSON-able keyword arguments (its *spec*); checkpoints store the sp
 :class:`BranchedModel` is the base of every multi-modal model (DisCoM-KD in
 :mod:`.discomkd`, the baselines): its ``branches`` ModuleDict holds one branch per
 modality, so a branch's weights sit under ``branches.<modality>.`` in the model.
+
+Every branch is image encoders (each ending in global average pooling) followed by heads
+on their pooled features: ``encoders()`` and ``pooled_logits(features)`` expose that
+split, so dense inference (:mod:`.dense`) can pool the encoders' feature maps over many
+windows at once and run only the heads per window; ``forward(x)`` is
+``pooled_logits([e(x) for e in encoders()])``.
 """
 
 import copy
@@ -66,10 +72,17 @@ class DisCoMKDBranch(nn.Module):
         """Task logits from the invariant and informative embeddings."""
         return self.task_cls(torch.cat([z_inv, z_inf], dim=1))
 
+    def pooled_logits(self, features: list[Tensor]) -> Tensor:
+        """Task logits ``(N, K)`` from the pooled outputs of :meth:`encoders` (in order).
+
+        The projection is non-linear, so it runs on pooled features, never before pooling.
+        """
+        pooled_inv, pooled_spec = features
+        return self.classify(self.proj(pooled_inv), pooled_spec[:, : self.embed_dim])
+
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` of normalised images ``(B, C, H, W)``."""
-        z_inv, z_inf, _ = self.embed(x)
-        return self.classify(z_inv, z_inf)
+        return self.pooled_logits([encoder(x) for encoder in self.encoders()])
 
 
 class MonoBranch(nn.Module):
@@ -92,9 +105,13 @@ class MonoBranch(nn.Module):
         """The image encoders (what :func:`load_backbone_weights` initialises)."""
         return [self.encoder]
 
+    def pooled_logits(self, features: list[Tensor]) -> Tensor:
+        """Logits ``(N, K)`` from the encoder's pooled features (a one-element list)."""
+        return self.head(features[0])
+
     def forward(self, x: Tensor) -> Tensor:
         """Class logits ``(B, K)`` of normalised images ``(B, C, H, W)``."""
-        return self.head(self.encoder(x))
+        return self.pooled_logits([self.encoder(x)])
 
 
 #: Branch classes by the ``kind`` of :func:`build_branch`.

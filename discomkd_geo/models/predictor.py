@@ -17,6 +17,7 @@ from .._io import atomic_path
 from ..data.normalization import BandStats, Normalize
 from ..errors import CheckpointError
 from ._files import LOAD_ERRORS, load_error_message
+from .dense import dense_halo, output_stride, window_features
 
 #: Identifies files written by :meth:`Predictor.save`.
 PREDICTOR_FORMAT = "discomkd_geo.predictor"
@@ -84,6 +85,43 @@ class Predictor(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Class probabilities ``(B, K)`` of raw images ``(B, C, H, W)``."""
         return torch.softmax(self.branch(self.normalize(x)), dim=1)
+
+    def dense_halo(self) -> int:
+        """Context :meth:`dense` needs around its windows (see :func:`.dense.dense_halo`).
+
+        Raises:
+            CheckpointError: the branch cannot run densely (its encoders do not expose
+                their stages, or the patch is not a whole number of feature-map cells).
+        """
+        encoders = self.branch.encoders() if hasattr(self.branch, "pooled_logits") else []
+        if not encoders or not all(hasattr(e, "stages") for e in encoders):
+            raise CheckpointError(f"the {type(self.branch).__name__} branch cannot run in "
+                                  f"dense mode (no encoder stages); use mode 'windows'")
+        cells = [output_stride(e) for e in encoders]
+        if any(self.info.patch_size % c for c in cells):
+            raise CheckpointError(f"dense mode needs the patch ({self.info.patch_size} px) "
+                                  f"to be whole cells of {max(cells)} px; use mode 'windows'")
+        return dense_halo(encoders)
+
+    def dense(self, x: Tensor, stride: int, halo: int) -> Tensor:
+        """Probabilities of every window of raw images, from one pass of each encoder.
+
+        Args:
+            x: ``(B, C, H, W)`` raw images.
+            stride: step between windows.
+            halo: context around the windows (at least :meth:`dense_halo`).
+
+        Returns:
+            ``(B, rows, cols, K)``: window ``(i, j)`` is the ``patch x patch`` square at
+            ``(halo + i * stride, halo + j * stride)``
+            (see :func:`~discomkd_geo.models.dense.window_features`).
+        """
+        x = self.normalize(x)
+        features = [window_features(e, x, self.info.patch_size, stride, halo)
+                    for e in self.branch.encoders()]
+        b, rows, cols, _ = features[0].shape
+        logits = self.branch.pooled_logits([f.reshape(b * rows * cols, -1) for f in features])
+        return torch.softmax(logits, dim=1).reshape(b, rows, cols, -1)
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         """Write a small self-contained file (loadable with ``weights_only=True``)."""

@@ -1,0 +1,89 @@
+"""Dense window features: the pooled encoder features of many overlapping windows at once.
+
+A branch's encoders are feature maps with an output stride ``S`` followed by global
+average pooling, so the pooled feature of a ``patch x patch`` window is the mean of the
+feature-map cells under it. Running an encoder once over an image that holds many
+overlapping windows (plus a halo of context) and taking box means of its feature map
+(``avg_pool2d``) gives every window's pooled features for about one pass over the image,
+instead of ``(patch / stride)^2`` passes. Only the pooling is linear: the heads
+(DisCoM-KD's Linear + BatchNorm1d + ReLU projection, the classifiers) run on the pooled
+features, as in training. What differs from classifying each window alone
+is the context: cells near a window's edge see the real neighbouring pixels instead of
+the convolutions' zero padding.
+
+Window strides finer than ``S`` use shift-and-stitch: window offsets ``k * stride`` fall
+on ``S / gcd(stride, S)`` residues modulo ``S`` per axis; for each residue pair the
+encoder runs on the image shifted by that residue and the windows take cells of their
+copy. The leading stages whose stride divides the shift run once and are shared by every
+copy (shifting their input by a multiple of their stride shifts whole cells of their
+output), so at stride 16 only ResNet-18's ``layer4`` runs four times. That is what
+dilating the tail (a trous) computes, but it works for any encoder made of stages,
+without rewriting its convolutions or pooling layers.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def output_stride(encoder: nn.Module) -> int:
+    """Input pixels per feature-map cell of an encoder with ``stages()``."""
+    return encoder.stages()[-1][1]
+
+
+def dense_halo(encoders: list[nn.Module]) -> int:
+    """Context around the windows, in input pixels, that the encoders' receptive fields need.
+
+    Half the receptive field, rounded up to whole cells of every encoder: a window's cells
+    then see only real (or mirrored) pixels, never the encoder input's zero padding, so
+    their values are those of a pass over the whole scene.
+    """
+    cell = math.lcm(*(output_stride(e) for e in encoders))
+    reach = max(e.receptive_field // 2 for e in encoders)
+    return -(-reach // cell) * cell
+
+
+def window_features(encoder: nn.Module, x: Tensor, patch: int, stride: int,
+                    halo: int) -> Tensor:
+    """Pooled features ``(B, rows, cols, D)`` of the windows of ``x``.
+
+    Window ``(i, j)`` is the ``patch x patch`` square at ``(halo + i * stride,
+    halo + j * stride)`` in ``x``; ``rows`` and ``cols`` are as many as fit before the
+    halo on the far side.
+
+    Args:
+        encoder: an encoder with ``stages()`` (see :mod:`.backbones`).
+        x: ``(B, C, H, W)`` normalised images.
+        patch: window side, a multiple of the encoder's output stride.
+        stride: step between windows.
+        halo: context on every side, a multiple of the encoder's output stride.
+    """
+    stages = encoder.stages()
+    cell = stages[-1][1]
+    shift = math.gcd(stride, cell)
+    shared = 0
+    while shared < len(stages) and shift % stages[shared][1] == 0:
+        shared += 1
+    trunk_stride = stages[shared - 1][1] if shared else 1
+    trunk = x
+    for stage, _ in stages[:shared]:
+        trunk = stage(trunk)
+    rows = (x.shape[-2] - 2 * halo - patch) // stride + 1
+    cols = (x.shape[-1] - 2 * halo - patch) // stride + 1
+    # Window k starts at o = halo + k * stride: copy (o % cell) / shift, cell o // cell.
+    starts = [halo + stride * torch.arange(n, device=x.device) for n in (rows, cols)]
+    copy = [(o % cell) // shift for o in starts]
+    first = [o // cell for o in starts]
+    out = x.new_empty(x.shape[0], rows, cols, encoder.out_features)
+    for u in torch.unique(copy[0]).tolist():
+        for v in torch.unique(copy[1]).tolist():
+            fmap = trunk[..., u * shift // trunk_stride:, v * shift // trunk_stride:]
+            for stage, _ in stages[shared:]:
+                fmap = stage(fmap)
+            pooled = F.avg_pool2d(fmap, patch // cell, stride=1)
+            r = torch.nonzero(copy[0] == u)[:, 0, None]
+            c = torch.nonzero(copy[1] == v)[None, :, 0]
+            out[:, r, c] = pooled[:, :, first[0][r], first[1][c]].permute(0, 2, 3, 1)
+    return out
