@@ -9,6 +9,8 @@ Behind ``discomkd-geo compare``. The protocol is built to decide, not only to ru
 * **Same tuning**: a learning-rate grid (``lrs``) is searched per method on the first
   seed's *validation* split; each head of each method keeps the rate of its best
   validation score (a method whose heads prefer different rates trains once per rate).
+  DisCoM-KD's ablations train at DisCoM-KD's chosen rates, so each differs from it in one
+  loss setting only (and the grid is not paid six more times).
 * **Paired seeds**: seed ``i`` sets both the random 70/10/20 split and the
   initialisation, identical across methods, so per-seed differences are paired; the report
   gives mean ± std and, for DisCoM-KD minus every other row, the paired mean difference
@@ -33,6 +35,7 @@ each). The report directory holds::
 
 import json
 import math
+import os
 import shlex
 import shutil
 import time
@@ -68,12 +71,16 @@ class Variant:
         method: ``Config.method`` of its runs.
         overrides: dotted config overrides on top of the shared config.
         description: what the row is, for the report.
+        tuned_by: ``None``: the learning-rate grid is searched for this row; else the
+            row (an ablation) trains at the rates chosen for that variant, so an ablation
+            differs from it in one loss setting only.
     """
 
     name: str
     method: str
     overrides: tuple[str, ...]
     description: str
+    tuned_by: str | None = None
 
 
 _PAIRED = ("data.paired=true",)  # the teacher and its students see a sample's modalities together
@@ -85,14 +92,18 @@ VARIANTS: tuple[Variant, ...] = (
     Variant("kd", "kd", _PAIRED, "Hinton KD from the teacher into each modality"),
     Variant("dkd", "dkd", _PAIRED, "Decoupled KD (Zhao et al., 2022) from the teacher"),
     Variant("discomkd", "discomkd", (), "DisCoM-KD, all terms"),
-    Variant("discomkd-no-adv", "discomkd", ("loss.adv=0",), "DisCoM-KD without L_adv"),
+    Variant("discomkd-no-adv", "discomkd", ("loss.adv=0",), "DisCoM-KD without L_adv",
+            "discomkd"),
     Variant("discomkd-dann", "discomkd", ("loss.grl_schedule=dann",),
-            "DisCoM-KD, GRL coefficient on the DANN ramp"),
+            "DisCoM-KD, GRL coefficient on the DANN ramp", "discomkd"),
     Variant("discomkd-signed", "discomkd", ("loss.orthogonality=signed",),
-            "DisCoM-KD with the public code's signed L_perp"),
-    Variant("discomkd-no-perp", "discomkd", ("loss.perp=0",), "DisCoM-KD without L_perp"),
-    Variant("discomkd-no-aux", "discomkd", ("loss.aux=0",), "DisCoM-KD without L_aux"),
-    Variant("discomkd-no-mod", "discomkd", ("loss.mod=0",), "DisCoM-KD without L_mod"),
+            "DisCoM-KD with the public code's signed L_perp", "discomkd"),
+    Variant("discomkd-no-perp", "discomkd", ("loss.perp=0",), "DisCoM-KD without L_perp",
+            "discomkd"),
+    Variant("discomkd-no-aux", "discomkd", ("loss.aux=0",), "DisCoM-KD without L_aux",
+            "discomkd"),
+    Variant("discomkd-no-mod", "discomkd", ("loss.mod=0",), "DisCoM-KD without L_mod",
+            "discomkd"),
 )
 _BY_NAME = {v.name: v for v in VARIANTS}
 _STUDENTS = {"kd", "dkd"}
@@ -118,7 +129,7 @@ def select_variants(names: Sequence[str] | None) -> list[Variant]:
 
     Args:
         names: variant names (see :data:`VARIANTS`); ``None`` or empty:
-            :data:`DEFAULT_METHODS`.
+            :data:`DEFAULT_METHODS`. An ablation brings in the variant it is tuned by.
 
     Raises:
         ConfigError: an unknown name.
@@ -130,6 +141,7 @@ def select_variants(names: Sequence[str] | None) -> list[Variant]:
                                        f"expected some of {list(_BY_NAME)}")
     if wanted & _STUDENTS:
         wanted.add("teacher")
+    wanted |= {_BY_NAME[n].tuned_by for n in wanted if _BY_NAME[n].tuned_by}
     return [v for v in VARIANTS if v.name in wanted]
 
 
@@ -184,8 +196,10 @@ class _Runner:
     """Runs batches of independent jobs, inline or in worker processes."""
 
     def __init__(self, jobs: int) -> None:
-        self.pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"))
-                     if jobs > 1 else None)
+        # Each worker leads its own session, hence its own scheduler autogroup on Linux:
+        # parallel runs then get the CPU share of as many separate commands.
+        self.pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                                         initializer=os.setsid) if jobs > 1 else None)
 
     def map(self, jobs: list[_Job], done: Callable[[dict[str, Any]], None]) -> None:
         if self.pool is None:
@@ -306,7 +320,8 @@ def report_markdown(results: dict[str, Any]) -> str:
         f"Protocol: seeds {results['seeds']} (each: its own random 70/10/20 split and "
         f"initialisation, the same for every method); learning rate per method and head "
         f"chosen on the validation split of seed {results['seeds'][0]} from "
-        f"{results['lrs']}; every run stops when the mean validation weighted F1 of its "
+        f"{results['lrs']} (DisCoM-KD's ablations use DisCoM-KD's rates); every run stops "
+        f"when the mean validation weighted F1 of its "
         f"heads has not improved for {results['patience']} epochs (at most "
         f"{cfg['trainer']['max_epochs']}); each head keeps its best validation epoch. "
         f"Backbone `{cfg['model']['backbone']}` (width {cfg['model']['width']}), batch "
@@ -472,6 +487,12 @@ def _write_json(results: dict[str, Any], path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- protocol
+def _stages(variants: list[Variant]) -> list[list[Variant]]:
+    """Variants in two stages: the teacher before the students distilled from it."""
+    return [[v for v in variants if v.method not in _STUDENTS],
+            [v for v in variants if v.method in _STUDENTS]]
+
+
 def compare(config: Config, out: str | Path, seeds: int = 5,
             methods: Sequence[str] | None = None, lrs: Sequence[float] = DEFAULT_LRS,
             patience: int = 5, jobs: int = 1, overwrite: bool = False,
@@ -540,20 +561,23 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
         return _Job(variant.name, seed, lr, cfg.to_dict(),
                     out / "runs" / variant.name / _lr_name(lr) / f"seed{seed}")
 
+    tuned = [v for v in variants if v.tuned_by is None]
+    ablations = [v for v in variants if v.tuned_by is not None]
     runner = _Runner(jobs)
     try:
         tune_seed = seed_values[0]
-        for stage in ([v for v in variants if v.method not in _STUDENTS],
-                      [v for v in variants if v.method in _STUDENTS]):
+        for stage in _stages(tuned):
             runner.map([job(v, tune_seed, lr) for v in stage for lr in lrs], done)
             results["chosen_lr"] = choose_lrs(results["runs"], tune_seed)
         for r in results["runs"]:
             results["tuning"].setdefault(r["variant"], {})
             for h, score in r["val_best"].items():
                 results["tuning"][r["variant"]].setdefault(h, {})[_lr_name(r["lr"])] = score
-        for stage in ([v for v in variants if v.method not in _STUDENTS],
-                      [v for v in variants if v.method in _STUDENTS]):
-            runner.map([job(v, seed, lr) for seed in seed_values[1:] for v in stage
+        for v in ablations:
+            results["chosen_lr"][v.name] = dict(results["chosen_lr"][v.tuned_by])
+        for stage in _stages(variants):
+            runner.map([job(v, seed, lr) for seed in seed_values for v in stage
+                        if seed != tune_seed or v.tuned_by is not None
                         for lr in sorted(set(results["chosen_lr"][v.name].values()))], done)
     finally:
         runner.close()
