@@ -92,10 +92,13 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
 @click.option("--regenerate", is_flag=True,
               help="Only rewrite OUT's report and plots from OUT/results.json.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty report directory.")
+@click.option("--resume", is_flag=True,
+              help="Keep the runs OUT/results.json records and train only the missing ones.")
 @click.pass_context
 def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None, seeds: int,
             lrs: str, patience: int, jobs: int, report_dir: Path, methods: tuple[str, ...],
-            overrides: tuple[str, ...], quick: bool, regenerate: bool, overwrite: bool) -> None:
+            overrides: tuple[str, ...], quick: bool, regenerate: bool, overwrite: bool,
+            resume: bool) -> None:
     """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report.
 
     Protocol: learning rate per method chosen on validation, early stopping, paired seeds,
@@ -130,7 +133,7 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
     extra = (f"data.root={data_root}",) if data_root is not None else ()
     config = load_config(config_path, overrides + extra)
     comparison.compare(config, report_dir, seeds=seeds, methods=names, lrs=grid,
-                       patience=patience, jobs=jobs, overwrite=overwrite,
+                       patience=patience, jobs=jobs, overwrite=overwrite, resume=resume,
                        command=comparison.command_line(sys.argv[1:]), echo=click.echo)
     click.echo(f"report: {report_dir / 'report.md'}")
 

@@ -40,7 +40,7 @@ import shlex
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -192,27 +192,58 @@ def _run_job(job: _Job, threads: int | None) -> dict[str, Any]:
     }
 
 
-class _Runner:
-    """Runs batches of independent jobs, inline or in worker processes."""
+_Key = tuple[str, int, float]  # (variant, seed, lr): one run
 
-    def __init__(self, jobs: int) -> None:
-        # Each worker leads its own session, hence its own scheduler autogroup on Linux:
-        # parallel runs then get the CPU share of as many separate commands.
-        self.pool = (ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
-                                         initializer=os.setsid) if jobs > 1 else None)
 
-    def map(self, jobs: list[_Job], done: Callable[[dict[str, Any]], None]) -> None:
-        if self.pool is None:
-            for job in jobs:
-                done(_run_job(job, None))
-            return
-        futures = [self.pool.submit(_run_job, job, 1) for job in jobs]
-        for future in futures:
-            done(future.result())
+@dataclass(frozen=True)
+class _Pending:
+    """A run waiting for others: its key, the runs it needs, and how to make its job.
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown()
+    The job is made only once its dependencies are done (a student's teacher path depends
+    on the teacher's chosen rate).
+    """
+
+    key: _Key
+    after: tuple[_Key, ...]
+    make: Callable[[], _Job]
+
+
+def _run_all(pending: list[_Pending], finished: set[_Key], jobs: int,
+             done: Callable[[dict[str, Any]], None]) -> None:
+    """Run every pending item not yet finished, in list order as dependencies allow.
+
+    At most ``jobs`` runs are in flight, so earlier items (earlier seeds) finish first
+    and an interrupted comparison leaves whole seeds behind.
+    """
+    todo = [p for p in pending if p.key not in finished]
+
+    def next_ready() -> _Pending | None:
+        for p in todo:
+            if all(k in finished for k in p.after):
+                todo.remove(p)
+                return p
+        return None
+
+    if jobs == 1:
+        while (item := next_ready()) is not None:
+            done(_run_job(item.make(), None))
+            finished.add(item.key)
+        return
+    # Each worker leads its own session, hence its own scheduler autogroup on Linux:
+    # parallel runs then get the CPU share of as many separate commands.
+    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
+                             initializer=os.setsid) as pool:
+        running: dict[Future[dict[str, Any]], _Key] = {}
+        while todo or running:
+            while len(running) < jobs and (item := next_ready()) is not None:
+                running[pool.submit(_run_job, item.make(), 1)] = item.key
+            if not running:
+                raise RuntimeError(f"unsatisfiable dependencies: {[p.key for p in todo]}")
+            finished_now, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished_now:
+                key = running.pop(future)
+                done(future.result())
+                finished.add(key)
 
 
 def _lr_name(lr: float) -> str:
@@ -303,10 +334,11 @@ def _cell(stats: dict[str, Any] | None) -> str:
 def _diff_cell(d: dict[str, Any] | None) -> str:
     if d is None:
         return "-"
-    if d["n"] < 2:
+    if d["low"] is None:
         return f"{100 * d['mean']:+.1f}"
+    p = "-" if d["p"] is None else f"{d['p']:.3f}"
     return (f"{100 * d['mean']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}], "
-            f"p={d['p']:.3f}, {d['wins']}/{d['n']}")
+            f"p={p}, {d['wins']}/{d['n']}")
 
 
 def report_markdown(results: dict[str, Any]) -> str:
@@ -383,8 +415,9 @@ def plot_f1(results: dict[str, Any], path: Path) -> None:
             if entry is None:
                 continue
             mean = 100 * entry["mean"]
-            low, high = 100 * entry["low"], 100 * entry["high"]
-            err = [[mean - low], [high - mean]] if not math.isnan(low) else None
+            err = None
+            if entry["low"] is not None:
+                err = [[mean - 100 * entry["low"]], [100 * entry["high"] - mean]]
             ax.errorbar(mean, i, xerr=err, fmt="o", color="C0" if n == REFERENCE else "C1",
                         capsize=3)
             ax.plot([100 * v for v in entry["values"]], [i] * len(entry["values"]), "k.",
@@ -467,7 +500,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
 
 
 def regenerate(out: str | Path) -> dict[str, Any]:
-    """Rewrite the report and plots of a report directory from its ``results.json``.
+    """Rewrite the report, the plots and the summary of ``results.json`` from its runs.
 
     Raises:
         InputFileError: no readable ``results.json`` in ``out``.
@@ -478,6 +511,7 @@ def regenerate(out: str | Path) -> dict[str, Any]:
     except (OSError, json.JSONDecodeError) as err:
         raise InputFileError(path, f"cannot read the comparison results ({err})") from err
     write_report(results, Path(out))
+    _write_json(results, path)
     return results
 
 
@@ -495,7 +529,7 @@ def _stages(variants: list[Variant]) -> list[list[Variant]]:
 
 def compare(config: Config, out: str | Path, seeds: int = 5,
             methods: Sequence[str] | None = None, lrs: Sequence[float] = DEFAULT_LRS,
-            patience: int = 5, jobs: int = 1, overwrite: bool = False,
+            patience: int = 5, jobs: int = 1, overwrite: bool = False, resume: bool = False,
             command: str | None = None, echo: Callable[[str], Any] = print) -> dict[str, Any]:
     """Tune, train every selected variant for every seed, and write the report.
 
@@ -511,6 +545,8 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
         jobs: runs trained at once, each in its own process with one torch thread
             (1: in this process).
         overwrite: replace a non-empty ``out``.
+        resume: keep the runs already recorded in ``out/results.json`` (same protocol
+            required) and train only the missing ones.
         command: the command line to record in the report (default: the Python call).
         echo: receives one line per finished run.
 
@@ -518,8 +554,9 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
         the ``results.json`` content.
 
     Raises:
-        OutputExistsError: ``out`` is not empty and ``overwrite`` is false.
-        ConfigError: unknown method name, seeds, jobs or patience < 1, or an empty grid.
+        OutputExistsError: ``out`` is not empty and neither ``overwrite`` nor ``resume``.
+        ConfigError: unknown method name, seeds, jobs or patience < 1, an empty grid, or
+            ``resume`` with another protocol than the recorded one.
     """
     for name, value in (("--seeds", seeds), ("--jobs", jobs), ("--patience", patience)):
         if value < 1:
@@ -527,10 +564,6 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
     if not lrs:
         raise ConfigError("--lrs", "expected at least one learning rate")
     variants = select_variants(methods)
-    out = check_writable(out, overwrite)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     seed_values = [config.seed + i for i in range(seeds)]
     lrs = sorted(float(lr) for lr in lrs)
     results: dict[str, Any] = {
@@ -541,7 +574,22 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
                               "description": v.description} for v in variants},
         "tuning": {}, "chosen_lr": {}, "runs": [], "wall_seconds": 0.0, "summary": {},
     }
-    start = time.perf_counter()
+    out = Path(out)
+    if resume and (out / "results.json").exists():
+        previous = json.loads((out / "results.json").read_text())
+        for key in ("config", "seeds", "lrs", "patience"):
+            if previous[key] != results[key]:
+                raise ConfigError("--resume", f"{out / 'results.json'} was made with another "
+                                              f"{key}; resume needs the same protocol")
+        results["runs"] = [r for r in previous["runs"] if r["variant"] in results["variants"]]
+        elapsed = previous["wall_seconds"]
+    else:
+        out = check_writable(out, overwrite)
+        if out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True)
+        elapsed = 0.0
+    start = time.perf_counter() - elapsed
 
     def done(run: dict[str, Any]) -> None:
         run["run_dir"] = str(Path(run["run_dir"]).relative_to(out))
@@ -561,26 +609,41 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
         return _Job(variant.name, seed, lr, cfg.to_dict(),
                     out / "runs" / variant.name / _lr_name(lr) / f"seed{seed}")
 
+    finished = {(r["variant"], r["seed"], r["lr"]) for r in results["runs"]}
+    tune_seed = seed_values[0]
     tuned = [v for v in variants if v.tuned_by is None]
-    ablations = [v for v in variants if v.tuned_by is not None]
-    runner = _Runner(jobs)
-    try:
-        tune_seed = seed_values[0]
-        for stage in _stages(tuned):
-            runner.map([job(v, tune_seed, lr) for v in stage for lr in lrs], done)
-            results["chosen_lr"] = choose_lrs(results["runs"], tune_seed)
-        for r in results["runs"]:
-            results["tuning"].setdefault(r["variant"], {})
+    teachers = tuple(("teacher", tune_seed, lr) for lr in lrs)
+
+    def after(v: Variant, seed: int) -> tuple[_Key, ...]:
+        if v.method not in _STUDENTS:
+            return ()
+        if seed == tune_seed and "teacher" not in results["chosen_lr"]:
+            return teachers  # the teacher's rate is chosen once all of them are done
+        return (("teacher", seed, results["chosen_lr"]["teacher"][FUSED]),)
+
+    def make(v: Variant, seed: int, lr: float) -> Callable[[], _Job]:
+        def factory() -> _Job:
+            if v.method in _STUDENTS and "teacher" not in results["chosen_lr"]:
+                results["chosen_lr"]["teacher"] = choose_lrs(results["runs"], tune_seed)["teacher"]
+            return job(v, seed, lr)
+        return factory
+
+    _run_all([_Pending((v.name, tune_seed, lr), after(v, tune_seed), make(v, tune_seed, lr))
+              for v in tuned for lr in lrs], finished, jobs, done)
+    results["chosen_lr"] = choose_lrs(results["runs"], tune_seed)
+    results["tuning"] = {}
+    for r in results["runs"]:
+        if r["seed"] == tune_seed and _BY_NAME[r["variant"]].tuned_by is None:
+            scores = results["tuning"].setdefault(r["variant"], {})
             for h, score in r["val_best"].items():
-                results["tuning"][r["variant"]].setdefault(h, {})[_lr_name(r["lr"])] = score
-        for v in ablations:
+                scores.setdefault(h, {})[_lr_name(r["lr"])] = score
+    for v in variants:
+        if v.tuned_by is not None:
             results["chosen_lr"][v.name] = dict(results["chosen_lr"][v.tuned_by])
-        for stage in _stages(variants):
-            runner.map([job(v, seed, lr) for seed in seed_values for v in stage
-                        if seed != tune_seed or v.tuned_by is not None
-                        for lr in sorted(set(results["chosen_lr"][v.name].values()))], done)
-    finally:
-        runner.close()
+    _run_all([_Pending((v.name, seed, lr), after(v, seed), make(v, seed, lr))
+              for seed in seed_values for stage in _stages(variants) for v in stage
+              for lr in sorted(set(results["chosen_lr"][v.name].values()))],
+             finished, jobs, done)
     results["wall_seconds"] = time.perf_counter() - start
     results["summary"] = summarize(results)
     _write_json(results, out / "results.json")

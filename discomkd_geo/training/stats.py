@@ -20,10 +20,14 @@ def mean_std(values: list[float]) -> dict[str, Any]:
     return {"mean": statistics.fmean(values), "std": std, "values": values}
 
 
-def t_interval(values: list[float], level: float = 0.95) -> tuple[float, float]:
-    """Student-t confidence interval of the mean (``nan`` bounds for fewer than 2 values)."""
+def t_interval(values: list[float],
+               level: float = 0.95) -> tuple[float, float] | tuple[None, None]:
+    """Student-t confidence interval of the mean (``None`` bounds for fewer than 2 values).
+
+    ``None`` rather than NaN: the results are JSON, which has no NaN.
+    """
     if len(values) < 2:
-        return float("nan"), float("nan")
+        return None, None
     x = np.asarray(values, dtype=float)
     half = scipy_stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
     return float(x.mean() - half), float(x.mean() + half)
@@ -38,8 +42,8 @@ def paired_difference(a: list[float], b: list[float], level: float = 0.95) -> di
         level: confidence level of the interval.
 
     Returns:
-        ``mean``, ``low``/``high`` (interval), ``p`` (two-sided paired t-test; ``nan``
-        for fewer than two seeds or identical scores), ``wins``/``n`` (seeds where
+        ``mean``, ``low``/``high`` (interval), ``p`` (two-sided paired t-test; ``None``
+        for fewer than two seeds or a constant difference), ``wins``/``n`` (seeds where
         ``a > b``), and the per-seed ``differences``.
 
     Raises:
@@ -49,7 +53,7 @@ def paired_difference(a: list[float], b: list[float], level: float = 0.95) -> di
         raise ValueError(f"paired scores need equal lengths, got {len(a)} and {len(b)}")
     diff = [x - y for x, y in zip(a, b, strict=True)]
     low, high = t_interval(diff, level)
-    p = float("nan")
+    p = None
     if len(diff) > 1 and np.std(diff) > 0:
         p = float(scipy_stats.ttest_rel(a, b).pvalue)
     return {"mean": statistics.fmean(diff), "low": low, "high": high, "p": p,
