@@ -8,7 +8,8 @@ Behind ``discomkd-geo compare``. The protocol is built to decide, not only to ru
   selects. Validation curves are recorded so the plateau can be checked.
 * **Same tuning**: a learning-rate grid (``lrs``) is searched per method on the first
   seed's *validation* split; each head of each method keeps the rate of its best
-  validation score (a method whose heads prefer different rates trains once per rate).
+  validation score (a method whose heads prefer different rates trains once per rate;
+  ties are broken towards a rate another head chose, see :func:`choose_lrs`).
   DisCoM-KD's ablations train at DisCoM-KD's chosen rates, so each differs from it in one
   loss setting only (and the grid is not paid six more times).
 * **Paired seeds**: seed ``i`` sets both the random 70/10/20 split and the
@@ -34,7 +35,6 @@ each). The report directory holds::
 """
 
 import json
-import math
 import os
 import shlex
 import shutil
@@ -253,15 +253,25 @@ def _lr_name(lr: float) -> str:
 def choose_lrs(runs: list[dict[str, Any]], seed: int) -> dict[str, dict[str, float]]:
     """Per variant and head, the rate with the best validation score on ``seed``.
 
-    Ties go to the smaller rate.
+    Ties (common where a head saturates its small validation split, e.g. MS at 100%) are
+    broken without looking at anything else: heads with fewer best rates choose first,
+    and a tied head takes a rate another head of the method already chose (one run then
+    serves both), else the smallest.
     """
+    scores: dict[str, dict[str, dict[float, float]]] = {}
+    for run in runs:
+        if run["seed"] == seed:
+            for h, score in run["val_best"].items():
+                scores.setdefault(run["variant"], {}).setdefault(h, {})[run["lr"]] = score
     chosen: dict[str, dict[str, float]] = {}
-    best: dict[tuple[str, str], float] = {}
-    for run in sorted((r for r in runs if r["seed"] == seed), key=lambda r: r["lr"]):
-        for h, score in run["val_best"].items():
-            if score > best.get((run["variant"], h), -math.inf):
-                best[run["variant"], h] = score
-                chosen.setdefault(run["variant"], {})[h] = run["lr"]
+    for variant, heads in scores.items():
+        best = {h: sorted(lr for lr, v in by_lr.items() if v == max(by_lr.values()))
+                for h, by_lr in heads.items()}
+        picked: dict[str, float] = {}
+        for h in sorted(best, key=lambda h: len(best[h])):
+            shared = [lr for lr in best[h] if lr in picked.values()]
+            picked[h] = (shared or best[h])[0]
+        chosen[variant] = {h: picked[h] for h in heads}
     return chosen
 
 
