@@ -231,6 +231,8 @@ def test_report_regenerates_from_results_json(comparison: tuple, tmp_path: Path)
     result = CliRunner().invoke(main, ["compare", "--out", str(copy), "--regenerate"])
     assert result.exit_code == 0, result.output
     assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert json.loads((copy / "results.json").read_text()) == json.loads(
+        (out / "results.json").read_text())
     assert {p.name for p in copy.iterdir()} == {"results.json", "report.md", "f1.png",
                                                "val_curves.png"}
     missing = CliRunner().invoke(main, ["compare", "--out", str(tmp_path), "--regenerate"])
