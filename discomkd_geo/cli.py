@@ -112,34 +112,71 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
               help="YAML config shared by every method (its 'method' key is ignored).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset root (overrides data.root).")
-@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Seeds per method; seed i also draws the i-th random split.")
+@click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Paired seeds per method; seed i draws the i-th split and initialisation.")
+@click.option("--lrs", default="3e-4,1e-3,3e-3", show_default=True, metavar="LR[,LR...]",
+              help="Learning-rate grid, chosen per method on the first seed's validation.")
+@click.option("--patience", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Early stopping: epochs without validation improvement.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Runs trained at once, each in its own process with one torch thread.")
 @click.option("--out", "report_dir", required=True,
               type=click.Path(file_okay=False, path_type=Path),
-              help="Report directory: report.md, results.json, f1.png and every run.")
+              help="Report directory: report.md, results.json, plots and every run.")
 @click.option("--methods", multiple=True, metavar="NAME[,NAME...]",
-              help="Methods/ablations to train (default: all; kd/dkd add their teacher), "
-                   "e.g. --methods mono,discomkd.")
+              help="Methods/ablations to train (default: all but dkd; kd/dkd add their "
+                   "teacher), e.g. --methods mono,discomkd.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted config override for every run (repeatable).")
+@click.option("--quick", is_flag=True,
+              help="Small end-to-end check: 2 seeds, 2 rates, 2 epochs, tiny CNN, "
+                   "mono and discomkd (explicit options still apply on top).")
+@click.option("--regenerate", is_flag=True,
+              help="Only rewrite OUT's report and plots from OUT/results.json.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty report directory.")
-@click.option("--progress", is_flag=True, help="Show Lightning's progress bars.")
-def compare(config_path: Path | None, data_root: Path | None, seeds: int, report_dir: Path,
-            methods: tuple[str, ...], overrides: tuple[str, ...], overwrite: bool,
-            progress: bool) -> None:
-    """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report."""
+@click.option("--resume", is_flag=True,
+              help="Keep the runs OUT/results.json records and train only the missing ones.")
+@click.pass_context
+def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None, seeds: int,
+            lrs: str, patience: int, jobs: int, report_dir: Path, methods: tuple[str, ...],
+            overrides: tuple[str, ...], quick: bool, regenerate: bool, overwrite: bool,
+            resume: bool) -> None:
+    """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report.
+
+    Protocol: learning rate per method chosen on validation, early stopping, paired seeds,
+    paired differences with 95% intervals (see discomkd_geo.training.compare).
+    """
     import sys
 
-    from .config import load_config
+    from .training import compare as comparison
 
-    extra = (f"data.root={data_root}",) if data_root is not None else ()
-    config = load_config(config_path, overrides + extra)
-    from .training.compare import command_line
-    from .training.compare import compare as run_comparison
+    if regenerate:
+        comparison.regenerate(report_dir)
+        click.echo(f"report: {report_dir / 'report.md'}")
+        return
+    from .config import load_config
+    from .errors import ConfigError
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
     names = [n.strip() for group in methods for n in group.split(",") if n.strip()]
-    run_comparison(config, report_dir, seeds=seeds, methods=names, overwrite=overwrite,
-                   command=command_line(sys.argv[1:]), progress=progress, echo=click.echo)
+    try:
+        grid = [float(v) for v in lrs.split(",") if v.strip()]
+    except ValueError as err:
+        raise ConfigError("--lrs", f"expected comma-separated numbers, got {lrs!r}") from err
+    if quick:
+        q = comparison.QUICK
+        overrides = (*q["overrides"], *overrides)
+        seeds = seeds if given("seeds") else q["seeds"]
+        grid = grid if given("lrs") else list(q["lrs"])
+        patience = patience if given("patience") else q["patience"]
+        names = names or list(q["methods"])
+    extra = (f"data.root={data_root}",) if data_root is not None else ()
+    config = load_config(config_path, overrides + extra)
+    comparison.compare(config, report_dir, seeds=seeds, methods=names, lrs=grid,
+                       patience=patience, jobs=jobs, overwrite=overwrite, resume=resume,
+                       command=comparison.command_line(sys.argv[1:]), echo=click.echo)
     click.echo(f"report: {report_dir / 'report.md'}")
 
 

@@ -146,6 +146,7 @@ def test_ablation_variants_reach_the_criterion(tmp_path: Path) -> None:
     info = {"modalities": {"ms": ["B01"] * 13, "sar": ["VV", "VH"]}, "classes": list("abc")}
     expected = {"discomkd-no-adv": ("adv", 0.0), "discomkd-no-perp": ("perp", 0.0),
                 "discomkd-no-aux": ("aux", 0.0), "discomkd-no-mod": ("mod", 0.0)}
+    seen = set()
     base = load_config(None, TINY)
     for variant in VARIANTS:
         if not variant.name.startswith("discomkd-"):
@@ -158,8 +159,13 @@ def test_ablation_variants_reach_the_criterion(tmp_path: Path) -> None:
             key, weight = expected[variant.name]
             assert task.criterion.weights[key] == weight
             assert sum(w == 0 for w in task.criterion.weights.values()) == 1
+        elif variant.name == "discomkd-dann":
+            assert config.loss.grl_schedule == "dann" and task.criterion.orthogonality == "squared"
         else:
+            assert variant.name == "discomkd-signed"
             assert task.criterion.orthogonality == "signed"
+        seen.add(variant.name)
+    assert seen == {*expected, "discomkd-dann", "discomkd-signed"}
 
 
 # --------------------------------------------------------------------------- training
@@ -169,8 +175,8 @@ def comparison(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     config = load_config(None, (*TINY, f"data.root={eurosat_root}"))
     out = tmp_path_factory.mktemp("compare") / "report"
     lines: list[str] = []
-    results = compare(config, out, seeds=1, methods=["mono", "kd"], command="discomkd-geo x",
-                      echo=lines.append)
+    results = compare(config, out, seeds=1, methods=["mono", "kd"], lrs=(3e-3,), patience=1,
+                      command="discomkd-geo x", echo=lines.append)
     return out, results, lines
 
 
@@ -178,7 +184,7 @@ def comparison(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def dkd_run(comparison: tuple, eurosat_root: Path,
             tmp_path_factory: pytest.TempPathFactory) -> Path:
     out, _, _ = comparison
-    teacher = out / "runs" / "teacher" / "seed0"
+    teacher = out / "runs" / "teacher" / "lr0.003" / "seed0"
     config = load_config(None, (*TINY, f"data.root={eurosat_root}", "method=dkd",
                                 "data.paired=true", f"model.teacher={teacher}"))
     run = tmp_path_factory.mktemp("dkd") / "run"
@@ -190,25 +196,86 @@ def test_report_is_built_from_the_runs(comparison: tuple) -> None:
     out, results, lines = comparison
     assert [r["variant"] for r in results["runs"]] == ["mono", "teacher", "kd"]
     assert json.loads((out / "results.json").read_text()) == results
-    assert len(lines) == 3 and lines[0].startswith("[1/3] mono seed 0: weighted F1 ms ")
+    assert len(lines) == 3 and lines[0].startswith("[1] mono lr 0.003 seed 0: test weighted F1 ms ")
+    assert results["chosen_lr"] == {"mono": {"ms": 3e-3, "sar": 3e-3}, "teacher": {"fused": 3e-3},
+                                    "kd": {"ms": 3e-3, "sar": 3e-3}}
     report = (out / "report.md").read_text()
     assert "discomkd-geo x" in report
-    rows = {line.split("|")[1].strip(): line for line in report.splitlines()
+    rows = {line.split("|")[1].strip(): line for line in report.split("## ")[1].splitlines()
             if line.startswith("| ") and not line.startswith("| method")}
     assert set(rows) == {"mono", "teacher", "kd"}
     for run in results["runs"]:
         metrics = json.loads((out / run["run_dir"] / "metrics.json").read_text())
         assert metrics["method"] == run["method"] and metrics["test"] == run["test"]
+        assert run["epochs"] == 1 and run["wall"] >= run["seconds"] > 0
+        assert run["val_best"] == {h: max(c) for h, c in run["val_curve"].items()}
         cells = [c.strip() for c in rows[run["variant"]].split("|")[2:-1]]
-        heads = ["ms", "sar", "fused"]
-        for head, cell in zip(heads, cells[:3], strict=True):
+        for head, cell in zip(["ms", "sar", "fused"], cells[:3], strict=True):
             if head in run["test"]:
                 assert cell == f"{100 * run['test'][head]['f1_weighted']:.1f}"
             else:
                 assert cell == "-"
-        assert cells[4] == f"{run['parameters']:,}"
+        assert cells[6] == f"{run['parameters']:,}"
     assert rows["kd"].count("+ teacher") == 1
+    assert "minus each other method" not in report  # no DisCoM-KD row to compare with
     assert (out / "f1.png").stat().st_size > 5000
+    assert (out / "val_curves.png").stat().st_size > 5000
+    assert not (out / "diagnostics.png").exists()
+
+
+def test_report_regenerates_from_results_json(comparison: tuple, tmp_path: Path) -> None:
+    out, _, _ = comparison
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((out / "results.json").read_text())
+    result = CliRunner().invoke(main, ["compare", "--out", str(copy), "--regenerate"])
+    assert result.exit_code == 0, result.output
+    assert (copy / "report.md").read_text() == (out / "report.md").read_text()
+    assert json.loads((copy / "results.json").read_text()) == json.loads(
+        (out / "results.json").read_text())
+    assert {p.name for p in copy.iterdir()} == {"results.json", "report.md", "f1.png",
+                                               "val_curves.png"}
+    missing = CliRunner().invoke(main, ["compare", "--out", str(tmp_path), "--regenerate"])
+    assert missing.exit_code == 1 and missing.output.count("\n") == 1
+    assert "results.json: cannot read the comparison results" in missing.output
+
+
+def test_quick_protocol_end_to_end(eurosat_root: Path, tmp_path: Path) -> None:
+    """``compare --quick``: lr grid on seed 0's validation, paired seeds, diagnostics."""
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(main, ["compare", "--quick", "--data-root", str(eurosat_root),
+                                       "--out", str(out), "--set", "trainer.accelerator=cpu"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0, 1] and results["lrs"] == [1e-3, 3e-3]
+    assert results["patience"] == 1 and results["config"]["trainer"]["max_epochs"] == 2
+    tuned = [(r["variant"], r["lr"]) for r in results["runs"] if r["seed"] == 0]
+    assert sorted(tuned) == [(v, lr) for v in ("discomkd", "mono") for lr in (1e-3, 3e-3)]
+    for variant, heads in results["chosen_lr"].items():
+        for head, lr in heads.items():
+            scores = results["tuning"][variant][head]
+            assert scores[f"lr{lr:g}"] == max(scores.values())
+            assert any(r["variant"] == variant and r["seed"] == 1 and r["lr"] == lr
+                       for r in results["runs"])
+    for run in results["runs"]:
+        assert 1 <= run["epochs"] <= 2
+        assert all(len(c) == run["epochs"] for c in run["val_curve"].values())
+        if run["variant"] == "discomkd":
+            diag = run["diagnostics"]
+            assert all(len(v) == run["epochs"] for v in diag.values())
+            assert all(0 <= a <= 1 for a in diag["diag/disc_acc"])
+            assert all(g > 0 for g in diag["diag/grl_ratio"] + diag["diag/z_inv_norm"])
+        else:
+            assert run["diagnostics"] == {}
+    diffs = results["summary"]["differences"]["mono"]
+    for head in ("ms", "sar"):
+        ours = results["summary"]["methods"]["discomkd"]["f1_weighted"][head]["values"]
+        theirs = results["summary"]["methods"]["mono"]["f1_weighted"][head]["values"]
+        assert diffs[head]["n"] == 2
+        assert diffs[head]["mean"] == pytest.approx(np.mean(ours) - np.mean(theirs))
+    report = (out / "report.md").read_text()
+    assert "## discomkd minus each other method" in report and "| mono | " in report
+    assert (out / "diagnostics.png").stat().st_size > 5000
 
 
 @pytest.mark.parametrize("method", ["mono", "kd", "dkd"])
@@ -216,7 +283,7 @@ def test_report_is_built_from_the_runs(comparison: tuple) -> None:
 def test_students_are_loadable_predictors(comparison: tuple, dkd_run: Path, method: str,
                                           modality: str) -> None:
     out, _, _ = comparison
-    run = dkd_run if method == "dkd" else out / "runs" / method / "seed0"
+    run = dkd_run if method == "dkd" else out / "runs" / method / "lr0.003" / "seed0"
     predictor = load_predictor(run, modality)
     assert predictor.info.method == method
     assert predictor.info.branch_spec["kind"] == "mono"
@@ -230,7 +297,7 @@ def test_students_are_loadable_predictors(comparison: tuple, dkd_run: Path, meth
 
 def test_teacher_is_scored_fused_and_exports_no_branch(comparison: tuple) -> None:
     out, results, _ = comparison
-    run = out / "runs" / "teacher" / "seed0"
+    run = out / "runs" / "teacher" / "lr0.003" / "seed0"
     assert set(results["runs"][1]["test"]) == {"fused"}
     assert (run / "checkpoints" / "best-fused.ckpt").is_file()
     log = next(run.rglob("metrics.csv")).read_text().splitlines()[0]
@@ -241,26 +308,27 @@ def test_teacher_is_scored_fused_and_exports_no_branch(comparison: tuple) -> Non
 
 def test_kd_students_learn_from_a_frozen_teacher(comparison: tuple) -> None:
     out, _, _ = comparison
-    teacher_ckpt = out / "runs" / "teacher" / "seed0" / "checkpoints" / "best-fused.ckpt"
+    teacher_run = out / "runs" / "teacher" / "lr0.003" / "seed0"
+    teacher_ckpt = teacher_run / "checkpoints" / "best-fused.ckpt"
     teacher_state = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
-    kd_ckpt = out / "runs" / "kd" / "seed0" / "checkpoints" / "last.ckpt"
+    kd_ckpt = out / "runs" / "kd" / "lr0.003" / "seed0" / "checkpoints" / "last.ckpt"
     kd_state = torch.load(kd_ckpt, weights_only=False)["state_dict"]
     for name, value in teacher_state.items():  # unchanged by the students' training
         assert torch.equal(kd_state["teacher." + name.removeprefix("model.")], value), name
-    log = next((out / "runs" / "kd" / "seed0").rglob("metrics.csv")).read_text()
+    log = next((out / "runs" / "kd" / "lr0.003" / "seed0").rglob("metrics.csv")).read_text()
     assert "train/kd_sar" in log.splitlines()[0]
 
 
 def test_kd_configuration_errors(comparison: tuple) -> None:
     out, _, _ = comparison
-    hparams = torch.load(out / "runs" / "kd" / "seed0" / "checkpoints" / "last.ckpt",
+    hparams = torch.load(out / "runs" / "kd" / "lr0.003" / "seed0" / "checkpoints" / "last.ckpt",
                          weights_only=False)["hyper_parameters"]
     config, info = hparams["config"], hparams["data_info"]
     with pytest.raises(ConfigError, match="model.teacher"):
         KDTask({**config, "model": {**config["model"], "teacher": None}}, info)
     with pytest.raises(ConfigError, match="data.paired"):
         KDTask({**config, "data": {**config["data"], "paired": False}}, info)
-    mono = out / "runs" / "mono" / "seed0"
+    mono = out / "runs" / "mono" / "lr0.003" / "seed0"
     with pytest.raises(CheckpointError, match="best-fused.ckpt: teacher checkpoint not found"):
         KDTask({**config, "model": {**config["model"], "teacher": str(mono)}}, info)
     wrong = str(mono / "checkpoints" / "best-sar.ckpt")

@@ -6,28 +6,53 @@ EuroSat-MS-SAR dataset in the published on-disk layouts that
 co-registered MS/SAR scene pair of land-cover regions with its truth raster, for the
 tiled-inference engine and the demo (``discomkd-geo synth eurosat|scene``).
 
-Both draw from one physical model, so a class looks the same in a 64x64 patch and in a
-scene region at the same 10 m scale (the demo trains on patches and maps the scene):
+Generative model. Both sensors observe **one per-sample surface** (:class:`Surface`), each
+through its own physics and noise, so what one sensor sees of a sample tells something
+about what the other sees of the *same* sample (not only of its class):
 
-1. a class recipe lays out sub-pixel *material fractions* (crop, forest, water, asphalt,
-   roofs, ...) with the class's spatial texture, at a fixed pixel scale: field parcels
-   and crop rows, forest crowns and gaps, road and river lines repeating every 56-80 px,
-   housing blocks;
-2. MS: fractions mix surface reflectance curves (red edge and NIR plateau of vegetation,
-   water dark in NIR/SWIR, flat bright built-up), then a per-image atmosphere (haze path
-   reflectance, illumination, water-vapour/cirrus absorption in B09/B10) and sensor
-   noise give L1C-like digital numbers (reflectance x 10,000);
-3. SAR: fractions mix per-material backscatter (linear power), with per-image incidence
-   and moisture offsets, wind-roughened water and double-bounce bright points on
-   buildings, then multiplicative gamma speckle (4 looks) and conversion to dB.
+1. **Shared latent surface state**, drawn once per image (or scene region):
 
-Per-image variation (phenology, mixing, illumination, noise) makes classes overlap, and
-several classes share backscatter levels, so SAR alone is clearly harder than MS alone.
+   * *material fractions* (crop, forest, water, asphalt, roofs, ...) with the class's
+     spatial layout at a fixed pixel scale: field parcels and crop rows, forest crowns
+     and gaps, road and river lines repeating every 56-80 px, housing blocks;
+   * *soil moisture* (volumetric, 0.05-0.45 m3/m3): a patch mean set by recent weather
+     (uniform 0.08-0.40), smooth spatial variation (drainage), and, on managed fields
+     (annual and permanent crops), a per-parcel offset (irrigation, drainage), so parcel
+     layout shows in the moisture field;
+   * *surface roughness* (0-1 index of rms height): smooth, low on pasture and natural
+     land, per parcel on managed fields (freshly ploughed vs rolled seedbed).
+
+2. **MS (Sentinel-2 L1C)**: fractions mix surface reflectance curves (red edge and NIR
+   plateau of vegetation, water dark in NIR/SWIR, flat bright built-up). Wet soil and
+   litter darken, most in the SWIR (B11, B12; Lobell & Asner, 2002); rough soil darkens
+   a little by self-shadowing. Then a per-image atmosphere (haze path reflectance,
+   illumination, water-vapour/cirrus absorption in B09/B10), **thin clouds** on 30% of
+   the images (a smooth optical-thickness field blending a flat bright cloud spectrum
+   over the surface: MS-only, SAR sees through) and sensor noise give digital numbers
+   (reflectance x 10,000).
+
+3. **SAR (Sentinel-1 GRD, VV/VH)**: fractions mix per-material backscatter (linear
+   power). Soil backscatter rises with moisture (dielectric constant: about 0.25 dB per
+   vol%, so the moisture range spans about 9 dB) and with roughness (VH more than VV);
+   under canopies the ground term is attenuated (crop/grass 40%, forest 10% of the soil
+   sensitivity). Per image: an incidence-angle offset and wind roughening of water;
+   double-bounce bright points on buildings; multiplicative gamma speckle (4 looks),
+   then dB.
+
+Why this makes a cross-modal benchmark: moisture and roughness move the backscatter of
+soil and low vegetation by several dB, so in SAR alone AnnualCrop, Pasture,
+HerbaceousVegetation and PermanentCrop overlap; what tells them apart is the spatial
+structure of the shared latent (per-parcel moisture/roughness and crop rows on managed
+fields, smooth fields on pasture and natural land), which MS sees clearly (SWIR and
+visible/NIR) and SAR only through speckle. MS is harder where clouds hide the surface,
+and SAR sees through them. Several classes still share backscatter levels, so SAR alone
+stays clearly harder than MS alone.
 Everything is deterministic for a seed: each image has its own seeded generator.
 """
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +109,14 @@ _SIGMA0_DB = np.array([
     [-20.0, -27.0],  # turbid water
 ], dtype=np.float32)  # fmt: skip
 
+# Extinction of reflectance by soil moisture, per band (reflectance x exp(-k * moisture)):
+# moderate in the visible and NIR, strongest in the SWIR water absorption (B11, B12).
+_WET_DARKENING = np.array([1.2, 1.2, 1.2, 1.2, 1.3, 1.3, 1.3, 1.3, 1.6, 1.6, 2.6, 3.0, 1.3],
+                          dtype=np.float32)
+# Thin cloud top-of-atmosphere reflectance: bright and flat, a little lower in the SWIR.
+_CLOUD = np.array([.55, .55, .55, .55, .55, .55, .55, .55, .50, .45, .40, .30, .55],
+                  dtype=np.float32)
+
 _M = {name: i for i, name in enumerate(MATERIALS)}
 _VEGETATION = [_M["crop"], _M["forest"], _M["grass"], _M["dry_vegetation"]]
 _BUILT = [_M["concrete"], _M["tile_roof"]]
@@ -93,6 +126,33 @@ _NOISE_FLOOR = 10 ** (-27 / 10)  # thermal noise equivalent sigma0, linear
 _LINE_SPACING = (56, 80)  # px between repeated roads / river reaches: one per 64 px patch
 
 Cover = np.ndarray  # (len(MATERIALS), H, W) float32 fractions summing to 1 per pixel
+Parcels = np.ndarray | None  # (H, W) int parcel index of managed fields, or None
+
+# Sensitivity of each material's sigma0 to soil moisture and roughness, relative to bare
+# soil: the ground term seen through the canopy (Attema & Ulaby's water-cloud model).
+_GROUND = np.zeros(len(MATERIALS), dtype=np.float32)
+_GROUND[[_M["soil"]]] = 1.0
+_GROUND[[_M["crop"], _M["grass"], _M["dry_vegetation"]]] = 0.4
+_GROUND[[_M["forest"]]] = 0.1
+_SOIL_LIKE = [_M["soil"], _M["dry_vegetation"]]  # surfaces whose reflectance moisture darkens
+_MOISTURE_DB = 25.0  # dB of soil sigma0 per unit volumetric moisture (0.25 dB per vol%)
+_ROUGHNESS_DB = np.array([5.0, 7.0], dtype=np.float32)  # VV, VH dB over the roughness range
+_CLOUDY = 0.3  # fraction of MS images with thin clouds
+
+
+@dataclass
+class Surface:
+    """The per-sample surface state both sensors observe (see the module docstring).
+
+    Attributes:
+        cover: ``(len(MATERIALS), H, W)`` material fractions summing to one per pixel.
+        moisture: ``(H, W)`` volumetric soil moisture (m3/m3).
+        roughness: ``(H, W)`` surface roughness index in [0, 1].
+    """
+
+    cover: Cover
+    moisture: np.ndarray
+    roughness: np.ndarray
 
 
 # --------------------------------------------------------------------------- textures
@@ -177,7 +237,7 @@ def _add(weights: dict[str, np.ndarray | float], extra: dict[str, np.ndarray | f
     return out
 
 
-def _annual_crop(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+def _annual_crop(shape: tuple[int, int], rng: np.random.Generator) -> tuple[Cover, Parcels]:
     u, v = _frame(shape, rng)
     index, border, rows = _parcels(u, v, (12, 30), rng)
     n = index.max() + 1
@@ -189,10 +249,11 @@ def _annual_crop(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
     edge = (border < 1).astype(np.float32)
     return _mix(shape, {"crop": green * (1 - edge), "dry_vegetation": dry * (1 - edge),
                         "soil": np.where(stage == 0, 1.0, 0.25 * (1 - row)) * (1 - edge),
-                        "grass": edge})
+                        "grass": edge}), index
 
 
-def _permanent_crop(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
+def _permanent_crop(shape: tuple[int, int],
+                    rng: np.random.Generator) -> tuple[Cover, Parcels]:
     u, v = _frame(shape, rng)
     index, border, rows = _parcels(u, v, (15, 35), rng)
     n = index.max() + 1
@@ -206,7 +267,7 @@ def _permanent_crop(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
     rest = 1 - canopy
     return _mix(shape, {"forest": 0.6 * canopy, "crop": 0.4 * canopy,
                         "grass": rest * grassed + edge, "soil": rest * ~grassed,
-                        "dry_vegetation": rest * 0.3})
+                        "dry_vegetation": rest * 0.3}), index
 
 
 def _pasture(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
@@ -298,61 +359,98 @@ def _sea_lake(shape: tuple[int, int], rng: np.random.Generator) -> Cover:
     return _mix(shape, weights)
 
 
-#: Texture recipe of each class, in EUROSAT_CLASSES order.
-_RECIPES: tuple[Callable[[tuple[int, int], np.random.Generator], Cover], ...] = (
+#: Texture recipe of each class, in EUROSAT_CLASSES order: cover, or (cover, parcels) for
+#: managed fields whose parcels differ in moisture and roughness.
+_RECIPES: tuple[Callable[[tuple[int, int], np.random.Generator],
+                         Cover | tuple[Cover, Parcels]], ...] = (
     _annual_crop, _forest, _herbaceous, _highway, _industrial,
     _pasture, _permanent_crop, _residential, _river, _sea_lake,
 )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- sensors
-def land_cover(class_index: int, shape: tuple[int, int], rng: np.random.Generator) -> Cover:
-    """Material fractions of one class over ``shape`` pixels at 10 m.
+def land_surface(class_index: int, shape: tuple[int, int],
+                 rng: np.random.Generator) -> Surface:
+    """The surface state of one image of a class over ``shape`` pixels at 10 m.
+
+    Material fractions from the class recipe; soil moisture and roughness as in the module
+    docstring (per parcel on managed fields).
 
     Args:
         class_index: index into :data:`~discomkd_geo.constants.EUROSAT_CLASSES`.
         shape: ``(height, width)`` in pixels.
-        rng: the generator that draws this image's layout.
-
-    Returns:
-        float32 ``(len(MATERIALS), H, W)`` fractions summing to one per pixel.
+        rng: the generator that draws this image's surface.
     """
-    return _RECIPES[class_index](shape, rng)
+    drawn = _RECIPES[class_index](shape, rng)
+    cover, parcels = drawn if isinstance(drawn, tuple) else (drawn, None)
+    moisture = rng.uniform(0.08, 0.40) + 0.03 * _noise(shape, 12, rng)
+    roughness = rng.uniform(0.1, 0.4) + 0.08 * _noise(shape, 8, rng)
+    if parcels is not None:  # managed fields: irrigation/drainage and tillage per parcel
+        n = parcels.max() + 1
+        moisture = moisture + rng.normal(0, 0.08, size=n)[parcels]
+        roughness = rng.uniform(0, 1, size=n)[parcels] + 0.05 * _noise(shape, 4, rng)
+    return Surface(cover, np.clip(moisture, 0.05, 0.45).astype(np.float32),
+                   np.clip(roughness, 0, 1).astype(np.float32))
 
 
-def ms_digital_numbers(cover: Cover, rng: np.random.Generator) -> np.ndarray:
-    """Sentinel-2 L1C digital numbers (reflectance x 10,000) of a land cover.
+def _thin_clouds(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Per-pixel cloud fraction ``1 - exp(-tau)`` of a smooth optical-thickness field."""
+    tau = np.clip(rng.uniform(0.05, 0.5) + 0.3 * _noise(shape, 15, rng), 0, None)
+    return (1 - np.exp(-tau)).astype(np.float32)
 
-    Per image: material spectra jitter (phenology, soil colour), illumination gain, haze,
-    then per-pixel sensor noise.
+
+def ms_digital_numbers(surface: Surface, rng: np.random.Generator,
+                       clouds: bool = True) -> np.ndarray:
+    """Sentinel-2 L1C digital numbers (reflectance x 10,000) of a surface.
+
+    Per image: material spectra jitter (phenology, soil colour); per pixel: wet and rough
+    soil darkening; then illumination gain, haze, thin clouds on some images (when
+    ``clouds``) and sensor noise.
 
     Returns:
         uint16 ``(13, H, W)``, never 0 (0 is the scenes' nodata).
     """
+    cover = surface.cover
     jitter = 1 + rng.normal(0, 0.04, size=(len(MATERIALS), 1)) \
         + rng.normal(0, 0.02, size=_REFLECTANCE.shape)
-    surface = np.einsum("mb,mhw->bhw", (_REFLECTANCE * jitter).astype(np.float32), cover)
+    reflectance = (_REFLECTANCE * jitter).astype(np.float32)
+    others = [i for i in range(len(MATERIALS)) if i not in _SOIL_LIKE]
+    surface_bands = np.einsum("mb,mhw->bhw", reflectance[others], cover[others])
+    # the soil spectra of the table are those of field soil at about 0.1 m3/m3
+    darkening = np.exp(-_WET_DARKENING[:, None, None] * (surface.moisture - 0.1)[None]) \
+        * (1 - 0.15 * surface.roughness[None])
+    surface_bands += darkening * np.einsum("mb,mhw->bhw", reflectance[_SOIL_LIKE],
+                                           cover[_SOIL_LIKE])
     gain = rng.uniform(0.92, 1.08)
     haze = rng.uniform(0.8, 1.3)
-    toa = _PATH[:, None, None] * haze + gain * _TRANSMITTANCE[:, None, None] * surface
+    toa = _PATH[:, None, None] * haze + gain * _TRANSMITTANCE[:, None, None] * surface_bands
+    if clouds and rng.random() < _CLOUDY:
+        fraction = _thin_clouds(cover.shape[1:], rng)[None]
+        toa = (1 - fraction) * toa + fraction * _CLOUD[:, None, None]
     dn = toa * 10_000 + rng.normal(0, 12, size=toa.shape).astype(np.float32)
     return np.clip(np.rint(dn), 1, 65535).astype(np.uint16)
 
 
-def sar_sigma0(cover: Cover, rng: np.random.Generator) -> np.ndarray:
-    """Noise-free Sentinel-1 backscatter (linear power, VV and VH) of a land cover.
+def sar_sigma0(surface: Surface, rng: np.random.Generator) -> np.ndarray:
+    """Noise-free Sentinel-1 backscatter (linear power, VV and VH) of a surface.
 
-    Per image: an incidence-angle offset, a moisture offset on soil and vegetation, wind
+    Per pixel: the ground term of soil and vegetation rises with the surface's moisture
+    and roughness (attenuated under canopies). Per image: an incidence-angle offset, wind
     roughening of water; double-bounce bright points where buildings dominate a pixel.
 
     Returns:
         float32 ``(2, H, W)`` sigma0 in linear power, speckle-free.
     """
+    cover = surface.cover
     db = _SIGMA0_DB + rng.normal(0, 0.8)  # incidence angle
-    db[_VEGETATION + [_M["soil"]]] += rng.normal(0, 1.0)  # soil / canopy moisture
     db[_WATER] += rng.uniform(0, 6)  # wind-roughened surface
     db += rng.normal(0, 0.5, size=db.shape)
-    power = np.einsum("mp,mhw->phw", (10 ** (db / 10)).astype(np.float32), cover)
+    # per pixel and material: ground term of moisture (about 0.2 m3/m3 in the table) and
+    # roughness (0.3 in the table), scaled by how much of the ground the material shows
+    ground = (_MOISTURE_DB * (surface.moisture - 0.2))[None] \
+        + _ROUGHNESS_DB[:, None, None] * (surface.roughness - 0.3)[None]  # (2, H, W)
+    shifted = db.T[:, :, None, None] + _GROUND[None, :, None, None] * ground[:, None]
+    power = np.einsum("pmhw,mhw->phw", (10 ** (shifted / 10)).astype(np.float32), cover)
     built = cover[_BUILT].sum(0)
     bright = rng.random(built.shape) < 0.25 * np.clip(built - 0.2, 0, None)
     boost = 10 ** (rng.uniform(6, 14, size=built.shape) / 10)
@@ -374,21 +472,25 @@ def sar_decibels(sigma0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_class(class_index: int, size: int | tuple[int, int],
-                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+                 rng: np.random.Generator, clouds: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One co-registered MS/SAR image of a class, as in EuroSat-MS-SAR.
 
     Args:
         class_index: index into :data:`~discomkd_geo.constants.EUROSAT_CLASSES`.
         size: side (or ``(height, width)``) in pixels at 10 m.
         rng: the image's generator; the same state gives the same image.
+        clouds: let thin clouds cover some MS images (as in the datasets written).
 
     Returns:
         ``(ms, sar)``: uint16 ``(13, H, W)`` digital numbers and float32 ``(2, H, W)``
         VV/VH backscatter in dB.
     """
     shape = (size, size) if isinstance(size, int) else tuple(size)
-    cover = land_cover(class_index, shape, rng)  # type: ignore[arg-type]
-    return ms_digital_numbers(cover, rng), sar_decibels(sar_sigma0(cover, rng), rng)
+    surface = land_surface(class_index, shape, rng)  # type: ignore[arg-type]
+    # one generator per sensor: a sensor's draws (e.g. clouds or not) never shift the other's
+    ms_rng, sar_rng = rng.spawn(2)
+    return (ms_digital_numbers(surface, ms_rng, clouds),
+            sar_decibels(sar_sigma0(surface, sar_rng), sar_rng))
 
 
 # --------------------------------------------------------------------------- writers
@@ -574,9 +676,11 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
         box = (slice(y0, y1), slice(x0, x1))
         mask = region[box] == i
         region_rng = np.random.default_rng([seed, 1_000_003, i])
-        cover = land_cover(code, mask.shape, region_rng)
-        ms[(slice(None), *box)][:, mask] = ms_digital_numbers(cover, region_rng)[:, mask]
-        sigma0[(slice(None), *box)][:, mask] = sar_sigma0(cover, region_rng)[:, mask]
+        surface = land_surface(code, mask.shape, region_rng)
+        # clouds would follow the region outlines: the scene is a clear acquisition
+        ms[(slice(None), *box)][:, mask] = ms_digital_numbers(surface, region_rng,
+                                                              clouds=False)[:, mask]
+        sigma0[(slice(None), *box)][:, mask] = sar_sigma0(surface, region_rng)[:, mask]
     ms[:, _margins(shape, "north", "se")] = 0
 
     sar_crs, sar_transform, width, height = _sar_grid(crs, transform, size)

@@ -22,7 +22,7 @@ from torchmetrics.classification import (
 
 from ..config import Config, from_dict
 from ..data.normalization import BandStats
-from ..models.discomkd import DisCoMKD
+from ..models.discomkd import DisCoMKD, DisCoMKDOutput
 from ..models.grl import dann_lambda
 from ..models.losses import DisCoMKDLoss
 from ..models.predictor import CHECKPOINT_KEY, PredictorInfo
@@ -129,10 +129,18 @@ class MultiModalTask(L.LightningModule):
         self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        """Log and reset the per-head validation metrics."""
+        """Log and reset the per-head validation metrics, and their mean over heads.
+
+        The mean (``val/f1_weighted``) is what early stopping watches, so no head is
+        stopped while another still improves on average.
+        """
+        scores = []
         for h in self.heads:
-            self.log_dict(self.val_metrics[h].compute())
+            values = self.val_metrics[h].compute()
+            self.log_dict(values)
+            scores.append(values[f"val/{h}/f1_weighted"])
             self.val_metrics[h].reset()
+        self.log("val/f1_weighted", torch.stack(scores).mean())
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Update test metrics and confusion matrices."""
@@ -209,9 +217,41 @@ class DisCoMKDTask(MultiModalTask):
                        labels: dict[str, Tensor]) -> dict[str, Tensor]:
         """The five DisCoM-KD terms, weighted as configured."""
         lam = self.grl_lambda()
-        self.log("train/grl_lambda", lam, on_step=False, on_epoch=True,
-                 batch_size=next(iter(labels.values())).shape[0])
-        return self.criterion(self.model(images, grl_lambda=lam), labels)
+        output = self.model(images, grl_lambda=lam)
+        losses = self.criterion(output, labels)
+        self.log_dict({"train/grl_lambda": lam, **self.adversarial_diagnostics(output, losses)},
+                      on_step=False, on_epoch=True,
+                      batch_size=next(iter(labels.values())).shape[0])
+        return losses
+
+    def adversarial_diagnostics(self, output: DisCoMKDOutput,
+                                losses: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What the adversarial term does on this batch (logged per epoch).
+
+        - ``diag/disc_acc``: the discriminator's modality accuracy on ``z_inv`` (1/M when
+          ``z_inv`` hides the modality, 1 when the encoders lose the game);
+        - ``diag/grl_ratio``: norm of the gradient that reaches ``z_inv`` from the weighted
+          L_adv through the GRL, relative to that from the weighted L_cl;
+        - ``diag/z_inv_norm``: mean L2 norm of ``z_inv``.
+
+        Gradients are taken with respect to ``z_inv`` only, so they cost two backward
+        passes through the linear heads, not through the encoders.
+        """
+        outs = list(output.modalities.values())
+        z_inv = [o.z_inv for o in outs]
+        w = self.criterion.weights
+        norms = {}
+        for term in ("cl", "adv"):
+            if w[term] == 0 or not losses[term].requires_grad:
+                norms[term] = torch.zeros(())
+                continue
+            grads = torch.autograd.grad(w[term] * losses[term], z_inv, retain_graph=True,
+                                        allow_unused=True)
+            norms[term] = torch.sqrt(sum(g.square().sum() for g in grads if g is not None))
+        correct = torch.cat([o.adv_logits.argmax(1) == o.index for o in outs]).float()
+        return {"diag/disc_acc": correct.mean().detach(),
+                "diag/grl_ratio": (norms["adv"] / norms["cl"].clamp_min(1e-12)).detach(),
+                "diag/z_inv_norm": torch.cat(z_inv).norm(dim=1).mean().detach()}
 
     def setup(self, stage: str) -> None:
         """Build the criterion (kept out of ``__init__`` so it holds no state to save)."""

@@ -174,10 +174,8 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     callbacks.append(AtomicCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
                                       enable_version_counter=False))
     patience = config.trainer.early_stopping_patience
-    if patience is not None:
-        first = task.heads[0]
-        callbacks.append(EarlyStopping(monitor=f"val/{first}/f1_weighted", mode="max",
-                                       patience=patience))
+    if patience is not None:  # on the mean over heads (see MultiModalTask)
+        callbacks.append(EarlyStopping(monitor="val/f1_weighted", mode="max", patience=patience))
     return callbacks
 
 
