@@ -26,34 +26,70 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="discomkd-geo")
-def main() -> None:
+@click.option("-v", "--verbose", count=True,
+              help="More detail: debug lines and Lightning's own messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+def main(verbose: int, quiet: bool) -> None:
     """DisCoM-KD for Sentinel-2 / Sentinel-1 land-cover mapping.
 
     Train every single-modality classifier at once on paired MS/SAR data, then map land
     cover from whichever modality is available.
     """
+    from .logs import configure
+
+    configure(-1 if quiet else verbose)
+
+
+class _ConfigKeysCommand(click.Command):
+    """A command whose ``--help`` ends with every config key (generated, see docs/config.md)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the config keys after the options."""
+        from .config import config_keys
+
+        with formatter.section("Config keys (YAML or --set KEY=VALUE; docs/config.md)"):
+            formatter.write_dl([(key, f"{doc} [{tp}; default: {default}]")
+                                for key, tp, default, doc in config_keys()])
 
 
 # --------------------------------------------------------------------------- train
-@main.command()
+def _load(config_path: Path | None, overrides: tuple[str, ...], data_root: Path | None,
+          download: bool) -> Any:
+    """The config of a command: file, then ``--set`` overrides, then the dedicated options."""
+    from .config import load_config
+
+    extra = (f"data.root={data_root}",) if data_root is not None else ()
+    return load_config(config_path, overrides + extra + (("data.download=true",) * download))
+
+
+@main.command(cls=_ConfigKeysCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML config (configs/eurosat_ms_sar.yaml: the paper's settings).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset root (overrides data.root).")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory for checkpoints, logs, plots and metrics.")
+@click.option("--download", is_flag=True,
+              help="Download EuroSat-MS-SAR into the root if missing (data.download).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory for checkpoints, logs, plots and metrics (required).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@click.option("--print-config", is_flag=True,
+              help="Print the effective config (every key, as YAML) and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory.")
 @click.option("--resume", is_flag=True, help="Continue from RUN/checkpoints/last.ckpt.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
-          overrides: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
+def train(config_path: Path | None, data_root: Path | None, download: bool,
+          run_dir: Path | None, overrides: tuple[str, ...], print_config: bool, overwrite: bool,
+          resume: bool, quiet: bool) -> None:
     """Train DisCoM-KD (or a baseline: --set method=mono) and test each modality."""
-    from .config import load_config
+    config = _load(config_path, overrides, data_root, download)
+    if print_config:
+        from .config import to_yaml
 
-    extra = (f"data.root={data_root}",) if data_root is not None else ()
-    config = load_config(config_path, overrides + extra)
+        click.echo(to_yaml(config), nl=False)
+        return
+    if run_dir is None:
+        raise click.UsageError("Missing option '--out'.")
     from .training.train import train as run_training
 
     result = run_training(config, run_dir, overwrite=overwrite, resume=resume,
@@ -70,6 +106,8 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
               help="YAML config shared by every method (its 'method' key is ignored).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset root (overrides data.root).")
+@click.option("--download", is_flag=True,
+              help="Download EuroSat-MS-SAR into the root if missing (data.download).")
 @click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
               help="Seeds per method; seed i also draws the i-th random split.")
 @click.option("--out", "report_dir", required=True,
@@ -82,16 +120,13 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
               help="Dotted config override for every run (repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty report directory.")
 @click.option("--progress", is_flag=True, help="Show Lightning's progress bars.")
-def compare(config_path: Path | None, data_root: Path | None, seeds: int, report_dir: Path,
-            methods: tuple[str, ...], overrides: tuple[str, ...], overwrite: bool,
-            progress: bool) -> None:
+def compare(config_path: Path | None, data_root: Path | None, download: bool, seeds: int,
+            report_dir: Path, methods: tuple[str, ...], overrides: tuple[str, ...],
+            overwrite: bool, progress: bool) -> None:
     """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report."""
     import sys
 
-    from .config import load_config
-
-    extra = (f"data.root={data_root}",) if data_root is not None else ()
-    config = load_config(config_path, overrides + extra)
+    config = _load(config_path, overrides, data_root, download)
     from .training.compare import command_line
     from .training.compare import compare as run_comparison
 
@@ -187,26 +222,38 @@ def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo_out"), show_default=True, help="Output directory.")
-@click.option("--per-class", type=click.IntRange(min=4), default=150, show_default=True,
-              help="Synthetic training images per class.")
+@click.option("--per-class", type=click.IntRange(min=4),
+              help="Synthetic training images per class [150; --quick: 12].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Training config (default: the checkout's configs/demo.yaml).")
+              default=None, help="Training config (default: the packaged configs/demo.yaml).")
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the demo sar.tif and truth.tif (default: tiles/demo).")
+              help="Folder with the demo sar.tif and truth.tif (default: the packaged "
+                   "tiles/demo).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@click.option("--quick", is_flag=True,
+              help="Smoke run in well under a minute: 12 images per class, 1 epoch, a "
+                   "narrower CNN (--per-class and --set still apply).")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out: Path, per_class: int, seed: int, config_path: Path | None, tiles: Path | None,
-         overrides: tuple[str, ...], overwrite: bool, quiet: bool) -> None:
-    """Train on synthetic EuroSat-MS-SAR, map the demo scene from SAR alone, score it."""
+@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
+         tiles: Path | None, overrides: tuple[str, ...], quick: bool, overwrite: bool,
+         quiet: bool) -> None:
+    """Train on synthetic EuroSat-MS-SAR, map the demo scene from SAR alone, score it.
+
+    The figures are the same on every machine: training and mapping run on one CPU
+    thread with deterministic algorithms.
+    """
     from . import demo as demo_module
 
+    if quick:
+        per_class = per_class or demo_module.QUICK_PER_CLASS
+        overrides = demo_module.QUICK_OVERRIDES + overrides
     demo_module.run_demo(out, overwrite=overwrite,
                          config_path=config_path or demo_module.DEMO_CONFIG,
-                         tiles=tiles or demo_module.DEMO_TILES, per_class=per_class,
-                         seed=seed, overrides=overrides, progress=not quiet, echo=click.echo)
+                         tiles=tiles or demo_module.DEMO_TILES, per_class=per_class or 150,
+                         seed=seed, overrides=overrides, progress=not quiet)
 
 
 # --------------------------------------------------------------------------- predict
@@ -315,8 +362,12 @@ main.add_command(predict)
 
 
 @click.group("discomkd", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-def rio_discomkd() -> None:
+@click.pass_context
+def rio_discomkd(ctx: click.Context) -> None:
     """DisCoM-KD land-cover mapping (the discomkd-geo commands as a rio plugin)."""
+    from .logs import configure
+
+    configure((ctx.obj or {}).get("verbosity", 0))  # rio's own -v/-q
 
 
 rio_discomkd.add_command(predict)

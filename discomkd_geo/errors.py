@@ -38,7 +38,8 @@ class DatasetNotFoundError(DiscomkdGeoError, FileNotFoundError):
         self.root = os.fspath(root)
         super().__init__(
             f"{what} not found in root={self.root!r}; point root at the unpacked data, "
-            "or pass download=True (or generate it: discomkd-geo synth eurosat DIR)"
+            "download it (--download, config data.download: true, Python download=True) "
+            "or generate it (discomkd-geo synth eurosat DIR)"
         )
 
 

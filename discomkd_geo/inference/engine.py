@@ -36,6 +36,7 @@ from rasterio.windows import Window
 from .._io import atomic_path, check_writable
 from ..constants import CLASS_NODATA
 from ..errors import CheckpointError
+from ..logs import progress_disabled
 from ..models.predictor import Predictor
 from .io import Grid, SceneSource, open_sources
 from .tiling import PadMode, WindowGrid, accumulate, chunk_layout, extract_windows, relative_slices
@@ -340,7 +341,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         from tqdm.auto import tqdm
 
         bar = stack.enter_context(tqdm(total=grid.width * grid.height, unit="px",
-                                       unit_scale=True, disable=not progress,
+                                       unit_scale=True, disable=progress_disabled(progress),
                                        desc=f"mapping {output.name}"))
         submit, slots = stack.enter_context(_submitter(predictors, workers, scheduler))
         todo = iter(chunks)

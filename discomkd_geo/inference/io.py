@@ -11,6 +11,7 @@ raw units it was trained on.
 """
 
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from affine import Affine
 from rasterio.coords import disjoint_bounds
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import array_bounds
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
@@ -152,7 +153,14 @@ def _check(path: str) -> rasterio.DatasetReader:
     if not os.path.exists(path):
         raise InputFileError(path, "no such file")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # rasterio would warn and carry on with pixel coordinates; say it in one line.
+            warnings.simplefilter("error", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except NotGeoreferencedWarning as err:
+        raise InputFileError(path, "is not georeferenced (no geotransform, GCPs or RPCs); "
+                                   "georeference it (e.g. gdal_edit.py -a_srs -a_ullr) "
+                                   "before mapping") from err
     except RasterioIOError as err:
         raise InputFileError(path, f"cannot read raster: {err}") from err
 

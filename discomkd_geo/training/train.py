@@ -33,6 +33,7 @@ from ..data.datamodule import MSSARDataModule
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
+from .progress import TrainingProgress
 
 #: Training method name -> task class (``kd``/``dkd`` need a teacher: see ``build_task``).
 TASKS: dict[str, type[MultiModalTask]] = {
@@ -122,7 +123,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         run_dir: output directory (see the module docstring for its layout).
         overwrite: replace an existing non-empty ``run_dir``.
         resume: continue from ``run_dir/checkpoints/last.ckpt``.
-        progress: show Lightning's progress bar.
+        progress: report progress: a bar on a terminal, a line every few epochs in a log.
         build_task: custom task factory (the comparison uses it to hand a trained teacher
             to distillation baselines); default: ``TASKS[config.method]``.
 
@@ -146,12 +147,15 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     else:
         task = build_task(config, info)
     tc = config.trainer
+    callbacks = _callbacks(config, task, run_dir)
+    if progress:
+        callbacks.append(TrainingProgress(task.heads))
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=tc.log_every_n_steps, default_root_dir=run_dir,
-        callbacks=_callbacks(config, task, run_dir), logger=_loggers(run_dir),
-        enable_progress_bar=progress, enable_model_summary=False,
+        callbacks=callbacks, logger=_loggers(run_dir),
+        enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
