@@ -282,7 +282,10 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
               help="Sentinel-2 scene (the checkpoint's MS bands).")
 @click.option("--scene", type=click.Path(dir_okay=False, path_type=Path),
               help="Scene of another modality, named by --modality.")
-@click.option("--modality", help="Branch for --scene (or for an ambiguous checkpoint).")
+@click.option("--stac", "stac_item", type=click.Path(dir_okay=False, path_type=Path),
+              help="Local STAC Item whose assets are the S1/S2 scenes (instead of --sar/--ms; "
+                   "--modality picks one of them).")
+@click.option("--modality", help="Branch for --scene or --stac (or an ambiguous checkpoint).")
 @click.option("--fuse", is_flag=True,
               help="With several scenes: average the branches' class probabilities.")
 @click.option("--bands", multiple=True, metavar="[MODALITY=]NAME,...",
@@ -314,16 +317,29 @@ def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, lis
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | None,
-            modality: str | None, fuse: bool, bands: tuple[str, ...], sar_db: bool,
-            scale: float, offset: float, output: Path, stride: int | None, coarse: bool,
-            chunk_size: int, workers: int, scheduler: str | None,
+            stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
+            sar_db: bool, scale: float, offset: float, output: Path, stride: int | None,
+            coarse: bool, chunk_size: int, workers: int, scheduler: str | None,
             probabilities: Path | None, probabilities_dtype: str, confidence: bool,
             overwrite: bool, quiet: bool, as_json: bool) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF."""
     from .constants import MS, SAR
 
-    scenes = {m: p for m, p in ((MS, ms), (SAR, sar)) if p is not None}
-    if scene is not None:
+    scenes: dict[str, Any] = {m: p for m, p in ((MS, ms), (SAR, sar)) if p is not None}
+    source = None
+    if stac_item is not None:
+        if scenes or scene is not None:
+            raise click.UsageError("--stac replaces --sar, --ms and --scene")
+        from .inference.stac import read_item
+
+        source = read_item(stac_item)
+        scenes = {m: files[0] if len(files) == 1 else files
+                  for m, files in source.paths.items() if modality in (None, m)}
+        if not scenes:
+            raise click.UsageError(f"{stac_item} has no {modality} asset")
+        # The Item names the bands; an explicit --bands still wins.
+        bands = tuple(f"{m}={','.join(source.bands[m])}" for m in scenes) + bands
+    elif scene is not None:
         if modality is None:
             raise click.UsageError("--scene needs --modality")
         scenes[modality] = scene
@@ -341,7 +357,7 @@ def predict(checkpoint: Path, sar: Path | None, ms: Path | None, scene: Path | N
         workers=workers, scheduler=scheduler, probabilities=probabilities,
         probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
         progress=not (quiet or as_json), bands=names, sar_db=(SAR,) if sar_db else (),
-        scale=scale, offset=offset)
+        scale=scale, offset=offset, stac_source=source)
     if as_json:
         import json
 

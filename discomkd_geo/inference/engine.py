@@ -39,6 +39,7 @@ from ..errors import CheckpointError
 from ..logs import progress_disabled
 from ..models.predictor import Predictor
 from .io import Grid, SceneSource, open_sources
+from .stac import ItemInputs, item_path, map_item
 from .tiling import PadMode, WindowGrid, accumulate, chunk_layout, extract_windows, relative_slices
 from .writers import CogWriter, class_description, class_tags, legend, qgis_style, sidecar_paths
 
@@ -255,7 +256,8 @@ def predict_to_file(predictors: Predictors, sources: Sources,
                     bands: Mapping[str, Sequence[str]] | None = None,
                     sar_db: Sequence[str] = (), scale: float = 1.0, offset: float = 0.0,
                     pad: PadMode = "reflect", min_valid: float = 0.5, batch_size: int = 32,
-                    device: str | None = None) -> dict[str, Any]:
+                    device: str | None = None,
+                    stac_source: ItemInputs | None = None) -> dict[str, Any]:
     """Map land cover from one scene per available modality into a Cloud-Optimised GeoTIFF.
 
     Several modalities are fused by averaging their class probabilities per pixel.
@@ -264,8 +266,8 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         predictors: a :class:`Predictor`, or one per modality (``{"ms": ..., "sar": ...}``).
         sources: the scene (any GDAL raster) or one per modality; the first defines the
             output grid, the others are warped onto it.
-        output: the class map to write; ``<stem>.qml`` and ``<stem>.legend.json`` go
-            beside it.
+        output: the class map to write; ``<stem>.qml``, ``<stem>.legend.json`` and its
+            STAC Item ``<stem>.stac.json`` go beside it.
         stride: step between windows (default: half the patch size).
         coarse: one output pixel per stride cell instead of the input grid.
         chunk_size: side of the chunks of output pixels each task maps (bounds memory).
@@ -286,6 +288,7 @@ def predict_to_file(predictors: Predictors, sources: Sources,
         min_valid: windows with a smaller share of valid pixels are skipped (nodata).
         batch_size: windows per forward pass.
         device: torch device (default: CUDA when available).
+        stac_source: the STAC Item the scenes came from (linked from the map's Item).
 
     Returns:
         A summary: ``output``, ``pixels``, ``mapped_pixels``, ``seconds``,
@@ -301,7 +304,8 @@ def predict_to_file(predictors: Predictors, sources: Sources,
     if confidence is True:
         confidence = output.with_suffix(".confidence.tif")
     extras = {"probabilities": probabilities, "confidence": confidence or None}
-    for path in (output, qml_path, legend_path, *filter(None, extras.values())):
+    stac_path = item_path(output)
+    for path in (output, qml_path, legend_path, stac_path, *filter(None, extras.values())):
         check_writable(path, overwrite)
     predictors, plan = make_plan(
         predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
@@ -357,8 +361,13 @@ def predict_to_file(predictors: Predictors, sources: Sources,
             bar.update(chunk.width * chunk.height)
         for cog in outputs.values():
             cog.close(keep=True)
+        item = map_item(output, grid, classes, colors,
+                        {m: source.path for m, source in plan.sources.items()},
+                        {"style": qml_path, "legend": legend_path,
+                         **{k: v for k, v in extras.items() if v}}, source=stac_source)
         for path, text in ((qml_path, qgis_style(classes, colors)),
-                           (legend_path, json.dumps(legend(classes, colors), indent=2))):
+                           (legend_path, json.dumps(legend(classes, colors), indent=2)),
+                           (stac_path, json.dumps(item, indent=2))):
             tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
             tmp.write_text(text)
 
