@@ -10,6 +10,7 @@ catalogued scene without the user naming files and bands.
 """
 
 import datetime as dt
+import json
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -112,7 +113,11 @@ def read_item(path: str | os.PathLike[str]) -> ItemInputs:
 
     path = os.fspath(path)
     try:
-        item = pystac.Item.from_file(path)
+        with open(path) as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("type") != "Feature":
+            raise ValueError("expected a GeoJSON Feature")
+        item = pystac.Item.from_dict(data)
     except (OSError, ValueError, KeyError, pystac.STACError) as err:
         raise InputFileError(path, f"not a readable STAC Item ({err})") from err
     folder = os.path.dirname(os.path.abspath(path))
