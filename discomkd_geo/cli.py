@@ -66,36 +66,72 @@ class _Group(click.Group):
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="discomkd-geo")
-def main() -> None:
+@click.option("-v", "--verbose", count=True,
+              help="More detail: debug lines and Lightning's own messages.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+def main(verbose: int, quiet: bool) -> None:
     """DisCoM-KD for Sentinel-2 / Sentinel-1 land-cover mapping.
 
     Train every single-modality classifier at once on paired MS/SAR data, then map land
     cover from whichever modality is available.
     """
+    from .logs import configure
+
+    configure(-1 if quiet else verbose)
+
+
+class _ConfigKeysCommand(click.Command):
+    """A command whose ``--help`` ends with every config key (generated, see docs/config.md)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """List the config keys after the options."""
+        from .config import config_keys
+
+        with formatter.section("Config keys (YAML or --set KEY=VALUE; docs/config.md)"):
+            formatter.write_dl([(key, f"{doc} [{tp}; default: {default}]")
+                                for key, tp, default, doc in config_keys()])
 
 
 # --------------------------------------------------------------------------- train
-@main.command()
+def _load(config_path: Path | None, overrides: tuple[str, ...], data_root: Path | None,
+          download: bool) -> Any:
+    """The config of a command: file, then ``--set`` overrides, then the dedicated options."""
+    from .config import load_config
+
+    extra = (f"data.root={data_root}",) if data_root is not None else ()
+    return load_config(config_path, overrides + extra + (("data.download=true",) * download))
+
+
+@main.command(cls=_ConfigKeysCommand)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               help="YAML config (configs/eurosat_ms_sar.yaml: the paper's settings).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset root (overrides data.root).")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory for checkpoints, logs, plots and metrics.")
+@click.option("--download", is_flag=True,
+              help="Download EuroSat-MS-SAR into the root if missing (data.download).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory for checkpoints, logs, plots and metrics (required).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@click.option("--print-config", is_flag=True,
+              help="Print the effective config (every key, as YAML) and exit.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its latest epoch (RUN/checkpoints/"
                    "last.ckpt); a finished run is reported as it is.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
-          overrides: tuple[str, ...], overwrite: bool, resume: bool, quiet: bool) -> None:
+@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
+def train(config_path: Path | None, data_root: Path | None, download: bool,
+          run_dir: Path | None, overrides: tuple[str, ...], print_config: bool, overwrite: bool,
+          resume: bool, quiet: bool) -> None:
     """Train DisCoM-KD (or a baseline: --set method=mono) and test each modality."""
-    from .config import load_config
+    config = _load(config_path, overrides, data_root, download)
+    if print_config:
+        from .config import to_yaml
 
-    extra = (f"data.root={data_root}",) if data_root is not None else ()
-    config = load_config(config_path, overrides + extra)
+        click.echo(to_yaml(config), nl=False)
+        return
+    if run_dir is None:
+        raise click.UsageError("Missing option '--out'.")
     from .training.train import train as run_training
 
     result = run_training(config, run_dir, overwrite=overwrite, resume=resume,
@@ -112,6 +148,8 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
               help="YAML config shared by every method (its 'method' key is ignored).")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset root (overrides data.root).")
+@click.option("--download", is_flag=True,
+              help="Download EuroSat-MS-SAR into the root if missing (data.download).")
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Paired seeds per method; seed i draws the i-th split and initialisation.")
 @click.option("--lrs", default="3e-4,1e-3,3e-3", show_default=True, metavar="LR[,LR...]",
@@ -137,10 +175,10 @@ def train(config_path: Path | None, data_root: Path | None, run_dir: Path,
 @click.option("--resume", is_flag=True,
               help="Keep the runs OUT/results.json records and train only the missing ones.")
 @click.pass_context
-def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None, seeds: int,
-            lrs: str, patience: int, jobs: int, report_dir: Path, methods: tuple[str, ...],
-            overrides: tuple[str, ...], quick: bool, regenerate: bool, overwrite: bool,
-            resume: bool) -> None:
+def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None,
+            download: bool, seeds: int, lrs: str, patience: int, jobs: int, report_dir: Path,
+            methods: tuple[str, ...], overrides: tuple[str, ...], quick: bool, regenerate: bool,
+            overwrite: bool, resume: bool) -> None:
     """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report.
 
     Protocol: learning rate per method chosen on validation, early stopping, paired seeds,
@@ -154,7 +192,6 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
         comparison.regenerate(report_dir)
         click.echo(f"report: {report_dir / 'report.md'}")
         return
-    from .config import load_config
     from .errors import ConfigError
 
     def given(name: str) -> bool:
@@ -172,8 +209,7 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
         grid = grid if given("lrs") else list(q["lrs"])
         patience = patience if given("patience") else q["patience"]
         names = names or list(q["methods"])
-    extra = (f"data.root={data_root}",) if data_root is not None else ()
-    config = load_config(config_path, overrides + extra)
+    config = _load(config_path, overrides, data_root, download)
     comparison.compare(config, report_dir, seeds=seeds, methods=names, lrs=grid,
                        patience=patience, jobs=jobs, overwrite=overwrite, resume=resume,
                        command=comparison.command_line(sys.argv[1:]), echo=click.echo)
@@ -266,26 +302,38 @@ def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
 @main.command()
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               default=Path("demo_out"), show_default=True, help="Output directory.")
-@click.option("--per-class", type=click.IntRange(min=4), default=150, show_default=True,
-              help="Synthetic training images per class.")
+@click.option("--per-class", type=click.IntRange(min=4),
+              help="Synthetic training images per class [150; --quick: 12].")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Training config (default: the checkout's configs/demo.yaml).")
+              default=None, help="Training config (default: the packaged configs/demo.yaml).")
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder with the demo sar.tif and truth.tif (default: tiles/demo).")
+              help="Folder with the demo sar.tif and truth.tif (default: the packaged "
+                   "tiles/demo).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@click.option("--quick", is_flag=True,
+              help="Smoke run in well under a minute: 12 images per class, 1 epoch, a "
+                   "narrower CNN (--per-class and --set still apply).")
 @click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo.")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
-def demo(out: Path, per_class: int, seed: int, config_path: Path | None, tiles: Path | None,
-         overrides: tuple[str, ...], overwrite: bool, quiet: bool) -> None:
-    """Train on synthetic EuroSat-MS-SAR, map the demo scene from SAR alone, score it."""
+@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
+         tiles: Path | None, overrides: tuple[str, ...], quick: bool, overwrite: bool,
+         quiet: bool) -> None:
+    """Train on synthetic EuroSat-MS-SAR, map the demo scene from SAR alone, score it.
+
+    The figures are the same on every machine: training and mapping run on one CPU
+    thread with deterministic algorithms.
+    """
     from . import demo as demo_module
 
+    if quick:
+        per_class = per_class or demo_module.QUICK_PER_CLASS
+        overrides = demo_module.QUICK_OVERRIDES + overrides
     demo_module.run_demo(out, overwrite=overwrite,
                          config_path=config_path or demo_module.DEMO_CONFIG,
-                         tiles=tiles or demo_module.DEMO_TILES, per_class=per_class,
-                         seed=seed, overrides=overrides, progress=not quiet, echo=click.echo)
+                         tiles=tiles or demo_module.DEMO_TILES, per_class=per_class or 150,
+                         seed=seed, overrides=overrides, progress=not quiet)
 
 
 # --------------------------------------------------------------------------- predict
@@ -379,7 +427,10 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
                    "of each band; every band is resampled to the model's pixel size).")
 @click.option("--scene", multiple=True, type=click.Path(path_type=Path),
               help="Scene of another modality, named by --modality.")
-@click.option("--modality", help="Branch for --scene (or for an ambiguous checkpoint).")
+@click.option("--stac", "stac_item", type=click.Path(dir_okay=False, path_type=Path),
+              help="Local STAC Item whose assets are the S1/S2 scenes (instead of --sar/--ms; "
+                   "--modality picks one of them).")
+@click.option("--modality", help="Branch for --scene or --stac (or an ambiguous checkpoint).")
 @click.option("--fuse", is_flag=True,
               help="With several scenes: average the branches' class probabilities.")
 @_input_options
@@ -415,8 +466,9 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
             sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
-            modality: str | None, fuse: bool, bands: tuple[str, ...], sar_units: str | None,
-            sar_db: bool, ms_scale: float, ms_offset: float, crs: str | None, output: Path,
+            stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
+            sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
+            crs: str | None, output: Path,
             force: bool, stride: int | None, coarse: bool, mode: str, chunk_size: int,
             workers: int, scheduler: str | None, scheduler_timeout: float,
             probabilities: Path | None, probabilities_dtype: str, confidence: bool,
@@ -429,6 +481,19 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
     from .constants import MS, SAR
 
     scenes: dict[str, list[Path]] = {}
+    source = None
+    if stac_item is not None:
+        if ms or sar or sar_vv or sar_vh or scene:
+            raise click.UsageError("--stac replaces --sar, --ms and --scene")
+        from .inference.stac import read_item
+
+        source = read_item(stac_item)
+        scenes = {m: [Path(f) for f in files] for m, files in source.paths.items()
+                  if modality in (None, m)}
+        if not scenes:
+            raise click.UsageError(f"{stac_item} has no {modality} asset")
+        # The Item names the bands; an explicit --bands still wins.
+        bands = tuple(f"{m}={','.join(source.bands[m])}" for m in scenes) + bands
     if ms:
         scenes[MS] = list(ms)
     if sar_vv or sar_vh:
@@ -457,7 +522,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
         probabilities=probabilities,
         probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
-        progress=not (quiet or as_json), force=force)
+        progress=not (quiet or as_json), force=force, stac_source=source)
     if as_json:
         import json
 
@@ -529,8 +594,12 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
 
 
 @click.group("discomkd", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-def rio_discomkd() -> None:
+@click.pass_context
+def rio_discomkd(ctx: click.Context) -> None:
     """DisCoM-KD land-cover mapping (the discomkd-geo commands as a rio plugin)."""
+    from .logs import configure
+
+    configure((ctx.obj or {}).get("verbosity", 0))  # rio's own -v/-q
 
 
 rio_discomkd.add_command(predict)

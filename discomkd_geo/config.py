@@ -105,6 +105,7 @@ class DataConfig:
         paired: draw each batch as aligned pairs; ``False`` draws every modality's samples
             independently and class-balanced, as the authors train.
         drop_unpaired: ignore images whose twin in another modality is missing.
+        download: download EuroSat-MS-SAR into ``root`` if it is not there (``--download``).
         batch_size: samples per modality per batch.
         num_workers: DataLoader worker processes.
         normalization: per-band normalisation.
@@ -122,6 +123,7 @@ class DataConfig:
     )
     paired: bool = False
     drop_unpaired: bool = False
+    download: bool = False
     batch_size: int = 128
     num_workers: int = 2
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
@@ -249,6 +251,75 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """``{name: description}`` from the ``Attributes:`` section of a dataclass docstring."""
+    lines = (cls.__doc__ or "").split("Attributes:", 1)[-1].splitlines()
+    docs: dict[str, str] = {}
+    name = ""
+    for line in lines:
+        text = line.strip()
+        head, sep, rest = text.partition(": ")
+        if sep and head.isidentifier() and len(line) - len(line.lstrip()) == 8:
+            name, docs[head] = head, rest
+        elif text and name:
+            docs[name] += " " + text
+    return {k: " ".join(v.replace("``", "`").split()) for k, v in docs.items()}
+
+
+def _describe(tp: Any) -> str:
+    """A config type as a reader writes it in YAML: ``int``, ``one of a, b``, ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is Literal:
+        return "one of " + ", ".join(map(str, args))
+    if origin is list:
+        return f"list of {_describe(args[0])}"
+    if origin is dict:
+        value = "section" if dataclasses.is_dataclass(args[1]) else _describe(args[1])
+        return f"mapping of name to {value}"
+    return _type_name(tp)
+
+
+def config_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """Every config key: ``(dotted key, type, default as YAML, description)``.
+
+    Generated from the dataclasses and their docstrings, so the reference cannot drift.
+    A mapping of sections (``data.modalities``) is listed as ``data.modalities.<name>.*``.
+    """
+    hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
+    defaults = dataclasses.asdict(cls())
+    rows = []
+    for f in dataclasses.fields(cls):
+        key, tp = f"{prefix}{f.name}", hints[f.name]
+        value_tp = typing.get_args(tp)[1] if typing.get_origin(tp) is dict else None
+        if dataclasses.is_dataclass(tp):
+            rows += config_keys(tp, f"{key}.")
+            continue
+        default = yaml.safe_dump(defaults[f.name], default_flow_style=True).strip()
+        rows.append((key, _describe(tp), default.removesuffix("\n...").strip(),
+                     docs.get(f.name, "")))
+        if dataclasses.is_dataclass(value_tp):
+            rows += config_keys(value_tp, f"{key}.<name>.")
+    return rows
+
+
+def config_reference() -> str:
+    """The Markdown reference of every config key (``docs/config.md``)."""
+    lines = ["# Configuration reference", "",
+             "Every key of a `discomkd-geo train` / `compare` YAML config, with its type,",
+             "default and meaning. Generated from the dataclasses in",
+             "`discomkd_geo/config.py` (`python -m discomkd_geo.config > docs/config.md`);",
+             "a test checks that this file is current. Set a key in a YAML file or on the",
+             "command line with `--set key=value`; print the effective config with",
+             "`discomkd-geo train --config FILE --print-config`.", "",
+             "| key | type | default | meaning |", "|---|---|---|---|"]
+    for key, tp, default, doc in config_keys():
+        lines.append(f"| `{key}` | {tp} | `{default}` | {doc.replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it converted."""
     origin = typing.get_origin(tp)
@@ -301,6 +372,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
                               f"unknown key; expected one of {sorted(names)}")
     kwargs = {k: _convert(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+def to_yaml(config: Config) -> str:
+    """The config as YAML, every key present (what ``train --print-config`` shows)."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -371,3 +447,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
     for assignment in overrides:
         apply_override(merged, assignment)
     return from_dict(merged)
+
+
+if __name__ == "__main__":
+    print(config_reference(), end="")

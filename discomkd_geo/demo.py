@@ -6,12 +6,18 @@ Top of the import flow, beside the CLI (``discomkd-geo demo``, ``make demo``):
 2. train the small DisCoM-KD model of ``configs/demo.yaml`` on paired MS/SAR patches;
 3. map the demo scene ``tiles/demo/sar.tif`` from **SAR alone** to a land-cover GeoTIFF;
 4. draw a quicklook PNG beside the truth and score the map against ``truth.tif``.
+
+The config and the scene travel inside the wheel (``discomkd_geo/demo_data``, mapped from
+the repository's ``configs/`` and ``tiles/demo/`` by ``pyproject.toml``), so the demo runs
+wherever the package is installed. The figures are reproducible: see :func:`reproducible`.
 """
 
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +28,48 @@ from rasterio.warp import Resampling, reproject
 from ._io import atomic_path, check_writable
 from .constants import CLASS_NODATA, SAR
 from .errors import InputFileError
+from .logs import log
 
-#: Repository folders the demo reads (present in a source checkout).
-REPO = Path(__file__).resolve().parents[1]
-DEMO_CONFIG = REPO / "configs" / "demo.yaml"
-DEMO_TILES = REPO / "tiles" / "demo"
+
+def _demo_files() -> tuple[Path, Path]:
+    """The demo config and scene folder: packaged in an installed wheel, else the checkout's."""
+    packaged = resources.files(__package__) / "demo_data"
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged / "demo.yaml", packaged / "tiles"
+    repo = Path(__file__).resolve().parents[1]
+    return repo / "configs" / "demo.yaml", repo / "tiles" / "demo"
+
+
+DEMO_CONFIG, DEMO_TILES = _demo_files()
+
+#: ``demo --quick``: a smoke run of every step in well under a minute.
+QUICK_PER_CLASS = 12
+QUICK_OVERRIDES = ("trainer.max_epochs=1", "trainer.log_every_n_steps=1", "model.width=8",
+                   "data.batch_size=32")
+
+
+@contextmanager
+def reproducible(threads: int = 1) -> Iterator[None]:
+    """Torch settings under which the demo gives the same figures on any machine.
+
+    A fixed intra-op thread count (CPU kernels split their sums by thread, so another
+    count rounds differently: two epochs on 1 and on 2 threads end with other weights)
+    and deterministic algorithms; the previous settings come back afterwards. The demo
+    also trains and maps on the CPU, since GPU kernels round differently again.
+
+    Args:
+        threads: torch intra-op threads while the block runs.
+    """
+    import torch
+
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1])
 
 
 def cache_dir() -> Path:
@@ -130,9 +173,11 @@ def quicklook(sar_path: str | os.PathLike[str], map_path: str | os.PathLike[str]
 def run_demo(out: str | os.PathLike[str], overwrite: bool = False,
              config_path: str | os.PathLike[str] = DEMO_CONFIG,
              tiles: str | os.PathLike[str] = DEMO_TILES, per_class: int = 150, seed: int = 0,
-             overrides: tuple[str, ...] = (), progress: bool = True,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
+             overrides: tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
     """Run the demo into ``out`` and return its summary (also ``out/summary.json``).
+
+    Each step is reported on the ``discomkd_geo`` logger. Training runs on the CPU under
+    :func:`reproducible` (``overrides`` may name another accelerator).
 
     Args:
         out: output directory (refused if not empty, unless ``overwrite``).
@@ -142,42 +187,56 @@ def run_demo(out: str | os.PathLike[str], overwrite: bool = False,
         per_class: synthetic training images per class.
         seed: seed of the data generator and of training.
         overrides: dotted config overrides, e.g. ``("trainer.max_epochs=2",)``.
-        progress: show progress bars.
-        echo: where to report each step.
+        progress: show progress bars (lines in a log file).
 
     Raises:
         InputFileError: the config or the demo scene is missing.
     """
+    out = Path(out)
+    tiles = Path(tiles)
+    for needed in (Path(config_path), tiles / "sar.tif", tiles / "truth.tif"):
+        if not needed.exists():
+            raise InputFileError(needed, "demo input missing; reinstall discomkd-geo, or "
+                                         "pass --config and --tiles")
+    check_writable(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with reproducible():
+        summary = _steps(out, Path(config_path), tiles, per_class, seed, overrides, progress)
+    summary["seconds"] = round(time.perf_counter() - start, 1)
+    for name, content in (("accuracy.json", summary["map_accuracy"]),
+                          ("summary.json", summary)):
+        with atomic_path(out / name, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(content, indent=2, default=str))
+    log.info("done in %.0f s: %s", summary["seconds"], out)
+    return summary
+
+
+def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
+           overrides: tuple[str, ...], progress: bool) -> dict[str, Any]:
+    """The demo's four steps (see the module docstring); returns the summary."""
     from .config import load_config
     from .inference.engine import predict_to_file
     from .models.predictor import load_predictor
     from .training.train import train
 
-    out = Path(out)
-    tiles = Path(tiles)
-    for needed in (Path(config_path), tiles / "sar.tif", tiles / "truth.tif"):
-        if not needed.exists():
-            raise InputFileError(needed, "demo input missing; run the demo from a source "
-                                         "checkout, or pass --config and --tiles")
-    check_writable(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-
     root = demo_dataset(per_class, seed)
-    echo(f"[1/4] synthetic EuroSat-MS-SAR: {root}")
+    log.info("[1/4] synthetic EuroSat-MS-SAR, %d images per class: %s", per_class, root)
 
-    config = load_config(config_path, (f"data.root={root}", f"seed={seed}", *overrides))
-    echo(f"[2/4] training DisCoM-KD ({config.model.backbone}, "
-         f"{config.trainer.max_epochs} epochs) into {out / 'run'}")
+    config = load_config(config_path, ("trainer.accelerator=cpu", f"data.root={root}",
+                                       f"seed={seed}", *overrides))
+    epochs = config.trainer.max_epochs
+    log.info("[2/4] training DisCoM-KD (%s, %d epoch%s) into %s", config.model.backbone,
+             epochs, "s" * (epochs != 1), out / "run")
     result = train(config, out / "run", overwrite=True, progress=progress)
     for m, metrics in result.metrics.items():
-        echo(f"      {m} patch test weighted F1 {metrics['f1_weighted']:.3f}")
+        log.info("      %s patch test weighted F1 %.3f", m, metrics["f1_weighted"])
 
     predictor = load_predictor(out / "run", SAR)
     map_path = out / "landcover_sar.tif"
-    echo(f"[3/4] mapping {tiles / 'sar.tif'} from SAR alone -> {map_path}")
+    log.info("[3/4] mapping %s from SAR alone -> %s", tiles / "sar.tif", map_path)
     mapping = predict_to_file(predictor, tiles / "sar.tif", map_path, overwrite=True,
-                              progress=progress)
+                              progress=progress, device="cpu")
 
     classes = list(predictor.info.classes)
     accuracy = score_map(map_path, tiles / "truth.tif", classes)
@@ -186,19 +245,7 @@ def run_demo(out: str | os.PathLike[str], overwrite: bool = False,
               list(predictor.info.colors), png,
               f"SAR-only land cover: OA {accuracy['oa']:.1%}, "
               f"weighted F1 {accuracy['f1_weighted']:.3f}")
-    echo(f"[4/4] map vs truth: OA {accuracy['oa']:.3f}, weighted F1 "
-         f"{accuracy['f1_weighted']:.3f} over {accuracy['pixels']} px -> {png}")
-
-    summary = {
-        "dataset": str(root),
-        "patch_test": result.metrics,
-        "map": str(map_path),
-        "mapping": mapping,
-        "map_accuracy": accuracy,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
-    for name, content in (("accuracy.json", accuracy), ("summary.json", summary)):
-        with atomic_path(out / name, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(content, indent=2, default=str))
-    echo(f"done in {summary['seconds']:.0f} s: {out}")
-    return summary
+    log.info("[4/4] map vs truth: OA %.3f, weighted F1 %.3f over %d px -> %s",
+             accuracy["oa"], accuracy["f1_weighted"], accuracy["pixels"], png)
+    return {"dataset": str(root), "patch_test": result.metrics, "map": str(map_path),
+            "mapping": mapping, "map_accuracy": accuracy}

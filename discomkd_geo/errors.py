@@ -64,7 +64,8 @@ class DatasetNotFoundError(DiscomkdGeoError, FileNotFoundError):
         self.what = what
         super().__init__(
             f"{what} not found in root={self.root!r}; point root at the unpacked data, "
-            "or pass download=True (or generate it: discomkd-geo synth eurosat DIR)"
+            "download it (--download, config data.download: true, Python download=True) "
+            "or generate it (discomkd-geo synth eurosat DIR)"
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

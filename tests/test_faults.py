@@ -232,7 +232,8 @@ def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
 
     code, _, err = invoke(*args)
     assert code == 0, err
-    assert files(tmp_path) == {"log.txt", "map.tif", "map.qml", "map.legend.json"}
+    assert files(tmp_path) == {"log.txt", "map.tif", "map.qml", "map.legend.json",
+                               "map.stac.json"}
 
 
 @pytest.fixture(scope="module")

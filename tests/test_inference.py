@@ -107,7 +107,7 @@ def test_output_is_a_styled_cloud_optimised_geotiff(sar: Predictor, sar_scene: P
     qml = out.with_suffix(".qml").read_text()
     assert qml.count("<paletteEntry") == 10 and 'label="HerbaceousVegetation"' in qml
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.legend.json", "map.qml",
-                                                          "map.tif"]
+                                                          "map.stac.json", "map.tif"]
 
 
 @pytest.mark.parametrize("mode", ["dense", "windows"])

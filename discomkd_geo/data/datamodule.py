@@ -91,7 +91,7 @@ class MSSARDataModule(L.LightningDataModule):
             c.root, split=split, modalities=modalities,  # type: ignore[arg-type]
             bands={m: c.modalities[m].bands for m in modalities}, layout=c.layout,
             split_mode=c.split, split_seed=c.split_seed, drop_unpaired=c.drop_unpaired,
-            pair_with=list(c.modalities))
+            pair_with=list(c.modalities), download=c.download)
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage`` and the statistics of the training split.

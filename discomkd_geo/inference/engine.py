@@ -46,9 +46,11 @@ from rasterio.windows import Window
 from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
 from ..errors import CheckpointError, InputFileError, SchedulerError
+from ..logs import progress_disabled
 from ..models.predictor import Predictor
 from .checks import SceneCheck, check_sources
 from .io import Grid, SceneInput, Source, as_input, open_sources
+from .stac import ItemInputs, item_path, map_item
 from .tiling import (
     PadMode,
     WindowGrid,
@@ -450,7 +452,8 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
                     overwrite: bool = False, progress: bool = False, force: bool = False,
                     pad: PadMode = "reflect", min_valid: float = 0.5, batch_size: int = 32,
                     device: str | None = None, mode: Mode = "windows",
-                    block_size: int = 1024) -> dict[str, Any]:
+                    block_size: int = 1024,
+                    stac_source: ItemInputs | None = None) -> dict[str, Any]:
     """Map land cover from one scene per available modality into a Cloud-Optimised GeoTIFF.
 
     Several modalities are fused by averaging their class probabilities per pixel.
@@ -463,8 +466,8 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             :class:`~discomkd_geo.inference.io.SceneInput` that also gives band names,
             SAR units and scaling. The first defines the output grid (at the model's pixel
             size), the others are warped onto it.
-        output: the class map to write; ``<stem>.qml`` and ``<stem>.legend.json`` go
-            beside it.
+        output: the class map to write; ``<stem>.qml``, ``<stem>.legend.json`` and its
+            STAC Item ``<stem>.stac.json`` go beside it.
         stride: step between windows (default: a quarter of the patch size in dense mode,
             half in windows mode).
         coarse: one output pixel per stride cell instead of the input grid.
@@ -491,6 +494,7 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             strides below the patch size).
         block_size: dense mode's block side in pixels (rounded to whole strides): the
             output does not depend on ``chunk_size`` or ``workers``, only on this.
+        stac_source: the STAC Item the scenes came from (linked from the map's Item).
 
     Returns:
         A summary: ``output``, ``pixels``, ``mapped_pixels``, ``seconds``,
@@ -512,7 +516,9 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
     if confidence is True:
         confidence = output.with_suffix(".confidence.tif")
     extras = {"probabilities": probabilities, "confidence": confidence or None}
+    stac_path = item_path(output)
     check_outputs({"map": output, "QGIS style": qml_path, "legend": legend_path,
+                   "STAC Item": stac_path,
                    **{name: path for name, path in extras.items() if path}}, overwrite,
                   inputs=_input_files(sources))
     predictors, plan, checks = make_plan(
@@ -561,7 +567,7 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         from tqdm.auto import tqdm
 
         bar = stack.enter_context(tqdm(total=grid.width * grid.height, unit="px",
-                                       unit_scale=True, disable=not progress,
+                                       unit_scale=True, disable=progress_disabled(progress),
                                        desc=f"mapping {output.name}"))
         files = [f for source in plan.sources.values() for f in source.files]
         submit, slots = stack.enter_context(_submitter(
@@ -579,8 +585,13 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             bar.update(chunk.width * chunk.height)
         for cog in outputs.values():
             cog.close(keep=True)
+        item = map_item(output, grid, classes, colors,
+                        {m: source.files for m, source in plan.sources.items()},
+                        {"style": qml_path, "legend": legend_path,
+                         **{k: v for k, v in extras.items() if v}}, source=stac_source)
         for path, text in ((qml_path, qgis_style(classes, colors)),
-                           (legend_path, json.dumps(legend(classes, colors), indent=2))):
+                           (legend_path, json.dumps(legend(classes, colors), indent=2)),
+                           (stac_path, json.dumps(item, indent=2))):
             tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
             tmp.write_text(text)
 

@@ -15,6 +15,7 @@ products are rescaled here, so the predictor receives the raw units it was train
 
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from affine import Affine
 from rasterio.coords import disjoint_bounds
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
-from rasterio.errors import CRSError, RasterioIOError
+from rasterio.errors import CRSError, NotGeoreferencedWarning, RasterioIOError
 from rasterio.transform import array_bounds, from_origin
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
@@ -388,7 +389,14 @@ def _open(path: str) -> rasterio.DatasetReader:
     if not os.path.exists(path):
         raise InputFileError(path, "no such file")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # rasterio would warn and carry on with pixel coordinates; say it in one line.
+            warnings.simplefilter("error", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except NotGeoreferencedWarning as err:
+        raise InputFileError(path, "is not georeferenced (no geotransform, GCPs or RPCs); "
+                                   "georeference it (e.g. gdal_edit.py -a_srs -a_ullr) "
+                                   "before mapping") from err
     except RasterioIOError as err:
         raise InputFileError(path, f"cannot read raster: {err}") from err
 

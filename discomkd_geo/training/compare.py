@@ -56,6 +56,7 @@ import numpy as np  # noqa: E402
 from .._io import atomic_path, check_writable  # noqa: E402
 from ..config import Config, apply_override, from_dict  # noqa: E402
 from ..errors import ConfigError, InputFileError  # noqa: E402
+from ..logs import log  # noqa: E402
 from .baselines import FUSED  # noqa: E402
 from .plots import read_epoch_log  # noqa: E402
 from .stats import mean_std, paired_difference, t_interval  # noqa: E402
@@ -540,7 +541,8 @@ def _stages(variants: list[Variant]) -> list[list[Variant]]:
 def compare(config: Config, out: str | Path, seeds: int = 5,
             methods: Sequence[str] | None = None, lrs: Sequence[float] = DEFAULT_LRS,
             patience: int = 5, jobs: int = 1, overwrite: bool = False, resume: bool = False,
-            command: str | None = None, echo: Callable[[str], Any] = print) -> dict[str, Any]:
+            command: str | None = None,
+            echo: Callable[[str], Any] = log.info) -> dict[str, Any]:
     """Tune, train every selected variant for every seed, and write the report.
 
     Args:

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from ..config import Config, DataConfig, from_dict
 from ..data.eurosat import EuroSATMSSAR
 from ..errors import CheckpointError, ConfigError
+from ..logs import progress_disabled
 from ..models.predictor import CHECKPOINT_KEY, Predictor, load_predictor
 
 
@@ -97,7 +98,7 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
                               f"the dataset's {list(dataset.classes)}")
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
     preds, targets = [], []
-    for batch in tqdm(loader, desc=f"evaluate {modality}", disable=not progress):
+    for batch in tqdm(loader, desc=f"evaluate {modality}", disable=progress_disabled(progress)):
         preds.append(predictor(batch[f"image_{modality}"].to(device)).argmax(dim=1).cpu())
         targets.append(batch["label"])
     pred, target = torch.cat(preds), torch.cat(targets)

@@ -39,9 +39,11 @@ from .._io import atomic_path, check_writable
 from ..config import Config
 from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
+from ..logs import log
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
+from .progress import TrainingProgress
 
 #: Training method name -> task class (``kd``/``dkd`` need a teacher: see ``build_task``).
 TASKS: dict[str, type[MultiModalTask]] = {
@@ -213,7 +215,7 @@ def _finished(run_dir: Path) -> TrainResult:
 def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: bool = False,
           progress: bool = True,
           build_task: Callable[[Config, dict[str, Any]], MultiModalTask] | None = None,
-          echo: Callable[[str], None] = print) -> TrainResult:
+          echo: Callable[[str], None] = log.info) -> TrainResult:
     """Train ``config.method`` and evaluate each modality's best checkpoint on the test split.
 
     Args:
@@ -223,7 +225,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         resume: continue from ``run_dir/checkpoints/last.ckpt`` (the end of the latest
             epoch): model, optimiser, epoch, best scores, random states and log. A
             finished run (``metrics.json`` written) is returned as it is.
-        progress: show Lightning's progress bar.
+        progress: report progress: a bar on a terminal, a line every few epochs in a log.
         build_task: custom task factory (the comparison uses it to hand a trained teacher
             to distillation baselines); default: ``TASKS[config.method]``.
         echo: where to say that the run resumes, or had finished.
@@ -256,12 +258,15 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     else:
         task = build_task(config, info)
     tc = config.trainer
+    callbacks = _callbacks(config, task, run_dir)
+    if progress:
+        callbacks.append(TrainingProgress(task.heads))
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=tc.log_every_n_steps, default_root_dir=run_dir,
-        callbacks=_callbacks(config, task, run_dir), logger=_loggers(run_dir, done),
-        enable_progress_bar=progress, enable_model_summary=False,
+        callbacks=callbacks, logger=_loggers(run_dir, done),
+        enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0,
     )
     if done is not None:
