@@ -445,7 +445,9 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
 @click.option("--mode", type=click.Choice(["windows", "dense"]), default="windows",
               show_default=True,
               help="windows: every window classified on its own; dense: encoders once per "
-                   "block, windows pooled from their feature maps (faster at fine strides).")
+                   "block, windows pooled from their feature maps (several times faster at "
+                   "fine strides, but windows then see their real neighbours instead of the "
+                   "zero padding of training: check its accuracy for your model first).")
 @click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
               help="Side of the chunks of output pixels (bounds memory).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,

@@ -79,9 +79,9 @@ def cache_dir() -> Path:
 
 def demo_dataset(per_class: int, seed: int) -> Path:
     """The synthetic EuroSat-MS-SAR dataset of the demo, generated once into the cache."""
-    from .data.synthetic import make_eurosat
+    from .data.synthetic import GENERATOR_VERSION, make_eurosat
 
-    root = cache_dir() / f"eurosat-synthetic-{per_class}-seed{seed}"
+    root = cache_dir() / f"eurosat-synthetic-v{GENERATOR_VERSION}-{per_class}-seed{seed}"
     if not root.is_dir():  # atomic_dir makes a present directory a complete one
         make_eurosat(root, per_class=per_class, seed=seed)
     return root

@@ -327,13 +327,18 @@ def test_lazy_result_matches_the_file(sar: Predictor, sar_scene: Path, tmp_path:
     assert probs.dims == ("band", "y", "x") and list(probs.band.values) == list(EUROSAT_CLASSES)
 
 
-def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
+def saved_sar_model(path: Path) -> Path:
+    """An untrained small-CNN SAR predictor saved as a file ``predict --checkpoint`` takes."""
     spec = {"kind": "mono", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
             "width": 8}
     predictor = make_predictor("sar", list(S1_BANDS), branch=build_branch(**spec))
     predictor.info.branch_spec = spec
-    model = tmp_path / "sar.pt"
-    predictor.save(model)
+    predictor.save(path)
+    return path
+
+
+def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
+    model = saved_sar_model(tmp_path / "sar.pt")
     out = tmp_path / "cli.tif"
     args = ["predict", "--checkpoint", str(model), "--sar", str(sar_scene), "-o", str(out),
             "--stride", "8", "--chunk-size", "64", "--workers", "2", "--confidence"]

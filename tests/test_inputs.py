@@ -25,7 +25,7 @@ from discomkd_geo.cli import main
 from discomkd_geo.constants import S1_BANDS, S2_BANDS
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
-from discomkd_geo.inference.io import SceneInput, canonical_band
+from discomkd_geo.inference.io import SceneInput, canonical_band, open_sources
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
 spyndex = pytest.importorskip("spyndex")
@@ -242,10 +242,18 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
     path = tmp_path / "gcp.tif"
     gcps = [GroundControlPoint(row=r, col=c, x=3.0 + c * 1.3e-4, y=45.0 - r * 0.9e-4)
             for r in (0, 96) for c in (0, 96)]
+    values = s1_db(96, seed=6)
     with rasterio.open(path, "w", driver="GTiff", width=96, height=96, count=2,
                        dtype="float32", gcps=gcps, crs="EPSG:4326", nodata=np.nan) as dst:
-        dst.write(s1_db(96, seed=6))
+        dst.write(values)
         dst.descriptions = tuple(S1_BANDS)
+    # The warped values are the raster's own (a WarpedVRT onto an explicit grid reads
+    # other pixels of a GCP-only raster).
+    _, sources = open_sources({"sar": SceneInput(path)}, {"sar": sar.info})
+    warped, valid = sources["sar"].read_raw(sources["sar"].grid.window)
+    assert valid.mean() > 0.5
+    np.testing.assert_allclose(np.median(warped[:, valid], axis=1),
+                               np.median(values, axis=(1, 2)), atol=0.5)
     lazy = predict_lazy(sar, path)
     assert lazy.rio.crs.to_epsg() == 32631  # UTM zone of the scene centre (3 E, 45 N)
     assert lazy.rio.transform().a == 10.0  # the model's pixel size

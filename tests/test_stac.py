@@ -8,13 +8,12 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from pystac.validation import validate_dict
-from test_inference import make_predictor
+from test_inference import saved_sar_model
 
 from discomkd_geo.cli import main
 from discomkd_geo.constants import EUROSAT_CLASSES, S1_BANDS, S2_BANDS
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.inference.stac import read_item
-from discomkd_geo.models.branches import build_branch
 
 EXTENSIONS = {"projection", "raster", "classification"}
 #: The MS asset names its bands the way catalogues do: B1, B2, ... and one common name.
@@ -67,12 +66,7 @@ def test_read_item_errors_name_the_file(tmp_path: Path) -> None:
 def test_predict_stac_maps_the_item_and_writes_a_valid_item(scene_dir: Path,
                                                             tmp_path: Path) -> None:
     item = write_item(tmp_path / "catalogue", scene_dir)
-    spec = {"kind": "mono", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
-            "width": 8}
-    predictor = make_predictor("sar", list(S1_BANDS), branch=build_branch(**spec))
-    predictor.info.branch_spec = spec
-    model = tmp_path / "sar.pt"
-    predictor.save(model)
+    model = saved_sar_model(tmp_path / "sar.pt")
     out = tmp_path / "maps" / "landcover.tif"
     out.parent.mkdir()
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(model), "--stac",

@@ -67,6 +67,10 @@ from ..constants import CLASS_NODATA, EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS,
 from .eurosat import EuroSATMSSAR
 
 #: Materials mixed inside a pixel, in the order of the tables below.
+#: Changes whenever the generator draws other data for the same seed: caches of generated
+#: datasets (the demo's) are keyed by it, so a cache never serves an older model's data.
+GENERATOR_VERSION = 2
+
 MATERIALS: tuple[str, ...] = (
     "crop", "forest", "grass", "dry_vegetation", "soil",
     "asphalt", "concrete", "tile_roof", "water", "turbid_water",

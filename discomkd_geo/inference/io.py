@@ -295,11 +295,19 @@ class SceneSource(_Source):
             # A negligible approximation tolerance: each pixel is transformed (almost)
             # exactly, so its value does not depend on the window it is read through
             # (byte-identical output for any chunking).
+            warp = {"resampling": Resampling.bilinear, "dtype": "float32", "nodata": np.nan,
+                    "tolerance": 1e-9}
+            if src.crs is None:
+                # GCPs or RPCs only: a WarpedVRT given an explicit grid ignores them and
+                # reads the wrong pixels (rasterio 1.4, GDAL 3.10), so warp to GDAL's own
+                # grid first, which honours them, then from that one onto ours.
+                src = stack.enter_context(WarpedVRT(
+                    src, src_crs=_source_crs(src), crs=self.grid.crs,
+                    src_nodata=src.nodata, **warp))
             src = stack.enter_context(WarpedVRT(
-                src, src_crs=_source_crs(src), crs=self.grid.crs,
-                transform=self.grid.transform, width=self.grid.width,
-                height=self.grid.height, resampling=Resampling.bilinear, dtype="float32",
-                nodata=np.nan, src_nodata=src.nodata, tolerance=1e-9))
+                src, crs=self.grid.crs, transform=self.grid.transform,
+                width=self.grid.width, height=self.grid.height, src_nodata=src.nodata,
+                **warp))
             # Band by band: GDAL's multi-band warped reads of a VRT's full extent give
             # other values than smaller windows; single-band reads do not.
             return [src.read(i, window=window, masked=True, out_dtype="float32")
