@@ -1,6 +1,7 @@
 """Inference benchmark: windows vs dense mode vs the naive TorchGeo loop, strides 32/16/8.
 
-Prints a table and merges key "inference" into benchmarks/results.json.
+Prints a table, merges key "inference" into benchmarks/results.json and draws the demo
+model's maps by mode and stride beside the truth in benchmarks/inference_modes.png.
 
 On the demo scene (tiles/demo/sar.tif, 526 x 526 px, truth.tif beside it), for strides
 32, 16 and 8 and each of
@@ -14,6 +15,9 @@ truth and agreement with windows mode at the same stride. Two models:
   demo     the trained demo SAR branch (small_cnn; --run, default demo_out/run from
            `make demo`): accuracy;
   resnet18 the DisCoM-KD SAR branch with ResNet-18 (random weights: speed only).
+On the demo run's synthetic test patches, the weighted F1 of the demo SAR branch
+classifying each 64 x 64 patch alone (windows mode) and densely, with the patch's
+mirrored halo as the only context (what the engine gives windows at a scene's edge).
 Then dense mode at stride 16 with 1 and 2 local workers (blocks of 256 px, so there is
 work to share), each worker getting torch.get_num_threads() // workers threads.
 
@@ -174,6 +178,36 @@ def in_subprocess(kind: str, scene: Path, out: Path, backbone: str, stride: int,
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def patch_f1(run: str) -> dict:
+    """Weighted F1 on the run's synthetic test patches: windows vs dense classification."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    from discomkd_geo.training.evaluate import dataset_for, training_config
+
+    model = predictor("demo", run)
+    halo = model.dense_halo()
+    loader = DataLoader(dataset_for(model, training_config(run).data, "test", run),
+                        batch_size=256)
+    preds: dict[str, list] = {"windows": [], "dense": []}
+    targets = []
+    with torch.inference_mode():
+        for batch in loader:
+            x = batch["image_sar"]
+            preds["windows"].append(model(x).argmax(dim=1))
+            context = F.pad(x, (halo,) * 4, mode="reflect")
+            preds["dense"].append(model.dense(context, PATCH, halo)[:, 0, 0].argmax(dim=1))
+            targets.append(batch["label"])
+    target = torch.cat(targets)
+    pred = {k: torch.cat(v) for k, v in preds.items()}
+    return {"samples": int(target.numel()), "halo": halo,
+            **{f"f1_weighted_{k}": round(float(multiclass_f1_score(
+                v, target, CLASSES, average="weighted")), 4) for k, v in pred.items()},
+            "agreement": round(float((pred["dense"] == pred["windows"]).float().mean()), 4)}
+
+
 def agreement(path: Path, reference: Path) -> float:
     """Share of pixels mapped in both maps that have the same class."""
     import rasterio
@@ -182,6 +216,35 @@ def agreement(path: Path, reference: Path) -> float:
         x, y = a.read(1), b.read(1)
     both = (x != 255) & (y != 255)
     return float((x[both] == y[both]).mean())
+
+
+def modes_figure(maps: dict[str, Path], truth: Path, out: Path) -> None:
+    """PNG: the truth and each map (on the truth's grid), in one row, with a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS
+    from discomkd_geo.demo import map_to_grid
+
+    colors = np.asarray(EUROSAT_COLORS) / 255.0
+    panels = {"truth": truth, **maps}
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.6),
+                             layout="constrained")
+    for ax, (title, path) in zip(axes, panels.items(), strict=True):
+        codes = np.ma.masked_equal(map_to_grid(path, truth), 255)
+        ax.imshow(codes, cmap=ListedColormap(colors), vmin=-0.5, vmax=CLASSES - 0.5,
+                  interpolation="nearest")
+        ax.set_title(title)
+        ax.set_axis_off()
+    fig.legend(handles=[Patch(color=c, label=n) for n, c in zip(EUROSAT_CLASSES, colors,
+                                                                  strict=True)],
+               loc="outside lower center", ncol=5, frameon=False)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -220,6 +283,14 @@ def main() -> None:
                         "agreement_with_windows": round(agreement(
                             out, tmp / f"{backbone}_windows_{stride}.tif"), 4)})
                     print(json.dumps(rows[-1]), flush=True)
+        figure = HERE / "inference_modes.png"
+        modes_figure({f"{mode} stride {stride}, OA {row['oa_vs_truth']:.3f}":
+                      tmp / f"demo_{mode}_{stride}.tif"
+                      for mode, stride in (("windows", 32), ("windows", 8), ("dense", 8))
+                      for row in rows if (row["model"], row["mode"], row["stride"])
+                      == ("demo", mode, stride)}, tiles / "truth.tif", figure)
+        patches = patch_f1(run)
+        print(json.dumps({"test_patches": patches}), flush=True)
         workers = {}
         for n in (1, 2):
             result = in_subprocess("dense", scene, tmp / f"workers{n}.tif", "demo", 16, run,
@@ -242,6 +313,7 @@ def main() -> None:
                              "resnet18": "DisCoM-KD SAR branch, ResNet-18, random weights "
                                          "(speed only)"}},
         "runs": rows,
+        "test_patches_demo": patches,
         "dense_vs_naive_stride16": {m: round(rate(m, 16, "dense") / rate(m, 16, "naive"), 2)
                                     for m in ("demo", "resnet18")},
         "dense_vs_windows_stride16": {m: round(rate(m, 16, "dense") / rate(m, 16, "windows"),
@@ -255,9 +327,11 @@ def main() -> None:
         print(f"{r['model']:<9}{r['stride']:>7} {r['mode']:<8}{r['pixels_per_s']:>11,.0f}"
               f"{r['model_share']:>9.1%}{r['peak_rss_mb']:>8.0f}{r['oa_vs_truth']:>8.3f}"
               f"{r['agreement_with_windows']:>8.3f}")
+    print(f"test patches, weighted F1: windows {patches['f1_weighted_windows']:.3f}, "
+          f"dense {patches['f1_weighted_dense']:.3f} (agreement {patches['agreement']:.3f})")
     print(f"dense / naive at stride 16: {results['dense_vs_naive_stride16']}")
     print(f"dense, stride 16, 1 | 2 workers: {workers} (byte-identical: {identical})")
-    print(f"total {total:.0f} s")
+    print(f"total {total:.0f} s; maps by mode: {figure}")
     print(f"-> {merge_results('inference', results)} [inference]")
 
 
