@@ -201,7 +201,8 @@ def test_swapped_polarisations_and_all_nodata(sar: Predictor, tmp_path: Path) ->
                                                list(S1_BANDS)), tmp_path / "c.tif",
                               stride=16, coarse=True)
     assert summary["mapped_pixels"] > 0
-    assert summary["checks"]["sar"]["sampled_pixels"] > 8 * 8 * 64 * 64
+    assert summary["checks"]["sar"]["sampled_pixels"] == 1200 * 1200
+    assert summary["checks"]["sar"]["valid_share"] == pytest.approx(40 * 40 / 1200 ** 2)
 
 
 def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
@@ -260,6 +261,13 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
     assert (lazy.compute(scheduler="sync").values != 255).mean() > 0.5
     named = predict_lazy(sar, SceneInput(path, crs="EPSG:3035"))
     assert named.rio.crs.to_epsg() == 3035
+    # As a second modality it is checked for overlap like any other raster (it lies
+    # about 16 km south of this MS scene).
+    ms_bands = ["B02", "B03", "B04"]
+    ms = write_scene(tmp_path / "ms.tif", texture(3, 64, 9), ms_bands)
+    with pytest.raises(InputFileError, match=f"^{path}: does not overlap {ms}$"):
+        open_sources({"ms": SceneInput(ms), "sar": SceneInput(path)},
+                     {"ms": make_predictor("ms", ms_bands).info, "sar": sar.info})
     # RPC-only (optical and SAR L1 products): warped through GDAL's RPC transformer.
     rpc = RPC(height_off=0, height_scale=100, lat_off=45.0, lat_scale=0.004, long_off=3.0,
               long_scale=0.006, line_off=48, line_scale=48, samp_off=48, samp_scale=48,

@@ -8,6 +8,7 @@ import pytest
 import rasterio
 from click.testing import CliRunner
 from pystac.validation import validate_dict
+from rasterio.warp import transform_bounds
 from test_inference import saved_sar_model
 
 from discomkd_geo.cli import main
@@ -81,10 +82,11 @@ def test_predict_stac_maps_the_item_and_writes_a_valid_item(scene_dir: Path,
     validate_dict(written, extensions=[])
     assert {u.split("/")[3] for u in written["stac_extensions"]} == EXTENSIONS
     assert written["properties"]["datetime"] == "2024-06-01T09:30:00Z"
-    west, south, east, north = written["bbox"]
-    assert -180 <= west < east <= 180 and -90 <= south < north <= 90
     props = written["properties"]
     with rasterio.open(out) as src:
+        assert written["bbox"] == pytest.approx(list(transform_bounds(
+            src.crs, "EPSG:4326", *src.bounds, densify_pts=21)))
+        assert props["proj:bbox"] == pytest.approx(list(src.bounds))
         assert props["proj:code"] == src.crs.to_string()
         assert props["proj:shape"] == [src.height, src.width]
         assert props["proj:transform"] == list(src.transform)[:6]

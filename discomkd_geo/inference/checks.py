@@ -127,9 +127,9 @@ def _sample(source: Source) -> tuple[np.ndarray, int]:
     it is called empty: a small valid area must not be missed.
     """
     grid = source.grid
-    read = 0
     for windows in (sample_windows(grid.height, grid.width),
                     chunk_layout(grid.height, grid.width, FULL_PASS_CHUNK)):
+        read = 0  # of this pass only: the full pass replaces the sample
         values = []
         for window in windows:
             data, valid = source.read_raw(window)

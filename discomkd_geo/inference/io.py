@@ -540,7 +540,7 @@ def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
             native, needs_warp = _native_grid(src, scene.crs, info.pixel_size)
             if grid is None:
                 grid = _at_pixel_size(native, info.pixel_size)
-            elif not needs_warp:
+            else:
                 bounds = transform_bounds(native.crs, grid.crs, *array_bounds(
                     native.height, native.width, native.transform))
                 if disjoint_bounds(bounds, array_bounds(grid.height, grid.width,

@@ -158,8 +158,7 @@ def _bounds(grid: Grid) -> tuple[float, float, float, float]:
     """``(left, bottom, right, top)`` of the grid in its CRS."""
     from rasterio.transform import array_bounds
 
-    south, west, north, east = array_bounds(grid.height, grid.width, grid.transform)
-    return west, south, east, north
+    return array_bounds(grid.height, grid.width, grid.transform)
 
 
 def map_item(output: str | os.PathLike[str], grid: Grid, classes: Sequence[str],
