@@ -249,9 +249,10 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
-    from ._io import check_writable
+    from ._io import check_outputs
 
-    check_writable(output, overwrite)
+    # Before the checkpoint is loaded: an output that cannot be written fails at once.
+    check_outputs({"predictor": output}, overwrite)
     from .models.predictor import load_predictor
 
     predictor = load_predictor(checkpoint, modality)

@@ -92,6 +92,11 @@ def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
     again = CliRunner().invoke(main, args)
     assert again.exit_code != 0
     assert "already exists" in again.output and str(out) in again.output
+    # The output is checked before the checkpoint is read (which may be large).
+    early = CliRunner().invoke(main, ["export", "--checkpoint", str(tmp_path / "none.ckpt"),
+                                      "--modality", "sar", "-o", str(tmp_path / "no" / "s.pt")])
+    assert early.exit_code == 1 and "directory" in early.output
+    assert "does not exist; create it first" in early.output
 
 
 def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
