@@ -208,41 +208,22 @@ def patch_f1(run: str) -> dict:
             "agreement": round(float((pred["dense"] == pred["windows"]).float().mean()), 4)}
 
 
-def agreement(path: Path, reference: Path) -> float:
-    """Share of pixels mapped in both maps that have the same class."""
-    import rasterio
-
-    with rasterio.open(path) as a, rasterio.open(reference) as b:
-        x, y = a.read(1), b.read(1)
-    both = (x != 255) & (y != 255)
-    return float((x[both] == y[both]).mean())
-
-
 def modes_figure(maps: dict[str, Path], truth: Path, out: Path) -> None:
     """PNG: the truth and each map (on the truth's grid), in one row, with a legend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
 
     from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS
-    from discomkd_geo.demo import map_to_grid
+    from discomkd_geo.demo import class_legend, draw_classes, map_to_grid
 
-    colors = np.asarray(EUROSAT_COLORS) / 255.0
     panels = {"truth": truth, **maps}
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.6),
                              layout="constrained")
     for ax, (title, path) in zip(axes, panels.items(), strict=True):
-        codes = np.ma.masked_equal(map_to_grid(path, truth), 255)
-        ax.imshow(codes, cmap=ListedColormap(colors), vmin=-0.5, vmax=CLASSES - 0.5,
-                  interpolation="nearest")
-        ax.set_title(title)
-        ax.set_axis_off()
-    fig.legend(handles=[Patch(color=c, label=n) for n, c in zip(EUROSAT_CLASSES, colors,
-                                                                  strict=True)],
-               loc="outside lower center", ncol=5, frameon=False)
+        draw_classes(ax, map_to_grid(path, truth), list(EUROSAT_COLORS), title)
+    class_legend(fig, list(EUROSAT_CLASSES), list(EUROSAT_COLORS))
     fig.savefig(out, dpi=90)
     plt.close(fig)
 
@@ -280,8 +261,10 @@ def main() -> None:
                         "peak_rss_mb": round(result["peak_rss_mb"], 1),
                         "oa_vs_truth": round(accuracy["oa"], 4),
                         "f1_weighted_vs_truth": round(accuracy["f1_weighted"], 4),
-                        "agreement_with_windows": round(agreement(
-                            out, tmp / f"{backbone}_windows_{stride}.tif"), 4)})
+                        # Share of pixels mapped in both with the same class.
+                        "agreement_with_windows": round(score_map(
+                            out, tmp / f"{backbone}_windows_{stride}.tif",
+                            list(EUROSAT_CLASSES))["oa"], 4)})
                     print(json.dumps(rows[-1]), flush=True)
         figure = HERE / "inference_modes.png"
         modes_figure({f"{mode} stride {stride}, OA {row['oa_vs_truth']:.3f}":

@@ -129,6 +129,27 @@ def score_map(map_path: str | os.PathLike[str], truth_path: str | os.PathLike[st
     }
 
 
+def draw_classes(ax: Any, codes: np.ndarray, colors: list[tuple[int, int, int]],
+                 title: str) -> None:
+    """Class codes on a matplotlib axis in the classes' colours (nodata left blank)."""
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(np.ma.masked_equal(codes, CLASS_NODATA),
+              cmap=ListedColormap(np.asarray(colors) / 255.0), vmin=-0.5,
+              vmax=len(colors) - 0.5, interpolation="nearest")
+    ax.set_title(title)
+    ax.set_axis_off()
+
+
+def class_legend(fig: Any, classes: list[str], colors: list[tuple[int, int, int]]) -> None:
+    """A legend of every class's colour below the figure's panels."""
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=np.asarray(c) / 255.0, label=n)
+                        for n, c in zip(classes, colors, strict=True)],
+               loc="outside lower center", ncol=5, frameon=False)
+
+
 def quicklook(sar_path: str | os.PathLike[str], map_path: str | os.PathLike[str],
               truth_path: str | os.PathLike[str], classes: list[str],
               colors: list[tuple[int, int, int]], out: str | os.PathLike[str],
@@ -141,29 +162,20 @@ def quicklook(sar_path: str | os.PathLike[str], map_path: str | os.PathLike[str]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
 
     with rasterio.open(sar_path) as src:
         vv = src.read(1, masked=True).astype(np.float32)
     with rasterio.open(truth_path) as src:
-        truth = np.ma.masked_equal(src.read(1), CLASS_NODATA)
-    pred = np.ma.masked_equal(map_to_grid(map_path, truth_path), CLASS_NODATA)
-    cmap = ListedColormap(np.asarray(colors) / 255.0)
+        truth = src.read(1)
     lo, hi = np.percentile(vv.compressed(), [2, 98])
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), layout="constrained")
     axes[0].imshow(vv, cmap="gray", vmin=lo, vmax=hi)
     axes[0].set_title("Input: Sentinel-1 VV (dB)")
-    axes[1].imshow(pred, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5, interpolation="nearest")
-    axes[1].set_title("DisCoM-KD map from SAR alone")
-    axes[2].imshow(truth, cmap=cmap, vmin=-0.5, vmax=len(classes) - 0.5,
-                   interpolation="nearest")
-    axes[2].set_title("Truth")
-    for ax in axes:
-        ax.set_axis_off()
-    fig.legend(handles=[Patch(color=np.asarray(c) / 255.0, label=n)
-                        for n, c in zip(classes, colors, strict=True)],
-               loc="outside lower center", ncol=5, frameon=False)
+    axes[0].set_axis_off()
+    draw_classes(axes[1], map_to_grid(map_path, truth_path), colors,
+                 "DisCoM-KD map from SAR alone")
+    draw_classes(axes[2], truth, colors, "Truth")
+    class_legend(fig, classes, colors)
     fig.suptitle(title)
     with atomic_path(out, overwrite=True) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -268,7 +268,7 @@ class SceneSource(_Source):
     def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
         bands: list[np.ma.MaskedArray] = [np.ma.masked_array([])] * len(self.layers)
-        for path in dict.fromkeys(layer.path for layer in self.layers):
+        for path in self.files:
             at = [i for i, layer in enumerate(self.layers) if layer.path == path]
             indexes = [self.layers[i].index for i in at]
             try:

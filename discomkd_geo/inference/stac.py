@@ -20,15 +20,8 @@ from typing import Any
 
 from ..constants import CLASS_NODATA, MS, S2_BANDS, SAR
 from ..errors import InputFileError
-from .io import Grid
+from .io import S2_ALIASES, Grid
 from .writers import hex_color
-
-#: Sentinel-2 band of each STAC ``common_name`` (Earth Search names assets by them).
-S2_COMMON_NAMES: dict[str, str] = {
-    "coastal": "B01", "blue": "B02", "green": "B03", "red": "B04", "rededge1": "B05",
-    "rededge2": "B06", "rededge3": "B07", "nir": "B08", "nir08": "B8A", "nir09": "B09",
-    "cirrus": "B10", "swir16": "B11", "swir22": "B12",
-}  # fmt: skip
 
 #: Polarisations a Sentinel-1 asset may hold.
 POLARISATIONS = ("VV", "VH", "HH", "HV")
@@ -66,7 +59,8 @@ def _band_name(name: str) -> str:
         padded = match.group(1).zfill(2) if match.group(1)[-1] != "A" else match.group(1)
         if f"B{padded}" in S2_BANDS:
             return f"B{padded}"
-    return S2_COMMON_NAMES.get(name.strip().lower(), name)
+    # STAC common names (Earth Search names assets by them), upper-cased in S2_ALIASES.
+    return S2_ALIASES.get(upper, name)
 
 
 def _asset_bands(key: str, asset: Mapping[str, Any]) -> list[str]:

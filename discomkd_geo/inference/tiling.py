@@ -108,8 +108,8 @@ def _box_sum(values: np.ndarray, radius: int) -> np.ndarray:
         widths[axis] = (radius, radius)
         padded = np.pad(values, widths)
         size = values.shape[axis]
-        values = sum(np.take(padded, range(k, k + size), axis=axis)
-                     for k in range(2 * radius + 1))
+        lead = (slice(None),) * (values.ndim + axis)  # the axes before ``axis``
+        values = sum(padded[(*lead, slice(k, k + size))] for k in range(2 * radius + 1))
     return values
 
 

@@ -31,15 +31,15 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from .._io import atomic_path, check_writable
-from ..config import Config
+from ..config import Config, to_yaml
 from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
 from ..logs import log
+from ..models._files import load_error_message
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
@@ -200,7 +200,7 @@ def epochs_done(run_dir: Path) -> int:
     try:
         checkpoint = torch.load(last, map_location="cpu", weights_only=False)
     except Exception as err:  # torch raises several kinds for a damaged file
-        raise ResumeError(last, f"cannot be read ({str(err).splitlines()[0]})") from err
+        raise ResumeError(last, f"cannot be read ({load_error_message(err)})") from err
     return int(checkpoint["epoch"]) + 1
 
 
@@ -251,7 +251,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     (run_dir / "stats").mkdir(exist_ok=True)
     for m, stats in dm.stats.items():
         stats.save_json(run_dir / "stats" / f"{m}.json")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    (run_dir / "config.yaml").write_text(to_yaml(config))
 
     if build_task is None:
         task = TASKS[config.method](config.to_dict(), info)
