@@ -16,7 +16,7 @@ __all__ = ["load_predictor"]
 def __getattr__(name: str) -> Any:
     # Lazy: ``import discomkd_geo`` (and so the CLI's --help) must not import torch.
     if name == "load_predictor":
-        from .models.predictor import load_predictor
+        from .models.loader import load_predictor
 
         return load_predictor
     raise AttributeError(f"module 'discomkd_geo' has no attribute {name!r}")

@@ -246,8 +246,14 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
               help="Training checkpoint or run directory.")
 @click.option("--modality", required=True, help="Branch to export, e.g. sar.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["torch", "onnx", "deepness"]),
+              help="torch: a .pt file for load_predictor; onnx: an ONNX graph taking raw "
+                   "patches (normalisation inside), runnable without PyTorch; deepness: "
+                   "ONNX with a per-pixel output for the QGIS plugin Deepness.  "
+                   "[default: onnx for an .onnx OUTPUT, else torch]")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
+def export(checkpoint: Path, modality: str, output: Path, fmt: str | None,
+           overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
     from ._io import check_outputs
 
@@ -256,9 +262,15 @@ def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> No
     from .models.predictor import load_predictor
 
     predictor = load_predictor(checkpoint, modality)
-    predictor.save(output, overwrite=overwrite)
+    fmt = fmt or ("onnx" if output.suffix.lower() == ".onnx" else "torch")
+    if fmt == "torch":
+        predictor.save(output, overwrite=overwrite)
+    else:
+        from .models.onnx_export import export_onnx
+
+        export_onnx(predictor, output, per_pixel=fmt == "deepness", overwrite=overwrite)
     size = output.stat().st_size / 2**20
-    click.echo(f"{output}: {modality} predictor, {len(predictor.info.bands)} bands "
+    click.echo(f"{output}: {modality} predictor ({fmt}), {len(predictor.info.bands)} bands "
                f"{predictor.info.bands}, {len(predictor.info.classes)} classes, {size:.1f} MiB")
 
 
@@ -516,7 +528,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         raise click.UsageError("several scenes given: add --fuse to average the branches")
     inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs)
     from .inference.engine import predict_to_file
-    from .models.predictor import load_predictor
+    from .models.loader import load_predictor
 
     predictors = {m: load_predictor(checkpoint, m) for m in scenes}
     summary = predict_to_file(
@@ -567,7 +579,7 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
     """
     from .inference.checks import check_scene
     from .inference.io import open_sources
-    from .models.predictor import load_predictor
+    from .models.loader import load_predictor
 
     predictor = load_predictor(checkpoint, modality)
     modality = predictor.info.modality
@@ -594,6 +606,43 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
         click.echo(f"predict refuses this scene: {check.problems[0]}")
     else:
         click.echo("predict maps this scene")
+
+
+# --------------------------------------------------------------------------- qgis
+@main.group(cls=_Group)
+def qgis() -> None:
+    """The QGIS Processing plugin: install it into a profile, or zip it."""
+
+
+_executable_option = click.option(
+    "--executable", help="The discomkd-geo the plugin runs [default: this environment's].")
+
+
+@qgis.command("install")
+@click.option("--profile-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="QGIS profile [default: the 'default' profile of this system's QGIS 3].")
+@_executable_option
+@click.option("--overwrite", is_flag=True, help="Replace an installed copy (upgrade).")
+def qgis_install(profile_dir: Path | None, executable: str | None, overwrite: bool) -> None:
+    """Write the plugin into a QGIS profile and enable it (restart QGIS to load it)."""
+    from .qgis import find_executable, install
+
+    executable = executable or find_executable()
+    target = install(profile_dir, executable, overwrite=overwrite)
+    click.echo(f"{target}: plugin installed and enabled; its algorithms run {executable}")
+
+
+@qgis.command("package")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_executable_option
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def qgis_package(output: Path, executable: str | None, overwrite: bool) -> None:
+    """Zip the plugin for QGIS's plugin manager (Install from ZIP)."""
+    from .qgis import package
+
+    package(output, executable, overwrite=overwrite)
+    click.echo(f"{output}: QGIS plugin; install it with Plugins > Manage and Install "
+               "Plugins > Install from ZIP")
 
 
 @click.group("discomkd", cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ so anything new or unexpected still reaches the user.
 """
 
 import logging
+import os
 import re
 import sys
 import warnings
@@ -134,5 +135,9 @@ def progress_disabled(progress: bool) -> bool | None:
     """``tqdm``'s ``disable`` for a bar the caller wants when ``progress``.
 
     ``None`` lets tqdm draw only on a terminal: a log file gets no carriage-return frames.
+    ``DISCOMKD_GEO_PROGRESS=always`` draws on a pipe too: the QGIS plugin reads the
+    percentages from the frames.
     """
-    return None if progress else True
+    if not progress:
+        return True
+    return False if os.environ.get("DISCOMKD_GEO_PROGRESS") == "always" else None

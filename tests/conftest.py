@@ -46,3 +46,50 @@ def ms4_run(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("ms4") / "run"
     train(config, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_sar_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SAR DisCoM-KD branch for the demo scene (``tiles/demo/sar.tif``), saved as ``.pt``.
+
+    Random small-CNN weights whose batch-norm statistics are calibrated on the scene's
+    windows and normalisation statistics taken from the scene: an input-sensitive model
+    that maps the demo scene into several classes (a one-epoch training run maps it into
+    one), in seconds.
+    """
+    import numpy as np
+    import rasterio
+    import torch
+
+    from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS
+    from discomkd_geo.data.bandstats import BandStats
+    from discomkd_geo.demo import DEMO_TILES
+    from discomkd_geo.models.branches import build_branch
+    from discomkd_geo.models.info import PredictorInfo
+    from discomkd_geo.models.predictor import Predictor
+
+    with rasterio.open(DEMO_TILES / "sar.tif") as src:
+        scene = src.read().astype(np.float32)
+    valid = scene.reshape(len(scene), -1)
+    valid = valid[:, np.isfinite(valid).all(axis=0)]
+    p2, p50, p98 = (np.percentile(valid, q, axis=1).tolist() for q in (2, 50, 98))
+    stats = BandStats("percentile", list(S1_BANDS), p2, [b - a for a, b in zip(p2, p98, strict=True)],
+                      {"p2": p2, "p50": p50, "p98": p98})
+    spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10,
+            "backbone": "small_cnn", "width": 8}
+    info = PredictorInfo("sar", list(S1_BANDS), list(EUROSAT_CLASSES), list(EUROSAT_COLORS),
+                         64, 10.0, "dB", branch_spec=spec)
+    torch.manual_seed(0)
+    predictor = Predictor(build_branch(**spec), stats, info)
+    for module in predictor.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative: the statistics of all windows below
+    windows = np.stack([scene[:, r:r + 64, c:c + 64] for r in range(0, 450, 32)
+                        for c in range(0, 450, 32)])
+    windows = np.where(np.isfinite(windows), windows, np.float32(p50)[None, :, None, None])
+    with torch.no_grad():
+        predictor.train()(torch.from_numpy(windows))
+    path = tmp_path_factory.mktemp("demo_sar") / "sar.pt"
+    predictor.eval().save(path)
+    return path

@@ -27,7 +27,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from ..errors import InputFileError
-from ..models.predictor import Predictor
+from ..models.info import BranchPredictor as Predictor
 from .io import Source, Units
 from .tiling import chunk_layout
 

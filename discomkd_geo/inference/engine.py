@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -47,7 +46,7 @@ from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
 from ..errors import CheckpointError, InputFileError, SchedulerError
 from ..logs import progress_disabled
-from ..models.predictor import Predictor
+from ..models.info import BranchPredictor as Predictor
 from .checks import SceneCheck, check_sources
 from .io import Grid, SceneInput, Source, as_input, open_sources
 from .stac import ItemInputs, item_path, map_item
@@ -94,13 +93,13 @@ class Plan:
         pad: how windows beyond the scene edge are filled.
         min_valid: windows with a smaller share of valid pixels are skipped.
         batch_size: windows per forward pass (always full: the last batch is padded).
-        device: torch device the predictors run on.
+        device: device the predictors run on (``cpu``, ``cuda``).
         probabilities: whether chunks return their class probabilities.
         mode: ``windows`` (each window alone) or ``dense`` (shared computation).
         block: dense mode's unit of work, in input pixels: the encoders run on
             scene-anchored ``block x block`` areas (with their windows' halo), so a pixel's
             value never depends on the chunking; chunks are whole blocks.
-        threads: torch intra-op threads per worker (``None``: leave torch's setting).
+        threads: intra-op threads per worker (``None``: leave the runtime's setting).
     """
 
     grid: Grid
@@ -151,33 +150,14 @@ def classify(predictor: Predictor, windows: np.ndarray, which: np.ndarray, batch
     ``batch_size``: CPU kernels pick their algorithm by batch size, so a constant size
     makes a window's probabilities independent of how many windows a chunk holds.
     """
-    predictor = predictor.to(device).eval()
     out = []
-    with torch.inference_mode():
-        for start in range(0, len(which), batch_size):
-            idx = which[start:start + batch_size]
-            batch = np.zeros((batch_size, *windows.shape[2:]), dtype=np.float32)
-            batch[:len(idx)] = windows[idx[:, 0], idx[:, 1]]
-            probs = predictor(torch.from_numpy(batch).to(device))
-            out.append(probs[:len(idx)].float().cpu().numpy())
+    for start in range(0, len(which), batch_size):
+        idx = which[start:start + batch_size]
+        batch = np.zeros((batch_size, *windows.shape[2:]), dtype=np.float32)
+        batch[:len(idx)] = windows[idx[:, 0], idx[:, 1]]
+        out.append(predictor.predict_batch(batch, device)[:len(idx)])
     classes = len(predictor.info.classes)
     return np.concatenate(out) if out else np.zeros((0, classes), dtype=np.float32)
-
-
-def classify_dense(predictor: Predictor, values: np.ndarray, stride: int, halo: int,
-                   device: str) -> np.ndarray:
-    """Probabilities ``(rows, cols, K)`` of every window of a block's ``(C, h, w)`` values.
-
-    One transfer in and one out per block: on CUDA the block goes through pinned memory
-    and every window's features stay on the device.
-    """
-    predictor = predictor.to(device).eval()
-    x = torch.from_numpy(np.ascontiguousarray(values))[None]
-    if torch.device(device).type == "cuda":
-        x = x.pin_memory()
-    with torch.inference_mode():
-        probs = predictor.dense(x.to(device, non_blocking=True), stride, halo)
-    return probs[0].float().cpu().numpy()
 
 
 def typical_values(predictor: Predictor) -> np.ndarray:
@@ -224,8 +204,8 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
     probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
     if plan.mode == "dense":
         if done.any():
-            probs[done] = classify_dense(predictor, values, plan.stride, halo,
-                                         plan.device)[done]
+            probs[done] = predictor.predict_dense(values, plan.stride, halo,
+                                                  plan.device)[done]
     else:
         probs[done] = classify(predictor, window_views(values, grid), np.argwhere(done),
                                plan.batch_size, plan.device)
@@ -281,7 +261,8 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
-        torch.set_num_threads(plan.threads)
+        for predictor in predictors.values():
+            predictor.set_threads(plan.threads)
     classes = len(next(iter(predictors.values())).info.classes)
     total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
@@ -301,7 +282,7 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
 def _as_dicts(predictors: Predictors, sources: "Sources"
               ) -> tuple[dict[str, Predictor], dict[str, SceneInput]]:
     """Both arguments as ``{modality: ...}`` dicts, checked against each other."""
-    if isinstance(predictors, Predictor):
+    if not isinstance(predictors, Mapping):
         predictors = {predictors.info.modality: predictors}
     predictors = dict(predictors)
     if not isinstance(sources, Mapping):
@@ -343,7 +324,7 @@ def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None 
         for predictor in predictors.values():
             predictor.dense_halo()  # raises for a branch that cannot run densely
     block = max(1, round(block_size / stride)) * stride
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or next(iter(predictors.values())).default_device()
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
                             probabilities, mode, block), checks
 
@@ -486,7 +467,7 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         pad: scene edge extension, ``reflect`` or ``constant`` (the band's fill value).
         min_valid: windows with a smaller share of valid pixels are skipped (nodata).
         batch_size: windows per forward pass (windows mode).
-        device: torch device (default: CUDA when available).
+        device: ``cpu`` or ``cuda`` (default: CUDA when available; ONNX models: the CPU).
         mode: ``windows`` (each window classified on its own, with zero padding at its
             edge) or ``dense`` (the encoders run once per block and every window's
             features are box means of their feature maps: several times faster at
@@ -524,12 +505,13 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
         batch_size=batch_size, device=device, force=force,
         probabilities=any(extras.values()), mode=mode, block_size=block_size)
-    torch_threads = torch.get_num_threads()  # restored at the end: workers change it
+    first = next(iter(predictors.values()))
+    threads = first.get_threads()  # restored at the end: workers change it
     if scheduler is None:
-        # N local workers share torch's thread budget (by default one thread per core):
-        # a full pool of intra-op threads each would oversubscribe the cores. A cluster's
-        # workers keep their own settings (Dask's nannies start them with one thread).
-        plan = replace(plan, threads=max(1, torch.get_num_threads() // workers))
+        # N local workers share the runtime's thread budget (by default one thread per
+        # core): a full pool of intra-op threads each would oversubscribe the cores. A
+        # cluster's workers keep their own settings (Dask's nannies start them with one).
+        plan = replace(plan, threads=max(1, threads // workers))
     info = next(iter(predictors.values())).info
     classes, colors = list(info.classes), [tuple(c) for c in info.colors]
     grid = plan.output
@@ -539,7 +521,7 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
     histogram = np.zeros(len(classes) + 1, dtype=np.int64)  # last bin: nodata
 
     with ExitStack() as stack:
-        stack.callback(torch.set_num_threads, torch_threads)
+        stack.callback(first.set_threads, threads)
 
         def writer(path: str | os.PathLike[str], **kwargs: Any) -> CogWriter:
             tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))

@@ -35,7 +35,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from ..errors import InputFileError
-from ..models.predictor import PredictorInfo
+from ..models.info import PredictorInfo
 
 if TYPE_CHECKING:
     import xarray

@@ -1,29 +1,27 @@
 """Models: encoders, the DisCoM-KD network, baselines' branches, losses and predictors.
 
 Sits under training and inference (which import it) and beside the data layer; it
-imports nothing from either.
+imports nothing from either. The names below load on first use, so that the torch-free
+modules of this package (:mod:`.info`, :mod:`.loader`, :mod:`.onnx_predictor`) import
+without PyTorch.
 """
 
-from .branches import BranchedModel, DisCoMKDBranch, MonoBranch, build_branch
-from .discomkd import DisCoMKD, DisCoMKDOutput, ModalityOutput
-from .grl import GradientReversal, dann_lambda, gradient_reversal
-from .losses import DisCoMKDLoss, orthogonality_penalty
-from .predictor import Predictor, PredictorInfo, load_predictor
+from importlib import import_module
+from typing import Any
 
-__all__ = [
-    "BranchedModel",
-    "DisCoMKD",
-    "DisCoMKDBranch",
-    "DisCoMKDLoss",
-    "DisCoMKDOutput",
-    "GradientReversal",
-    "ModalityOutput",
-    "MonoBranch",
-    "Predictor",
-    "PredictorInfo",
-    "build_branch",
-    "dann_lambda",
-    "gradient_reversal",
-    "load_predictor",
-    "orthogonality_penalty",
-]
+#: Public name -> submodule defining it.
+_EXPORTS = {
+    "BranchedModel": "branches", "DisCoMKDBranch": "branches", "MonoBranch": "branches",
+    "build_branch": "branches",
+    "DisCoMKD": "discomkd", "DisCoMKDOutput": "discomkd", "ModalityOutput": "discomkd",
+    "GradientReversal": "grl", "dann_lambda": "grl", "gradient_reversal": "grl",
+    "DisCoMKDLoss": "losses", "orthogonality_penalty": "losses",
+    "Predictor": "predictor", "PredictorInfo": "info", "load_predictor": "loader",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -7,60 +7,23 @@ size). It is what ``discomkd_geo.load_predictor`` returns and what
 """
 
 import os
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._io import atomic_path
-from ..data.normalization import BandStats, Normalize
+from ..data.bandstats import BandStats
+from ..data.normalization import Normalize
 from ..errors import CheckpointError
 from ._files import LOAD_ERRORS, load_error_message
 from .dense import dense_halo, output_stride, window_features
+from .info import PredictorInfo
 
 #: Identifies files written by :meth:`Predictor.save`.
 PREDICTOR_FORMAT = "discomkd_geo.predictor"
 PREDICTOR_FORMAT_VERSION = 1
-
-
-@dataclass
-class PredictorInfo:
-    """What a single-modality classifier expects and produces.
-
-    Attributes:
-        modality: modality name, e.g. ``sar``.
-        bands: band names in the order the model reads them.
-        classes: class names in logit order.
-        colors: one RGB triple per class, for colour tables and legends.
-        patch_size: side of the square window the model classifies, in pixels.
-        pixel_size: ground sampling distance of the training data in metres, if known.
-        units: what the raw values are: ``dB`` (SAR backscatter) or ``dn`` (Sentinel-2
-            L1C digital numbers, reflectance x 10000).
-        method: training method that produced the branch (``discomkd``, ``mono``, ...).
-        branch_spec: keyword arguments of :func:`discomkd_geo.models.branches.build_branch`.
-    """
-
-    modality: str
-    bands: list[str]
-    classes: list[str]
-    colors: list[tuple[int, int, int]]
-    patch_size: int
-    pixel_size: float | None = None
-    units: str = "dn"
-    method: str = "discomkd"
-    branch_spec: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "PredictorInfo":
-        """Inverse of :meth:`to_dict`."""
-        data = dict(data)
-        data["colors"] = [tuple(int(v) for v in c) for c in data["colors"]]
-        return cls(**data)
 
 
 class Predictor(nn.Module):
@@ -122,6 +85,42 @@ class Predictor(nn.Module):
         b, rows, cols, _ = features[0].shape
         logits = self.branch.pooled_logits([f.reshape(b * rows * cols, -1) for f in features])
         return torch.softmax(logits, dim=1).reshape(b, rows, cols, -1)
+
+    # The engine's interface (:class:`~.info.BranchPredictor`): NumPy in and out.
+
+    def predict_batch(self, batch: np.ndarray, device: str) -> np.ndarray:
+        """Probabilities ``(B, K)`` of raw float32 patches ``(B, C, patch, patch)``."""
+        predictor = self.to(device).eval()
+        with torch.inference_mode():
+            probs = predictor(torch.from_numpy(batch).to(device))
+        return probs.float().cpu().numpy()
+
+    def predict_dense(self, values: np.ndarray, stride: int, halo: int,
+                      device: str) -> np.ndarray:
+        """Probabilities ``(rows, cols, K)`` of every window of raw ``(C, h, w)`` values.
+
+        One transfer in and one out per block: on CUDA the block goes through pinned
+        memory and every window's features stay on the device.
+        """
+        predictor = self.to(device).eval()
+        x = torch.from_numpy(np.ascontiguousarray(values))[None]
+        if torch.device(device).type == "cuda":
+            x = x.pin_memory()
+        with torch.inference_mode():
+            probs = predictor.dense(x.to(device, non_blocking=True), stride, halo)
+        return probs[0].float().cpu().numpy()
+
+    def default_device(self) -> str:
+        """CUDA when available, else the CPU."""
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def get_threads(self) -> int:
+        """Torch's intra-op threads (a per-thread setting)."""
+        return torch.get_num_threads()
+
+    def set_threads(self, threads: int) -> None:
+        """Set torch's intra-op threads for the calling thread."""
+        torch.set_num_threads(threads)
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         """Write a small self-contained file (loadable with ``weights_only=True``)."""

@@ -1,0 +1,85 @@
+"""What every predictor is and says, without torch: its metadata and its interface.
+
+The inference engine relies on :class:`BranchPredictor` only, which both the PyTorch
+:class:`~discomkd_geo.models.predictor.Predictor` and the onnxruntime
+:class:`~discomkd_geo.models.onnx_predictor.OnnxPredictor` implement; so mapping with an
+exported ONNX branch never imports torch.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..data.bandstats import BandStats
+
+
+@dataclass
+class PredictorInfo:
+    """What a single-modality classifier expects and produces.
+
+    Attributes:
+        modality: modality name, e.g. ``sar``.
+        bands: band names in the order the model reads them.
+        classes: class names in logit order.
+        colors: one RGB triple per class, for colour tables and legends.
+        patch_size: side of the square window the model classifies, in pixels.
+        pixel_size: ground sampling distance of the training data in metres, if known.
+        units: what the raw values are: ``dB`` (SAR backscatter) or ``dn`` (Sentinel-2
+            L1C digital numbers, reflectance x 10000).
+        method: training method that produced the branch (``discomkd``, ``mono``, ...).
+        branch_spec: keyword arguments of :func:`discomkd_geo.models.branches.build_branch`.
+    """
+
+    modality: str
+    bands: list[str]
+    classes: list[str]
+    colors: list[tuple[int, int, int]]
+    patch_size: int
+    pixel_size: float | None = None
+    units: str = "dn"
+    method: str = "discomkd"
+    branch_spec: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PredictorInfo":
+        """Inverse of :meth:`to_dict`."""
+        data = dict(data)
+        data["colors"] = [tuple(int(v) for v in c) for c in data["colors"]]
+        return cls(**data)
+
+
+class BranchPredictor(Protocol):
+    """One modality's classifier as the inference engine uses it: raw patches in, probabilities out.
+
+    Attributes:
+        info: what the classifier expects and produces.
+        stats: its normalisation statistics (the engine fills gaps with typical values and
+            checks scenes against the training profile).
+    """
+
+    info: PredictorInfo
+    stats: BandStats
+
+    def predict_batch(self, batch: np.ndarray, device: str) -> np.ndarray:
+        """Probabilities ``(B, K)`` float32 of raw float32 patches ``(B, C, patch, patch)``."""
+
+    def dense_halo(self) -> int:
+        """Context dense mode needs around its windows; raises ``CheckpointError`` if none."""
+
+    def predict_dense(self, values: np.ndarray, stride: int, halo: int,
+                      device: str) -> np.ndarray:
+        """Probabilities ``(rows, cols, K)`` of every window of raw ``(C, h, w)`` values."""
+
+    def default_device(self) -> str:
+        """The device to run on when the user names none."""
+
+    def get_threads(self) -> int:
+        """Intra-op threads the calling thread's runs use."""
+
+    def set_threads(self, threads: int) -> None:
+        """Set the intra-op threads of the calling thread's runs."""

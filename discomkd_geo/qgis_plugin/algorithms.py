@@ -1,0 +1,273 @@
+"""The Processing algorithms: each builds a ``discomkd-geo`` command line and runs it.
+
+Layers become file paths (vector layers that are not files are written to a temporary
+GeoPackage by QGIS), options become flags, and the command runs through
+:func:`.runner.run_cli` with QGIS's feedback for progress, log and cancel. Outputs the
+user picked in the dialog are passed with ``--overwrite``: QGIS's file chooser has
+already asked before replacing a file.
+"""
+
+from pathlib import Path
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingAlgorithm,
+    QgsProcessingException,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProcessingOutputString,
+    QgsProcessingParameterBoolean,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterFile,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterMultipleLayers,
+    QgsProcessingParameterNumber,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsProcessingParameterString,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .runner import Cancelled, CliError, run_cli
+
+MODES = ["windows", "dense"]
+MODALITIES = ["sar", "ms"]
+VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
+
+
+class _Style(QgsProcessingLayerPostProcessorInterface):
+    """Applies the ``.qml`` the CLI writes beside a map to the layer QGIS loads."""
+
+    instances = []  # QGIS keeps no reference to post-processors: keep them alive here
+
+    def __init__(self, qml):
+        super().__init__()
+        self.qml = qml
+
+    def postProcessLayer(self, layer, context, feedback):
+        if Path(self.qml).is_file():
+            layer.loadNamedStyle(self.qml)
+            layer.triggerRepaint()
+
+    @classmethod
+    def attach(cls, context, output, qml):
+        """Style ``output`` with ``qml`` when QGIS loads it at the end of the run."""
+        if context.willLoadLayerOnCompletion(output):
+            style = cls(qml)
+            cls.instances.append(style)
+            context.layerToLoadOnCompletionDetails(output).setPostProcessor(style)
+
+
+class CliAlgorithm(QgsProcessingAlgorithm):
+    """An algorithm that runs one ``discomkd-geo`` command."""
+
+    NAME = ""
+    DISPLAY = ""
+    HELP = ""
+
+    def name(self):
+        return self.NAME
+
+    def displayName(self):
+        return self.DISPLAY
+
+    def group(self):
+        return "Land cover"
+
+    def groupId(self):
+        return "landcover"
+
+    def shortHelpString(self):
+        return self.HELP
+
+    def createInstance(self):
+        return type(self)()
+
+    def run(self, args, feedback, outputs=()):
+        """Run ``discomkd-geo args...`` with QGIS's feedback; return its stdout."""
+        from processing.core.ProcessingConfig import ProcessingConfig
+
+        from .provider import EXECUTABLE_SETTING
+
+        executable = ProcessingConfig.getSetting(EXECUTABLE_SETTING) or None
+        feedback.pushCommandInfo(" ".join([executable or "discomkd-geo", *map(str, args)]))
+        try:
+            return run_cli(args, executable, progress=feedback.setProgress,
+                           log=feedback.pushInfo, canceled=feedback.isCanceled,
+                           outputs=outputs)
+        except Cancelled:
+            raise QgsProcessingException("cancelled; nothing was written") from None
+        except CliError as err:
+            raise QgsProcessingException(str(err)) from None
+
+    def raster_paths(self, parameters, name, context):
+        """File paths of the raster layers of a multiple-layer parameter."""
+        layers = self.parameterAsLayerList(parameters, name, context)
+        return [layer.source().split("|")[0] for layer in layers]
+
+    def vector_path(self, parameters, name, context, feedback):
+        """``FILE`` or ``FILE:LAYER`` of a vector parameter (memory layers written out)."""
+        path, layer = self.parameterAsCompatibleSourceLayerPathAndLayerName(
+            parameters, name, context, VECTOR_FORMATS, "gpkg", feedback)
+        return f"{path}:{layer}" if layer else path
+
+
+class MapLandCover(CliAlgorithm):
+    """``discomkd-geo predict``: a styled land-cover map (and probabilities, polygons)."""
+
+    NAME = "map"
+    DISPLAY = "Map land cover"
+    HELP = ("Classifies a Sentinel-1 SAR scene (VV/VH in dB, one raster or one per "
+            "polarisation), a Sentinel-2 scene, or both fused, with a discomkd_geo "
+            "checkpoint (.ckpt, exported .pt, or .onnx, which needs no PyTorch), through "
+            "'discomkd-geo predict'. The map is loaded with its class colours; the scene "
+            "is checked against the model's training data first (units, band order). "
+            "Mode 'windows' classifies each window alone (default; ONNX models only run "
+            "this mode), 'dense' shares the encoders' work (faster at small strides). "
+            "An area of interest limits the map to its polygons.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            "SAR", "Sentinel-1 SAR scene (raster, or one per polarisation)",
+            QgsProcessing.TypeRaster, optional=True))
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            "MS", "Sentinel-2 scene (raster, or one per band)", QgsProcessing.TypeRaster,
+            optional=True))
+        self.addParameter(QgsProcessingParameterFile(
+            "CHECKPOINT", "Model (checkpoint, exported .pt or .onnx)",
+            fileFilter="discomkd_geo models (*.onnx *.pt *.ckpt);;All files (*)"))
+        self.addParameter(QgsProcessingParameterEnum("MODE", "Mode", MODES, defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "STRIDE", "Stride in pixels (empty: half the patch, a quarter in dense mode)",
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=1))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "FUSE", "Fuse SAR and MS (average their probabilities)", defaultValue=False))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "AOI", "Area of interest (pixels outside are nodata)",
+            [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterBoolean(
+            "FORCE", "Map even if the scene's units or band order look wrong",
+            defaultValue=False))
+        self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Land-cover map"))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "PROBABILITIES", "Class probabilities", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "VECTOR", "Land-cover polygons", optional=True, createByDefault=False))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        sar = self.raster_paths(parameters, "SAR", context)
+        ms = self.raster_paths(parameters, "MS", context)
+        if not sar and not ms:
+            raise QgsProcessingException("give a SAR scene, an MS scene, or both")
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        args = ["predict", "--checkpoint",
+                self.parameterAsFile(parameters, "CHECKPOINT", context), "-o", output,
+                "--mode", MODES[self.parameterAsEnum(parameters, "MODE", context)],
+                "--overwrite"]
+        args += [a for path in sar for a in ("--sar", path)]
+        args += [a for path in ms for a in ("--ms", path)]
+        if parameters.get("STRIDE") not in (None, ""):
+            args += ["--stride", self.parameterAsInt(parameters, "STRIDE", context)]
+        for flag in ("FUSE", "FORCE"):
+            if self.parameterAsBool(parameters, flag, context):
+                args.append(f"--{flag.lower()}")
+        if parameters.get("AOI") is not None:
+            args += ["--aoi", self.vector_path(parameters, "AOI", context, feedback)]
+        results = {"OUTPUT": output}
+        for name, flag in (("PROBABILITIES", "--probabilities"), ("VECTOR", "--vector")):
+            path = self.parameterAsOutputLayer(parameters, name, context)
+            if path:
+                args += [flag, path]
+                results[name] = path
+        self.run(args, feedback, outputs=results.values())
+        _Style.attach(context, output, str(Path(output).with_suffix(".qml")))
+        if "VECTOR" in results:
+            _Style.attach(context, results["VECTOR"],
+                          str(Path(results["VECTOR"]).with_suffix(".qml")))
+        return results
+
+
+class InspectScene(CliAlgorithm):
+    """``discomkd-geo inspect``: a scene's bands against the model's training data."""
+
+    NAME = "inspect"
+    DISPLAY = "Inspect a scene against a model"
+    HELP = ("Compares each band of a scene with the model's training data (2nd, 50th and "
+            "98th percentiles, the likely unit) through 'discomkd-geo inspect', and says "
+            "whether the map algorithm would accept the scene or which option fixes it.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterMultipleLayers(
+            "SCENE", "Scene (raster, or one per band or polarisation)",
+            QgsProcessing.TypeRaster))
+        self.addParameter(QgsProcessingParameterFile(
+            "CHECKPOINT", "Model (checkpoint, exported .pt or .onnx)",
+            fileFilter="discomkd_geo models (*.onnx *.pt *.ckpt);;All files (*)"))
+        self.addParameter(QgsProcessingParameterEnum(
+            "MODALITY", "Modality", MODALITIES, defaultValue=0))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        scenes = self.raster_paths(parameters, "SCENE", context)
+        args = ["inspect", *scenes, "--checkpoint",
+                self.parameterAsFile(parameters, "CHECKPOINT", context), "--modality",
+                MODALITIES[self.parameterAsEnum(parameters, "MODALITY", context)]]
+        report = self.run(args, feedback)
+        feedback.pushInfo(report)
+        return {"REPORT": report}
+
+
+class Vectorize(CliAlgorithm):
+    """``discomkd-geo vectorize``: polygons of a land-cover map."""
+
+    NAME = "vectorize"
+    DISPLAY = "Vectorize a land-cover map"
+    HELP = ("Turns a land-cover map into polygons (one per connected region, with class, "
+            "colour and area in m2 and ha) through 'discomkd-geo vectorize'; a minimum "
+            "mapping unit (e.g. 0.5ha) removes smaller regions first.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Land-cover map"))
+        self.addParameter(QgsProcessingParameterString(
+            "MMU", "Minimum mapping unit (e.g. 0.5ha, 5000m2; empty: none)", optional=True))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT", "Polygons", defaultFileExtension="gpkg"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        raster = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        args = ["vectorize", raster.source().split("|")[0], "-o", output, "--overwrite"]
+        mmu = self.parameterAsString(parameters, "MMU", context).strip()
+        if mmu:
+            args += ["--mmu", mmu]
+        self.run(args, feedback, outputs=[output])
+        _Style.attach(context, output, str(Path(output).with_suffix(".qml")))
+        return {"OUTPUT": output}
+
+
+class ZonalAreas(CliAlgorithm):
+    """``discomkd-geo zonal``: class areas per zone."""
+
+    NAME = "zonal"
+    DISPLAY = "Class areas per zone"
+    HELP = ("Tabulates, per zone (e.g. administrative units), the area of each class in "
+            "ha and percent of the zone and the nodata share, keeping the zones' "
+            "attributes, through 'discomkd-geo zonal'. Zones may be in any CRS.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Land-cover map"))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "ZONES", "Zones", [QgsProcessing.TypeVectorPolygon]))
+        self.addParameter(QgsProcessingParameterFileDestination(
+            "OUTPUT", "Areas table", fileFilter="CSV (*.csv);;GeoPackage (*.gpkg)"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        raster = self.parameterAsRasterLayer(parameters, "INPUT", context)
+        output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
+        zones = self.vector_path(parameters, "ZONES", context, feedback)
+        self.run(["zonal", raster.source().split("|")[0], zones, "-o", output,
+                  "--overwrite"], feedback, outputs=[output])
+        return {"OUTPUT": output}
+
+
+ALGORITHMS = [MapLandCover, InspectScene, Vectorize, ZonalAreas]

@@ -1,0 +1,169 @@
+"""The QGIS plugin: install/package, the subprocess runner (progress, cancel), and the
+Processing provider under a real headless QGIS (``qgis_process``) where one is installed."""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from discomkd_geo.cli import main
+from discomkd_geo.constants import SAR
+from discomkd_geo.demo import DEMO_TILES
+from discomkd_geo.qgis import PLUGIN_FILES, PLUGIN_NAME, enable_plugin
+from discomkd_geo.qgis_plugin.runner import Cancelled, CliError, run_cli
+
+EXECUTABLE = str(Path(sys.executable).with_name("discomkd-geo"))
+QGIS_PROCESS = shutil.which("qgis_process")
+needs_qgis = pytest.mark.skipif(QGIS_PROCESS is None, reason="not run: QGIS not installed "
+                                "(qgis_process missing; `make qgis-deps` installs it as root)")
+
+
+def test_install_writes_an_enabled_plugin_and_package_zips_it(tmp_path: Path) -> None:
+    profile = tmp_path / "profiles" / "default"
+    (profile / "QGIS").mkdir(parents=True)
+    (profile / "QGIS" / "QGIS3.ini").write_text("[General]\nfoo=1\n\n[PythonPlugins]\n"
+                                                "other=true\n")
+    args = ["qgis", "install", "--profile-dir", str(profile)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    plugin = profile / "python" / "plugins" / PLUGIN_NAME
+    assert sorted(p.name for p in plugin.iterdir()) == sorted([*PLUGIN_FILES, "install.json"])
+    assert json.loads((plugin / "install.json").read_text()) == {"executable": EXECUTABLE}
+    ini = (profile / "QGIS" / "QGIS3.ini").read_text()
+    assert ini == ("[General]\nfoo=1\n\n[PythonPlugins]\ndiscomkd_geo_qgis=true\n"
+                   "other=true\n")
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and again.output.strip().endswith("pass --overwrite to "
+                                                                  "replace it")
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+    assert enable_plugin(profile).read_text() == ini  # idempotent
+    zipped = tmp_path / "plugin.zip"
+    result = CliRunner().invoke(main, ["qgis", "package", "-o", str(zipped)])
+    assert result.exit_code == 0, result.output
+    names = zipfile.ZipFile(zipped).namelist()
+    assert sorted(names) == sorted(f"{PLUGIN_NAME}/{n}" for n in PLUGIN_FILES)
+
+
+def test_plugin_imports_neither_torch_nor_the_package() -> None:
+    """QGIS's Python has neither: the plugin may import the standard library and QGIS."""
+    source = Path(__file__).parents[1] / "discomkd_geo" / "qgis_plugin"
+    allowed = {"qgis", "processing", *sys.stdlib_module_names}
+    for name in PLUGIN_FILES:
+        if not name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse((source / name).read_text())):
+            if isinstance(node, ast.Import):
+                roots = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = [node.module.split(".")[0]]
+            else:
+                continue
+            assert set(roots) <= allowed, f"{name} imports {roots}"
+
+
+@pytest.fixture(scope="module")
+def sar_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained small-CNN SAR predictor file (as in test_inference)."""
+    from tests.test_inference import saved_sar_model
+
+    return saved_sar_model(tmp_path_factory.mktemp("model") / "sar.pt")
+
+
+@pytest.fixture(scope="module")
+def big_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1024 px SAR scene: mapping it at stride 4 takes long enough to cancel."""
+    from tests.test_inference import texture, write_scene
+
+    return write_scene(tmp_path_factory.mktemp("big") / "sar.tif", texture(2, 1024, seed=3),
+                       ["VV", "VH"])
+
+
+def test_runner_reports_progress_and_errors(sar_model: Path, tmp_path: Path) -> None:
+    from tests.test_inference import texture, write_scene
+
+    scene = write_scene(tmp_path / "sar.tif", texture(2, 256, seed=2), ["VV", "VH"])
+    seen, lines = [], []
+    run_cli(["predict", "--checkpoint", sar_model, "--sar", scene, "-o", tmp_path / "m.tif",
+             "--chunk-size", "64", "--stride", "8"], EXECUTABLE, progress=seen.append,
+            log=lines.append)
+    assert seen and seen == sorted(seen) and seen[-1] == 100 and len(set(seen)) > 2
+    assert (tmp_path / "m.tif").exists()
+    with pytest.raises(CliError, match=r"^Error: .*m.tif: already exists; pass --overwrite"):
+        run_cli(["predict", "--checkpoint", sar_model, "--sar", scene, "-o",
+                 tmp_path / "m.tif"], EXECUTABLE)
+
+
+def test_cancel_stops_the_run_and_leaves_no_output(sar_model: Path, big_scene: Path,
+                                                   tmp_path: Path) -> None:
+    seen: list[int] = []
+    out = tmp_path / "map.tif"
+    with pytest.raises(Cancelled):
+        run_cli(["predict", "--checkpoint", sar_model, "--sar", big_scene, "-o", out,
+                 "--stride", "4", "--chunk-size", "128", "--probabilities",
+                 tmp_path / "p.tif"], EXECUTABLE, progress=seen.append,
+                canceled=lambda: bool(seen), outputs=[out, tmp_path / "p.tif"])
+    assert seen and seen[-1] < 100  # stopped mid-run
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporaries
+
+
+# ----------------------------------------------------------------- under QGIS itself
+def qgis_process(profile_root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(profile_root), QT_QPA_PLATFORM="offscreen",
+               XDG_RUNTIME_DIR=str(profile_root))
+    return subprocess.run([QGIS_PROCESS, *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def qgis_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh QGIS settings root with the plugin installed and enabled."""
+    root = tmp_path_factory.mktemp("qgis")
+    result = CliRunner().invoke(main, ["qgis", "install", "--profile-dir",
+                                       str(root / "profiles" / "default")])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@needs_qgis
+def test_qgis_process_lists_the_algorithms(qgis_profile: Path) -> None:
+    done = qgis_process(qgis_profile, "list")
+    assert done.returncode == 0, done.stderr
+    for name in ("map", "inspect", "vectorize", "zonal"):
+        assert f"discomkd_geo:{name}" in done.stdout, done.stdout[-2000:]
+
+
+@needs_qgis
+def test_qgis_map_algorithm_equals_the_cli(qgis_profile: Path, ms4_run: Path,
+                                           tmp_path: Path) -> None:
+    model = tmp_path / "sar.pt"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(ms4_run), "--modality",
+                                       SAR, "-o", str(model)])
+    assert result.exit_code == 0, result.output
+    scene = DEMO_TILES / "sar.tif"
+    cli_map = tmp_path / "cli.tif"
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(model), "--sar",
+                                       str(scene), "-o", str(cli_map), "--quiet"])
+    assert result.exit_code == 0, result.output
+    qgis_map = tmp_path / "qgis.tif"
+    done = qgis_process(qgis_profile, "run", "discomkd_geo:map", "--",
+                        f"SAR={scene}", f"CHECKPOINT={model}", "MODE=0",
+                        f"OUTPUT={qgis_map}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with rasterio.open(cli_map) as a, rasterio.open(qgis_map) as b:
+        np.testing.assert_array_equal(a.read(), b.read())
+        assert a.crs == b.crs and a.transform == b.transform
+    assert qgis_map.with_suffix(".qml").exists()
+    # inspect through QGIS: the report says predict would map it
+    done = qgis_process(qgis_profile, "run", "discomkd_geo:inspect", "--", f"SCENE={scene}",
+                        f"CHECKPOINT={model}", "MODALITY=0")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "predict maps this scene" in done.stdout
