@@ -24,7 +24,7 @@ test: $(STAMP) qgis-deps
 # QGIS (Debian/Ubuntu's qgis package, for tests/test_qgis.py's qgis_process runs and the
 # README's dialog screenshot under Xvfb): installed where it is missing and we are root
 # with apt-get; otherwise those tests are reported as skipped ("not run: QGIS not
-# installed"). About 1 GB; the apt-get install took 9-10 min on our 2-core machine.
+# installed"). About 1 GB: apt-get update + install took 6 min on our 2-core machine.
 qgis-deps:
 	@if command -v qgis_process >/dev/null 2>&1; then \
 	  echo "qgis-deps: $$(command -v qgis_process) present"; \

@@ -73,8 +73,8 @@ def demo_sar_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     valid = scene.reshape(len(scene), -1)
     valid = valid[:, np.isfinite(valid).all(axis=0)]
     p2, p50, p98 = (np.percentile(valid, q, axis=1).tolist() for q in (2, 50, 98))
-    stats = BandStats("percentile", list(S1_BANDS), p2, [b - a for a, b in zip(p2, p98, strict=True)],
-                      {"p2": p2, "p50": p50, "p98": p98})
+    scale = [b - a for a, b in zip(p2, p98, strict=True)]
+    stats = BandStats("percentile", list(S1_BANDS), p2, scale, {"p2": p2, "p50": p50, "p98": p98})
     spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10,
             "backbone": "small_cnn", "width": 8}
     info = PredictorInfo("sar", list(S1_BANDS), list(EUROSAT_CLASSES), list(EUROSAT_COLORS),

@@ -231,7 +231,7 @@ class Vectorize(CliAlgorithm):
         self.addParameter(QgsProcessingParameterString(
             "MMU", "Minimum mapping unit (e.g. 0.5ha, 5000m2; empty: none)", optional=True))
         self.addParameter(QgsProcessingParameterVectorDestination(
-            "OUTPUT", "Polygons", defaultFileExtension="gpkg"))
+            "OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):
         raster = self.parameterAsRasterLayer(parameters, "INPUT", context)
