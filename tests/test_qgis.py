@@ -16,7 +16,6 @@ import rasterio
 from click.testing import CliRunner
 
 from discomkd_geo.cli import main
-from discomkd_geo.constants import SAR
 from discomkd_geo.demo import DEMO_TILES
 from discomkd_geo.qgis import PLUGIN_FILES, PLUGIN_NAME, enable_plugin
 from discomkd_geo.qgis_plugin.runner import Cancelled, CliError, run_cli
