@@ -54,6 +54,18 @@ def test_install_writes_an_enabled_plugin_and_package_zips_it(tmp_path: Path) ->
     assert sorted(names) == sorted(f"{PLUGIN_NAME}/{n}" for n in PLUGIN_FILES)
 
 
+def test_default_profile_per_system(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from discomkd_geo.qgis import default_profile_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    monkeypatch.setenv("APPDATA", str(tmp_path / "Roaming"))
+    tail = Path("QGIS", "QGIS3", "profiles", "default")
+    assert default_profile_dir("linux") == tmp_path / ".local" / "share" / tail
+    assert default_profile_dir("darwin") == tmp_path / "Library" / "Application Support" / tail
+    assert default_profile_dir("win32") == tmp_path / "Roaming" / tail
+
+
 def test_plugin_imports_neither_torch_nor_the_package() -> None:
     """QGIS's Python has neither: the plugin may import the standard library and QGIS."""
     source = Path(__file__).parents[1] / "discomkd_geo" / "qgis_plugin"
@@ -160,6 +172,16 @@ def test_qgis_map_algorithm_equals_the_cli(qgis_profile: Path, demo_sar_model: P
         np.testing.assert_array_equal(a.read(), b.read())
         assert a.crs == b.crs and a.transform == b.transform
     assert qgis_map.with_suffix(".qml").exists()
+    # The same through an ONNX export (onnxruntime in the executable's environment).
+    onnx_model = tmp_path / "sar.onnx"
+    result = CliRunner().invoke(main, ["export", "--checkpoint", str(model), "--modality",
+                                       "sar", "-o", str(onnx_model)])
+    assert result.exit_code == 0, result.output
+    done = qgis_process(qgis_profile, "run", "discomkd_geo:map", "--", f"SAR={scene}",
+                        f"CHECKPOINT={onnx_model}", f"OUTPUT={tmp_path / 'onnx.tif'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    with rasterio.open(cli_map) as a, rasterio.open(tmp_path / "onnx.tif") as b:
+        np.testing.assert_array_equal(a.read(), b.read())
     # inspect through QGIS: the report says predict would map it
     done = qgis_process(qgis_profile, "run", "discomkd_geo:inspect", "--", f"SCENE={scene}",
                         f"CHECKPOINT={model}", "MODALITY=0")

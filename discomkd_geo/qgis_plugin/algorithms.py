@@ -16,6 +16,7 @@ from qgis.core import (
     QgsProcessingLayerPostProcessorInterface,
     QgsProcessingOutputString,
     QgsProcessingParameterBoolean,
+    QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
     QgsProcessingParameterFile,
@@ -145,9 +146,11 @@ class MapLandCover(CliAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AOI", "Area of interest (pixels outside are nodata)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
-        self.addParameter(QgsProcessingParameterBoolean(
+        force = QgsProcessingParameterBoolean(
             "FORCE", "Map even if the scene's units or band order look wrong",
-            defaultValue=False))
+            defaultValue=False)
+        force.setFlags(force.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(force)
         self.addParameter(QgsProcessingParameterRasterDestination("OUTPUT", "Land-cover map"))
         self.addParameter(QgsProcessingParameterRasterDestination(
             "PROBABILITIES", "Class probabilities", optional=True, createByDefault=False))

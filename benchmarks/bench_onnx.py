@@ -1,0 +1,130 @@
+"""ONNX benchmark: the same branch mapped through onnxruntime and through PyTorch.
+
+Prints a table and merges key "onnx" into benchmarks/results.json.
+
+On the demo scene (tiles/demo/sar.tif, 526 x 526 px), windows mode (the one ONNX models
+run), stride 16, batch 32, one local worker: the engine's px/s with the torch
+:class:`Predictor` and with the :class:`OnnxPredictor` of the same branch exported by
+``export_onnx``, for two DisCoM-KD SAR branches (random weights: speed only)
+  small_cnn  the demo model's architecture (small_cnn, width 16),
+  resnet18   ResNet-18,
+with 2 intra-op threads (the machine's 2 cores) and with 1. Everything runs in this one
+process, the two runtimes alternating, REPEATS times per cell after one warm-up run;
+the table gives medians. Also the largest probability difference between the two
+runtimes' probability rasters and the share of identical map pixels.
+
+    python benchmarks/bench_onnx.py [--repeats 3]
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _results import merge_results
+
+HERE = Path(__file__).resolve().parent
+SCENE = HERE.parent / "tiles" / "demo" / "sar.tif"
+PATCH, BATCH, STRIDE = 64, 32, 16
+MODELS = {"small_cnn": ("small_cnn", 16), "resnet18": ("resnet18", 8)}
+THREADS = (2, 1)
+
+
+def branches(backbone: str, width: int, out: Path):
+    """The torch predictor of a random DisCoM-KD SAR branch and its ONNX twin."""
+    import torch
+
+    from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS
+    from discomkd_geo.data.bandstats import BandStats
+    from discomkd_geo.models.branches import build_branch
+    from discomkd_geo.models.info import PredictorInfo
+    from discomkd_geo.models.onnx_export import export_onnx
+    from discomkd_geo.models.onnx_predictor import OnnxPredictor
+    from discomkd_geo.models.predictor import Predictor
+
+    torch.manual_seed(0)
+    spec = {"kind": "discomkd", "in_channels": 2, "num_classes": len(EUROSAT_CLASSES),
+            "backbone": backbone, "width": width}
+    info = PredictorInfo("sar", list(S1_BANDS), list(EUROSAT_CLASSES), list(EUROSAT_COLORS),
+                         PATCH, 10.0, "dB", branch_spec=spec)
+    stats = BandStats("meanstd", list(S1_BANDS), [-12.0, -19.0], [4.0, 4.0])
+    model = Predictor(build_branch(**spec), stats, info).eval()
+    path = out / f"{backbone}.onnx"
+    export_onnx(model, path, overwrite=True)
+    return model, OnnxPredictor.load(path)
+
+
+def run(predictor, out: Path, threads: int) -> float:
+    """px/s of one engine run (the probabilities kept for the comparison)."""
+    from discomkd_geo.inference.engine import predict_to_file
+
+    predictor.set_threads(threads)
+    start = time.perf_counter()
+    summary = predict_to_file(predictor, SCENE, out, stride=STRIDE, mode="windows",
+                              batch_size=BATCH, overwrite=True, force=True,
+                              probabilities=out.with_suffix(".p.tif"))
+    return summary["pixels"] / (time.perf_counter() - start)
+
+
+def read(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    import onnxruntime
+    import torch
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        for name, (backbone, width) in MODELS.items():
+            runtimes = dict(zip(("torch", "onnxruntime"), branches(backbone, width, out),
+                                strict=True))
+            for threads in THREADS:
+                speeds: dict[str, list[float]] = {r: [] for r in runtimes}
+                for r, predictor in runtimes.items():  # warm-up: sessions, kernels
+                    run(predictor, out / f"{r}.tif", threads)
+                for _ in range(args.repeats):
+                    for r, predictor in runtimes.items():
+                        speeds[r].append(run(predictor, out / f"{r}.tif", threads))
+                codes = [read(out / f"{r}.tif") for r in runtimes]
+                probs = [read(out / f"{r}.p.tif") for r in runtimes]
+                row = {"model": name, "threads": threads, "stride": STRIDE,
+                       **{f"{r}_px_per_s": round(statistics.median(s), 1)
+                          for r, s in speeds.items()},
+                       "max_abs_probability_difference": float(np.nanmax(
+                           np.abs(probs[0] - probs[1]))),
+                       "identical_map_share": float((codes[0] == codes[1]).mean())}
+                row["onnx_over_torch"] = round(row["onnxruntime_px_per_s"]
+                                               / row["torch_px_per_s"], 2)
+                rows.append(row)
+                print(f"{name:>9} {threads} thr: torch {row['torch_px_per_s']:>9,.0f} px/s  "
+                      f"onnxruntime {row['onnxruntime_px_per_s']:>9,.0f} px/s  "
+                      f"ratio {row['onnx_over_torch']:.2f}  max |dp| "
+                      f"{row['max_abs_probability_difference']:.1e}  identical "
+                      f"{row['identical_map_share']:.4%}", flush=True)
+    merge_results("onnx", {
+        "setup": {"scene": "tiles/demo/sar.tif (526 x 526 px)", "mode": "windows",
+                  "stride": STRIDE, "batch_size": BATCH, "workers": 1,
+                  "repeats": args.repeats, "statistic": "median px/s, one process",
+                  "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                  "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+                  "machine": "shared 2-core CPU machine (other jobs running)",
+                  "models": {"small_cnn": "DisCoM-KD SAR branch, small_cnn width 16 (the "
+                                          "demo architecture), random weights",
+                             "resnet18": "DisCoM-KD SAR branch, ResNet-18, random weights"}},
+        "runs": rows})
+
+
+if __name__ == "__main__":
+    main()
