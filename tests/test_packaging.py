@@ -34,6 +34,8 @@ def test_installed_wheel_runs_the_quick_demo_outside_a_checkout(tmp_path: Path) 
     assert {"discomkd_geo/demo_data/demo.yaml", "discomkd_geo/demo_data/tiles/sar.tif",
             "discomkd_geo/demo_data/tiles/truth.tif"} <= set(names)
     assert not any(n.startswith(("configs/", "tiles/")) for n in names)
+    # `discomkd-geo qgis install` copies the plugin out of the installed package.
+    assert "discomkd_geo/qgis_plugin/metadata.txt" in names
 
     site = tmp_path / "site"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", site, wheel])

@@ -512,7 +512,7 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         # core): a full pool of intra-op threads each would oversubscribe the cores. A
         # cluster's workers keep their own settings (Dask's nannies start them with one).
         plan = replace(plan, threads=max(1, threads // workers))
-    info = next(iter(predictors.values())).info
+    info = first.info
     classes, colors = list(info.classes), [tuple(c) for c in info.colors]
     grid = plan.output
     facts = {"modalities": ",".join(plan.sources), "stride": plan.stride,
