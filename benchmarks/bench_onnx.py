@@ -61,13 +61,14 @@ def branches(backbone: str, width: int, out: Path):
 def run(predictor, out: Path, threads: int) -> float:
     """px/s of one engine run (the probabilities kept for the comparison)."""
     from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
 
     predictor.set_threads(threads)
     start = time.perf_counter()
-    summary = predict_to_file(predictor, SCENE, out, stride=STRIDE, mode="windows",
-                              batch_size=BATCH, overwrite=True, force=True,
-                              probabilities=out.with_suffix(".p.tif"))
-    return summary["pixels"] / (time.perf_counter() - start)
+    summary = predict_to_file(predictor, SCENE, out, MapSettings.of(
+        stride=STRIDE, mode="windows", batch_size=BATCH, overwrite=True, force=True,
+        probabilities=out.with_suffix(".p.tif")))
+    return summary.pixels / (time.perf_counter() - start)
 
 
 def read(path: Path) -> np.ndarray:

@@ -161,7 +161,7 @@ def test_qgis_map_algorithm_equals_the_cli(qgis_profile: Path, demo_sar_model: P
     scene = DEMO_TILES / "sar.tif"
     cli_map = tmp_path / "cli.tif"
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(model), "--sar",
-                                       str(scene), "-o", str(cli_map), "--quiet"])
+                                       str(scene), "-o", str(cli_map), "--no-progress"])
     assert result.exit_code == 0, result.output
     qgis_map = tmp_path / "qgis.tif"
     done = qgis_process(qgis_profile, "run", "discomkd_geo:map", "--",
