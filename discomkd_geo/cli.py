@@ -606,3 +606,61 @@ def rio_discomkd(ctx: click.Context) -> None:
 
 
 rio_discomkd.add_command(predict)
+
+
+# --------------------------------------------------------------------------- GIS chains
+def _area(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--mmu`` as square metres (``0.5ha``, ``5000m2``, ``5000``)."""
+    if value is None:
+        return None
+    from .inference.vectorize import parse_area
+
+    try:
+        return parse_area(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+_mmu_option = click.option(
+    "--mmu", callback=_area, metavar="AREA",
+    help="Minimum mapping unit: smaller regions are first merged into their largest "
+         "mapped neighbour, e.g. 0.5ha, 5000m2 or 5000 (m2).")
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="GeoPackage to write (.gpkg; also .geojson, .fgb); OUTPUT_STEM.qml beside it.")
+@_mmu_option
+@click.option("--layer", help="Layer name [default: the output's stem].")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None,
+              overwrite: bool) -> None:
+    """Polygons of a land-cover map: one feature per connected region.
+
+    Attributes: class_code, class_name, color, area_m2, area_ha (areas on an equal-area
+    projection when the map's CRS is geographic). A QGIS style goes beside the file.
+    """
+    from .inference.vectorize import vectorize_to_file
+
+    frame = vectorize_to_file(map_path, output, mmu=mmu, layer=layer, overwrite=overwrite)
+    click.echo(f"{output}: {len(frame):,} polygons, {frame['area_ha'].sum():,.2f} ha"
+               + (f" (MMU {mmu:g} m2)" if mmu else ""))
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("zones", metavar="ZONES[:LAYER]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Table to write: .csv, or .gpkg (with the zones' geometries).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def zonal(map_path: Path, zones: str, output: Path, overwrite: bool) -> None:
+    """Area of each class per zone (ha and % of the zone), nodata share, zone attributes.
+
+    ZONES is any vector file geopandas reads, in any CRS (FILE:LAYER names a layer). A
+    pixel counts for a zone when its centre lies inside it.
+    """
+    from .inference.zonal import zonal_to_file
+
+    table = zonal_to_file(map_path, zones, output, overwrite=overwrite)
+    click.echo(f"{output}: {len(table):,} zones")
