@@ -1,6 +1,7 @@
 """GIS chains: polygons from a map (vectorize) and class areas per zone (zonal)."""
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -113,6 +114,11 @@ def test_vectorize_to_file_writes_gpkg_and_style(tmp_path: Path, scene_dir: Path
         r, g, b, _ = src.colormap(1)[int(back["class_code"].iloc[0])]
     assert f'value="{r},{g},{b},255"' in style
     assert sorted(p.name for p in tmp_path.iterdir()) == ["polygons.gpkg", "polygons.qml"]
+    with sqlite3.connect(out) as db:  # the default style QGIS loads with the layer
+        rows = db.execute("SELECT f_table_name, f_geometry_column, styleQML, useAsDefault "
+                          "FROM layer_styles").fetchall()
+    assert rows == [("landcover", "geom", style, 1)]
+    assert len(read_layer(out)) == len(frame)  # the style table is no second layer
     with pytest.raises(OutputExistsError):
         vectorize_to_file(scene_dir / "truth.tif", out)
 

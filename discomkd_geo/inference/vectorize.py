@@ -10,7 +10,7 @@ GDAL's rings are not) and in the map's CRS. Areas follow
 :mod:`discomkd_geo.inference.classmap`: planar on a projected CRS, on a local Lambert
 azimuthal equal-area projection on a geographic one. The GeoPackage is written to a
 temporary sibling and renamed; a QGIS style (``<stem>.qml``, categorised by class with the
-map's colours) goes beside it.
+map's colours) goes beside it and into the GeoPackage's ``layer_styles`` table.
 
 The whole map is held in memory (one byte per pixel, plus GDAL's polygon work).
 """
@@ -184,17 +184,46 @@ def vectorize_to_file(path: str | os.PathLike[str], output: str | os.PathLike[st
     check_outputs({"polygons": output, "QGIS style": style}, overwrite, inputs={"map": path})
     frame = vectorize(path, mmu)
     classmap = read_class_map(path)
-    write_layer(frame, output, layer or output.stem, overwrite)
+    qml = vector_style(classmap.classes, classmap.colors)
+    write_layer(frame, output, layer or output.stem, overwrite, style=qml)
     with atomic_path(style, overwrite=overwrite) as tmp:
-        tmp.write_text(vector_style(classmap.classes, classmap.colors))
+        tmp.write_text(qml)
     return frame
 
 
 def write_layer(frame: "gpd.GeoDataFrame", output: str | os.PathLike[str], layer: str,
-                overwrite: bool) -> None:
-    """Write one layer to a new vector file (driver by extension), atomically."""
+                overwrite: bool, style: str | None = None) -> None:
+    """Write one layer to a new vector file (driver by extension), atomically.
+
+    A GeoPackage also stores ``style`` (QML) as the layer's default style in its
+    ``layer_styles`` table, where QGIS looks first when it opens the layer.
+    """
+    driver = vector_driver(output)
     with atomic_path(output, overwrite=overwrite) as tmp:
-        frame.to_file(tmp, layer=layer, driver=vector_driver(output))
+        frame.to_file(tmp, layer=layer, driver=driver)
+        if style is not None and driver == "GPKG":
+            _embed_style(tmp, layer, style)
+
+
+def _embed_style(path: Path, layer: str, qml: str) -> None:
+    """Add ``qml`` as ``layer``'s default QGIS style (the table QGIS itself writes)."""
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        [column] = db.execute("SELECT column_name FROM gpkg_geometry_columns WHERE "
+                              "table_name = ?", (layer,)).fetchone()
+        db.execute("CREATE TABLE layer_styles (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                   "f_table_catalog TEXT(256), f_table_schema TEXT(256), f_table_name "
+                   "TEXT(256), f_geometry_column TEXT(256), styleName TEXT(30), styleQML "
+                   "TEXT, styleSLD TEXT, useAsDefault BOOLEAN, description TEXT, owner "
+                   "TEXT(30), ui TEXT(30), update_time DATETIME DEFAULT CURRENT_TIMESTAMP)")
+        db.execute("INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, "
+                   "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, "
+                   "description, owner) VALUES ('', '', ?, ?, ?, ?, '', 1, "
+                   "'land-cover classes (discomkd_geo)', '')", (layer, column, layer, qml))
+        db.execute("INSERT INTO gpkg_contents (table_name, data_type, identifier) "
+                   "VALUES ('layer_styles', 'attributes', 'layer_styles')")
+    db.close()
 
 
 def vector_driver(output: str | os.PathLike[str]) -> str:

@@ -58,7 +58,9 @@ def read_layer(spec: str | os.PathLike[str], layer: str | None = None) -> "gpd.G
     if not _is_virtual(path) and not os.path.exists(path):
         raise InputFileError(path, "no such file")
     try:
-        layers = [str(name) for name in pyogrio.list_layers(path)[:, 0]]
+        # Spatial layers only: QGIS's layer_styles table (and other attribute tables) is no
+        # candidate.
+        layers = [str(name) for name, geometry in pyogrio.list_layers(path) if geometry]
     except (DataSourceError, DataLayerError) as err:
         raise InputFileError(path, f"is not a vector file geopandas reads "
                                    f"({str(err).splitlines()[0]})") from err
