@@ -8,6 +8,7 @@ sets the pixels of the other chunks whose centre lies outside it to nodata (the 
 rule of :func:`rasterio.features.rasterize`, as :mod:`.zonal` counts pixels).
 """
 
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import numpy as np
 from affine import Affine
 from rasterio.features import rasterize
 from rasterio.transform import array_bounds
-from rasterio.windows import Window
+from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
 from ..errors import InputFileError
@@ -48,11 +49,24 @@ class AreaOfInterest:
                               window_transform(window, self.transform))
         return self.geometry.intersects(box(*bounds))
 
+    def region(self, transform: Affine, width: int, height: int) -> Window:
+        """The window of a grid (e.g. the input grid) covering the area's bounds."""
+        whole = Window(0, 0, width, height)
+        return covering_window(self.geometry.bounds, transform).intersection(whole)
+
     def mask(self, window: Window) -> np.ndarray:
         """Bool ``(h, w)``: pixels of ``window`` whose centre lies inside the area."""
         return rasterize([self.geometry], out_shape=(window.height, window.width),
                          transform=window_transform(window, self.transform), fill=0,
                          default_value=1, dtype="uint8").astype(bool)
+
+
+def covering_window(bounds: tuple[float, float, float, float], transform: Affine) -> Window:
+    """The whole pixels of a grid (extended past its edges) covering ``bounds``."""
+    window = from_bounds(*bounds, transform=transform)
+    col, row = math.floor(window.col_off), math.floor(window.row_off)
+    return Window(col, row, max(1, math.ceil(window.col_off + window.width) - col),
+                  max(1, math.ceil(window.row_off + window.height) - row))
 
 
 def aoi_on_grid(frame: "gpd.GeoDataFrame", crs: Any, transform: Affine, width: int,

@@ -15,7 +15,6 @@ Zones are processed one at a time in blocks, so memory follows the block size, n
 zone's size.
 """
 
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -24,11 +23,12 @@ import numpy as np
 import rasterio
 from rasterio.errors import WindowError
 from rasterio.features import rasterize
-from rasterio.windows import Window, from_bounds
+from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from .._io import atomic_path, check_outputs
 from ..errors import InputFileError, OutputError
+from .aoi import covering_window
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas
 from .tiling import chunk_layout, relative_slices
 from .vectorize import write_layer
@@ -42,21 +42,13 @@ if TYPE_CHECKING:
 BLOCK = 2048
 
 
-def _covering(classmap: ClassMap, bounds: tuple[float, float, float, float]) -> Window:
-    """The whole pixels of the map's grid (extended past its edges) covering ``bounds``."""
-    window = from_bounds(*bounds, transform=classmap.transform)
-    col, row = math.floor(window.col_off), math.floor(window.row_off)
-    return Window(col, row, max(1, math.ceil(window.col_off + window.width) - col),
-                  max(1, math.ceil(window.row_off + window.height) - row))
-
-
 def _zone_areas(src: rasterio.DatasetReader, classmap: ClassMap, geometry: object,
                 block: int) -> tuple[np.ndarray, int]:
     """Area in m2 per class, nodata and outside, and the pixel count, of one zone."""
     classes = len(classmap.classes)
     sums = np.zeros(classes + 2)
     count = 0
-    zone = _covering(classmap, geometry.bounds)
+    zone = covering_window(geometry.bounds, classmap.transform)
     whole = Window(0, 0, classmap.width, classmap.height)
     for part in chunk_layout(zone.height, zone.width, block):
         part = Window(zone.col_off + part.col_off, zone.row_off + part.row_off, part.width,
