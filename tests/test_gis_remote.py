@@ -7,10 +7,16 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
+from rasterio.windows import Window
+from test_inference import make_predictor
 
+from discomkd_geo.constants import S1_BANDS
 from discomkd_geo.errors import InputFileError
-from discomkd_geo.inference.remote import is_remote, open_remote
+from discomkd_geo.inference.io import SceneInput, Source, open_sources
+from discomkd_geo.inference.remote import is_remote
+from discomkd_geo.models.predictor import PredictorInfo
 
 DEMO = Path(__file__).resolve().parents[1] / "tiles" / "demo"
 
@@ -89,38 +95,49 @@ def server() -> Iterator[RangeServer]:
     served.close()
 
 
+def sar_info() -> PredictorInfo:
+    return make_predictor("sar", list(S1_BANDS)).info
+
+
+def open_url(url: str) -> Source:
+    _, sources = open_sources({"sar": SceneInput(url)}, {"sar": sar_info()})
+    return sources["sar"]
+
+
 def test_is_remote() -> None:
     assert is_remote("https://example.org/a.tif") and is_remote("s3://bucket/key.tif")
     assert is_remote("/vsicurl/https://example.org/a.tif")
     assert not is_remote("tiles/demo/sar.tif") and not is_remote(r"C:\data\a.tif")
 
 
-def test_window_read_fetches_only_ranges(server: RangeServer) -> None:
-    from rasterio.windows import Window
-
-    with open_remote(f"{server.url}/sar.tif") as src:
-        src.read(window=Window(0, 0, 32, 32))
-    assert server.sent < (DEMO / "sar.tif").stat().st_size / 2
+def test_url_scene_reads_like_the_file_by_ranges(server: RangeServer) -> None:
+    """The URL gives the local file's grid and values; a window costs a few ranges."""
+    remote = open_url(f"{server.url}/sar.tif")
+    _, local = open_sources({"sar": SceneInput(DEMO / "sar.tif")}, {"sar": sar_info()})
+    assert remote.grid == local["sar"].grid
+    server.sent = 0
+    window = Window(40, 40, 32, 32)
+    data, valid = remote.read(window)
+    expected, expected_valid = local["sar"].read(window)
+    np.testing.assert_array_equal(data, expected)
+    assert (valid == expected_valid).all()
+    assert 0 < server.sent < (DEMO / "sar.tif").stat().st_size / 2
     assert all(r is not None for method, _, r in server.requests if method == "GET")
 
 
 def test_remote_errors_are_one_line(server: RangeServer, monkeypatch: pytest.MonkeyPatch
                                     ) -> None:
-    def opens(url: str) -> None:
-        with open_remote(url):
-            pass
-
     with pytest.raises(InputFileError, match=r"nope\.tif: cannot read raster: not found "
                                              r"\(HTTP 404\)$"):
-        opens(f"{server.url}/nope.tif")
+        open_url(f"{server.url}/nope.tif")
     closed = server.url.rsplit(":", 1)[0] + ":9"  # discard port: nothing listens
     with pytest.raises(InputFileError, match="host unreachable"):
-        opens(f"{closed}/sar.tif")
+        open_url(f"{closed}/sar.tif")
     slow = RangeServer(DEMO, delay=3)
     monkeypatch.setenv("GDAL_HTTP_TIMEOUT", "1")
     monkeypatch.setenv("GDAL_HTTP_MAX_RETRY", "0")
     try:
         with pytest.raises(InputFileError, match="no answer within 1 s"):
-            opens(f"{slow.url}/sar.tif")
+            open_url(f"{slow.url}/sar.tif")
     finally:
         slow.close()

@@ -14,9 +14,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import rasterio
-from rasterio.errors import RasterioIOError
-
-from ..errors import InputFileError
 
 #: URL schemes read through GDAL's network file systems.
 SCHEMES = ("http://", "https://", "s3://")
@@ -67,20 +64,3 @@ def remote_env(path: str | os.PathLike[str]) -> Iterator[None]:
         return
     with rasterio.Env(**gdal_options()):
         yield
-
-
-@contextmanager
-def open_remote(url: str) -> Iterator[rasterio.DatasetReader]:
-    """Open a URL with :func:`gdal_options` in force while it is open (reads included).
-
-    Raises:
-        InputFileError: the host is unreachable, the file is missing, the request timed
-            out, or the answer is not a raster, in one line.
-    """
-    with remote_env(url):
-        try:
-            src = rasterio.open(url)
-        except RasterioIOError as err:
-            raise InputFileError(url, f"cannot read raster: {problem(err)}") from err
-        with src:
-            yield src
