@@ -67,12 +67,14 @@ def disc(scene: Path, out: Path) -> float:
 
 def run(predictor, scene: Path, out: Path, aoi: Path | None) -> dict:
     from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
 
+    settings = MapSettings.of(stride=STRIDE, chunk_size=CHUNK, overwrite=True, force=True,
+                              aoi=None if aoi is None else str(aoi))
     start = time.perf_counter()
-    summary = predict_to_file(predictor, scene / "sar.tif", out, stride=STRIDE,
-                              chunk_size=CHUNK, overwrite=True, aoi=aoi, force=True)
-    return {"seconds": time.perf_counter() - start, "pixels": summary["pixels"],
-            "chunks": summary["chunks"], "computed_chunks": summary["computed_chunks"]}
+    summary = predict_to_file(predictor, scene / "sar.tif", out, settings)
+    return {"seconds": time.perf_counter() - start, "pixels": summary.pixels,
+            "chunks": summary.chunks, "computed_chunks": summary.computed_chunks}
 
 
 def main() -> None:

@@ -447,7 +447,7 @@ def _input_options(command: Any) -> Any:
     return command
 
 
-def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
+def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
                   sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
                   crs: str | None) -> dict[str, Any]:
     """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
@@ -468,6 +468,22 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
                                       sar_units if modality == SAR else None, scale, offset,
                                       crs)
     return inputs
+
+
+class _ScenePath(click.ParamType):
+    """A scene: a local path (as ``Path``) or a URL kept as given (``Path`` folds ``//``)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str | Path:
+        """``https://``, ``s3://`` and ``/vsi...`` stay strings; anything else is a Path."""
+        text = os.fspath(value)
+        return text if "://" in text or text.startswith("/vsi") else Path(text)
+
+
+#: The type of every scene option (local files, directories or URLs).
+_SCENE = _ScenePath()
 
 
 def _click_type(f: Any) -> dict[str, Any]:
@@ -512,19 +528,20 @@ def _map_settings(values: dict[str, Any]) -> Any:
 
 @click.command()
 @_checkpoint_option(exists=True)
-@click.option("--sar", multiple=True, type=click.Path(path_type=Path),
+@click.option("--sar", multiple=True, type=_SCENE,
               help="Sentinel-1 scene: a VV/VH stack, or one file per polarisation (repeat "
-                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), or their "
-                   "directory. A raw .SAFE is refused: calibrate and terrain-correct first.")
-@click.option("--sar-vv", type=click.Path(dir_okay=False, path_type=Path),
+                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), their "
+                   "directory, or https:// or s3:// URLs (read by range requests). A raw "
+                   ".SAFE is refused: calibrate and terrain-correct first.")
+@click.option("--sar-vv", type=_SCENE,
               help="The VV file of a scene given as one file per polarisation.")
-@click.option("--sar-vh", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--sar-vh", type=_SCENE,
               help="The VH file (with --sar-vv).")
-@click.option("--ms", multiple=True, type=click.Path(path_type=Path),
+@click.option("--ms", multiple=True, type=_SCENE,
               help="Sentinel-2 scene: a stack, one file per band (repeat --ms), or a "
                    "directory of band files such as an L1C/L2A .SAFE (finest resolution "
                    "of each band; every band is resampled to the model's pixel size).")
-@click.option("--scene", multiple=True, type=click.Path(path_type=Path),
+@click.option("--scene", multiple=True, type=_SCENE,
               help="Scene of another modality, named by --modality.")
 @click.option("--stac", "stac_item", type=click.Path(dir_okay=False, path_type=Path),
               help="Local STAC Item whose assets are the S1/S2 scenes (instead of --sar/--ms; "
@@ -538,8 +555,8 @@ def _map_settings(values: dict[str, Any]) -> Any:
 @_setting_options
 @_no_progress_option("No progress bar.")
 @_json_option("Print the summary as JSON.")
-def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
-            sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
+def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | None,
+            sar_vh: Path | str | None, ms: tuple[Path | str, ...], scene: tuple[Path | str, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
             crs: str | None, output: Path, no_progress: bool, as_json: bool,
@@ -552,7 +569,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
     """
     from .constants import MS, SAR
 
-    scenes: dict[str, list[Path]] = {}
+    scenes: dict[str, list[Path | str]] = {}
     source = None
     if stac_item is not None:
         if ms or sar or sar_vv or sar_vh or scene:
@@ -560,8 +577,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         from .inference.stac import read_item
 
         source = read_item(stac_item)
-        scenes = {m: [Path(f) for f in files] for m, files in source.paths.items()
-                  if modality in (None, m)}
+        scenes = {m: [_SCENE.convert(f, None, None) for f in files]
+                  for m, files in source.paths.items() if modality in (None, m)}
         if not scenes:
             raise click.UsageError(f"{stac_item} has no {modality} asset")
         # The Item names the bands; an explicit --bands still wins.
@@ -607,6 +624,11 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         if count:
             click.echo(f"  {name:<22} {count:>12,} px  {count / mapped:6.1%}")
     click.echo(f"  {'(nodata)':<22} {summary.pixels - summary.mapped_pixels:>12,} px")
+    if summary.computed_chunks < summary.chunks:
+        click.echo(f"area of interest: {summary.computed_chunks} of {summary.chunks} chunks "
+                   "read and classified")
+    if summary.vector:
+        click.echo(f"polygons: {summary.vector}")
 
 
 main.add_command(predict)
@@ -614,12 +636,12 @@ main.add_command(predict)
 
 # --------------------------------------------------------------------------- inspect
 @main.command()
-@click.argument("scene", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scene", nargs=-1, required=True, type=_SCENE)
 @_checkpoint_option(exists=True)
 @click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
 @_input_options
 @_json_option("Print the figures as JSON.")
-def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
+def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
             ms_offset: float, crs: str | None, as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
@@ -676,7 +698,7 @@ def _area(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
     """``--mmu`` as square metres (``0.5ha``, ``5000m2``, ``5000``)."""
     if value is None:
         return None
-    from .inference.vectorize import parse_area
+    from .inference.settings import parse_area
 
     try:
         return parse_area(value)
@@ -684,10 +706,13 @@ def _area(ctx: click.Context, param: click.Parameter, value: str | None) -> floa
         raise click.BadParameter(str(err)) from err
 
 
-_mmu_option = click.option(
-    "--mmu", callback=_area, metavar="AREA",
-    help="Minimum mapping unit: smaller regions are first merged into their largest "
-         "mapped neighbour, e.g. 0.5ha, 5000m2 or 5000 (m2).")
+def _mmu_option(command: F) -> F:
+    """``--mmu`` of ``vectorize``, with the help of predict's ``mmu`` setting."""
+    from .inference.settings import setting_fields
+
+    [field] = [f for f in setting_fields() if f.name == "mmu"]
+    return click.option("--mmu", callback=_area, metavar=field.metavar,
+                        help=field.help)(command)
 
 
 @main.command()

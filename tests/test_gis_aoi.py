@@ -23,9 +23,12 @@ from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.inference import engine, io
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
+from discomkd_geo.inference.settings import MapSettings
 
 X0, Y0 = ORIGIN
 SIZE = 192
+#: 64 px chunks: the 192 px scene is 3 x 3 chunks.
+TILES = MapSettings.of(stride=8, chunk_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +49,18 @@ AREA = box(X0 + 200, Y0 - 700, X0 + 700, Y0 - 200)
 
 def test_outside_is_nodata_inside_is_the_whole_map(scene: Path, tmp_path: Path) -> None:
     model = make_predictor("sar", list(S1_BANDS))
-    predict_to_file(model, scene, tmp_path / "whole.tif", stride=8, chunk_size=64)
+    predict_to_file(model, scene, tmp_path / "whole.tif", TILES)
     # The area given in WGS 84: reprojected to the scene's CRS.
     spec = aoi_file(tmp_path / "aoi.geojson", gpd.GeoSeries([AREA], crs=CRS)
                     .to_crs("EPSG:4326").iloc[0], crs="EPSG:4326")
-    summary = predict_to_file(model, scene, tmp_path / "aoi.tif", stride=8, chunk_size=64,
-                              aoi=spec)
+    summary = predict_to_file(model, scene, tmp_path / "aoi.tif", TILES.replace(aoi=spec))
     whole, part = read(tmp_path / "whole.tif")[0], read(tmp_path / "aoi.tif")[0]
     inside = np.zeros_like(whole, dtype=bool)
     inside[20:70, 20:70] = True  # pixel centres inside AREA
     assert (part[~inside] == CLASS_NODATA).all()
     assert (part[inside] == whole[inside]).all() and (part[inside] != CLASS_NODATA).all()
-    assert summary["mapped_pixels"] == 50 * 50
-    assert summary["computed_chunks"] == 4 < summary["chunks"] == 9  # 64 px chunks
+    assert summary.mapped_pixels == 50 * 50
+    assert summary.computed_chunks == 4 < summary.chunks == 9  # 64 px chunks
 
 
 def test_chunks_away_from_the_area_are_never_read(scene: Path, tmp_path: Path,
@@ -71,37 +73,37 @@ def test_chunks_away_from_the_area_are_never_read(scene: Path, tmp_path: Path,
         return original(self, window)
 
     monkeypatch.setattr(io.SceneSource, "read_raw", spy)
-    chunks: list[Window] = []
-    chunk_original = engine.predict_chunk
-
-    def chunk_spy(predictors: object, plan: engine.Plan, chunk: Window) -> engine.ChunkResult:
-        chunks.append(chunk)
-        return chunk_original(predictors, plan, chunk)
-
-    monkeypatch.setattr(engine, "predict_chunk", chunk_spy)
     corner = aoi_file(tmp_path / "corner.gpkg", box(X0, Y0 - 300, X0 + 300, Y0))  # 30 px
     model = make_predictor("sar", list(S1_BANDS))
-    predict_to_file(model, scene, tmp_path / "aoi.tif", stride=8, chunk_size=64, aoi=corner)
-    assert chunks == [Window(0, 0, 64, 64)]
-    # every read (statistics sample included) stays within a patch + fill radius of it
+    summary = predict_to_file(model, scene, tmp_path / "aoi.tif", TILES.replace(aoi=corner))
+    assert summary.computed_chunks == 1 and summary.mapped_pixels == 30 * 30
+    # Every read (statistics sample included) stays within the first chunk's windows and
+    # their fill radius: the other 8 chunks are never read.
     reach = 64 + 16 + engine.FILL_RADIUS
-    assert reads and all(w.col_off < reach and w.row_off < reach for w in reads)
+    assert reads and all(w.col_off + w.width <= reach and w.row_off + w.height <= reach
+                         for w in reads)
 
 
 def test_lazy_map_with_an_area(scene: Path, tmp_path: Path) -> None:
     model = make_predictor("sar", list(S1_BANDS))
     spec = aoi_file(tmp_path / "aoi.gpkg", AREA)
-    lazy = predict_lazy(model, scene, stride=8, chunk_size=64, aoi=spec).compute()
-    predict_to_file(model, scene, tmp_path / "aoi.tif", stride=8, chunk_size=64, aoi=spec)
+    lazy = predict_lazy(model, scene, TILES.replace(aoi=spec)).compute()
+    predict_to_file(model, scene, tmp_path / "aoi.tif", TILES.replace(aoi=spec))
     assert (lazy.values == read(tmp_path / "aoi.tif")[0]).all()
 
 
 def test_area_errors(scene: Path, tmp_path: Path) -> None:
     model = make_predictor("sar", list(S1_BANDS))
+    spec = aoi_file(tmp_path / "zones.gpkg", AREA, layer="district")
+    aoi_file(tmp_path / "zones.gpkg", AREA, layer="other")
+    gpd.GeoDataFrame(geometry=[], crs=CRS).to_file(tmp_path / "empty.gpkg")
     far = aoi_file(tmp_path / "far.gpkg", box(X0 + 1e5, Y0, X0 + 1e5 + 500, Y0 + 500))
-    with pytest.raises(InputFileError, match="does not overlap the scene"):
-        predict_to_file(model, scene, tmp_path / "m.tif", aoi=far)
-    assert not (tmp_path / "m.tif").exists()
+    errors = {f"{spec}:roads": "has no layer 'roads'", spec: "has 2 layers",
+              tmp_path / "empty.gpkg": "is empty", far: "does not overlap the scene"}
+    for value, message in errors.items():
+        with pytest.raises(InputFileError, match=message):
+            predict_to_file(model, scene, tmp_path / "m.tif", MapSettings.of(aoi=value))
+        assert not (tmp_path / "m.tif").exists()
 
 
 def cli(*args: object) -> subprocess.CompletedProcess[str]:
@@ -117,24 +119,18 @@ def test_cli_aoi_and_vector(scene: Path, tmp_path: Path) -> None:
     result = cli(*base, "-o", tmp_path / "map.tif", "--aoi", f"{spec}:district",
                  "--vector", tmp_path / "polygons.gpkg", "--mmu", "0.1ha")
     assert result.returncode == 0, result.stderr
-    polygons = gpd.read_file(tmp_path / "polygons.gpkg")
+    assert f"polygons: {tmp_path / 'polygons.gpkg'}" in result.stdout
+    polygons = gpd.read_file(tmp_path / "polygons.gpkg", layer="polygons")
     assert polygons["area_m2"].sum() == pytest.approx(50 * 50 * 100)
     assert (polygons["area_m2"] >= 1000).all() and (tmp_path / "polygons.qml").exists()
-    # the raster's and the polygons' styles would collide: refused before any work
+    # One-line errors, nothing written: a missing layer; the raster's and the polygons'
+    # styles at one path (refused before any work).
+    result = cli(*base, "-o", tmp_path / "m.tif", "--aoi", f"{spec}:roads")
+    assert result.returncode != 0 and "has no layer 'roads'" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     result = cli(*base, "-o", tmp_path / "m.tif", "--vector", tmp_path / "m.gpkg")
     assert result.returncode != 0 and "give each its own path" in result.stderr
     assert not (tmp_path / "m.tif").exists()
-    gpd.GeoDataFrame(geometry=[], crs=CRS).to_file(tmp_path / "empty.gpkg")
-    far = aoi_file(tmp_path / "far.gpkg", box(X0 - 5e4, Y0, X0 - 4e4, Y0 + 1e4))
-    errors = {"missing": (f"{spec}:roads", "has no layer 'roads'"),
-              "several": (spec, "has 2 layers"),
-              "empty": (tmp_path / "empty.gpkg", "is empty"),
-              "far": (far, "does not overlap the scene")}
-    for name, (value, message) in errors.items():
-        result = cli(*base, "-o", tmp_path / f"{name}.tif", "--aoi", value)
-        assert result.returncode != 0 and message in result.stderr, (name, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert not (tmp_path / f"{name}.tif").exists()
 
 
 def test_read_aoi_needs_polygons(tmp_path: Path) -> None:

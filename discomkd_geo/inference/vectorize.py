@@ -17,7 +17,6 @@ The whole map is held in memory (one byte per pixel, plus GDAL's polygon work).
 
 import math
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,23 +32,6 @@ from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_are
 
 if TYPE_CHECKING:
     import geopandas as gpd
-
-#: ``0.5ha``, ``5000m2``, ``5000`` (square metres), ``1.2 km2``.
-_AREA = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*(ha|m2|km2)?\s*", re.IGNORECASE)
-_AREA_UNITS = {"ha": HECTARE, "m2": 1.0, "km2": 1e6}
-
-
-def parse_area(text: str) -> float:
-    """An area such as ``0.5ha``, ``5000m2``, ``2km2`` or ``5000`` (m2) in square metres.
-
-    Raises:
-        ValueError: not a non-negative number with an optional unit ha, m2 or km2.
-    """
-    match = _AREA.fullmatch(text)
-    if match is None:
-        raise ValueError(f"{text!r} is not an area; write e.g. 0.5ha, 5000m2 or 5000 (m2)")
-    return float(match.group(1)) * _AREA_UNITS[(match.group(2) or "m2").lower()]
-
 
 def sieve_size(classmap: ClassMap, mmu: float) -> int:
     """Pixels a region needs to cover ``mmu`` m2 (on the map's smallest pixels)."""
