@@ -459,7 +459,7 @@ def _input_options(command: Any) -> Any:
     return command
 
 
-def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
+def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
                   sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
                   crs: str | None) -> dict[str, Any]:
     """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
@@ -480,6 +480,22 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
                                       sar_units if modality == SAR else None, scale, offset,
                                       crs)
     return inputs
+
+
+class _ScenePath(click.ParamType):
+    """A scene: a local path (as ``Path``) or a URL kept as given (``Path`` folds ``//``)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str | Path:
+        """``https://``, ``s3://`` and ``/vsi...`` stay strings; anything else is a Path."""
+        text = os.fspath(value)
+        return text if "://" in text or text.startswith("/vsi") else Path(text)
+
+
+#: The type of every scene option (local files, directories or URLs).
+_SCENE = _ScenePath()
 
 
 def _click_type(f: Any) -> dict[str, Any]:
@@ -524,19 +540,20 @@ def _map_settings(values: dict[str, Any]) -> Any:
 
 @click.command()
 @_checkpoint_option(exists=True)
-@click.option("--sar", multiple=True, type=click.Path(path_type=Path),
+@click.option("--sar", multiple=True, type=_SCENE,
               help="Sentinel-1 scene: a VV/VH stack, or one file per polarisation (repeat "
-                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), or their "
-                   "directory. A raw .SAFE is refused: calibrate and terrain-correct first.")
-@click.option("--sar-vv", type=click.Path(dir_okay=False, path_type=Path),
+                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), their "
+                   "directory, or https:// or s3:// URLs (read by range requests). A raw "
+                   ".SAFE is refused: calibrate and terrain-correct first.")
+@click.option("--sar-vv", type=_SCENE,
               help="The VV file of a scene given as one file per polarisation.")
-@click.option("--sar-vh", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--sar-vh", type=_SCENE,
               help="The VH file (with --sar-vv).")
-@click.option("--ms", multiple=True, type=click.Path(path_type=Path),
+@click.option("--ms", multiple=True, type=_SCENE,
               help="Sentinel-2 scene: a stack, one file per band (repeat --ms), or a "
                    "directory of band files such as an L1C/L2A .SAFE (finest resolution "
                    "of each band; every band is resampled to the model's pixel size).")
-@click.option("--scene", multiple=True, type=click.Path(path_type=Path),
+@click.option("--scene", multiple=True, type=_SCENE,
               help="Scene of another modality, named by --modality.")
 @click.option("--stac", "stac_item", type=click.Path(dir_okay=False, path_type=Path),
               help="Local STAC Item whose assets are the S1/S2 scenes (instead of --sar/--ms; "
@@ -550,8 +567,8 @@ def _map_settings(values: dict[str, Any]) -> Any:
 @_setting_options
 @_no_progress_option("No progress bar.")
 @_json_option("Print the summary as JSON.")
-def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
-            sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
+def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | None,
+            sar_vh: Path | str | None, ms: tuple[Path | str, ...], scene: tuple[Path | str, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
             crs: str | None, output: Path, no_progress: bool, as_json: bool,
@@ -564,7 +581,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
     """
     from .constants import MS, SAR
 
-    scenes: dict[str, list[Path]] = {}
+    scenes: dict[str, list[Path | str]] = {}
     source = None
     if stac_item is not None:
         if ms or sar or sar_vv or sar_vh or scene:
@@ -572,8 +589,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         from .inference.stac import read_item
 
         source = read_item(stac_item)
-        scenes = {m: [Path(f) for f in files] for m, files in source.paths.items()
-                  if modality in (None, m)}
+        scenes = {m: [_SCENE.convert(f, None, None) for f in files]
+                  for m, files in source.paths.items() if modality in (None, m)}
         if not scenes:
             raise click.UsageError(f"{stac_item} has no {modality} asset")
         # The Item names the bands; an explicit --bands still wins.
@@ -619,6 +636,11 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         if count:
             click.echo(f"  {name:<22} {count:>12,} px  {count / mapped:6.1%}")
     click.echo(f"  {'(nodata)':<22} {summary.pixels - summary.mapped_pixels:>12,} px")
+    if summary.computed_chunks < summary.chunks:
+        click.echo(f"area of interest: {summary.computed_chunks} of {summary.chunks} chunks "
+                   "read and classified")
+    if summary.vector:
+        click.echo(f"polygons: {summary.vector}")
 
 
 main.add_command(predict)
@@ -626,12 +648,12 @@ main.add_command(predict)
 
 # --------------------------------------------------------------------------- inspect
 @main.command()
-@click.argument("scene", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scene", nargs=-1, required=True, type=_SCENE)
 @_checkpoint_option(exists=True)
 @click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
 @_input_options
 @_json_option("Print the figures as JSON.")
-def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
+def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
             ms_offset: float, crs: str | None, as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
@@ -718,3 +740,64 @@ def rio_discomkd(ctx: click.Context) -> None:
 
 
 rio_discomkd.add_command(predict)
+
+
+# --------------------------------------------------------------------------- GIS chains
+def _area(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--mmu`` as square metres (``0.5ha``, ``5000m2``, ``5000``)."""
+    if value is None:
+        return None
+    from .inference.settings import parse_area
+
+    try:
+        return parse_area(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+def _mmu_option(command: F) -> F:
+    """``--mmu`` of ``vectorize``, with the help of predict's ``mmu`` setting."""
+    from .inference.settings import setting_fields
+
+    [field] = [f for f in setting_fields() if f.name == "mmu"]
+    return click.option("--mmu", callback=_area, metavar=field.metavar,
+                        help=field.help)(command)
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="GeoPackage to write (.gpkg; also .geojson, .fgb); OUTPUT_STEM.qml beside it.")
+@_mmu_option
+@click.option("--layer", help="Layer name [default: the output's stem].")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None,
+              overwrite: bool) -> None:
+    """Polygons of a land-cover map: one feature per connected region.
+
+    Attributes: class_code, class_name, color, area_m2, area_ha (areas on an equal-area
+    projection when the map's CRS is geographic). A QGIS style goes beside the file.
+    """
+    from .inference.vectorize import vectorize_to_file
+
+    frame = vectorize_to_file(map_path, output, mmu=mmu, layer=layer, overwrite=overwrite)
+    click.echo(f"{output}: {len(frame):,} polygons, {frame['area_ha'].sum():,.2f} ha"
+               + (f" (MMU {mmu:g} m2)" if mmu else ""))
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("zones", metavar="ZONES[:LAYER]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Table to write: .csv, or .gpkg (with the zones' geometries).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+def zonal(map_path: Path, zones: str, output: Path, overwrite: bool) -> None:
+    """Area of each class per zone (ha and % of the zone), nodata share, zone attributes.
+
+    ZONES is any vector file geopandas reads, in any CRS (FILE:LAYER names a layer). A
+    pixel counts for a zone when its centre lies inside it.
+    """
+    from .inference.zonal import zonal_to_file
+
+    table = zonal_to_file(map_path, zones, output, overwrite=overwrite)
+    click.echo(f"{output}: {len(table):,} zones")

@@ -120,19 +120,23 @@ def sample_windows(height: int, width: int, per_side: int = SAMPLE_WINDOWS,
             for row in starts(height) for col in starts(width)]
 
 
-def _sample(source: Source) -> tuple[np.ndarray, int]:
+def _sample(source: Source, region: Window | None = None) -> tuple[np.ndarray, int]:
     """Raw values ``(C, N)`` of the valid pixels of a sample, and the pixels read.
 
-    When the sample holds no valid pixel, the whole scene is read chunk by chunk before
-    it is called empty: a small valid area must not be missed.
+    The sample is spread over ``region`` (default: the whole grid; an area of interest's
+    window, so that nothing outside it is read). When the sample holds no valid pixel,
+    the whole region is read chunk by chunk before it is called empty: a small valid area
+    must not be missed.
     """
-    grid = source.grid
-    for windows in (sample_windows(grid.height, grid.width),
-                    chunk_layout(grid.height, grid.width, FULL_PASS_CHUNK)):
+    area = region or source.grid.window
+    for windows in (sample_windows(area.height, area.width),
+                    chunk_layout(area.height, area.width, FULL_PASS_CHUNK)):
         read = 0  # of this pass only: the full pass replaces the sample
         values = []
         for window in windows:
-            data, valid = source.read_raw(window)
+            data, valid = source.read_raw(Window(area.col_off + window.col_off,
+                                                 area.row_off + window.row_off,
+                                                 window.width, window.height))
             read += valid.size
             values.append(data[:, valid])
         found = np.concatenate(values, axis=1)
@@ -178,24 +182,27 @@ def _medians(raw: np.ndarray, candidate: Candidate) -> np.ndarray:
     return np.median(data[:, valid], axis=1)
 
 
-def check_scene(predictor: Predictor, source: Source, modality: str) -> SceneCheck:
+def check_scene(predictor: Predictor, source: Source, modality: str,
+                region: Window | None = None) -> SceneCheck:
     """Compare a scene's bands with the training data of ``predictor`` (no exception).
 
     Args:
         predictor: the model the scene is for; its statistics carry the training profile.
         source: the scene, as :func:`~discomkd_geo.inference.io.open_sources` opened it.
         modality: the modality, for the options named in the advice.
+        region: the part of the grid to sample (an area of interest's window).
 
     Returns:
         The figures and the problems found; an all-nodata scene is a problem whatever the
         checkpoint holds.
     """
-    raw, read = _sample(source)
+    raw, read = _sample(source, region)
     check = SceneCheck(modality, source.name, source.units.describe(), read,
                        raw.shape[1] / max(read, 1))
     if raw.shape[1] == 0:
-        check.problems.append("holds no valid pixel (every pixel is nodata or not finite in "
-                              "some band); nothing to map")
+        where = "" if region is None else " in the area of interest"
+        check.problems.append(f"holds no valid pixel{where} (every pixel is nodata or not "
+                              "finite in some band); nothing to map")
         return check
     bands = predictor.info.bands
     converted, valid = source.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
@@ -289,8 +296,8 @@ def _order_problems(bands: Sequence[str], scene: np.ndarray, training: np.ndarra
 
 
 def check_sources(predictors: Mapping[str, Predictor], sources: Mapping[str, Source], *,
-                  force: bool = False) -> dict[str, SceneCheck]:
-    """Check every modality's scene; refuse the first problem unless ``force``.
+                  force: bool = False, region: Window | None = None) -> dict[str, SceneCheck]:
+    """Check every modality's scene (within ``region``); refuse the first problem unless ``force``.
 
     An all-nodata scene is refused even with ``force``: there is nothing to map.
 
@@ -299,7 +306,7 @@ def check_sources(predictors: Mapping[str, Predictor], sources: Mapping[str, Sou
     """
     checks = {}
     for modality, source in sources.items():
-        check = check_scene(predictors[modality], source, modality)
+        check = check_scene(predictors[modality], source, modality, region)
         if check.problems and (not force or check.valid_share == 0.0):
             raise InputFileError(source.name, check.problems[0])
         check.forced = bool(check.problems)

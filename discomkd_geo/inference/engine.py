@@ -47,8 +47,11 @@ from ..constants import CLASS_NODATA
 from ..errors import CheckpointError, InputFileError, SchedulerError
 from ..logs import progress_disabled
 from ..models.info import BranchPredictor as Predictor
+from .aoi import AreaOfInterest, aoi_on_grid, read_aoi
 from .checks import SceneCheck, check_sources
 from .io import Grid, SceneInput, Source, as_input, open_sources
+from .remote import is_remote, remote_env
+from .remote import problem as remote_problem
 from .settings import DEFAULTS, MapSettings, Tiling
 from .stac import ItemInputs, item_path, map_item
 from .tiling import (
@@ -62,6 +65,7 @@ from .tiling import (
     valid_fraction,
     window_views,
 )
+from .vectorize import vectorize_to_file
 from .writers import CogWriter, class_description, class_tags, legend, qgis_style, sidecar_paths
 
 if TYPE_CHECKING:
@@ -92,6 +96,7 @@ class Plan:
         device: device the predictors run on (``cpu``, ``cuda``).
         probabilities: whether chunks return their class probabilities.
         threads: intra-op threads per worker (``None``: leave the runtime's setting).
+        aoi: the area of interest on the output grid (``None``: the whole scene).
     """
 
     grid: Grid
@@ -100,6 +105,11 @@ class Plan:
     device: str
     probabilities: bool
     threads: int | None = None
+    aoi: AreaOfInterest | None = None
+
+    def computes(self, chunk: Window) -> bool:
+        """Whether ``chunk`` is read and classified (it touches the area of interest)."""
+        return self.aoi is None or self.aoi.touches(chunk)
 
     def window_grid(self, patch: int) -> WindowGrid:
         """The classification windows of a model with this patch size."""
@@ -142,6 +152,7 @@ class MapSummary:
         output: the class map.
         probabilities: the probability raster, if one was written.
         confidence: the confidence raster, if one was written.
+        vector: the polygons' vector file, if one was written.
         width: map columns.
         height: map rows.
         crs: the map's CRS (authority code or WKT).
@@ -151,6 +162,8 @@ class MapSummary:
         coarse: one output pixel per stride cell.
         mode: ``windows`` or ``dense``.
         chunks: how many chunks the map was cut into.
+        computed_chunks: how many were read and classified (those touching the area of
+            interest; all without one).
         pixels: map pixels.
         mapped_pixels: pixels given a class (the others are nodata).
         seconds: wall time.
@@ -162,6 +175,7 @@ class MapSummary:
     output: str
     probabilities: str | None
     confidence: str | None
+    vector: str | None
     width: int
     height: int
     crs: str
@@ -171,6 +185,7 @@ class MapSummary:
     coarse: bool
     mode: str
     chunks: int
+    computed_chunks: int
     pixels: int
     mapped_pixels: int
     seconds: float
@@ -299,7 +314,9 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
 
     Each modality's per-pixel mean probability is computed over the windows covering the
     pixel; modalities are then averaged where they have a value. In dense mode the chunk
-    is computed block by block (see :attr:`Plan.tiling`).
+    is computed block by block (see :attr:`Plan.tiling`). With an area of interest, a
+    chunk away from it is nodata without a read, and pixels whose centre lies outside it
+    are nodata.
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
@@ -308,9 +325,12 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     classes = len(next(iter(predictors.values())).info.classes)
     total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
-    for unit in _units(plan, chunk):
-        where = (slice(None), *relative_slices(unit, chunk))
-        total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
+    if plan.computes(chunk):
+        for unit in _units(plan, chunk):
+            where = (slice(None), *relative_slices(unit, chunk))
+            total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
+        if plan.aoi is not None:
+            mapped[~plan.aoi.mask(chunk)] = 0
     probs = total / np.maximum(mapped, 1) if len(plan.sources) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
@@ -356,8 +376,8 @@ def make_plan(predictors: Predictors, sources: "Sources",
     tiling, execution = settings.tiling, settings.execution
     predictors, inputs = _as_dicts(predictors, sources)
     inputs = {m: _absolute(s) for m, s in inputs.items()}
+    area = read_aoi(tiling.aoi) if tiling.aoi is not None else None  # fail before the scenes
     grid, readers = open_sources(inputs, {m: p.info for m, p in predictors.items()})
-    checks = check_sources(predictors, readers, force=settings.checks.force)
     patch = min(p.info.patch_size for p in predictors.values())
     # Dense mode makes fine strides cheap: a quarter patch by default (16 px for 64 px).
     stride = tiling.stride or max(1, patch // (4 if tiling.mode == "dense" else 2))
@@ -373,6 +393,14 @@ def make_plan(predictors: Predictors, sources: "Sources",
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
                 threads=execution.threads)
+    region = None
+    if area is not None:
+        out = plan.output
+        plan = replace(plan, aoi=aoi_on_grid(area, out.crs, out.transform, out.width,
+                                             out.height, tiling.aoi))
+        # The statistics check samples the scene within the area only.
+        region = plan.aoi.region(grid.transform, grid.width, grid.height)
+    checks = check_sources(predictors, readers, force=settings.checks.force, region=region)
     return predictors, plan, checks
 
 
@@ -420,10 +448,11 @@ def _unreadable(paths: Sequence[str]) -> dict[str, str]:
     problems = {}
     for path in paths:
         try:
-            with rasterio.open(path):
+            with remote_env(path), rasterio.open(path):
                 pass
         except RasterioIOError as err:
-            problems[path] = str(err).splitlines()[0]
+            problems[path] = remote_problem(err) if is_remote(path) else \
+                str(err).splitlines()[0]
     return problems
 
 
@@ -516,8 +545,11 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         confidence = output.with_suffix(".confidence.tif")
     extras = {"probabilities": probabilities, "confidence": confidence or None}
     stac_path = item_path(output)
+    vector = settings.outputs.vector
+    polygons = {"polygons": vector, "polygons' QGIS style": Path(vector).with_suffix(".qml")
+                } if vector else {}
     check_outputs({"map": output, "QGIS style": qml_path, "legend": legend_path,
-                   "STAC Item": stac_path,
+                   "STAC Item": stac_path, **polygons,
                    **{name: path for name, path in extras.items() if path}}, overwrite,
                   inputs=_input_files(sources))
     predictors, plan, checks = make_plan(predictors, sources, settings)
@@ -594,14 +626,19 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
             tmp.write_text(text)
 
+    if vector:
+        # From the finished map: its tags give the classes and colours.
+        vectorize_to_file(output, vector, mmu=settings.outputs.mmu, overwrite=overwrite)
     seconds = time.perf_counter() - start
     pixels = grid.width * grid.height
     return MapSummary(
         output=str(output), probabilities=str(probabilities) if probabilities else None,
-        confidence=str(confidence) if confidence else None, width=grid.width,
+        confidence=str(confidence) if confidence else None,
+        vector=str(vector) if vector else None, width=grid.width,
         height=grid.height, crs=grid.crs.to_string(), modalities=tuple(plan.sources),
         patch_size=info.patch_size, stride=plan.tiling.stride, coarse=plan.tiling.coarse,
-        mode=plan.tiling.mode, chunks=len(chunks), pixels=pixels,
+        mode=plan.tiling.mode, chunks=len(chunks),
+        computed_chunks=sum(map(plan.computes, chunks)), pixels=pixels,
         mapped_pixels=int(histogram[:-1].sum()), seconds=round(seconds, 3),
         pixels_per_s=round(pixels / max(seconds, 1e-9), 1),
         histogram={name: int(n) for name, n in zip(classes, histogram, strict=False)},

@@ -8,9 +8,11 @@ it into a picklable source (plain values, no open dataset) that Dask workers use
 windows of the scene on the output grid: the first modality's grid at the model's pixel
 size, onto which every other file is warped on the fly through a
 :class:`rasterio.vrt.WarpedVRT` (also rasters georeferenced only by GCPs or RPCs).
-Bands are matched to the checkpoint's band names through band descriptions, file names
-or an explicit list; SAR in linear power or amplitude is converted to dB and reflectance
-products are rescaled here, so the predictor receives the raw units it was trained on.
+Scenes may be URLs (``https://``, ``s3://``), read by windowed range requests
+(:mod:`.remote`). Bands are matched to the checkpoint's band names through band
+descriptions, file names or an explicit list; SAR in linear power or amplitude is
+converted to dB and reflectance products are rescaled here, so the predictor receives the
+raw units it was trained on.
 """
 
 import os
@@ -36,6 +38,8 @@ from rasterio.windows import Window
 
 from ..errors import InputFileError
 from ..models.info import PredictorInfo
+from .remote import is_remote, remote_env
+from .remote import problem as remote_problem
 
 if TYPE_CHECKING:
     import xarray
@@ -274,10 +278,12 @@ class SceneSource(_Source):
             try:
                 read = self._read_file(path, indexes, window)
             except RasterioIOError as err:
+                rows = f"reading rows {window.row_off}-{window.row_off + window.height} failed"
+                if is_remote(path):
+                    raise InputFileError(path, f"{rows}: {remote_problem(err)}") from err
                 detail = str(err.__cause__ or err).splitlines()[0]  # GDAL's own words, if any
-                raise InputFileError(path, f"reading rows {window.row_off}-"
-                                           f"{window.row_off + window.height} failed: the file "
-                                           f"is cut off or damaged ({detail})") from err
+                raise InputFileError(path, f"{rows}: the file is cut off or damaged "
+                                           f"({detail})") from err
             for i, band in zip(at, read, strict=True):
                 bands[i] = band
         masked = np.ma.stack(bands)
@@ -289,6 +295,7 @@ class SceneSource(_Source):
                    ) -> list[np.ma.MaskedArray]:
         """Bands ``indexes`` of one file through ``window`` of the output grid."""
         with ExitStack() as stack:
+            stack.enter_context(remote_env(path))  # a URL's GDAL options, reads included
             src = stack.enter_context(rasterio.open(path))
             if path not in self.warped:
                 return list(src.read(indexes, window=window, masked=True, out_dtype="float32"))
@@ -393,11 +400,15 @@ def _expand(scene: SceneInput, sar: bool) -> list[str]:
 
 
 def _open(path: str) -> rasterio.DatasetReader:
-    """Open ``path`` (the caller closes it), with a one-line error naming it."""
-    if not os.path.exists(path):
+    """Open ``path`` (the caller closes it), with a one-line error naming it.
+
+    URLs are opened with :mod:`.remote`'s GDAL options (range requests, timeouts).
+    """
+    remote = is_remote(path)
+    if not remote and not os.path.exists(path):
         raise InputFileError(path, "no such file")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote_env(path):
             # rasterio would warn and carry on with pixel coordinates; say it in one line.
             warnings.simplefilter("error", NotGeoreferencedWarning)
             return rasterio.open(path)
@@ -406,7 +417,8 @@ def _open(path: str) -> rasterio.DatasetReader:
                                    "georeference it (e.g. gdal_edit.py -a_srs -a_ullr) "
                                    "before mapping") from err
     except RasterioIOError as err:
-        raise InputFileError(path, f"cannot read raster: {err}") from err
+        detail = remote_problem(err) if remote else err
+        raise InputFileError(path, f"cannot read raster: {detail}") from err
 
 
 def _labels(path: str, count: int, descriptions: Sequence[str | None]) -> list[str | None]:
