@@ -187,3 +187,50 @@ def test_qgis_map_algorithm_equals_the_cli(qgis_profile: Path, demo_sar_model: P
                         f"CHECKPOINT={model}", "MODALITY=0")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "predict maps this scene" in done.stdout
+
+
+@needs_qgis
+def test_qgis_gis_chain_equals_the_cli(qgis_profile: Path, demo_sar_model: Path,
+                                       tmp_path: Path) -> None:
+    """AOI -> map (+ polygons) -> vectorize -> zonal areas, through QGIS and the CLI."""
+    import geopandas as gpd
+
+    scene, vectors = DEMO_TILES / "sar.tif", DEMO_TILES / "districts.gpkg"
+    cli, gui = tmp_path / "cli", tmp_path / "qgis"
+    cli.mkdir()
+    gui.mkdir()
+    result = CliRunner().invoke(main, [
+        "predict", "--checkpoint", str(demo_sar_model), "--sar", str(scene),
+        "-o", str(cli / "map.tif"), "--aoi", f"{vectors}:study_area",
+        "--vector", str(cli / "polygons.gpkg"), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    done = qgis_process(qgis_profile, "run", "discomkd_geo:map", "--", f"SAR={scene}",
+                        f"CHECKPOINT={demo_sar_model}", f"AOI={vectors}|layername=study_area",
+                        f"OUTPUT={gui / 'map.tif'}", f"VECTOR={gui / 'polygons.gpkg'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    codes = [read(d / "map.tif") for d in (cli, gui)]
+    np.testing.assert_array_equal(*codes)
+    assert (codes[0] == 255).mean() > 0.2  # the AOI left part of the scene unmapped
+    assert (gui / "polygons.gpkg").is_file() and (gui / "map.qml").is_file()
+    for args in (["vectorize", "--mmu", "0.5ha"], ["zonal"]):
+        name = args[0]
+        out = f"{name}.{'gpkg' if name == 'vectorize' else 'csv'}"
+        cli_args = [name, str(cli / "map.tif")]
+        if name == "zonal":
+            cli_args.append(f"{vectors}:districts")
+        result = CliRunner().invoke(main, [*cli_args, *args[1:], "-o", str(cli / out)])
+        assert result.exit_code == 0, result.output
+        params = [f"INPUT={gui / 'map.tif'}", f"OUTPUT={gui / out}"]
+        params += ["MMU=0.5ha"] if name == "vectorize" else [
+            f"ZONES={vectors}|layername=districts"]
+        done = qgis_process(qgis_profile, "run", f"discomkd_geo:{name}", "--", *params)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert (gui / "zonal.csv").read_text() == (cli / "zonal.csv").read_text()
+    polygons = [gpd.read_file(d / "vectorize.gpkg", layer="vectorize") for d in (cli, gui)]
+    assert len(polygons[0]) == len(polygons[1]) > 1
+    assert polygons[0].drop(columns="geometry").equals(polygons[1].drop(columns="geometry"))
+
+
+def read(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
