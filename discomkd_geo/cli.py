@@ -127,7 +127,8 @@ def _seed_option(command: F) -> F:
 
 
 def _checkpoint_option(help: str = "Training checkpoint, run directory or exported "
-                                   "predictor.", exists: bool = False) -> Callable[[F], F]:
+                                   "predictor (.pt, or .onnx: run by onnxruntime, without "
+                                   "PyTorch).", exists: bool = False) -> Callable[[F], F]:
     return click.option("--checkpoint", required=True,
                         type=click.Path(exists=exists, path_type=Path), help=help)
 
