@@ -182,7 +182,7 @@ class MapLandCover(CliAlgorithm):
             if path:
                 args += [flag, path]
                 results[name] = path
-        self.run(args, feedback, outputs=results.values())
+        feedback.pushInfo(self.run(args, feedback, outputs=results.values()))
         _Style.attach(context, output, str(Path(output).with_suffix(".qml")))
         if "VECTOR" in results:
             _Style.attach(context, results["VECTOR"],

@@ -102,13 +102,31 @@ def run_cli(args, executable=None, progress=None, log=None, canceled=None, outpu
         raise CliError(f"cannot run {executable}: {err.strerror}; set the discomkd-geo "
                        "executable in the Processing options (Providers > DisCoM-KD)"
                        ) from err
-    chunks = queue.Queue()
-    stdout = []
-    readers = [threading.Thread(target=_read, args=(proc.stderr, chunks), daemon=True),
-               threading.Thread(target=lambda: stdout.append(proc.stdout.read()),
-                                daemon=True)]
-    for reader in readers:
-        reader.start()
+    with proc:  # closes the pipes and reaps the process whatever happens
+        chunks = queue.Queue()
+        stdout = []
+        readers = [threading.Thread(target=_read, args=(proc.stderr, chunks), daemon=True),
+                   threading.Thread(target=lambda: stdout.append(proc.stdout.read()),
+                                    daemon=True)]
+        for reader in readers:
+            reader.start()
+        lines = _follow(proc, chunks, progress, log, canceled, outputs)
+        rc = proc.wait()
+        for reader in readers:
+            reader.join()
+    if rc != 0:
+        errors = [line for line in lines if line.startswith("Error:")]
+        raise CliError((errors or lines or [f"exit status {rc}"])[-1])
+    return b"".join(stdout).decode("utf-8", "replace")
+
+
+def _follow(proc, chunks, progress, log, canceled, outputs):
+    """Report the stderr chunks on ``chunks`` until it ends; return its other lines.
+
+    Raises:
+        Cancelled: ``canceled()`` became true (the process is stopped, its temporaries
+            removed).
+    """
     lines, pending, done = [], "", False
     while not done:
         if canceled is not None and canceled():
@@ -130,10 +148,4 @@ def run_cli(args, executable=None, progress=None, log=None, canceled=None, outpu
                 lines.append(frame)
                 if log is not None:
                     log(frame)
-    rc = proc.wait()
-    for reader in readers:
-        reader.join()
-    if rc != 0:
-        errors = [line for line in lines if line.startswith("Error:")]
-        raise CliError((errors or lines or [f"exit status {rc}"])[-1])
-    return b"".join(stdout).decode("utf-8", "replace")
+    return lines
