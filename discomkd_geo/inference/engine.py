@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from affine import Affine
 from rasterio.enums import Resampling
+from rasterio.errors import WindowError
 from rasterio.windows import Window
 
 from .._io import atomic_path, check_outputs
@@ -322,11 +323,24 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 
 
 def _units(plan: Plan, chunk: Window) -> list[Window]:
-    """What a chunk is computed in: itself, or (dense mode) its scene-anchored blocks."""
+    """What a chunk is computed in: itself, or (dense mode) its scene-anchored blocks.
+
+    With an area of interest, only what touches it: in windows mode the chunk cut to the
+    area's bounding window (a pixel's windows are the same whatever area holds it), in
+    dense mode the blocks touching the area (whole blocks: their values never depend on
+    the cut).
+    """
     if plan.tiling.mode == "windows":
-        return [chunk]
-    return [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
-            for b in chunk_layout(chunk.height, chunk.width, plan.output_block)]
+        if plan.aoi is None:
+            return [chunk]
+        out = plan.output
+        try:
+            return [chunk.intersection(plan.aoi.region(out.transform, out.width, out.height))]
+        except WindowError:  # the area's bounds miss this chunk
+            return []
+    blocks = [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
+              for b in chunk_layout(chunk.height, chunk.width, plan.output_block)]
+    return [b for b in blocks if plan.computes(b)]
 
 
 def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
