@@ -41,8 +41,7 @@ import numpy as np
 import torch
 from affine import Affine
 from rasterio.enums import Resampling
-from rasterio.errors import WindowError
-from rasterio.windows import Window
+from rasterio.windows import Window, intersect
 
 from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
@@ -82,6 +81,9 @@ if TYPE_CHECKING:
     Sources = Scene | Mapping[str, Scene]
 #: Invalid pixels take the mean of the valid ones within this many pixels.
 FILL_RADIUS = 2
+#: Windows mode with an area of interest computes a chunk in blocks of this side that
+#: touch the area (an irregular area then costs little more than its own pixels).
+AOI_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -325,22 +327,23 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 def _units(plan: Plan, chunk: Window) -> list[Window]:
     """What a chunk is computed in: itself, or (dense mode) its scene-anchored blocks.
 
-    With an area of interest, only what touches it: in windows mode the chunk cut to the
-    area's bounding window (a pixel's windows are the same whatever area holds it), in
-    dense mode the blocks touching the area (whole blocks: their values never depend on
-    the cut).
+    With an area of interest, only what touches it: in windows mode the chunk's
+    :data:`AOI_BLOCK` px blocks that touch the area, cut to its bounding window (a pixel's
+    windows are the same whatever area holds it), in dense mode the blocks touching the
+    area (whole blocks: their values never depend on the cut).
     """
-    if plan.tiling.mode == "windows":
-        if plan.aoi is None:
-            return [chunk]
-        out = plan.output
-        try:
-            return [chunk.intersection(plan.aoi.region(out.transform, out.width, out.height))]
-        except WindowError:  # the area's bounds miss this chunk
-            return []
+    windows = plan.tiling.mode == "windows"
+    if windows and plan.aoi is None:
+        return [chunk]
+    size = AOI_BLOCK if windows else plan.output_block
     blocks = [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
-              for b in chunk_layout(chunk.height, chunk.width, plan.output_block)]
-    return [b for b in blocks if plan.computes(b)]
+              for b in chunk_layout(chunk.height, chunk.width, size)]
+    blocks = [b for b in blocks if plan.computes(b)]
+    if not windows:
+        return blocks
+    out = plan.output
+    bounds = plan.aoi.region(out.transform, out.width, out.height)
+    return [b.intersection(bounds) for b in blocks if intersect(b, bounds)]
 
 
 def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
@@ -356,14 +359,17 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
         # Per worker thread (OpenMP's thread count is a per-thread setting).
         torch.set_num_threads(plan.threads)
     classes = len(next(iter(predictors.values())).info.classes)
+    if not plan.computes(chunk):  # away from the area of interest: nothing to read
+        codes = np.full((chunk.height, chunk.width), CLASS_NODATA, dtype=np.uint8)
+        return ChunkResult(codes, np.full((classes, *codes.shape), np.nan, dtype=np.float32)
+                           if plan.probabilities else None)
     total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
-    if plan.computes(chunk):
-        for unit in _units(plan, chunk):
-            where = (slice(None), *relative_slices(unit, chunk))
-            total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
-        if plan.aoi is not None:
-            mapped[~plan.aoi.mask(chunk)] = 0
+    for unit in _units(plan, chunk):
+        where = (slice(None), *relative_slices(unit, chunk))
+        total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
+    if plan.aoi is not None:
+        mapped[~plan.aoi.mask(chunk)] = 0
     probs = total / np.maximum(mapped, 1) if len(plan.sources) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
