@@ -742,7 +742,8 @@ def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Table to write: .csv, or .gpkg (with the zones' geometries).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def zonal(map_path: Path, zones: str, output: Path, overwrite: bool) -> None:
+@_no_progress_option("No progress bar.")
+def zonal(map_path: Path, zones: str, output: Path, overwrite: bool, no_progress: bool) -> None:
     """Area of each class per zone (ha and % of the zone), nodata share, zone attributes.
 
     ZONES is any vector file geopandas reads, in any CRS (FILE:LAYER names a layer). A
@@ -750,5 +751,6 @@ def zonal(map_path: Path, zones: str, output: Path, overwrite: bool) -> None:
     """
     from .inference.zonal import zonal_to_file
 
-    table = zonal_to_file(map_path, zones, output, overwrite=overwrite)
+    table = zonal_to_file(map_path, zones, output, overwrite=overwrite,
+                          progress=not no_progress)
     click.echo(f"{output}: {len(table):,} zones")
