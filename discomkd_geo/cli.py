@@ -8,13 +8,14 @@ traceback instead.
 """
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from .errors import DiscomkdGeoError
+from .errors import DiscomkdGeoError, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,14 +27,51 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
+#: The options of the scene parameters (``SceneInput`` fields) library messages suggest;
+#: the mapping settings' options are generated (:func:`_options_of_params`).
+_SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
+                  "offset": "--ms-offset", "crs": "--crs"}
+
+
+def _options_of_params() -> dict[str, str]:
+    """Python parameter -> the option that sets it on the command line."""
+    from .inference.settings import setting_fields
+
+    return {**_SCENE_OPTIONS, **{f.name: f.flag for f in setting_fields() if f.flag}}
+
+
+def cli_words(text: str) -> str:
+    """``text`` with parameters written the Python way as the command line's options.
+
+    ``scale=10000`` becomes ``--ms-scale 10000``, ``force=True`` and ``bands=`` become
+    ``--force`` and ``--bands``, and a name with an underscore (``scheduler_timeout``)
+    becomes its option wherever it stands; dotted config keys are left alone.
+    """
+    options = _options_of_params()
+    names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
+
+    def option(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        value = value.strip("'\"") if value else ""
+        return options[name] if value in ("", "True") else f"{options[name]} {value}"
+
+    text = re.sub(rf"(?<![\w.-])({names})=('[^']*'|[^\s,;)]*)", option, text)
+    underscored = "|".join(re.escape(n) for n in options if "_" in n)
+    return re.sub(rf"(?<![\w.-])({underscored})(?![\w=])",
+                  lambda m: options[m.group(1)], text)
+
+
 def error_message(err: Exception) -> str | None:
     """The one-line message the CLI prints for ``err``; ``None``: not an error it reports.
 
-    The package's errors carry their message; an ``OSError`` (rasterio's I/O errors are
-    ones) is told as ``<path>: <problem>``; other rasterio errors by their first line.
+    The package's errors carry their message, with the parameters they suggest written
+    as options (:func:`cli_words`); an ``OSError`` (rasterio's I/O errors are ones) is
+    told as ``<path>: <problem>``; other rasterio errors by their first line.
     """
+    if isinstance(err, SettingsError):
+        return f"{_options_of_params().get(err.param, err.param)}: {cli_words(err.problem)}"
     if isinstance(err, DiscomkdGeoError):
-        return str(err)
+        return cli_words(str(err))
     if isinstance(err, OSError):
         if err.filename is not None and err.strerror:
             return f"{os.fsdecode(err.filename)}: {err.strerror}"
@@ -310,7 +348,7 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
 @_overwrite_option("Replace OUTPUT if it exists.")
 def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
-    from ._io import check_outputs
+    from .files import check_outputs
 
     # Before the checkpoint is loaded: an output that cannot be written fails at once.
     check_outputs({"predictor": output}, overwrite)
@@ -598,7 +636,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         return
     for check in summary.checks.values():
         if check.forced:
-            click.echo(f"warning: mapped with --force: {check.problems[0]}", err=True)
+            click.echo(f"warning: mapped with --force: {cli_words(check.problems[0])}",
+                       err=True)
     click.echo(f"{summary.output}: {summary.width} x {summary.height} px "
                f"({', '.join(summary.modalities)}, stride {summary.stride}) in "
                f"{summary.seconds:.1f} s, {summary.pixels_per_s:,.0f} px/s")
@@ -629,15 +668,15 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
     percentiles and the verdict, then whether predict would map the scene.
     """
     from .inference.checks import check_scene
-    from .inference.io import open_sources
+    from .inference.io import open_readers
     from .models.predictor import load_predictor
 
     predictor = load_predictor(checkpoint, modality)
     modality = predictor.info.modality
     inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
                            ms_offset, crs)
-    _, sources = open_sources(inputs, {modality: predictor.info})
-    check = check_scene(predictor, sources[modality], modality)
+    _, readers = open_readers(inputs, {modality: predictor.info})
+    check = check_scene(predictor, readers[modality], modality)
     if as_json:
         import json
 
@@ -654,7 +693,7 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
                    f"{'/'.join(f'{v:.4g}' for v in band.scene):>26}   {training:>26}  "
                    f"{band.verdict}")
     if check.problems:
-        click.echo(f"predict refuses this scene: {check.problems[0]}")
+        click.echo(f"predict refuses this scene: {cli_words(check.problems[0])}")
     else:
         click.echo("predict maps this scene")
 

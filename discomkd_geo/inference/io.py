@@ -3,8 +3,8 @@
 First step of the inference flow (io -> tiling -> engine -> writers). A scene is described
 per modality by a :class:`SceneInput`: one stack, one file per band or polarisation (a
 directory of them, e.g. a Sentinel-2 ``.SAFE``), or an :class:`xarray.DataArray`, with
-its units and scaling. :func:`open_sources` checks every input once, up front, and turns
-it into a picklable source (plain values, no open dataset) that Dask workers use to read
+its units and scaling. :func:`open_readers` checks every input once, up front, and turns
+it into a picklable reader (plain values, no open dataset) that Dask workers use to read
 windows of the scene on the output grid: the first modality's grid at the model's pixel
 size, onto which every other file is warped on the fly through a
 :class:`rasterio.vrt.WarpedVRT` (also rasters georeferenced only by GCPs or RPCs).
@@ -205,15 +205,15 @@ class Grid:
         return Window(0, 0, self.width, self.height)
 
 
-class _Source:
-    """What every source offers: raw values of a window, and values in model units."""
+class _Reader:
+    """What every scene reader offers: raw values of a window, and values in model units."""
 
     grid: Grid
     units: Units
 
     @property
     def files(self) -> tuple[str, ...]:
-        """The files this source reads (none for an in-memory array)."""
+        """The files this reader reads (none for an in-memory array)."""
         return ()
 
     def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +239,7 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class SceneSource(_Source):
+class RasterReader(_Reader):
     """How to read one modality's files on the output grid; picklable for Dask workers.
 
     Attributes:
@@ -257,12 +257,12 @@ class SceneSource(_Source):
 
     @property
     def name(self) -> str:
-        """What error messages call this source."""
+        """What error messages call this scene."""
         return self.layers[0].path
 
     @property
     def files(self) -> tuple[str, ...]:
-        """The files this source reads."""
+        """The files this reader reads."""
         return tuple(dict.fromkeys(layer.path for layer in self.layers))
 
     def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -315,7 +315,7 @@ class SceneSource(_Source):
 
 
 @dataclass(frozen=True)
-class ArraySource(_Source):
+class ArrayReader(_Reader):
     """How to read one modality from an :class:`xarray.DataArray` on the output grid.
 
     Attributes:
@@ -344,7 +344,8 @@ class ArraySource(_Source):
         return data, valid
 
 
-Source = SceneSource | ArraySource
+#: How one modality's scene is read on the output grid: from files or from an array.
+SceneReader = RasterReader | ArrayReader
 
 
 def _is_safe(path: Path) -> bool:
@@ -440,7 +441,7 @@ def match_bands(name: str, labels: Sequence[str | None], wanted: Sequence[str],
         unnamed = sum(label is None for label in labels)
         raise InputFileError(name, f"has {unnamed} unnamed of {len(labels)} bands, the model "
                                    f"reads {len(wanted)} ({', '.join(wanted)}); name them "
-                                   "with --bands")
+                                   "with bands=", param="bands")
     names = [str(label) for label in labels]
     if repeated := sorted({n for n in names if names.count(n) > 1}):
         where = [i + 1 for i, n in enumerate(names) if n == repeated[0]]
@@ -451,9 +452,9 @@ def match_bands(name: str, labels: Sequence[str | None], wanted: Sequence[str],
         usable = [b for b in names if b in wanted_names]
         raise InputFileError(name, f"lacks bands {missing} that the model reads (scene bands: "
                                    f"{names}); if they are there under other names, name them "
-                                   "with --bands, otherwise use a model trained on the scene's "
-                                   f"bands (train --set data.modalities.{modality}.bands="
-                                   f"[{','.join(usable)}])")
+                                   "with bands=, otherwise use a model trained on the scene's "
+                                   f"bands (config data.modalities.{modality}.bands: "
+                                   f"[{','.join(usable)}])", param="bands")
     return tuple(names.index(w) for w in wanted_names)
 
 
@@ -477,7 +478,8 @@ def _target_crs(src: rasterio.DatasetReader, named: str | None) -> CRS:
         try:
             return CRS.from_user_input(named)
         except CRSError as err:
-            raise InputFileError(src.name, f"--crs {named!r} is not a CRS: {err}") from err
+            raise InputFileError(src.name, f"crs={named!r} is not a CRS: {err}",
+                                 param="crs") from err
     if src.gcps[0]:
         gcps, gcp_crs = src.gcps
         xs, ys = [g.x for g in gcps], [g.y for g in gcps]
@@ -524,7 +526,7 @@ def _at_pixel_size(grid: Grid, pixel_size: float | None) -> Grid:
 
 
 def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
-                first: str) -> tuple[Grid, SceneSource]:
+                first: str) -> tuple[Grid, RasterReader]:
     """Check a file input and describe how to read it on ``grid`` (or on its own grid).
 
     ``first`` names the input that defined ``grid``, for error messages.
@@ -553,12 +555,12 @@ def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     assert grid is not None
     if scene.bands is not None:
         if len(scene.bands) != len(layers):
-            raise InputFileError(scene.name, f"--bands names {len(scene.bands)} bands but the "
-                                             f"input has {len(layers)}")
+            raise InputFileError(scene.name, f"bands= names {len(scene.bands)} bands but the "
+                                             f"input has {len(layers)}", param="bands")
         labels = [canonical_band(b) for b in scene.bands]
     positions = match_bands(scene.name, labels, info.bands, modality)
     units = Units(_sar_units(scene, files) if sar else None, scene.scale, scene.offset)
-    return grid, SceneSource(tuple(layers[p] for p in positions), grid, frozenset(warped),
+    return grid, RasterReader(tuple(layers[p] for p in positions), grid, frozenset(warped),
                              units)
 
 
@@ -572,7 +574,7 @@ def _sar_units(scene: SceneInput, files: Sequence[str]) -> SarUnits:
 
 
 def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
-                first: str) -> tuple[Grid, ArraySource]:
+                first: str) -> tuple[Grid, ArrayReader]:
     """Check an :class:`xarray.DataArray` input; it must lie on ``grid`` when given."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
@@ -601,11 +603,11 @@ def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     positions = match_bands(name, labels, info.bands, modality)
     units = Units((scene.sar_units or "db") if info.units == "dB" else None, scene.scale,
                   scene.offset)
-    return own, ArraySource(array, positions, own, array.rio.nodata, units, name)
+    return own, ArrayReader(array, positions, own, array.rio.nodata, units, name)
 
 
-def open_sources(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
-                 ) -> tuple[Grid, dict[str, Source]]:
+def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
+                 ) -> tuple[Grid, dict[str, SceneReader]]:
     """Check the scenes of every modality and describe how to read them on one grid.
 
     The first modality's first raster defines the output grid, at the model's pixel size
@@ -621,17 +623,17 @@ def open_sources(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
     """
     grid: Grid | None = None
     first = ""
-    sources: dict[str, Source] = {}
+    readers: dict[str, SceneReader] = {}
     for modality, scene in inputs.items():
         info = infos[modality]
         if scene.sar_units is not None and info.units != "dB":
             raise ValueError(f"sar_units given for the {modality} input, whose model does "
                              "not read SAR in dB")
         opener = _open_files if scene.paths else _open_array
-        source_grid, sources[modality] = opener(scene, info, modality, grid, first)
-        grid, first = grid or source_grid, first or sources[modality].name
+        own_grid, readers[modality] = opener(scene, info, modality, grid, first)
+        grid, first = grid or own_grid, first or readers[modality].name
     if grid is None:
         raise ValueError("no scene given")
-    return grid, sources
+    return grid, readers
 
 
