@@ -30,7 +30,7 @@ def _first_line(text: str) -> str:
 #: The options of the scene parameters (``SceneInput`` fields) library messages suggest;
 #: the mapping settings' options are generated (:func:`_options_of_params`).
 _SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
-                  "offset": "--ms-offset", "crs": "--crs"}
+                  "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata"}
 
 
 def _options_of_params() -> dict[str, str]:
@@ -435,20 +435,21 @@ def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
 
 
 # --------------------------------------------------------------------------- predict
-def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, list[str]]:
-    """``--bands`` values (``[MODALITY=]NAME,NAME,...``) as ``{modality: names}``."""
-    names = {}
+def _per_modality(values: tuple[str, ...], modalities: list[str], option: str
+                  ) -> dict[str, str]:
+    """Values of a per-modality option (``[MODALITY=]VALUE``) as ``{modality: value}``."""
+    given = {}
     for value in values:
-        modality, sep, listed = value.rpartition("=")
+        modality, sep, text = value.partition("=")
         if not sep:
             if len(modalities) != 1:
-                raise click.BadParameter("with several scenes write MODALITY=NAME,NAME,...",
-                                         param_hint="--bands")
-            modality = modalities[0]
+                raise click.BadParameter("with several scenes write MODALITY=VALUE",
+                                         param_hint=option)
+            modality, text = modalities[0], value
         if modality not in modalities:
-            raise click.BadParameter(f"no {modality!r} scene given", param_hint="--bands")
-        names[modality] = [b.strip() for b in listed.split(",")]
-    return names
+            raise click.BadParameter(f"no {modality!r} scene given", param_hint=option)
+        given[modality] = text
+    return given
 
 
 _MS_OFFSET_HELP = (
@@ -479,6 +480,11 @@ def _input_options(command: Any) -> Any:
         click.option("--crs", metavar="CRS",
                      help="CRS to warp rasters georeferenced only by GCPs or RPCs to, e.g. "
                           "EPSG:32631 [default: UTM zone of the scene centre]."),
+        click.option("--nodata", multiple=True, metavar="[MODALITY=]VALUE",
+                     help="The value that marks missing pixels in the scene (in any band), "
+                          "instead of its files' nodata tags: for exports that fill outside "
+                          "the swath without tagging it (SNAP, Earth Engine: --nodata 0); "
+                          "repeatable per modality."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -487,7 +493,7 @@ def _input_options(command: Any) -> Any:
 
 def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
                   sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-                  crs: str | None) -> dict[str, Any]:
+                  crs: str | None, nodata: tuple[str, ...]) -> dict[str, Any]:
     """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
     from .constants import MS, SAR
     from .inference.io import SceneInput
@@ -498,13 +504,19 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
                                    f"it contradicts --sar-units {sar_units}")
         click.echo("warning: --sar-db is deprecated; use --sar-units linear", err=True)
         sar_units = "linear"
-    names = _band_names(bands, list(scenes))
+    names = _per_modality(bands, list(scenes), "--bands")
+    fills = _per_modality(nodata, list(scenes), "--nodata")
     inputs = {}
     for modality, paths in scenes.items():
         scale, offset = (ms_scale, ms_offset) if modality == MS else (1.0, 0.0)
-        inputs[modality] = SceneInput(paths, names.get(modality),
-                                      sar_units if modality == SAR else None, scale, offset,
-                                      crs)
+        try:
+            fill = float(fills[modality]) if modality in fills else None
+        except ValueError as err:
+            raise click.BadParameter(f"{fills[modality]!r} is not a number",
+                                     param_hint="--nodata") from err
+        listed = [b.strip() for b in names[modality].split(",")] if modality in names else None
+        inputs[modality] = SceneInput(paths, listed, sar_units if modality == SAR else None,
+                                      scale, offset, crs, fill)
     return inputs
 
 
@@ -580,7 +592,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
             sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-            crs: str | None, output: Path, no_progress: bool, as_json: bool,
+            crs: str | None, nodata: tuple[str, ...], output: Path, no_progress: bool,
+            as_json: bool,
             **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
@@ -621,7 +634,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         raise click.UsageError("give a scene: --sar, --ms or --scene with --modality")
     if len(scenes) > 1 and not fuse:
         raise click.UsageError("several scenes given: add --fuse to average the branches")
-    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs)
+    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs, nodata)
     from .inference.engine import predict_to_file
     from .models.predictor import load_predictor
 
@@ -660,7 +673,7 @@ main.add_command(predict)
 @_json_option("Print the figures as JSON.")
 def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
-            ms_offset: float, crs: str | None, as_json: bool) -> None:
+            ms_offset: float, crs: str | None, nodata: tuple[str, ...], as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
 
     SCENE is one raster, one file per band or polarisation, or a directory of them.
@@ -674,7 +687,7 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
     predictor = load_predictor(checkpoint, modality)
     modality = predictor.info.modality
     inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
-                           ms_offset, crs)
+                           ms_offset, crs, nodata)
     _, readers = open_readers(inputs, {modality: predictor.info})
     check = check_scene(predictor, readers[modality], modality)
     if as_json:

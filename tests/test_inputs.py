@@ -340,3 +340,45 @@ def test_summary_is_json_serialisable_with_checks(sar: Predictor, tmp_path: Path
     assert check["valid_share"] == 1.0 and check["units"] == "dB"
     assert [b["band"] for b in check["bands"]] == ["VV", "VH"]
     assert torch.tensor([b["decades"] for b in check["bands"]]).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("res", [10.0, 20.0])  # 20 m: warped onto the 10 m grid
+def test_untagged_fill_is_refused_until_named(sar: Predictor, tmp_path: Path,
+                                              res: float) -> None:
+    """SNAP/Earth Engine exports: 0 in every band outside the swath, not tagged nodata."""
+    tagged = s1_db(96)
+    tagged[:, :, :30] = np.nan  # the swath's edge, as a tagged export has it
+    filled = np.nan_to_num(tagged, nan=0.0)
+    ref = write_scene(tmp_path / "tagged.tif", tagged, list(S1_BANDS), res=res)
+    path = write_scene(tmp_path / "fill.tif", filled, list(S1_BANDS), res=res, nodata=None)
+    with pytest.raises(InputFileError, match=r"fill.tif: \d+% of the sampled valid pixels "
+                                             r"hold 0 in every band, .* pass nodata=0 \(or "
+                                             r"force=True to map anyway\)$"):
+        predict_to_file(sar, path, tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
+    settings = MapSettings.of(probabilities=tmp_path / "p.tif")
+    named = predict_to_file(sar, SceneInput(path, nodata=0), tmp_path / "m.tif", settings)
+    predict_to_file(sar, ref, tmp_path / "ref.tif", settings.replace(
+        probabilities=tmp_path / "ref.p.tif"))
+    assert named.checks["sar"].problems == []
+    assert named.mapped_pixels < 0.75 * named.pixels  # the fill is nodata, not land
+    assert (read(tmp_path / "m.tif") == read(tmp_path / "ref.tif")).all()
+    np.testing.assert_array_equal(read(tmp_path / "p.tif"), read(tmp_path / "ref.p.tif"))
+
+
+def test_cli_nodata_option(tmp_path: Path) -> None:
+    from test_inference import saved_sar_model
+
+    filled = s1_db(96)
+    filled[:, :, :30] = 0.0
+    path = write_scene(tmp_path / "fill.tif", filled, list(S1_BANDS), nodata=None)
+    args = ["predict", "--checkpoint", str(saved_sar_model(tmp_path / "sar.pt")), "--sar",
+            str(path), "-o", str(tmp_path / "m.tif"), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.strip().endswith("pass --nodata 0 (or --force to map anyway)")
+    result = CliRunner().invoke(main, [*args, "--nodata", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["mapped_pixels"] < 96 * 66 + 96 * 8  # fill unmapped
+    result = CliRunner().invoke(main, [*args, "--nodata", "ms=0"])
+    assert result.exit_code == 2 and "no 'ms' scene given" in result.output

@@ -45,6 +45,10 @@ REVERSED_DECADES = 0.1
 SAMPLE_WINDOWS, SAMPLE_SIZE = 8, 64
 #: Chunk side of the full pass that confirms an empty-looking sample.
 FULL_PASS_CHUNK = 1024
+#: One value held by every band in at least this share of the sampled valid pixels is
+#: taken for an untagged fill value (SNAP and Earth Engine exports fill outside the swath
+#: with 0 in every band and do not always tag it as nodata).
+FILL_SHARE = 0.05
 
 
 @dataclass(frozen=True)
@@ -195,6 +199,8 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str) -> Sce
         check.problems.append("holds no valid pixel (every pixel is nodata or not finite in "
                               "some band); nothing to map")
         return check
+    if problem := _fill_problem(raw):
+        check.problems.append(problem)
     bands = predictor.info.bands
     converted, valid = reader.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
     scene = np.percentile(converted[:, valid], [2, 50, 98], axis=1).T if valid.any() else (
@@ -239,6 +245,28 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str) -> Sce
                    for b, g, s, t, d, c, v in zip(bands, guesses, scene, training, declared,
                                                   clipped, verdicts, strict=True)]
     return check
+
+
+def _fill_problem(raw: np.ndarray) -> str | None:
+    """The refusal of a scene with an untagged fill value, or ``None``.
+
+    A fill value is one constant held by every band over a large area. Needs two bands
+    or more: a single band holding one value over an area can be real.
+    """
+    if raw.shape[0] < 2:
+        return None
+    same = (raw == raw[:1]).all(axis=0)
+    if not same.any():
+        return None
+    values, counts = np.unique(raw[0, same], return_counts=True)
+    share = counts.max() / raw.shape[1]
+    if share < FILL_SHARE:
+        return None
+    value = float(values[counts.argmax()])
+    return (f"{share:.0%} of the sampled valid pixels hold {value:g} in every band, which "
+            "looks like a fill value not tagged as nodata (SNAP and Earth Engine exports "
+            f"fill outside the swath so); if it marks missing pixels, pass nodata={value:g} "
+            "(or force=True to map anyway)")
 
 
 def _units_problem(band: str, median: float, training: float, decades: float,

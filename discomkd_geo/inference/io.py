@@ -111,6 +111,9 @@ class SceneInput:
             baseline 04.00 and later into those of earlier products).
         crs: CRS to warp a raster georeferenced only by GCPs or RPCs to (default: the
             UTM zone of the scene centre).
+        nodata: the value that marks missing pixels (a pixel is missing when any band
+            holds it), instead of the files' own nodata tags: for exports that fill
+            outside the swath without saying so (SNAP, Earth Engine: 0 in every band).
     """
 
     source: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | xarray.DataArray"
@@ -119,6 +122,7 @@ class SceneInput:
     scale: float = 1.0
     offset: float = 0.0
     crs: str | None = None
+    nodata: float | None = None
 
     def __post_init__(self) -> None:
         # Normalise to hashable, picklable tuples; the dataclass is frozen.
@@ -248,12 +252,15 @@ class RasterReader(_Reader):
         warped: files on another grid (or georeferenced by GCPs/RPCs only), warped onto
             ``grid``.
         units: conversion of the raw values to the predictor's units.
+        nodata: the value marking missing pixels instead of the files' nodata tags
+            (``None``: the tags).
     """
 
     layers: tuple[Layer, ...]
     grid: Grid
     warped: frozenset[str] = frozenset()
     units: Units = Units()
+    nodata: float | None = None
 
     @property
     def name(self) -> str:
@@ -291,7 +298,12 @@ class RasterReader(_Reader):
         with ExitStack() as stack:
             src = stack.enter_context(rasterio.open(path))
             if path not in self.warped:
-                return list(src.read(indexes, window=window, masked=True, out_dtype="float32"))
+                if self.nodata is None:
+                    return list(src.read(indexes, window=window, masked=True,
+                                         out_dtype="float32"))
+                return [np.ma.masked_equal(band, np.float32(self.nodata)) for band in
+                        src.read(indexes, window=window, out_dtype="float32")]
+            nodata = src.nodata if self.nodata is None else self.nodata
             # A negligible approximation tolerance: each pixel is transformed (almost)
             # exactly, so its value does not depend on the window it is read through
             # (byte-identical output for any chunking).
@@ -303,10 +315,11 @@ class RasterReader(_Reader):
                 # grid first, which honours them, then from that one onto ours.
                 src = stack.enter_context(WarpedVRT(
                     src, src_crs=_source_crs(src), crs=self.grid.crs,
-                    src_nodata=src.nodata, **warp))
+                    src_nodata=nodata, **warp))
+                nodata = src.nodata
             src = stack.enter_context(WarpedVRT(
                 src, crs=self.grid.crs, transform=self.grid.transform,
-                width=self.grid.width, height=self.grid.height, src_nodata=src.nodata,
+                width=self.grid.width, height=self.grid.height, src_nodata=nodata,
                 **warp))
             # Band by band: GDAL's multi-band warped reads of a VRT's full extent give
             # other values than smaller windows; single-band reads do not.
@@ -561,7 +574,7 @@ def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     positions = match_bands(scene.name, labels, info.bands, modality)
     units = Units(_sar_units(scene, files) if sar else None, scene.scale, scene.offset)
     return grid, RasterReader(tuple(layers[p] for p in positions), grid, frozenset(warped),
-                             units)
+                              units, scene.nodata)
 
 
 def _sar_units(scene: SceneInput, files: Sequence[str]) -> SarUnits:
@@ -603,7 +616,8 @@ def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     positions = match_bands(name, labels, info.bands, modality)
     units = Units((scene.sar_units or "db") if info.units == "dB" else None, scene.scale,
                   scene.offset)
-    return own, ArrayReader(array, positions, own, array.rio.nodata, units, name)
+    nodata = array.rio.nodata if scene.nodata is None else scene.nodata
+    return own, ArrayReader(array, positions, own, nodata, units, name)
 
 
 def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
