@@ -72,13 +72,13 @@ def test_outside_is_nodata_inside_is_the_whole_map(scene: Path, tmp_path: Path) 
 def test_chunks_away_from_the_area_are_never_read(scene: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[Window] = []
-    original = io.SceneSource.read_raw
+    original = io.RasterReader.read_raw
 
-    def spy(self: io.SceneSource, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def spy(self: io.RasterReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
         reads.append(window)
         return original(self, window)
 
-    monkeypatch.setattr(io.SceneSource, "read_raw", spy)
+    monkeypatch.setattr(io.RasterReader, "read_raw", spy)
     corner = aoi_file(tmp_path / "corner.gpkg", box(X0, Y0 - 300, X0 + 300, Y0))  # 30 px
     model = make_predictor("sar", list(S1_BANDS))
     summary = predict_to_file(model, scene, tmp_path / "aoi.tif", TILES.replace(aoi=corner))

@@ -20,7 +20,7 @@ from test_inference import make_predictor, saved_sar_model, texture
 from discomkd_geo.constants import S1_BANDS
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.inference.engine import predict_to_file
-from discomkd_geo.inference.io import SceneInput, Source, open_sources
+from discomkd_geo.inference.io import SceneInput, SceneReader, open_readers
 from discomkd_geo.inference.remote import is_remote
 from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.predictor import PredictorInfo
@@ -106,8 +106,8 @@ def sar_info() -> PredictorInfo:
     return make_predictor("sar", list(S1_BANDS)).info
 
 
-def open_url(url: str) -> Source:
-    _, sources = open_sources({"sar": SceneInput(url)}, {"sar": sar_info()})
+def open_url(url: str) -> SceneReader:
+    _, sources = open_readers({"sar": SceneInput(url)}, {"sar": sar_info()})
     return sources["sar"]
 
 
@@ -120,7 +120,7 @@ def test_is_remote() -> None:
 def test_url_scene_reads_like_the_file_by_ranges(server: RangeServer) -> None:
     """The URL gives the local file's grid and values; a window costs a few ranges."""
     remote = open_url(f"{server.url}/sar.tif")
-    _, local = open_sources({"sar": SceneInput(DEMO / "sar.tif")}, {"sar": sar_info()})
+    _, local = open_readers({"sar": SceneInput(DEMO / "sar.tif")}, {"sar": sar_info()})
     assert remote.grid == local["sar"].grid
     server.sent = 0
     window = Window(40, 40, 32, 32)

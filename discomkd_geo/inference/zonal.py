@@ -26,8 +26,8 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from .._io import atomic_path, check_outputs
 from ..errors import InputFileError, OutputError
+from ..files import atomic_path, check_outputs
 from ..logs import progress_disabled
 from .aoi import covering_window
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas

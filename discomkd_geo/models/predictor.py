@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_path
 from ..data.normalization import BandStats, Normalize
 from ..errors import CheckpointError
+from ..files import atomic_path
 from ._files import LOAD_ERRORS, load_error_message
 from .dense import dense_halo, output_stride, window_features
 
