@@ -8,13 +8,14 @@ traceback instead.
 """
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from .errors import DiscomkdGeoError
+from .errors import DiscomkdGeoError, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,14 +27,51 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
+#: The options of the scene parameters (``SceneInput`` fields) library messages suggest;
+#: the mapping settings' options are generated (:func:`_options_of_params`).
+_SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
+                  "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata"}
+
+
+def _options_of_params() -> dict[str, str]:
+    """Python parameter -> the option that sets it on the command line."""
+    from .inference.settings import setting_fields
+
+    return {**_SCENE_OPTIONS, **{f.name: f.flag for f in setting_fields() if f.flag}}
+
+
+def cli_words(text: str) -> str:
+    """``text`` with parameters written the Python way as the command line's options.
+
+    ``scale=10000`` becomes ``--ms-scale 10000``, ``force=True`` and ``bands=`` become
+    ``--force`` and ``--bands``, and a name with an underscore (``scheduler_timeout``)
+    becomes its option wherever it stands; dotted config keys are left alone.
+    """
+    options = _options_of_params()
+    names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
+
+    def option(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        value = value.strip("'\"") if value else ""
+        return options[name] if value in ("", "True") else f"{options[name]} {value}"
+
+    text = re.sub(rf"(?<![\w.-])({names})=('[^']*'|[^\s,;)]*)", option, text)
+    underscored = "|".join(re.escape(n) for n in options if "_" in n)
+    return re.sub(rf"(?<![\w.-])({underscored})(?![\w=])",
+                  lambda m: options[m.group(1)], text)
+
+
 def error_message(err: Exception) -> str | None:
     """The one-line message the CLI prints for ``err``; ``None``: not an error it reports.
 
-    The package's errors carry their message; an ``OSError`` (rasterio's I/O errors are
-    ones) is told as ``<path>: <problem>``; other rasterio errors by their first line.
+    The package's errors carry their message, with the parameters they suggest written
+    as options (:func:`cli_words`); an ``OSError`` (rasterio's I/O errors are ones) is
+    told as ``<path>: <problem>``; other rasterio errors by their first line.
     """
+    if isinstance(err, SettingsError):
+        return f"{_options_of_params().get(err.param, err.param)}: {cli_words(err.problem)}"
     if isinstance(err, DiscomkdGeoError):
-        return str(err)
+        return cli_words(str(err))
     if isinstance(err, OSError):
         if err.filename is not None and err.strerror:
             return f"{os.fsdecode(err.filename)}: {err.strerror}"
@@ -317,7 +355,7 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
 def export(checkpoint: Path, modality: str, output: Path, fmt: str | None,
            overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
-    from ._io import check_outputs
+    from .files import check_outputs
 
     # Before the checkpoint is loaded: an output that cannot be written fails at once.
     check_outputs({"predictor": output}, overwrite)
@@ -410,20 +448,21 @@ def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
 
 
 # --------------------------------------------------------------------------- predict
-def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, list[str]]:
-    """``--bands`` values (``[MODALITY=]NAME,NAME,...``) as ``{modality: names}``."""
-    names = {}
+def _per_modality(values: tuple[str, ...], modalities: list[str], option: str
+                  ) -> dict[str, str]:
+    """Values of a per-modality option (``[MODALITY=]VALUE``) as ``{modality: value}``."""
+    given = {}
     for value in values:
-        modality, sep, listed = value.rpartition("=")
+        modality, sep, text = value.partition("=")
         if not sep:
             if len(modalities) != 1:
-                raise click.BadParameter("with several scenes write MODALITY=NAME,NAME,...",
-                                         param_hint="--bands")
-            modality = modalities[0]
+                raise click.BadParameter("with several scenes write MODALITY=VALUE",
+                                         param_hint=option)
+            modality, text = modalities[0], value
         if modality not in modalities:
-            raise click.BadParameter(f"no {modality!r} scene given", param_hint="--bands")
-        names[modality] = [b.strip() for b in listed.split(",")]
-    return names
+            raise click.BadParameter(f"no {modality!r} scene given", param_hint=option)
+        given[modality] = text
+    return given
 
 
 _MS_OFFSET_HELP = (
@@ -454,6 +493,11 @@ def _input_options(command: Any) -> Any:
         click.option("--crs", metavar="CRS",
                      help="CRS to warp rasters georeferenced only by GCPs or RPCs to, e.g. "
                           "EPSG:32631 [default: UTM zone of the scene centre]."),
+        click.option("--nodata", multiple=True, metavar="[MODALITY=]VALUE",
+                     help="The value that marks missing pixels in the scene (in any band), "
+                          "instead of its files' nodata tags: for exports that fill outside "
+                          "the swath without tagging it (SNAP, Earth Engine: --nodata 0); "
+                          "repeatable per modality."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -462,7 +506,7 @@ def _input_options(command: Any) -> Any:
 
 def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
                   sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-                  crs: str | None) -> dict[str, Any]:
+                  crs: str | None, nodata: tuple[str, ...]) -> dict[str, Any]:
     """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
     from .constants import MS, SAR
     from .inference.io import SceneInput
@@ -473,13 +517,19 @@ def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
                                    f"it contradicts --sar-units {sar_units}")
         click.echo("warning: --sar-db is deprecated; use --sar-units linear", err=True)
         sar_units = "linear"
-    names = _band_names(bands, list(scenes))
+    names = _per_modality(bands, list(scenes), "--bands")
+    fills = _per_modality(nodata, list(scenes), "--nodata")
     inputs = {}
     for modality, paths in scenes.items():
         scale, offset = (ms_scale, ms_offset) if modality == MS else (1.0, 0.0)
-        inputs[modality] = SceneInput(paths, names.get(modality),
-                                      sar_units if modality == SAR else None, scale, offset,
-                                      crs)
+        try:
+            fill = float(fills[modality]) if modality in fills else None
+        except ValueError as err:
+            raise click.BadParameter(f"{fills[modality]!r} is not a number",
+                                     param_hint="--nodata") from err
+        listed = [b.strip() for b in names[modality].split(",")] if modality in names else None
+        inputs[modality] = SceneInput(paths, listed, sar_units if modality == SAR else None,
+                                      scale, offset, crs, fill)
     return inputs
 
 
@@ -572,7 +622,8 @@ def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | 
             sar_vh: Path | str | None, ms: tuple[Path | str, ...], scene: tuple[Path | str, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-            crs: str | None, output: Path, no_progress: bool, as_json: bool,
+            crs: str | None, nodata: tuple[str, ...], output: Path, no_progress: bool,
+            as_json: bool,
             **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
@@ -613,7 +664,7 @@ def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | 
         raise click.UsageError("give a scene: --sar, --ms or --scene with --modality")
     if len(scenes) > 1 and not fuse:
         raise click.UsageError("several scenes given: add --fuse to average the branches")
-    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs)
+    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs, nodata)
     from .inference.engine import predict_to_file
     from .models.loader import load_predictor
 
@@ -628,7 +679,8 @@ def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | 
         return
     for check in summary.checks.values():
         if check.forced:
-            click.echo(f"warning: mapped with --force: {check.problems[0]}", err=True)
+            click.echo(f"warning: mapped with --force: {cli_words(check.problems[0])}",
+                       err=True)
     click.echo(f"{summary.output}: {summary.width} x {summary.height} px "
                f"({', '.join(summary.modalities)}, stride {summary.stride}) in "
                f"{summary.seconds:.1f} s, {summary.pixels_per_s:,.0f} px/s")
@@ -656,7 +708,7 @@ main.add_command(predict)
 @_json_option("Print the figures as JSON.")
 def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
-            ms_offset: float, crs: str | None, as_json: bool) -> None:
+            ms_offset: float, crs: str | None, nodata: tuple[str, ...], as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
 
     SCENE is one raster, one file per band or polarisation, or a directory of them.
@@ -664,15 +716,15 @@ def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | Non
     percentiles and the verdict, then whether predict would map the scene.
     """
     from .inference.checks import check_scene
-    from .inference.io import open_sources
+    from .inference.io import open_readers
     from .models.loader import load_predictor
 
     predictor = load_predictor(checkpoint, modality)
     modality = predictor.info.modality
     inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
-                           ms_offset, crs)
-    _, sources = open_sources(inputs, {modality: predictor.info})
-    check = check_scene(predictor, sources[modality], modality)
+                           ms_offset, crs, nodata)
+    _, readers = open_readers(inputs, {modality: predictor.info})
+    check = check_scene(predictor, readers[modality], modality)
     if as_json:
         import json
 
@@ -689,7 +741,7 @@ def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | Non
                    f"{'/'.join(f'{v:.4g}' for v in band.scene):>26}   {training:>26}  "
                    f"{band.verdict}")
     if check.problems:
-        click.echo(f"predict refuses this scene: {check.problems[0]}")
+        click.echo(f"predict refuses this scene: {cli_words(check.problems[0])}")
     else:
         click.echo("predict maps this scene")
 
@@ -792,7 +844,8 @@ def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Table to write: .csv, or .gpkg (with the zones' geometries).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
-def zonal(map_path: Path, zones: str, output: Path, overwrite: bool) -> None:
+@_no_progress_option("No progress bar.")
+def zonal(map_path: Path, zones: str, output: Path, overwrite: bool, no_progress: bool) -> None:
     """Area of each class per zone (ha and % of the zone), nodata share, zone attributes.
 
     ZONES is any vector file geopandas reads, in any CRS (FILE:LAYER names a layer). A
@@ -800,5 +853,6 @@ def zonal(map_path: Path, zones: str, output: Path, overwrite: bool) -> None:
     """
     from .inference.zonal import zonal_to_file
 
-    table = zonal_to_file(map_path, zones, output, overwrite=overwrite)
+    table = zonal_to_file(map_path, zones, output, overwrite=overwrite,
+                          progress=not no_progress)
     click.echo(f"{output}: {len(table):,} zones")

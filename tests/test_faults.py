@@ -22,11 +22,11 @@ import rasterio.shutil
 import torch
 from click.testing import CliRunner
 
-from discomkd_geo._io import atomic_path
 from discomkd_geo.cli import main
 from discomkd_geo.config import load_config
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.synthetic import make_eurosat
+from discomkd_geo.files import atomic_path
 from discomkd_geo.training.train import AtomicCheckpoint, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -253,3 +253,29 @@ def test_zonal_cli(tmp_path: Path) -> None:
     assert result.returncode != 0 and "already exists" in result.stderr
     result = cli("zonal", path, tmp_path / "zones.gpkg", "-o", tmp_path / "areas.xlsx")
     assert result.returncode != 0 and ".csv or .gpkg" in result.stderr
+
+
+def test_vector_settings() -> None:
+    from discomkd_geo.errors import SettingsError
+    from discomkd_geo.inference.settings import MapSettings
+
+    settings = MapSettings.of(vector=Path("p.gpkg"), mmu="0.5ha", aoi=Path("/d/z.gpkg"))
+    assert settings.outputs.mmu == 5000.0 and settings.tiling.aoi == "/d/z.gpkg"
+    assert MapSettings.of(aoi="/vsicurl/https://h/z.gpkg:l").tiling.aoi.count("//") == 1
+    with pytest.raises(SettingsError, match="mmu: applies to the polygons"):
+        MapSettings.of(mmu=5000.0)
+    with pytest.raises(SettingsError, match="mmu: 'big' is not an area"):
+        MapSettings.of(vector="p.gpkg", mmu="big")
+    with pytest.raises(SettingsError, match="mmu: must be at least 0"):
+        MapSettings.of(vector="p.gpkg", mmu=-1.0)
+
+
+def test_areas_of_a_crs_in_feet_are_square_metres(tmp_path: Path) -> None:
+    """EPSG:2263 (New York, US survey feet): a 10 ft pixel is 9.29 m2."""
+    path = write_map(tmp_path / "feet.tif", QUADRANTS, crs="EPSG:2263",
+                     transform=from_origin(1e6, 2e5, 10, 10))
+    frame = vectorize(path)
+    assert frame["area_m2"].to_numpy() == pytest.approx(4 * (10 * 1200 / 3937) ** 2)
+    table = zonal_areas(path, gpd.GeoDataFrame(geometry=[box(1e6, 2e5 - 40, 1e6 + 40, 2e5)],
+                                               crs="EPSG:2263"))
+    assert table["A_ha"].iloc[0] == pytest.approx(4 * (10 * 1200 / 3937) ** 2 / 1e4)

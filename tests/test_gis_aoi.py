@@ -61,18 +61,24 @@ def test_outside_is_nodata_inside_is_the_whole_map(scene: Path, tmp_path: Path) 
     assert (part[inside] == whole[inside]).all() and (part[inside] != CLASS_NODATA).all()
     assert summary.mapped_pixels == 50 * 50
     assert summary.computed_chunks == 4 < summary.chunks == 9  # 64 px chunks
+    # Dense mode computes whole blocks that touch the area: the same values inside.
+    dense = TILES.replace(mode="dense", block_size=32)
+    predict_to_file(model, scene, tmp_path / "dense.tif", dense)
+    predict_to_file(model, scene, tmp_path / "dense_aoi.tif", dense.replace(aoi=spec))
+    whole, part = read(tmp_path / "dense.tif")[0], read(tmp_path / "dense_aoi.tif")[0]
+    assert (part[inside] == whole[inside]).all() and (part[~inside] == CLASS_NODATA).all()
 
 
 def test_chunks_away_from_the_area_are_never_read(scene: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[Window] = []
-    original = io.SceneSource.read_raw
+    original = io.RasterReader.read_raw
 
-    def spy(self: io.SceneSource, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    def spy(self: io.RasterReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
         reads.append(window)
         return original(self, window)
 
-    monkeypatch.setattr(io.SceneSource, "read_raw", spy)
+    monkeypatch.setattr(io.RasterReader, "read_raw", spy)
     corner = aoi_file(tmp_path / "corner.gpkg", box(X0, Y0 - 300, X0 + 300, Y0))  # 30 px
     model = make_predictor("sar", list(S1_BANDS))
     summary = predict_to_file(model, scene, tmp_path / "aoi.tif", TILES.replace(aoi=corner))

@@ -286,7 +286,7 @@ def test_failed_run_leaves_no_file_and_keeps_the_old_one(sar_scene: Path, tmp_pa
 def test_refuses_to_overwrite(sar: Predictor, sar_scene: Path, tmp_path: Path) -> None:
     old = tmp_path / "map.tif"
     old.write_bytes(b"previous map")
-    with pytest.raises(OutputExistsError, match="map.tif.*--overwrite"):
+    with pytest.raises(OutputExistsError, match="map.tif: already exists; pass overwrite=True"):
         predict_to_file(sar, sar_scene, old)
     assert old.read_bytes() == b"previous map"
     predict_to_file(sar, sar_scene, old, MapSettings.of(overwrite=True))

@@ -35,7 +35,7 @@ def test_defaults_and_flat_names() -> None:
     ({"mode": "fast"}, "mode", "expected one of 'dense', 'windows', got 'fast'"),
     ({"chunk_size": 64.0}, "chunk_size", "expected int, got 64.0"),
     ({"overwrite": "yes"}, "overwrite", "expected bool, got 'yes'"),
-    ({"strides": 8}, "strides", "is not a mapping setting; known: batch_size, block_size"),
+    ({"strides": 8}, "strides", "is not a mapping setting; known: aoi, batch_size"),
 ])
 def test_bad_values_name_the_field(values: dict, param: str, problem: str) -> None:
     with pytest.raises(SettingsError) as raised:

@@ -62,8 +62,8 @@ from rasterio.transform import Affine, array_bounds
 from rasterio.warp import Resampling, reproject, transform_bounds
 from rasterio.warp import transform as transform_points
 
-from .._io import atomic_dir
 from ..constants import CLASS_NODATA, EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS, S2_BANDS
+from ..files import atomic_dir
 from .eurosat import EuroSATMSSAR
 
 #: Materials mixed inside a pixel, in the order of the tables below.

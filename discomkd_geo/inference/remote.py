@@ -53,7 +53,7 @@ def problem(err: Exception) -> str:
                 f"servers) [{text}]")
     if any(word in lowered for word in ("resolve", "connect", "refused", "unreachable")):
         return f"host unreachable ({text})"
-    return text
+    return f"the remote read failed: is the host still reachable? ({text})"
 
 
 @contextmanager

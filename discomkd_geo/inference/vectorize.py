@@ -26,8 +26,8 @@ import numpy as np
 import rasterio
 from rasterio.features import shapes, sieve
 
-from .._io import atomic_path, check_outputs
 from ..errors import InputFileError, OutputError
+from ..files import atomic_path, check_outputs
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ takes windowed writes into a tiled staging GeoTIFF beside its target, then build
 overviews (mode resampling for class codes, averaging for probabilities) and copies the
 result with GDAL's COG driver into a Cloud-Optimised GeoTIFF: tiled, DEFLATE-compressed,
 overviews after the full-resolution data. Targets are the temporary paths of
-:func:`discomkd_geo._io.atomic_path`, so nothing appears at the real path unless the whole
+:func:`discomkd_geo.files.atomic_path`, so nothing appears at the real path unless the whole
 map was written. The class map carries its colour table, the class names (band
 description and metadata tags), and gets a QGIS ``.qml`` paletted style and a
 ``.legend.json`` beside it.

@@ -26,8 +26,9 @@ from rasterio.features import rasterize
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from .._io import atomic_path, check_outputs
 from ..errors import InputFileError, OutputError
+from ..files import atomic_path, check_outputs
+from ..logs import progress_disabled
 from .aoi import covering_window
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas
 from .tiling import chunk_layout, relative_slices
@@ -78,13 +79,14 @@ def _zone_areas(src: rasterio.DatasetReader, classmap: ClassMap, geometry: objec
 
 
 def zonal_areas(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame",
-                block: int = BLOCK) -> "gpd.GeoDataFrame":
+                block: int = BLOCK, progress: bool = False) -> "gpd.GeoDataFrame":
     """Per zone, the area of each class of a map, in hectares and % of the zone.
 
     Args:
         path: a single-band class map.
         zones: the zones, in any CRS; their attributes are kept.
         block: side of the blocks a zone is processed in (bounds memory).
+        progress: show a progress bar over the zones.
 
     Returns:
         The zones (in their own CRS) with, after their attributes: ``zone_ha`` (the
@@ -107,8 +109,11 @@ def zonal_areas(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame",
     local = zones.to_crs(classmap.crs)
     sums = np.zeros((len(zones), len(names)))
     counts = np.zeros(len(zones), dtype=np.int64)
+    from tqdm.auto import tqdm
+
     with rasterio.open(classmap.path) as src:
-        for i, geometry in enumerate(local.geometry):
+        for i, geometry in enumerate(tqdm(local.geometry, unit="zone", desc="zonal areas",
+                                          disable=progress_disabled(progress))):
             if geometry is not None and not geometry.is_empty:
                 sums[i], counts[i] = _zone_areas(src, classmap, geometry, block)
     result = gpd.GeoDataFrame(zones.copy())
@@ -126,7 +131,7 @@ def zonal_areas(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame",
 
 def zonal_to_file(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame | str",
                   output: str | os.PathLike[str], *, layer: str | None = None,
-                  overwrite: bool = False) -> "pd.DataFrame":
+                  overwrite: bool = False, progress: bool = False) -> "pd.DataFrame":
     """Write :func:`zonal_areas` as a CSV table (no geometry) or a GeoPackage layer.
 
     Args:
@@ -136,6 +141,7 @@ def zonal_to_file(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame | str",
         output: ``.csv`` or ``.gpkg`` (by extension).
         layer: GeoPackage layer name (default: the output's stem).
         overwrite: replace an existing output.
+        progress: show a progress bar over the zones.
 
     Returns:
         The table written.
@@ -153,7 +159,7 @@ def zonal_to_file(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame | str",
     check_outputs({"table": output}, overwrite, inputs={"map": path})
     if isinstance(zones, str | os.PathLike):
         zones = read_layer(zones)
-    table = zonal_areas(path, zones)
+    table = zonal_areas(path, zones, progress=progress)
     if suffix == ".gpkg":
         write_layer(table, output, layer or output.stem, overwrite)
         return table

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_path
 from ..data.bandstats import BandStats
 from ..data.normalization import Normalize
 from ..errors import CheckpointError
+from ..files import atomic_path
 from ._files import LOAD_ERRORS, load_error_message
 from .dense import dense_halo, output_stride, window_features
 from .info import PredictorInfo

@@ -53,9 +53,9 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .._io import atomic_path, check_writable  # noqa: E402
 from ..config import Config, apply_override, from_dict  # noqa: E402
 from ..errors import ConfigError, InputFileError  # noqa: E402
+from ..files import atomic_path, check_writable  # noqa: E402
 from ..logs import log  # noqa: E402
 from .baselines import FUSED  # noqa: E402
 from .plots import read_epoch_log  # noqa: E402

@@ -34,10 +34,10 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from .._io import atomic_path, check_writable
 from ..config import Config, to_yaml
 from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
+from ..files import atomic_path, check_writable
 from ..logs import log
 from ..models._files import load_error_message
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
