@@ -14,8 +14,8 @@ import zipfile
 from importlib.resources import files
 from pathlib import Path
 
-from ._io import atomic_dir, atomic_path
 from .errors import InputFileError
+from .files import atomic_dir, atomic_path
 
 #: The plugin's directory name under ``<profile>/python/plugins``.
 PLUGIN_NAME = "discomkd_geo_qgis"

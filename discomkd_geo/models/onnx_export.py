@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._io import atomic_path
+from ..files import atomic_path
 from .onnx_predictor import METADATA_KEY, ONNX_FORMAT, ONNX_FORMAT_VERSION
 from .predictor import Predictor
 
