@@ -104,3 +104,15 @@ def test_errors_carry_the_python_parameter(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as bad:
         MapSettings.of(min_valid=2.0)
     assert error_message(bad.value) == "--min-valid: must be at most 1, got 2.0"
+
+
+def test_a_bad_device_names_the_setting(tmp_path: Path) -> None:
+    from test_inference import make_predictor, texture, write_scene
+
+    from discomkd_geo.inference.engine import predict_to_file
+
+    scene = write_scene(tmp_path / "s.tif", texture(2, 32, 0), ["VV", "VH"])
+    with pytest.raises(SettingsError, match="^device: 'gpu7' is not a torch device") as raised:
+        predict_to_file(make_predictor("sar", ["VV", "VH"]), scene, tmp_path / "m.tif",
+                        MapSettings.of(device="gpu7"))
+    assert raised.value.param == "device" and not (tmp_path / "m.tif").exists()
