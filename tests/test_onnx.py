@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from discomkd_geo.cli import main
 from discomkd_geo.constants import SAR
 from discomkd_geo.demo import DEMO_TILES
-from discomkd_geo.errors import CheckpointError
+from discomkd_geo.errors import CheckpointError, SettingsError
 from discomkd_geo.models.loader import load_predictor
 
 onnx = pytest.importorskip("onnx", reason="not run: onnx not installed (pip install '.[onnx]')")
@@ -150,6 +150,8 @@ def test_bad_onnx_files_are_one_line_errors(sar_onnx: Path, tmp_path: Path) -> N
         load_predictor(tmp_path / "missing.onnx")
     with pytest.raises(CheckpointError, match=r"holds the 'sar' branch, not 'ms'"):
         load_predictor(sar_onnx, "ms")
+    with pytest.raises(SettingsError, match=r"^device: 'tpu': onnxruntime runs here on "):
+        load_predictor(sar_onnx).check_device("tpu")
     bare = onnx.load(str(sar_onnx))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))

@@ -350,6 +350,8 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
             predictor.dense_halo()  # raises for a branch that cannot run densely
     block = max(1, round(tiling.block_size / stride)) * stride
     device = execution.device or next(iter(predictors.values())).default_device()
+    for predictor in predictors.values():
+        predictor.check_device(device)
     outputs = settings.outputs
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),

@@ -78,6 +78,9 @@ class BranchPredictor(Protocol):
     def default_device(self) -> str:
         """The device to run on when the user names none."""
 
+    def check_device(self, device: str) -> None:
+        """Raise ``SettingsError`` (param ``device``) if the runtime cannot use ``device``."""
+
     def get_threads(self) -> int:
         """Intra-op threads the calling thread's runs use."""
 

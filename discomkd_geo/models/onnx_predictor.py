@@ -17,13 +17,15 @@ from typing import Any
 import numpy as np
 
 from ..data.bandstats import BandStats
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SettingsError
 from .info import PredictorInfo
 
 #: Metadata key holding ``{"format", "version", "info", "stats"}`` as JSON.
 METADATA_KEY = "discomkd_geo"
 ONNX_FORMAT = "discomkd_geo.onnx"
 ONNX_FORMAT_VERSION = 1
+#: onnxruntime's execution provider for each device type.
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def _onnxruntime(source: str) -> Any:
@@ -115,15 +117,11 @@ class OnnxPredictor:
         with self._lock:
             if key not in self._sessions:
                 ort = _onnxruntime(self.source)
-                providers = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-                provider = providers.get(device.split(":")[0])
-                if provider not in ort.get_available_providers():
-                    raise CheckpointError(f"{self.source}: onnxruntime cannot run on "
-                                          f"{device!r} here (providers: "
-                                          f"{', '.join(ort.get_available_providers())})")
+                self.check_device(device)
                 options = ort.SessionOptions()
                 options.intra_op_num_threads = key[1]
                 options.inter_op_num_threads = 1
+                provider = _PROVIDERS[device.split(":")[0]]
                 self._sessions[key] = ort.InferenceSession(self.model, options,
                                                            providers=[provider])
             return self._sessions[key]
@@ -152,6 +150,13 @@ class OnnxPredictor:
     def default_device(self) -> str:
         """The CPU: onnxruntime's CUDA provider is used only when asked for."""
         return "cpu"
+
+    def check_device(self, device: str) -> None:
+        """Raise ``SettingsError`` unless onnxruntime has a provider for ``device`` here."""
+        ort = _onnxruntime(self.source)
+        if _PROVIDERS.get(device.split(":")[0]) not in ort.get_available_providers():
+            raise SettingsError("device", f"{device!r}: onnxruntime runs here on "
+                                          f"{', '.join(ort.get_available_providers())}")
 
     def get_threads(self) -> int:
         """Intra-op threads of the calling thread's sessions (default: one per CPU)."""

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..data.bandstats import BandStats
 from ..data.normalization import Normalize
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SettingsError
 from ..files import atomic_path
 from ._files import LOAD_ERRORS, load_error_message
 from .dense import dense_halo, output_stride, window_features
@@ -113,6 +113,14 @@ class Predictor(nn.Module):
     def default_device(self) -> str:
         """CUDA when available, else the CPU."""
         return "cuda" if torch.cuda.is_available() else "cpu"
+
+    def check_device(self, device: str) -> None:
+        """Raise ``SettingsError`` if torch does not know ``device``."""
+        try:
+            torch.device(device)
+        except RuntimeError as err:
+            raise SettingsError("device", f"{device!r} is not a torch device "
+                                          f"({str(err).splitlines()[0]})") from err
 
     def get_threads(self) -> int:
         """Torch's intra-op threads (a per-thread setting)."""
