@@ -610,8 +610,7 @@ def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | 
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
             crs: str | None, nodata: tuple[str, ...], output: Path, no_progress: bool,
-            as_json: bool,
-            **settings: Any) -> None:
+            as_json: bool, **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
     Every scene is first checked against the model's training data (units, scale, band

@@ -7,12 +7,14 @@ and what is left on disk (nothing half-written at the target, no stale temporary
 import csv
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -234,6 +236,38 @@ def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
     assert code == 0, err
     assert files(tmp_path) == {"log.txt", "map.tif", "map.qml", "map.legend.json",
                                "map.stac.json"}
+
+
+def _file_size_limit(size: int) -> Callable[[], None]:
+    """A child's set-up that fails every write beyond ``size`` bytes, as a full disk does."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+def test_a_write_failing_mid_way_gives_one_line_and_leaves_nothing(
+        checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
+    def predict(out: Path, limit: Callable[[], None] | None) -> subprocess.CompletedProcess:
+        out.mkdir()
+        return subprocess.run(
+            cli("predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif", "-o",
+                out / "m.tif", "--probabilities", out / "p.tif", "--no-progress"),
+            env=ENV, capture_output=True, text=True, preexec_fn=limit, check=False)
+
+    assert predict(tmp_path / "full", None).returncode == 0
+    largest = (tmp_path / "full" / "p.tif").stat().st_size
+    for size in (2_000, largest // 2):  # the first tiles; half the file
+        out = tmp_path / f"limit{size}"
+        result = predict(out, _file_size_limit(size))
+        assert result.returncode == 1 and result.stdout == ""
+        # One line: no GDAL or libtiff message, the output named, not its temporary.
+        assert re.fullmatch(rf"Error: {re.escape(str(out))}/[mp]\.tif: writing failed "
+                            r"\(File too large\); nothing was written there\n",
+                            result.stderr), result.stderr
+        assert list(out.iterdir()) == []
 
 
 @pytest.fixture(scope="module")

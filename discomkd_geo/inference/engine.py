@@ -41,7 +41,7 @@ from affine import Affine
 from rasterio.windows import Window, intersect
 
 from ..constants import CLASS_NODATA
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SettingsError
 from ..files import check_outputs
 from ..logs import progress_disabled
 from ..models.predictor import Predictor, PredictorInfo
@@ -368,6 +368,11 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
             predictor.dense_halo()  # raises for a branch that cannot run densely
     block = max(1, round(tiling.block_size / stride)) * stride
     device = execution.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise SettingsError("device", f"{device!r} is not a torch device "
+                                      f"({str(err).splitlines()[0]})") from err
     outputs = settings.outputs
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),

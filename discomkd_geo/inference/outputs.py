@@ -24,6 +24,7 @@ from rasterio.enums import Resampling
 from rasterio.windows import Window
 
 from ..constants import CLASS_NODATA
+from ..errors import OutputError
 from ..files import atomic_path
 from ..models.predictor import PredictorInfo
 from .checks import SceneCheck
@@ -150,7 +151,7 @@ class MapOutputs:
 
     def _raster(self, path: Path, **kwargs: Any) -> CogWriter:
         tmp = self._stack.enter_context(atomic_path(path, overwrite=self.settings.overwrite))
-        cog = CogWriter(tmp, self.grid, **kwargs)
+        cog = CogWriter(tmp, self.grid, target=path, **kwargs)
         self._stack.callback(cog.close, keep=False)  # on failure; a finished one is closed
         return cog
 
@@ -180,7 +181,11 @@ class MapOutputs:
                             json.dumps(legend(self.classes, self.colors), indent=2)),
                            (self.paths.stac, json.dumps(item, indent=2))):
             tmp = self._stack.enter_context(atomic_path(path, overwrite=self.settings.overwrite))
-            tmp.write_text(text)
+            try:
+                tmp.write_text(text)
+            except OSError as err:
+                raise OutputError(path, f"writing failed ({err.strerror}); nothing was "
+                                        "written there") from err
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  traceback: TracebackType | None) -> bool | None:

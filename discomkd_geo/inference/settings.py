@@ -31,7 +31,10 @@ Adding a mapping setting is a one-place change:
    Python-only, ``flag="--other-name"`` names its option otherwise, ``metavar=`` names
    its value.
 
-This module imports nothing heavy: ``discomkd-geo --help`` reads it.
+What describes one modality's scene (band names, units, scale, ``nodata``) is not a
+mapping setting: it is a field of :class:`~discomkd_geo.inference.io.SceneInput`, with
+its own ``predict``/``inspect`` option in ``cli.py``. This module imports nothing heavy:
+``discomkd-geo --help`` reads it.
 """
 
 import dataclasses
