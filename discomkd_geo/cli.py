@@ -216,23 +216,32 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
     click.echo(f"report: {report_dir / 'report.md'}")
 
 
+#: Every command that reads a checkpoint takes it (see models/_files.py).
+_trust_checkpoint = click.option(
+    "--trust-checkpoint", "trusted", is_flag=True,
+    help="Load a checkpoint whose pickle would run code (refused by default): only for "
+         "files you made yourself.")
+
+
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="Training checkpoint, run directory or exported predictor.")
+@_trust_checkpoint
 @click.option("--modality", required=True, help="Branch to evaluate, e.g. sar.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Dataset root (default: the one recorded in the checkpoint).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
-def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str,
-             as_json: bool) -> None:
+def evaluate(checkpoint: Path, trusted: bool, modality: str, data_root: Path | None,
+             split: str, as_json: bool) -> None:
     """Score one modality's classifier on a dataset split, as deployed (raw input)."""
     import json
 
     from .training.evaluate import evaluate as run_evaluation
 
-    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split)
+    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split,
+                             trusted=trusted)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -244,10 +253,12 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
 @main.command()
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
               help="Training checkpoint or run directory.")
+@_trust_checkpoint
 @click.option("--modality", required=True, help="Branch to export, e.g. sar.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
+def export(checkpoint: Path, trusted: bool, modality: str, output: Path,
+           overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
     from ._io import check_outputs
 
@@ -255,7 +266,7 @@ def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> No
     check_outputs({"predictor": output}, overwrite)
     from .models.predictor import load_predictor
 
-    predictor = load_predictor(checkpoint, modality)
+    predictor = load_predictor(checkpoint, modality, trusted=trusted)
     predictor.save(output, overwrite=overwrite)
     size = output.stat().st_size / 2**20
     click.echo(f"{output}: {modality} predictor, {len(predictor.info.bands)} bands "
@@ -414,6 +425,7 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
 @click.command()
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
               help="Training checkpoint, run directory or exported predictor.")
+@_trust_checkpoint
 @click.option("--sar", multiple=True, type=click.Path(path_type=Path),
               help="Sentinel-1 scene: a VV/VH stack, or one file per polarisation (repeat "
                    "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), or their "
@@ -467,7 +479,7 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
 @click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
+def predict(checkpoint: Path, trusted: bool, sar: tuple[Path, ...], sar_vv: Path | None,
             sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
@@ -518,7 +530,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
     from .inference.engine import predict_to_file
     from .models.predictor import load_predictor
 
-    predictors = {m: load_predictor(checkpoint, m) for m in scenes}
+    predictors = {m: load_predictor(checkpoint, m, trusted=trusted) for m in scenes}
     summary = predict_to_file(
         predictors, inputs, output, stride=stride, coarse=coarse, mode=mode,
         chunk_size=chunk_size,
@@ -553,10 +565,11 @@ main.add_command(predict)
 @click.argument("scene", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
               help="Training checkpoint, run directory or exported predictor.")
+@_trust_checkpoint
 @click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
 @_input_options
 @click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
-def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
+def inspect(scene: tuple[Path, ...], checkpoint: Path, trusted: bool, modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
             ms_offset: float, crs: str | None, as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
@@ -569,7 +582,7 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
     from .inference.io import open_sources
     from .models.predictor import load_predictor
 
-    predictor = load_predictor(checkpoint, modality)
+    predictor = load_predictor(checkpoint, modality, trusted=trusted)
     modality = predictor.info.modality
     inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
                            ms_offset, crs)

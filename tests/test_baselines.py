@@ -310,9 +310,9 @@ def test_kd_students_learn_from_a_frozen_teacher(comparison: tuple) -> None:
     out, _, _ = comparison
     teacher_run = out / "runs" / "teacher" / "lr0.003" / "seed0"
     teacher_ckpt = teacher_run / "checkpoints" / "best-fused.ckpt"
-    teacher_state = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
+    teacher_state = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
     kd_ckpt = out / "runs" / "kd" / "lr0.003" / "seed0" / "checkpoints" / "last.ckpt"
-    kd_state = torch.load(kd_ckpt, weights_only=False)["state_dict"]
+    kd_state = torch.load(kd_ckpt, weights_only=True)["state_dict"]
     for name, value in teacher_state.items():  # unchanged by the students' training
         assert torch.equal(kd_state["teacher." + name.removeprefix("model.")], value), name
     log = next((out / "runs" / "kd" / "lr0.003" / "seed0").rglob("metrics.csv")).read_text()
@@ -322,7 +322,7 @@ def test_kd_students_learn_from_a_frozen_teacher(comparison: tuple) -> None:
 def test_kd_configuration_errors(comparison: tuple) -> None:
     out, _, _ = comparison
     hparams = torch.load(out / "runs" / "kd" / "lr0.003" / "seed0" / "checkpoints" / "last.ckpt",
-                         weights_only=False)["hyper_parameters"]
+                         weights_only=True)["hyper_parameters"]
     config, info = hparams["config"], hparams["data_info"]
     with pytest.raises(ConfigError, match="model.teacher"):
         KDTask({**config, "model": {**config["model"], "teacher": None}}, info)

@@ -51,7 +51,7 @@ def train_args(data: Path, out: Path) -> list[object]:
 def saved_epoch(path: Path) -> int:
     """The epoch index a checkpoint holds, or -1 while there is none."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError):
         return -1
 
@@ -123,8 +123,8 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
     # CPU training with one thread is deterministic, and the checkpoint carries the
     # random states and sampler generators: bitwise the same weights as the reference.
     for name in ("last.ckpt", "best-ms.ckpt", "best-sar.ckpt"):
-        a = torch.load(uninterrupted / "checkpoints" / name, weights_only=False)
-        b = torch.load(out / "checkpoints" / name, weights_only=False)
+        a = torch.load(uninterrupted / "checkpoints" / name, weights_only=True)
+        b = torch.load(out / "checkpoints" / name, weights_only=True)
         assert a["epoch"] == b["epoch"], name
         for key, value in a["state_dict"].items():
             assert torch.equal(value, b["state_dict"][key]), (name, key)

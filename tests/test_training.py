@@ -112,7 +112,7 @@ def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
 def test_checkpoint_of_other_bands_is_refused(run_dir: Path, tmp_path: Path,
                                               eurosat_root: Path) -> None:
     """A SAR model for HH/HV data cannot be scored on VV/VH files."""
-    payload = torch.load(run_dir / "checkpoints" / "best-sar.ckpt", weights_only=False)
+    payload = torch.load(run_dir / "checkpoints" / "best-sar.ckpt", weights_only=True)
     entry = payload["discomkd_geo"]["predictors"]["sar"]
     entry["info"]["bands"] = entry["stats"]["bands"] = ["HH", "HV"]
     other = tmp_path / "hh.ckpt"

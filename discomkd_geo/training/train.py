@@ -39,7 +39,7 @@ from ..config import Config, to_yaml
 from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
 from ..logs import log
-from ..models._files import load_error_message
+from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
@@ -192,14 +192,15 @@ def epochs_done(run_dir: Path) -> int:
 
     Raises:
         ResumeError: there is no readable ``last.ckpt`` to resume from.
+        UntrustedFileError: ``last.ckpt`` would run code on load.
     """
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ResumeError(run_dir, "nothing to resume: no checkpoints/last.ckpt (a run "
                                    "writes it after its first epoch); run without --resume")
-    try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several kinds for a damaged file
+    try:  # weights-only, like Lightning's own load of it (see train)
+        checkpoint = load_torch_file(last)
+    except LOAD_ERRORS as err:  # torch raises several kinds for a damaged file
         raise ResumeError(last, f"cannot be read ({load_error_message(err)})") from err
     return int(checkpoint["epoch"]) + 1
 
@@ -272,7 +273,8 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     if done is not None:
         echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
     start = time.perf_counter()
-    trainer.fit(task, datamodule=dm,
+    # weights_only: a checkpoint in the run directory cannot run code (models/_files.py).
+    trainer.fit(task, datamodule=dm, weights_only=True,
                 ckpt_path=run_dir / "checkpoints" / "last.ckpt" if done is not None else None)
     seconds = time.perf_counter() - start
 
@@ -282,7 +284,8 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     for m in task.heads:
         checkpoints[m] = run_dir / "checkpoints" / f"best-{m}.ckpt"
         task.test_confusion[m].reset()
-        results = trainer.test(task, datamodule=dm, ckpt_path=checkpoints[m], verbose=False)[0]
+        results = trainer.test(task, datamodule=dm, ckpt_path=checkpoints[m], verbose=False,
+                               weights_only=True)[0]
         metrics[m] = {k.rsplit("/", 1)[1]: float(v) for k, v in results.items()
                       if k.startswith(f"test/{m}/")}
         confusion[m] = task.test_confusion[m].compute().tolist()
