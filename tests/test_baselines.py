@@ -177,7 +177,7 @@ def comparison(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     lines: list[str] = []
     results = compare(config, out, seeds=1, methods=["mono", "kd"], lrs=(3e-3,), patience=1,
                       command="discomkd-geo x", echo=lines.append)
-    return out, results, lines
+    return out, results.to_json(), lines
 
 
 @pytest.fixture(scope="module")
