@@ -1,6 +1,7 @@
 """Training runner, self-describing checkpoints, evaluate/export CLI, config errors."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.training.evaluate import evaluate
 from discomkd_geo.training.module import DisCoMKDTask
-from discomkd_geo.training.train import train
+from discomkd_geo.training.train import log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = (
@@ -132,3 +133,31 @@ def test_config_errors_name_the_key(override: str, key: str, tmp_path: Path) -> 
     assert result.exit_code == 1
     assert key in result.output and result.output.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("epoch_size", "settings", "expected"), [
+    (100, (), 6),  # 100 // 16 full batches, interval 50
+    (100, ("trainer.log_every_n_steps=4",), 4),
+    (100, ("trainer.limit_train_batches=0.5",), 3),
+    (100, ("trainer.limit_train_batches=2",), 2),
+    (10, (), 1),  # fewer samples than a batch: one batch
+])
+def test_log_interval_is_at_most_an_epoch(epoch_size: int, settings: tuple[str, ...],
+                                          expected: int) -> None:
+    config = load_config(None, ("data.batch_size=16", *settings))
+    assert log_interval(config, epoch_size) == expected
+
+
+def test_short_epochs_train_without_lightning_warning(eurosat_root: Path,
+                                                      tmp_path: Path) -> None:
+    """Lightning warns when an epoch has fewer batches than the logging interval (50)."""
+    settings = [s for s in TINY if not s.startswith("trainer.log_every_n_steps")]
+    config = load_config(None, (*settings, "trainer.max_epochs=1", "model.width=4",
+                                f"data.root={eurosat_root}"))
+    assert config.trainer.log_every_n_steps == 50
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config, tmp_path / "run", progress=False)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "logging interval" in m], messages
+    assert "train/cl" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()

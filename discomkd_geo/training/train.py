@@ -181,6 +181,25 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     return callbacks
 
 
+def log_interval(config: Config, epoch_size: int) -> int:
+    """``trainer.log_every_n_steps``, at most the training batches of one epoch.
+
+    Every value is logged per epoch, so the interval changes no log; Lightning warns
+    (once per run) when an epoch has fewer batches than the interval.
+
+    Args:
+        config: the experiment (batch size, ``limit_train_batches``, the interval).
+        epoch_size: training samples per epoch.
+    """
+    batch_size = config.data.batch_size
+    batches = epoch_size // batch_size if epoch_size >= batch_size else 1  # drop_last
+    limit = config.trainer.limit_train_batches
+    # Lightning: a float is a fraction of the epoch, an int a number of batches (the
+    # config reads every number as a float: above 1, a number of batches).
+    batches = int(batches * limit) if limit <= 1.0 else min(batches, int(limit))
+    return max(1, min(config.trainer.log_every_n_steps, batches))
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -265,7 +284,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
-        log_every_n_steps=tc.log_every_n_steps, default_root_dir=run_dir,
+        log_every_n_steps=log_interval(config, dm.epoch_size()), default_root_dir=run_dir,
         callbacks=callbacks, logger=_loggers(run_dir, done),
         enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0,
