@@ -102,6 +102,7 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 # --------------------------------------------------------------------------- train
+@pytest.mark.slow
 def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Path,
                                                   tmp_path: Path) -> None:
     out, log = tmp_path / "run", tmp_path / "log.txt"
@@ -133,6 +134,7 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
     assert not list(out.rglob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_resume_a_finished_run_says_so(data: Path, uninterrupted: Path) -> None:
     before = (uninterrupted / "metrics.json").read_text()
     code, out, _ = invoke(*train_args(data, uninterrupted), "--resume")
@@ -218,6 +220,7 @@ def checkpoint(uninterrupted: Path) -> Path:
     return uninterrupted / "checkpoints" / "best-sar.ckpt"
 
 
+@pytest.mark.slow
 def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
         checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     target, log = tmp_path / "map.tif", tmp_path / "log.txt"
@@ -282,6 +285,7 @@ CASES = ["under /proc", "under /sys", "parent is a file", "missing directory",
          "unreachable scheduler"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_bad_predict_inputs_give_one_line_and_leave_nothing(
         case: str, checkpoint: Path, scene_dir: Path, cut_scene: Path, tmp_path: Path) -> None:
@@ -299,6 +303,7 @@ def test_bad_predict_inputs_give_one_line_and_leave_nothing(
     assert after == before  # nothing written, nothing left
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--debug", "predict", "--checkpoint", str(checkpoint),
                                        "--sar", str(scene_dir / "sar.tif"),
@@ -307,6 +312,7 @@ def test_debug_shows_the_traceback(checkpoint: Path, scene_dir: Path, tmp_path: 
     assert "does not exist" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_uint8_probabilities_carry_a_gdal_scale(checkpoint: Path, scene_dir: Path,
                                                 tmp_path: Path) -> None:
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif",
@@ -356,6 +362,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+@pytest.mark.slow
 def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Path,
                                                 scheduler: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -368,6 +375,7 @@ def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Pat
         assert (src.read(1) != 255).any()
 
 
+@pytest.mark.slow
 def test_a_scene_the_workers_cannot_open_is_named(checkpoint: Path, scene_dir: Path,
                                                   scheduler: str, tmp_path: Path) -> None:
     vrt = tmp_path / "sar.vrt"  # this process reads it, the worker has no VRT driver

@@ -78,6 +78,7 @@ def test_malicious_file_runs_nothing_in_python(tmp_path: Path, marker: Path, nam
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_malicious_run_directory_runs_nothing(evil_run: Path, marker: Path) -> None:
     with pytest.raises(UntrustedFileError, match="best-sar.ckpt: refused"):
         load_predictor(evil_run, "sar")
@@ -94,6 +95,7 @@ def _cli(*args: object) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, env=ENV, timeout=300)
 
 
+@pytest.mark.slow
 def test_malicious_files_refused_by_every_command(evil_run: Path, scene_dir: Path,
                                                   tmp_path: Path, marker: Path) -> None:
     pt = _evil(tmp_path / "model.pt", marker)
@@ -121,6 +123,7 @@ def test_malicious_files_refused_by_every_command(evil_run: Path, scene_dir: Pat
     assert not any(out.iterdir())
 
 
+@pytest.mark.slow
 def test_own_files_load_weights_only(ms4_run: Path, tmp_path: Path) -> None:
     """Checkpoints, run directories and exports of this package need no trust."""
     for ckpt in sorted((ms4_run / "checkpoints").glob("*.ckpt")):
@@ -137,6 +140,7 @@ def test_own_files_load_weights_only(ms4_run: Path, tmp_path: Path) -> None:
         torch.testing.assert_close(load_predictor(source, "sar")(x), direct(x))
 
 
+@pytest.mark.slow
 def test_trust_option_loads_a_file_that_needs_more(ms4_run: Path, tmp_path: Path) -> None:
     """A harmless non-tensor object (a Fraction) is refused, then loaded when trusted."""
     payload = torch.load(ms4_run / "checkpoints" / "best-sar.ckpt", weights_only=True)

@@ -39,6 +39,7 @@ def run_dir(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything(run_dir: Path) -> None:
     for m in ("ms", "sar"):
         assert (run_dir / "checkpoints" / f"best-{m}.ckpt").is_file()
@@ -53,6 +54,7 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
         assert f"train/{term}" in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["ms", "sar"])
 def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) -> None:
     ckpt = run_dir / "checkpoints" / f"best-{modality}.ckpt"
@@ -70,6 +72,7 @@ def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) 
     assert info.units == ("dB" if modality == "sar" else "dn")
 
 
+@pytest.mark.slow
 def test_evaluate_matches_lightning_test(run_dir: Path) -> None:
     """The deployed predictor on raw files scores exactly what training's test step saw."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -82,6 +85,7 @@ def test_evaluate_matches_lightning_test(run_dir: Path) -> None:
     assert scored["oa"] == pytest.approx(metrics["test"]["sar"]["oa"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sar.pt"
     args = ["export", "--checkpoint", str(run_dir), "--modality", "sar", "-o", str(out)]
@@ -100,6 +104,7 @@ def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
     assert "does not exist; create it first" in early.output
 
 
+@pytest.mark.slow
 def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
     ckpt = run_dir / "checkpoints" / "best-sar.ckpt"
     with pytest.raises(CheckpointError, match="no 'rgb' branch.*it has: ms, sar"):
@@ -110,6 +115,7 @@ def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
     assert result.output.count("\n") == 1 and str(ckpt) in result.output
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_bands_is_refused(run_dir: Path, tmp_path: Path,
                                               eurosat_root: Path) -> None:
     """A SAR model for HH/HV data cannot be scored on VV/VH files."""
@@ -148,6 +154,7 @@ def test_log_interval_is_at_most_an_epoch(epoch_size: int, settings: tuple[str, 
     assert log_interval(config, epoch_size) == expected
 
 
+@pytest.mark.slow
 def test_short_epochs_train_without_lightning_warning(eurosat_root: Path,
                                                       tmp_path: Path) -> None:
     """Lightning warns when an epoch has fewer batches than the logging interval (50)."""

@@ -37,13 +37,14 @@ def load_error_message(err: BaseException, limit: int = 120) -> str:
 
 
 def _refused_global(err: BaseException) -> str | None:
-    """The global a weights-only load refused, or ``None`` if ``err`` is another failure."""
-    text = str(err)
-    if "Weights only load failed" not in text:
-        return None
-    # torch names the offending callable, e.g. "Unsupported global: GLOBAL posix.system".
-    found = re.search(r"(?:global|GLOBAL|function) ([\w.]+)", text.split("Please file")[0])
-    return found.group(1) if found else "a global outside the allow-list"
+    """The global a weights-only load refused, or ``None`` if ``err`` is another failure.
+
+    A pickle reaches any callable through a GLOBAL opcode, which torch's weights-only
+    unpickler names when it refuses it ("... unsupported GLOBAL posix.system ...");
+    junk bytes fail on other opcodes.
+    """
+    found = re.search(r"\bGLOBAL ([\w.]+)", str(err))
+    return found.group(1) if found else None
 
 
 def load_torch_file(path: str | os.PathLike[str], map_location: str | torch.device = "cpu",
