@@ -176,6 +176,7 @@ def test_too_small_splits_fail_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paired", ["false", "true"])
 def test_unpaired_images_are_counted_in_every_split(data: Path, tmp_path: Path,
                                                     paired: str) -> None:

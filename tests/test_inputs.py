@@ -241,6 +241,7 @@ def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
             predict_to_file(sar, path, tmp_path / "raw.tif")
 
 
+@pytest.mark.slow
 def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> None:
     """SYNTHETIC dB values on GCP-only and RPC-only rasters (as L1 products come)."""
     path = tmp_path / "gcp.tif"
