@@ -292,8 +292,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     if done is not None:
         echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
     start = time.perf_counter()
-    # weights_only: a checkpoint in the run directory cannot run code (models/_files.py).
-    trainer.fit(task, datamodule=dm, weights_only=True,
+    trainer.fit(task, datamodule=dm, weights_only=True,  # files cannot run code (_files.py)
                 ckpt_path=run_dir / "checkpoints" / "last.ckpt" if done is not None else None)
     seconds = time.perf_counter() - start
 
