@@ -26,6 +26,7 @@ parts is Lightning's overhead. Merged under ``training_parts``.
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -152,6 +153,7 @@ def _parts(pairs: int, batch_size: int) -> dict:
     fit = time.perf_counter() - start
     steps = len(timings["adam"])
     return {
+        "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine
         "what": "one DisCoM-KD training epoch on synthetic EuroSat-MS-SAR, CPU, seconds",
         "pairs": pairs, "trained_pairs": dm.epoch_size(), "batch_size": batch_size,
         "steps": steps, "threads": torch.get_num_threads(), "parts_s": parts,
