@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test lint bench clean qgis-deps
+.PHONY: demo test test-fast lint bench clean qgis-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 test: $(STAMP) qgis-deps
 	$(BIN)/ruff check discomkd_geo tests benchmarks
 	$(BIN)/python -m pytest
+
+# The edit loop's tier: everything but the tests marked slow (under a minute on 2 cores).
+test-fast: $(STAMP)
+	$(BIN)/ruff check discomkd_geo tests benchmarks
+	$(BIN)/python -m pytest -m "not slow" -q
 
 # QGIS (Debian/Ubuntu's qgis package, for tests/test_qgis.py's qgis_process runs and the
 # README's dialog screenshot under Xvfb): installed where it is missing and apt-get runs

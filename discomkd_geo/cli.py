@@ -30,7 +30,8 @@ def _first_line(text: str) -> str:
 #: The options of the scene parameters (``SceneInput`` fields) library messages suggest;
 #: the mapping settings' options are generated (:func:`_options_of_params`).
 _SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
-                  "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata"}
+                  "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata",
+                  "trusted": "--trust-checkpoint"}
 
 
 def _options_of_params() -> dict[str, str]:
@@ -167,8 +168,13 @@ def _seed_option(command: F) -> F:
 def _checkpoint_option(help: str = "Training checkpoint, run directory or exported "
                                    "predictor (.pt, or .onnx: run by onnxruntime, without "
                                    "PyTorch).", exists: bool = False) -> Callable[[F], F]:
-    return click.option("--checkpoint", required=True,
-                        type=click.Path(exists=exists, path_type=Path), help=help)
+    checkpoint = click.option("--checkpoint", required=True,
+                              type=click.Path(exists=exists, path_type=Path), help=help)
+    # Every command that reads a checkpoint can be told to trust it (models/_files.py).
+    trust = click.option("--trust-checkpoint", "trusted", is_flag=True,
+                         help="Load a checkpoint whose pickle would run code (refused by "
+                              "default): only for files you made yourself.")
+    return lambda command: checkpoint(trust(command))
 
 
 def _json_option(help: str) -> Callable[[F], F]:
@@ -326,14 +332,15 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
 @_json_option("Print the metrics as JSON.")
-def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str,
-             as_json: bool) -> None:
+def evaluate(checkpoint: Path, trusted: bool, modality: str, data_root: Path | None,
+             split: str, as_json: bool) -> None:
     """Score one modality's classifier on a dataset split, as deployed (raw input)."""
     import json
 
     from .training.evaluate import evaluate as run_evaluation
 
-    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split)
+    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split,
+                             trusted=trusted)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -352,7 +359,7 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
                    "ONNX with a per-pixel output for the QGIS plugin Deepness.  "
                    "[default: onnx for an .onnx OUTPUT, else torch]")
 @_overwrite_option("Replace OUTPUT if it exists.")
-def export(checkpoint: Path, modality: str, output: Path, fmt: str | None,
+def export(checkpoint: Path, trusted: bool, modality: str, output: Path, fmt: str | None,
            overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
     from .files import check_outputs
@@ -361,7 +368,7 @@ def export(checkpoint: Path, modality: str, output: Path, fmt: str | None,
     check_outputs({"predictor": output}, overwrite)
     from .models.predictor import load_predictor
 
-    predictor = load_predictor(checkpoint, modality)
+    predictor = load_predictor(checkpoint, modality, trusted=trusted)
     fmt = fmt or ("onnx" if output.suffix.lower() == ".onnx" else "torch")
     if fmt == "torch":
         predictor.save(output, overwrite=overwrite)
@@ -618,8 +625,9 @@ def _map_settings(values: dict[str, Any]) -> Any:
 @_setting_options
 @_no_progress_option("No progress bar.")
 @_json_option("Print the summary as JSON.")
-def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | None,
-            sar_vh: Path | str | None, ms: tuple[Path | str, ...], scene: tuple[Path | str, ...],
+def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
+            sar_vv: Path | str | None, sar_vh: Path | str | None, ms: tuple[Path | str, ...],
+            scene: tuple[Path | str, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
             crs: str | None, nodata: tuple[str, ...], output: Path, no_progress: bool,
@@ -668,7 +676,7 @@ def predict(checkpoint: Path, sar: tuple[Path | str, ...], sar_vv: Path | str | 
     from .models.loader import load_predictor
 
     options = _map_settings(settings)  # checked before the checkpoint is loaded
-    predictors = {m: load_predictor(checkpoint, m) for m in scenes}
+    predictors = {m: load_predictor(checkpoint, m, trusted=trusted) for m in scenes}
     summary = predict_to_file(predictors, inputs, output, options,
                               progress=not (no_progress or as_json), stac_source=source)
     if as_json:
@@ -705,7 +713,8 @@ main.add_command(predict)
 @click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
 @_input_options
 @_json_option("Print the figures as JSON.")
-def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | None,
+def inspect(scene: tuple[Path | str, ...], checkpoint: Path, trusted: bool,
+            modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
             ms_offset: float, crs: str | None, nodata: tuple[str, ...], as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
@@ -718,7 +727,7 @@ def inspect(scene: tuple[Path | str, ...], checkpoint: Path, modality: str | Non
     from .inference.io import open_readers
     from .models.loader import load_predictor
 
-    predictor = load_predictor(checkpoint, modality)
+    predictor = load_predictor(checkpoint, modality, trusted=trusted)
     modality = predictor.info.modality
     inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
                            ms_offset, crs, nodata)

@@ -133,3 +133,10 @@ class OutputExistsError(PathError, FileExistsError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path,)
+
+
+class UntrustedFileError(PathError):
+    """A model file's pickle would call code beyond tensors and plain values on load.
+
+    Not a ``ValueError``: it is never taken for an unreadable file and wrapped.
+    """

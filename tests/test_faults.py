@@ -53,7 +53,7 @@ def train_args(data: Path, out: Path) -> list[object]:
 def saved_epoch(path: Path) -> int:
     """The epoch index a checkpoint holds, or -1 while there is none."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError):
         return -1
 
@@ -104,6 +104,7 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 # --------------------------------------------------------------------------- train
+@pytest.mark.slow
 def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Path,
                                                   tmp_path: Path) -> None:
     out, log = tmp_path / "run", tmp_path / "log.txt"
@@ -125,8 +126,8 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
     # CPU training with one thread is deterministic, and the checkpoint carries the
     # random states and sampler generators: bitwise the same weights as the reference.
     for name in ("last.ckpt", "best-ms.ckpt", "best-sar.ckpt"):
-        a = torch.load(uninterrupted / "checkpoints" / name, weights_only=False)
-        b = torch.load(out / "checkpoints" / name, weights_only=False)
+        a = torch.load(uninterrupted / "checkpoints" / name, weights_only=True)
+        b = torch.load(out / "checkpoints" / name, weights_only=True)
         assert a["epoch"] == b["epoch"], name
         for key, value in a["state_dict"].items():
             assert torch.equal(value, b["state_dict"][key]), (name, key)
@@ -135,6 +136,7 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
     assert not list(out.rglob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_resume_a_finished_run_says_so(data: Path, uninterrupted: Path) -> None:
     before = (uninterrupted / "metrics.json").read_text()
     code, out, _ = invoke(*train_args(data, uninterrupted), "--resume")
@@ -176,6 +178,7 @@ def test_too_small_splits_fail_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paired", ["false", "true"])
 def test_unpaired_images_are_counted_in_every_split(data: Path, tmp_path: Path,
                                                     paired: str) -> None:
@@ -220,6 +223,7 @@ def checkpoint(uninterrupted: Path) -> Path:
     return uninterrupted / "checkpoints" / "best-sar.ckpt"
 
 
+@pytest.mark.slow
 def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
         checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     target, log = tmp_path / "map.tif", tmp_path / "log.txt"
@@ -316,6 +320,7 @@ CASES = ["under /proc", "under /sys", "parent is a file", "missing directory",
          "unreachable scheduler"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_bad_predict_inputs_give_one_line_and_leave_nothing(
         case: str, checkpoint: Path, scene_dir: Path, cut_scene: Path, tmp_path: Path) -> None:
@@ -333,6 +338,7 @@ def test_bad_predict_inputs_give_one_line_and_leave_nothing(
     assert after == before  # nothing written, nothing left
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--debug", "predict", "--checkpoint", str(checkpoint),
                                        "--sar", str(scene_dir / "sar.tif"),
@@ -341,6 +347,7 @@ def test_debug_shows_the_traceback(checkpoint: Path, scene_dir: Path, tmp_path: 
     assert "does not exist" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_uint8_probabilities_carry_a_gdal_scale(checkpoint: Path, scene_dir: Path,
                                                 tmp_path: Path) -> None:
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif",
@@ -390,6 +397,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+@pytest.mark.slow
 def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Path,
                                                 scheduler: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -402,6 +410,7 @@ def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Pat
         assert (src.read(1) != 255).any()
 
 
+@pytest.mark.slow
 def test_a_scene_the_workers_cannot_open_is_named(checkpoint: Path, scene_dir: Path,
                                                   scheduler: str, tmp_path: Path) -> None:
     vrt = tmp_path / "sar.vrt"  # this process reads it, the worker has no VRT driver

@@ -60,6 +60,7 @@ def s1_db(size: int = 96, seed: int = 0) -> np.ndarray:
     return (texture(2, size, seed) + np.array([-11.8, -18.1])[:, None, None]).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_checkpoints_carry_training_percentiles(ms4: Predictor) -> None:
     profile = ms4.stats.profile
     assert profile is not None and sorted(profile) == ["p2", "p50", "p98"]
@@ -72,6 +73,7 @@ def test_checkpoints_carry_training_percentiles(ms4: Predictor) -> None:
     assert Predictor.from_payload(payload, "old.pt").stats.profile is None
 
 
+@pytest.mark.slow
 def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
                                         tmp_path: Path) -> None:
     right = write_scene(tmp_path / "s2.tif", s2_subset, S2_SUBSET_BANDS, nodata=0)
@@ -102,6 +104,7 @@ def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
         predict_to_file(ms4, SceneInput(right, offset=-1000), tmp_path / "offset.tif")
 
 
+@pytest.mark.slow
 def test_real_s2_as_band_files_at_mixed_resolutions(ms4: Predictor, s2_subset: np.ndarray,
                                                     tmp_path: Path) -> None:
     """L2A .SAFE naming; B08 also at 20 m (finest kept); B03 only at 20 m (resampled)."""
@@ -239,6 +242,7 @@ def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
             predict_to_file(sar, path, tmp_path / "raw.tif")
 
 
+@pytest.mark.slow
 def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> None:
     """SYNTHETIC dB values on GCP-only and RPC-only rasters (as L1 products come)."""
     path = tmp_path / "gcp.tif"
@@ -286,6 +290,7 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
         predict_lazy(sar, nothing)
 
 
+@pytest.mark.slow
 def test_xarray_input_matches_the_file(ms4: Predictor, s2_subset: np.ndarray,
                                        tmp_path: Path) -> None:
     import rioxarray  # noqa: F401
@@ -304,6 +309,7 @@ def test_xarray_input_matches_the_file(ms4: Predictor, s2_subset: np.ndarray,
         predict_lazy(ms4, spyndex.datasets.open("sentinel"))
 
 
+@pytest.mark.slow
 def test_cli_inspect_and_predict_options(ms4_run: Path, s2_subset: np.ndarray,
                                          tmp_path: Path) -> None:
     unit = write_scene(tmp_path / "s2_01.tif", (s2_subset / 1e4).astype(np.float32),

@@ -104,6 +104,7 @@ def read(path: Path) -> np.ndarray:
         return src.read()
 
 
+@pytest.mark.slow
 def test_identical_map_on_the_demo_scene(demo_sar_model: Path, sar_onnx: Path,
                                          tmp_path: Path) -> None:
     from_torch = predict(demo_sar_model, tmp_path / "torch.tif")
@@ -116,6 +117,7 @@ def test_identical_map_on_the_demo_scene(demo_sar_model: Path, sar_onnx: Path,
     assert from_onnx["histogram"] == from_torch["histogram"]
 
 
+@pytest.mark.slow
 def test_onnx_predict_imports_no_torch(sar_onnx: Path, tmp_path: Path) -> None:
     out = tmp_path / "map.tif"
     code = ("import sys\nfrom discomkd_geo.cli import main\n"

@@ -20,6 +20,9 @@ from discomkd_geo.demo import DEMO_TILES
 from discomkd_geo.qgis import PLUGIN_FILES, PLUGIN_NAME, enable_plugin
 from discomkd_geo.qgis_plugin.runner import Cancelled, CliError, run_cli
 
+#: Subprocesses and qgis_process runs: the whole module is in the slow tier.
+pytestmark = pytest.mark.slow
+
 EXECUTABLE = str(Path(sys.executable).with_name("discomkd-geo"))
 # Debian's qgis_process wrapper passes /etc/default/qgis's QGIS_OPTS (--noversioncheck),
 # which qgis_process itself refuses: run the binary where there is one.

@@ -19,7 +19,7 @@ def is_onnx(path: str | os.PathLike[str]) -> bool:
 
 
 def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
-                   map_location: str = "cpu") -> BranchPredictor:
+                   map_location: str = "cpu", trusted: bool = False) -> BranchPredictor:
     """Load a single-modality predictor from a checkpoint, a run or an exported file.
 
     Args:
@@ -27,9 +27,12 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
             by ``discomkd-geo export`` (``.pt``), or an ONNX export (``.onnx``).
         modality: the branch to load; may be omitted for exported (single-branch) files.
         map_location: device to load torch weights on (ONNX models choose their own).
+        trusted: load a torch file whose pickle needs more than tensors and plain values
+            (it could run code; see :mod:`._files`). ONNX files hold no pickle.
 
     Raises:
         CheckpointError: unreadable file, or no such modality in it.
+        UntrustedFileError: a torch file that would run code, unless ``trusted``.
     """
     if is_onnx(path):
         from .onnx_predictor import OnnxPredictor
@@ -37,4 +40,4 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
         return OnnxPredictor.load(path, modality)
     from .predictor import load_predictor as load_torch
 
-    return load_torch(path, modality, map_location)
+    return load_torch(path, modality, map_location, trusted=trusted)
