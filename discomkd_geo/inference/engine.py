@@ -76,8 +76,9 @@ if TYPE_CHECKING:
              | xarray.DataArray)
     Sources = Scene | Mapping[str, Scene]
 #: ``dense``: encoders once per block, windows pooled from their feature maps;
-#: ``windows``: every window classified on its own.
-Mode = Literal["dense", "windows"]
+#: ``windows``: every window classified on its own; ``pixel``: encoders and the per-pixel
+#: decoder once per block (models trained with ``model.decoder``).
+Mode = Literal["dense", "windows", "pixel"]
 #: Invalid pixels take the mean of the valid ones within this many pixels.
 FILL_RADIUS = 2
 
@@ -164,20 +165,32 @@ def classify(predictor: Predictor, windows: np.ndarray, which: np.ndarray, batch
     return np.concatenate(out) if out else np.zeros((0, classes), dtype=np.float32)
 
 
-def classify_dense(predictor: Predictor, values: np.ndarray, stride: int, halo: int,
-                   device: str) -> np.ndarray:
-    """Probabilities ``(rows, cols, K)`` of every window of a block's ``(C, h, w)`` values.
+def _block_pass(predictor: Predictor, values: np.ndarray, device: str,
+                run: Callable[[Predictor, torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """``run(predictor, block)[0]`` on a block's ``(C, h, w)`` values, as a numpy array.
 
     One transfer in and one out per block: on CUDA the block goes through pinned memory
-    and every window's features stay on the device.
+    and everything computed from it stays on the device.
     """
     predictor = predictor.to(device).eval()
     x = torch.from_numpy(np.ascontiguousarray(values))[None]
     if torch.device(device).type == "cuda":
         x = x.pin_memory()
     with torch.inference_mode():
-        probs = predictor.dense(x.to(device, non_blocking=True), stride, halo)
-    return probs[0].float().cpu().numpy()
+        out = run(predictor, x.to(device, non_blocking=True))
+    return out[0].float().cpu().numpy()
+
+
+def classify_dense(predictor: Predictor, values: np.ndarray, stride: int, halo: int,
+                   device: str) -> np.ndarray:
+    """Probabilities ``(rows, cols, K)`` of every window of a block's ``(C, h, w)`` values."""
+    return _block_pass(predictor, values, device, lambda p, x: p.dense(x, stride, halo))
+
+
+def classify_pixels(predictor: Predictor, values: np.ndarray, halo: int,
+                    device: str) -> np.ndarray:
+    """Probabilities ``(K, h - 2 halo, w - 2 halo)`` of a block's pixels (the decoder)."""
+    return _block_pass(predictor, values, device, lambda p, x: p.pixels(x, halo))
 
 
 def typical_values(predictor: Predictor) -> np.ndarray:
@@ -209,16 +222,7 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
     grid = plan.window_grid(predictor.info.patch_size)
     halo = predictor.dense_halo() if plan.mode == "dense" else 0
     span = grid.span(rows, cols)
-    area = grow(span, halo)
-    inside = area.intersection(plan.grid.window)
-    reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
-    data, valid = source.read(reach)
-    fill = typical_values(predictor)
-    data = fill_invalid(data, valid, fill, FILL_RADIUS)
-    values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
-                    plan.pad)
-    read = span.intersection(plan.grid.window)
-    valid = valid[relative_slices(read, reach)]
+    values, valid, read = read_values(predictor, source, plan, span, halo)
     done = valid_fraction(valid, read, span, grid) >= plan.min_valid
     classes = len(predictor.info.classes)
     probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
@@ -232,31 +236,86 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
     return probs, done, valid, read
 
 
+def read_values(predictor: Predictor, source: Source, plan: Plan, span: Window,
+                halo: int) -> tuple[np.ndarray, np.ndarray, Window]:
+    """Raw values of ``span`` and ``halo`` pixels around it, ready for a model.
+
+    Read with :data:`FILL_RADIUS` more pixels for :func:`fill_invalid`, extended beyond
+    the scene edge as ``plan.pad`` says.
+
+    Returns:
+        ``(values, valid, read)``: float32 ``(C, h + 2 halo, w + 2 halo)`` values, and the
+        validity of the pixels of ``read``, the span's part inside the scene.
+    """
+    area = grow(span, halo)
+    inside = area.intersection(plan.grid.window)
+    reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
+    data, valid = source.read(reach)
+    fill = typical_values(predictor)
+    data = fill_invalid(data, valid, fill, FILL_RADIUS)
+    values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
+                    plan.pad)
+    read = span.intersection(plan.grid.window)
+    return values, valid[relative_slices(read, reach)], read
+
+
+def pixel_probabilities(predictor: Predictor, source: Source, plan: Plan,
+                        area: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel probabilities ``(K, h, w)`` of one modality over a block (mode ``pixel``).
+
+    The encoders and the decoder run once over the block plus the context they need
+    (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`); blocks start on whole
+    patches of the scene (:attr:`Plan.block`), so a pixel's value depends only on its
+    block. Invalid pixels are filled for the model's context but left unmapped.
+
+    Returns:
+        ``(probs, ok)``: float64 probabilities and which pixels have one.
+    """
+    halo = predictor.pixel_halo()
+    values, valid, read = read_values(predictor, source, plan, area, halo)
+    probs = classify_pixels(predictor, values, halo, plan.device).astype(np.float64)
+    ok = np.zeros((area.height, area.width), dtype=bool)
+    ok[relative_slices(read, area)] = valid
+    return probs, ok
+
+
+def _window_means(predictor: Predictor, source: Source, plan: Plan,
+                  area: Window) -> tuple[np.ndarray, np.ndarray]:
+    """One modality's per-pixel mean window probabilities ``(K, h, w)`` over ``area``.
+
+    The mean is over the windows covering the pixel (or, coarse, is the pixel's
+    window's). Returns float64 means and which pixels have one.
+    """
+    grid = plan.window_grid(predictor.info.patch_size)
+    if plan.coarse:
+        rows = range(area.row_off, area.row_off + area.height)
+        cols = range(area.col_off, area.col_off + area.width)
+    else:
+        rows, cols = grid.covering(area)
+    probs, done, valid, read = window_probabilities(predictor, source, plan, rows, cols)
+    if plan.coarse:
+        return probs.transpose(2, 0, 1).astype(np.float64), done
+    mean, count = accumulate(probs, done, grid, rows, cols, area)
+    mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
+    return mean, (count > 0) & valid[relative_slices(area, read)]
+
+
 def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Summed per-modality mean probabilities ``(K, h, w)`` and modality counts of ``area``.
+    """Summed per-modality probabilities ``(K, h, w)`` and modality counts of ``area``.
 
-    Each modality's per-pixel mean probability is computed over the windows covering the
-    pixel (or, coarse, is the pixel's window's); pixels without a value add zero.
+    Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
+    over windows (:func:`_window_means`); pixels without a value add zero.
     """
     classes = len(next(iter(predictors.values())).info.classes)
     total = np.zeros((classes, area.height, area.width), dtype=np.float64)
     mapped = np.zeros((area.height, area.width), dtype=np.int32)
     for modality, source in plan.sources.items():
         predictor = predictors[modality]
-        grid = plan.window_grid(predictor.info.patch_size)
-        if plan.coarse:
-            rows = range(area.row_off, area.row_off + area.height)
-            cols = range(area.col_off, area.col_off + area.width)
+        if plan.mode == "pixel":
+            mean, ok = pixel_probabilities(predictor, source, plan, area)
         else:
-            rows, cols = grid.covering(area)
-        probs, done, valid, read = window_probabilities(predictor, source, plan, rows, cols)
-        if plan.coarse:
-            mean, ok = probs.transpose(2, 0, 1).astype(np.float64), done
-        else:
-            mean, count = accumulate(probs, done, grid, rows, cols, area)
-            mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
-            ok = (count > 0) & valid[relative_slices(area, read)]
+            mean, ok = _window_means(predictor, source, plan, area)
         mean[:, ~ok] = 0.0
         total += mean
         mapped += ok
@@ -264,7 +323,7 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 
 
 def _units(plan: Plan, chunk: Window) -> list[Window]:
-    """What a chunk is computed in: itself, or (dense mode) its scene-anchored blocks."""
+    """What a chunk is computed in: itself, or (dense, pixel) its scene-anchored blocks."""
     if plan.mode == "windows":
         return [chunk]
     size = plan.block // plan.stride if plan.coarse else plan.block
@@ -342,7 +401,15 @@ def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None 
     if mode == "dense":
         for predictor in predictors.values():
             predictor.dense_halo()  # raises for a branch that cannot run densely
-    block = max(1, round(block_size / stride)) * stride
+    if mode == "pixel":
+        for predictor in predictors.values():
+            predictor.pixel_halo()  # raises for a branch without a decoder
+        if coarse:
+            raise CheckpointError("mode 'pixel' maps every input pixel; coarse output is "
+                                  "for modes 'windows' and 'dense'")
+    # Pixel blocks start on whole patches (whole encoder cells) of the scene.
+    unit = patch if mode == "pixel" else stride
+    block = max(1, round(block_size / unit)) * unit
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
                             probabilities, mode, block), checks
@@ -376,7 +443,7 @@ def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
     chunks share no window unless the windows overlap (stride < patch); in dense mode to
     whole blocks (:attr:`Plan.block`).
     """
-    if plan.mode == "dense":
+    if plan.mode != "windows":
         cell = plan.block // plan.stride if plan.coarse else plan.block
     else:
         cell = 1 if plan.coarse else plan.stride

@@ -6,18 +6,21 @@ size). It is what ``discomkd_geo.load_predictor`` returns and what
 ``discomkd-geo export`` writes, and the only thing the inference engine relies on.
 """
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._io import atomic_path
 from ..data.normalization import BandStats, Normalize
 from ..errors import CheckpointError
 from ._files import LOAD_ERRORS, load_error_message
-from .dense import dense_halo, output_stride, window_features
+from .branches import pixel_logits
+from .dense import dense_halo, output_stride, pixel_halo, window_features
 
 #: Identifies files written by :meth:`Predictor.save`.
 PREDICTOR_FORMAT = "discomkd_geo.predictor"
@@ -122,6 +125,40 @@ class Predictor(nn.Module):
         b, rows, cols, _ = features[0].shape
         logits = self.branch.pooled_logits([f.reshape(b * rows * cols, -1) for f in features])
         return torch.softmax(logits, dim=1).reshape(b, rows, cols, -1)
+
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the branch has a per-pixel decoder (mode ``pixel``)."""
+        return getattr(self.branch, "decoder", None) is not None
+
+    def pixel_halo(self) -> int:
+        """Context :meth:`pixels` needs around a block (see :func:`.dense.pixel_halo`).
+
+        Raises:
+            CheckpointError: the branch has no decoder, or cannot run densely.
+        """
+        if not self.has_decoder:
+            raise CheckpointError(f"this {self.info.modality} model has no per-pixel decoder "
+                                  "(trained without model.decoder); use mode 'windows' or "
+                                  "'dense'")
+        self.dense_halo()  # the same conditions on the encoders
+        return pixel_halo(self.branch.encoders(), self.info.patch_size)
+
+    def pixels(self, x: Tensor, halo: int) -> Tensor:
+        """Per-pixel probabilities ``(B, K, H - 2 halo, W - 2 halo)`` of raw images.
+
+        Args:
+            x: ``(B, C, H, W)`` raw images whose first pixel starts a cell of the
+                encoders in the scene (so that the result does not depend on the block).
+            halo: context cropped from every side (at least :meth:`pixel_halo`).
+        """
+        h, w = x.shape[-2:]
+        cell = math.lcm(*(output_stride(e) for e in self.branch.encoders()))
+        # Whole cells: the far side's extra pixels lie beyond the halo, out of every
+        # kept pixel's reach.
+        x = F.pad(self.normalize(x), (0, -w % cell, 0, -h % cell), mode="replicate")
+        logits = pixel_logits(self.branch, x, self.info.patch_size)
+        return torch.softmax(logits[..., halo:h - halo, halo:w - halo], dim=1)
 
     def save(self, path: str | os.PathLike[str], overwrite: bool = False) -> None:
         """Write a small self-contained file (loadable with ``weights_only=True``)."""
