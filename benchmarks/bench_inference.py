@@ -96,14 +96,15 @@ def timed_model(model) -> list[float]:
 def engine_run(model, scene: Path, out: Path, stride: int, mode: str, workers: int = 1,
                block_size: int = 1024) -> dict:
     from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
 
     spent = timed_model(model)
     start = time.perf_counter()
-    summary = predict_to_file(model, scene, out, stride=stride, mode=mode, overwrite=True,
-                              batch_size=BATCH, workers=workers, block_size=block_size,
-                              chunk_size=block_size)
+    summary = predict_to_file(model, scene, out, MapSettings.of(
+        stride=stride, mode=mode, overwrite=True, batch_size=BATCH, workers=workers,
+        block_size=block_size, chunk_size=block_size))
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "pixels": summary["pixels"], "model_seconds": spent[0]}
+    return {"seconds": seconds, "pixels": summary.pixels, "model_seconds": spent[0]}
 
 
 def naive_run(model, scene: Path, out: Path, stride: int) -> dict:

@@ -8,12 +8,15 @@ traceback instead.
 """
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
 from .errors import DiscomkdGeoError
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 #: ``click.Context.meta`` key set by ``--debug``.
 _DEBUG = "discomkd_geo.debug"
@@ -92,6 +95,75 @@ class _ConfigKeysCommand(click.Command):
                                 for key, tp, default, doc in config_keys()])
 
 
+# --------------------------------------------------------------------------- options
+# Each option shared by several commands is declared once here; the commands pass the
+# help text where its meaning differs.
+def _config_option(help: str) -> Callable[[F], F]:
+    return click.option("--config", "config_path",
+                        type=click.Path(dir_okay=False, path_type=Path), help=help)
+
+
+def _data_root_option(help: str = "Dataset root (overrides data.root).") -> Callable[[F], F]:
+    return click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
+                        help=help)
+
+
+_download_option = click.option(
+    "--download", is_flag=True,
+    help="Download EuroSat-MS-SAR into the root if missing (data.download).")
+
+
+def _set_option(help: str = "Dotted config override, e.g. --set trainer.max_epochs=2 "
+                            "(repeatable).") -> Callable[[F], F]:
+    return click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help=help)
+
+
+def _overwrite_option(help: str) -> Callable[[F], F]:
+    return click.option("--overwrite", is_flag=True, help=help)
+
+
+def _seed_option(command: F) -> F:
+    return click.option("--seed", type=int, default=0, show_default=True)(command)
+
+
+def _checkpoint_option(help: str = "Training checkpoint, run directory or exported "
+                                   "predictor.", exists: bool = False) -> Callable[[F], F]:
+    return click.option("--checkpoint", required=True,
+                        type=click.Path(exists=exists, path_type=Path), help=help)
+
+
+def _json_option(help: str) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+#: ``click.Context.meta`` key: the deprecated ``--quiet`` of a command was given.
+_QUIET_ALIAS = "discomkd_geo.quiet"
+
+
+def _quiet_alias(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        click.echo("warning: --quiet after the command is deprecated; use --no-progress "
+                   "(discomkd-geo -q means warnings only)", err=True)
+        ctx.meta[_QUIET_ALIAS] = True
+
+
+def _no_progress(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    # Click handles the options given on the command line first: the alias's mark is set.
+    return value or ctx.meta.pop(_QUIET_ALIAS, False)
+
+
+def _no_progress_option(help: str) -> Callable[[F], F]:
+    """``--no-progress`` (and the deprecated, hidden ``--quiet`` it replaces)."""
+
+    def decorate(command: F) -> F:
+        command = click.option("--no-progress", is_flag=True, callback=_no_progress,
+                               help=help)(command)
+        return click.option("--quiet", is_flag=True, hidden=True, expose_value=False,
+                            callback=_quiet_alias)(command)
+
+    return decorate
+
+
 # --------------------------------------------------------------------------- train
 def _load(config_path: Path | None, overrides: tuple[str, ...], data_root: Path | None,
           download: bool) -> Any:
@@ -103,26 +175,22 @@ def _load(config_path: Path | None, overrides: tuple[str, ...], data_root: Path 
 
 
 @main.command(cls=_ConfigKeysCommand)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config (configs/eurosat_ms_sar.yaml: the paper's settings).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset root (overrides data.root).")
-@click.option("--download", is_flag=True,
-              help="Download EuroSat-MS-SAR into the root if missing (data.download).")
+@_config_option("YAML config (configs/eurosat_ms_sar.yaml: the paper's settings).")
+@_data_root_option()
+@_download_option
 @click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Run directory for checkpoints, logs, plots and metrics (required).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@_set_option()
 @click.option("--print-config", is_flag=True,
               help="Print the effective config (every key, as YAML) and exit.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty run directory.")
+@_overwrite_option("Replace a non-empty run directory.")
 @click.option("--resume", is_flag=True,
               help="Continue an interrupted run from its latest epoch (RUN/checkpoints/"
                    "last.ckpt); a finished run is reported as it is.")
-@click.option("--quiet", is_flag=True, help="No progress bar or epoch lines.")
+@_no_progress_option("No progress bar or epoch lines.")
 def train(config_path: Path | None, data_root: Path | None, download: bool,
           run_dir: Path | None, overrides: tuple[str, ...], print_config: bool, overwrite: bool,
-          resume: bool, quiet: bool) -> None:
+          resume: bool, no_progress: bool) -> None:
     """Train DisCoM-KD (or a baseline: --set method=mono) and test each modality."""
     config = _load(config_path, overrides, data_root, download)
     if print_config:
@@ -135,7 +203,7 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
     from .training.train import train as run_training
 
     result = run_training(config, run_dir, overwrite=overwrite, resume=resume,
-                          progress=not quiet, echo=click.echo)
+                          progress=not no_progress, echo=click.echo)
     for m, metrics in result.metrics.items():
         click.echo(f"{m}: test weighted F1 {metrics['f1_weighted']:.4f}, "
                    f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
@@ -144,12 +212,9 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="YAML config shared by every method (its 'method' key is ignored).")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset root (overrides data.root).")
-@click.option("--download", is_flag=True,
-              help="Download EuroSat-MS-SAR into the root if missing (data.download).")
+@_config_option("YAML config shared by every method (its 'method' key is ignored).")
+@_data_root_option()
+@_download_option
 @click.option("--seeds", type=click.IntRange(min=1), default=5, show_default=True,
               help="Paired seeds per method; seed i draws the i-th split and initialisation.")
 @click.option("--lrs", default="3e-4,1e-3,3e-3", show_default=True, metavar="LR[,LR...]",
@@ -164,14 +229,13 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
 @click.option("--methods", multiple=True, metavar="NAME[,NAME...]",
               help="Methods/ablations to train (default: all but dkd; kd/dkd add their "
                    "teacher), e.g. --methods mono,discomkd.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Dotted config override for every run (repeatable).")
+@_set_option("Dotted config override for every run (repeatable).")
 @click.option("--quick", is_flag=True,
               help="Small end-to-end check: 2 seeds, 2 rates, 2 epochs, tiny CNN, "
                    "mono and discomkd (explicit options still apply on top).")
 @click.option("--regenerate", is_flag=True,
               help="Only rewrite OUT's report and plots from OUT/results.json.")
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty report directory.")
+@_overwrite_option("Replace a non-empty report directory.")
 @click.option("--resume", is_flag=True,
               help="Keep the runs OUT/results.json records and train only the missing ones.")
 @click.pass_context
@@ -217,14 +281,12 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training checkpoint, run directory or exported predictor.")
+@_checkpoint_option()
 @click.option("--modality", required=True, help="Branch to evaluate, e.g. sar.")
-@click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
-              help="Dataset root (default: the one recorded in the checkpoint).")
+@_data_root_option("Dataset root (default: the one recorded in the checkpoint).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_json_option("Print the metrics as JSON.")
 def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str,
              as_json: bool) -> None:
     """Score one modality's classifier on a dataset split, as deployed (raw input)."""
@@ -242,11 +304,10 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
 
 
 @main.command()
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="Training checkpoint or run directory.")
+@_checkpoint_option("Training checkpoint or run directory.")
 @click.option("--modality", required=True, help="Branch to export, e.g. sar.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@_overwrite_option("Replace OUTPUT if it exists.")
 def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
     from ._io import check_outputs
@@ -272,10 +333,10 @@ def synth() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--per-class", type=click.IntRange(min=1), default=20, show_default=True,
               help="Images per class (the real dataset has 2,000-3,000).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_seed_option
 @click.option("--layout", type=click.Choice(["eurosat", "copernicus"]), default="eurosat",
               show_default=True, help="On-disk layout to write.")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@_overwrite_option("Replace OUT if it exists and is not empty.")
 def synth_eurosat(out: Path, per_class: int, seed: int, layout: str, overwrite: bool) -> None:
     """Write a synthetic EuroSat-MS-SAR dataset to OUT."""
     from .data.synthetic import make_eurosat
@@ -289,8 +350,8 @@ def synth_eurosat(out: Path, per_class: int, seed: int, layout: str, overwrite: 
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", type=click.IntRange(min=64), default=512, show_default=True,
               help="MS scene width and height in pixels (10 m).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@_seed_option
+@_overwrite_option("Replace OUT if it exists and is not empty.")
 def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
     """Write a co-registered MS/SAR scene pair with its land-cover truth to OUT."""
     from .data.synthetic import make_scene
@@ -305,22 +366,20 @@ def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
               default=Path("demo_out"), show_default=True, help="Output directory.")
 @click.option("--per-class", type=click.IntRange(min=4),
               help="Synthetic training images per class [150; --quick: 12].")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=None, help="Training config (default: the packaged configs/demo.yaml).")
+@_seed_option
+@_config_option("Training config (default: the packaged configs/demo.yaml).")
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with the demo sar.tif and truth.tif (default: the packaged "
                    "tiles/demo).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Dotted config override, e.g. --set trainer.max_epochs=2 (repeatable).")
+@_set_option()
 @click.option("--quick", is_flag=True,
               help="Smoke run in well under a minute: 12 images per class, 1 epoch, a "
                    "narrower CNN (--per-class and --set still apply).")
-@click.option("--overwrite", is_flag=True, help="Replace the outputs of an earlier demo.")
-@click.option("--quiet", is_flag=True, help="No progress bars or epoch lines.")
+@_overwrite_option("Replace the outputs of an earlier demo.")
+@_no_progress_option("No progress bars or epoch lines.")
 def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
          tiles: Path | None, overrides: tuple[str, ...], quick: bool, overwrite: bool,
-         quiet: bool) -> None:
+         no_progress: bool) -> None:
     """Train on synthetic EuroSat-MS-SAR, map the demo scene from SAR alone, score it.
 
     The figures are the same on every machine: training and mapping run on one CPU
@@ -334,7 +393,7 @@ def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
     demo_module.run_demo(out, overwrite=overwrite,
                          config_path=config_path or demo_module.DEMO_CONFIG,
                          tiles=tiles or demo_module.DEMO_TILES, per_class=per_class or 150,
-                         seed=seed, overrides=overrides, progress=not quiet)
+                         seed=seed, overrides=overrides, progress=not no_progress)
 
 
 # --------------------------------------------------------------------------- predict
@@ -411,9 +470,48 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
     return inputs
 
 
+def _click_type(f: Any) -> dict[str, Any]:
+    """The ``click.option`` arguments of a mapping setting (see ``inference/settings.py``)."""
+    import types
+    import typing
+
+    union = typing.get_origin(f.type) in (typing.Union, types.UnionType)
+    kinds = [a for a in typing.get_args(f.type) if a is not type(None)] if union else [f.type]
+    bounds = {"min": f.minimum, "max": f.maximum}
+    if bool in kinds:
+        return {"is_flag": True}
+    if typing.get_origin(kinds[0]) is typing.Literal:
+        return {"type": click.Choice(typing.get_args(kinds[0])), "show_default": True}
+    if any(typing.get_origin(k) is os.PathLike for k in kinds):
+        return {"type": click.Path(dir_okay=False, path_type=Path), "metavar": f.metavar}
+    if kinds == [int]:
+        return {"type": click.IntRange(**bounds), "show_default": f.default is not None}
+    if kinds == [float]:
+        return {"type": click.FloatRange(**bounds, min_open=f.exclusive_minimum),
+                "show_default": f.default is not None}
+    return {"type": str, "metavar": f.metavar}
+
+
+def _setting_options(command: F) -> F:
+    """One option per mapping setting, generated from the settings dataclasses."""
+    from .inference.settings import setting_fields
+
+    for f in reversed(setting_fields()):
+        if f.flag is not None:
+            command = click.option(f.flag, f.name, default=f.default, help=f.help,
+                                   **_click_type(f))(command)
+    return command
+
+
+def _map_settings(values: dict[str, Any]) -> Any:
+    """The :class:`~discomkd_geo.inference.settings.MapSettings` of the generated options."""
+    from .inference.settings import MapSettings, setting_fields
+
+    return MapSettings.of(**{f.name: values[f.name] for f in setting_fields() if f.flag})
+
+
 @click.command()
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Training checkpoint, run directory or exported predictor.")
+@_checkpoint_option(exists=True)
 @click.option("--sar", multiple=True, type=click.Path(path_type=Path),
               help="Sentinel-1 scene: a VV/VH stack, or one file per polarisation (repeat "
                    "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), or their "
@@ -437,49 +535,20 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
 @_input_options
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Land-cover GeoTIFF to write (.qml and .legend.json go beside it).")
-@click.option("--force", is_flag=True,
-              help="Map scenes whose values look like other units, scale or band order "
-                   "than the training data (the summary keeps the check's figures).")
-@click.option("--stride", type=click.IntRange(min=1),
-              help="Window step [patch size / 4 dense, / 2 windows].")
-@click.option("--coarse", is_flag=True, help="One output pixel per stride cell.")
-@click.option("--mode", type=click.Choice(["windows", "dense"]), default="windows",
-              show_default=True,
-              help="windows: every window classified on its own; dense: encoders once per "
-                   "block, windows pooled from their feature maps (several times faster at "
-                   "fine strides, but windows then see their real neighbours instead of the "
-                   "zero padding of training: check its accuracy for your model first).")
-@click.option("--chunk-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="Side of the chunks of output pixels (bounds memory).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Local worker threads.")
-@click.option("--scheduler", metavar="ADDRESS",
-              help="dask.distributed scheduler to run on, e.g. tcp://10.0.0.5:8786.")
-@click.option("--scheduler-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Seconds to wait for the scheduler to answer.")
-@click.option("--probabilities", type=click.Path(dir_okay=False, path_type=Path),
-              help="Also write per-class probabilities (one band per class) here.")
-@click.option("--probabilities-dtype", type=click.Choice(["float32", "uint8"]),
-              default="float32", show_default=True,
-              help="uint8 stores p x 250 (nodata 255).")
-@click.option("--confidence", is_flag=True,
-              help="Also write the winning probability to OUTPUT_STEM.confidence.tif.")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_setting_options
+@_no_progress_option("No progress bar.")
+@_json_option("Print the summary as JSON.")
 def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
             sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-            crs: str | None, output: Path,
-            force: bool, stride: int | None, coarse: bool, mode: str, chunk_size: int,
-            workers: int, scheduler: str | None, scheduler_timeout: float,
-            probabilities: Path | None, probabilities_dtype: str, confidence: bool,
-            overwrite: bool, quiet: bool, as_json: bool) -> None:
+            crs: str | None, output: Path, no_progress: bool, as_json: bool,
+            **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
     Every scene is first checked against the model's training data (units, scale, band
     order; see the inspect command). Worked examples: "Your own scenes" in the README.
+    The mapping options are those of discomkd_geo.inference.settings.MapSettings.
     """
     from .constants import MS, SAR
 
@@ -518,31 +587,26 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
     from .inference.engine import predict_to_file
     from .models.predictor import load_predictor
 
+    options = _map_settings(settings)  # checked before the checkpoint is loaded
     predictors = {m: load_predictor(checkpoint, m) for m in scenes}
-    summary = predict_to_file(
-        predictors, inputs, output, stride=stride, coarse=coarse, mode=mode,
-        chunk_size=chunk_size,
-        workers=workers, scheduler=scheduler, scheduler_timeout=scheduler_timeout,
-        probabilities=probabilities,
-        probabilities_dtype=probabilities_dtype, confidence=confidence, overwrite=overwrite,
-        progress=not (quiet or as_json), force=force, stac_source=source)
+    summary = predict_to_file(predictors, inputs, output, options,
+                              progress=not (no_progress or as_json), stac_source=source)
     if as_json:
         import json
 
-        click.echo(json.dumps(summary, indent=2))
+        click.echo(json.dumps(summary.to_dict(), indent=2))
         return
-    for check in summary["checks"].values():
-        if check["forced"]:
-            click.echo(f"warning: mapped with --force: {check['problems'][0]}", err=True)
-    click.echo(f"{summary['output']}: {summary['width']} x {summary['height']} px "
-               f"({', '.join(summary['modalities'])}, stride {summary['stride']}) in "
-               f"{summary['seconds']:.1f} s, {summary['pixels_per_s']:,.0f} px/s")
-    mapped = max(summary["mapped_pixels"], 1)
-    for name, count in summary["histogram"].items():
+    for check in summary.checks.values():
+        if check.forced:
+            click.echo(f"warning: mapped with --force: {check.problems[0]}", err=True)
+    click.echo(f"{summary.output}: {summary.width} x {summary.height} px "
+               f"({', '.join(summary.modalities)}, stride {summary.stride}) in "
+               f"{summary.seconds:.1f} s, {summary.pixels_per_s:,.0f} px/s")
+    mapped = max(summary.mapped_pixels, 1)
+    for name, count in summary.histogram.items():
         if count:
             click.echo(f"  {name:<22} {count:>12,} px  {count / mapped:6.1%}")
-    unmapped = summary["pixels"] - summary["mapped_pixels"]
-    click.echo(f"  {'(nodata)':<22} {unmapped:>12,} px")
+    click.echo(f"  {'(nodata)':<22} {summary.pixels - summary.mapped_pixels:>12,} px")
 
 
 main.add_command(predict)
@@ -551,11 +615,10 @@ main.add_command(predict)
 # --------------------------------------------------------------------------- inspect
 @main.command()
 @click.argument("scene", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--checkpoint", required=True, type=click.Path(exists=True, path_type=Path),
-              help="Training checkpoint, run directory or exported predictor.")
+@_checkpoint_option(exists=True)
 @click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
 @_input_options
-@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@_json_option("Print the figures as JSON.")
 def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
             ms_offset: float, crs: str | None, as_json: bool) -> None:

@@ -229,6 +229,7 @@ def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
     """The demo's four steps (see the module docstring); returns the summary."""
     from .config import load_config
     from .inference.engine import predict_to_file
+    from .inference.settings import MapSettings
     from .models.predictor import load_predictor
     from .training.train import train
 
@@ -247,8 +248,8 @@ def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
     predictor = load_predictor(out / "run", SAR)
     map_path = out / "landcover_sar.tif"
     log.info("[3/4] mapping %s from SAR alone -> %s", tiles / "sar.tif", map_path)
-    mapping = predict_to_file(predictor, tiles / "sar.tif", map_path, overwrite=True,
-                              progress=progress, device="cpu")
+    mapping = predict_to_file(predictor, tiles / "sar.tif", map_path,
+                              MapSettings.of(overwrite=True, device="cpu"), progress=progress)
 
     classes = list(predictor.info.classes)
     accuracy = score_map(map_path, tiles / "truth.tif", classes)
@@ -260,4 +261,4 @@ def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
     log.info("[4/4] map vs truth: OA %.3f, weighted F1 %.3f over %d px -> %s",
              accuracy["oa"], accuracy["f1_weighted"], accuracy["pixels"], png)
     return {"dataset": str(root), "patch_test": result.metrics, "map": str(map_path),
-            "mapping": mapping, "map_accuracy": accuracy}
+            "mapping": mapping.to_dict(), "map_accuracy": accuracy}

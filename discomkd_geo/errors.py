@@ -10,7 +10,14 @@ from typing import Any
 
 
 class DiscomkdGeoError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    Attributes:
+        param: the Python parameter or settings field the error is about (``None``: none
+            in particular); the CLI names the matching command-line option instead.
+    """
+
+    param: str | None = None
 
 
 class PathError(DiscomkdGeoError):
@@ -87,6 +94,23 @@ class ConfigError(DiscomkdGeoError, ValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.key, self.problem)
+
+
+class SettingsError(DiscomkdGeoError, ValueError):
+    """A setting (a function argument or a settings field) has a value it cannot take.
+
+    Args:
+        param: the parameter's Python name, e.g. ``stride``.
+        problem: what is wrong with the value.
+    """
+
+    def __init__(self, param: str, problem: str) -> None:
+        self.param = param
+        self.problem = problem
+        super().__init__(f"{param}: {problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.param, self.problem)
 
 
 class CheckpointError(DiscomkdGeoError, ValueError):

@@ -54,7 +54,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("DISCOMKD_GEO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--per-class", "6",
-                                       "--quiet", *TINY])
+                                       "--no-progress", *TINY])
     assert result.exit_code == 0, result.output
     assert "[4/4]" in result.output
     with rasterio.open(out / "landcover_sar.tif") as src, \
@@ -69,6 +69,6 @@ def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["patch_test"]) == {"ms", "sar"}
 
-    again = CliRunner().invoke(main, ["demo", "--out", str(out), "--quiet", *TINY])
+    again = CliRunner().invoke(main, ["demo", "--out", str(out), "--no-progress", *TINY])
     assert again.exit_code != 0
     assert "already exists" in again.output and len(again.output.strip().splitlines()) == 1

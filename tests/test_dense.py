@@ -12,6 +12,7 @@ from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
 from discomkd_geo.data.normalization import BandStats
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.inference.engine import FILL_RADIUS, predict_to_file, typical_values
+from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.inference.tiling import fill_invalid
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor
@@ -61,8 +62,9 @@ def test_dense_equals_windows_for_an_encoder_without_padding(holey_scene: Path, 
     probs = {}
     for mode in ("windows", "dense"):
         out = tmp_path / f"{mode}.tif"
-        predict_to_file(predictor, holey_scene, out, stride=4, coarse=coarse, mode=mode,
-                        block_size=32, probabilities=tmp_path / f"{mode}.p.tif")
+        predict_to_file(predictor, holey_scene, out,
+                        MapSettings.of(stride=4, coarse=coarse, mode=mode, block_size=32,
+                                       probabilities=tmp_path / f"{mode}.p.tif"))
         probs[mode] = read(tmp_path / f"{mode}.p.tif")
         assert len(np.unique(read(out))) > 2
     np.testing.assert_allclose(probs["dense"], probs["windows"], atol=1e-6)
@@ -76,8 +78,9 @@ def test_strides_below_the_encoder_stride_give_each_window_its_own_features(
     predictor = make_predictor("sar", list(S1_BANDS))
     halo = predictor.dense_halo()
     assert halo == 24  # half of small_cnn's 38 px receptive field, in whole 8 px cells
-    predict_to_file(predictor, holey_scene, tmp_path / "c.tif", stride=stride, coarse=True,
-                    mode="dense", block_size=32, probabilities=tmp_path / "c.p.tif")
+    predict_to_file(predictor, holey_scene, tmp_path / "c.tif",
+                    MapSettings.of(stride=stride, coarse=True, mode="dense", block_size=32,
+                                   probabilities=tmp_path / "c.p.tif"))
     coarse = read(tmp_path / "c.p.tif")
     assert coarse.shape == (10, -(-96 // stride), -(-80 // stride))
     # Window (i, j) alone, with the same halo of mirrored scene: the engine's value.
@@ -119,7 +122,7 @@ def test_dense_mode_needs_an_encoder_with_stages(holey_scene: Path, tmp_path: Pa
                            nn.Linear(4, 10))
     predictor = make_predictor("sar", list(S1_BANDS), branch=branch)
     with pytest.raises(CheckpointError, match="cannot run in dense mode"):
-        predict_to_file(predictor, holey_scene, tmp_path / "x.tif", mode="dense")
+        predict_to_file(predictor, holey_scene, tmp_path / "x.tif", MapSettings.of(mode="dense"))
     assert list(tmp_path.iterdir()) == []
 
 
@@ -153,7 +156,8 @@ def test_scattered_nans_barely_change_the_map(tmp_path: Path, mode: str) -> None
     data[:, holes] = np.nan
     holey = write_scene(tmp_path / "holey.tif", data, list(S1_BANDS))
     for name, scene in (("clean", clean), ("holey", holey)):
-        predict_to_file(predictor, scene, tmp_path / f"{name}.map.tif", stride=8, mode=mode)
+        predict_to_file(predictor, scene, tmp_path / f"{name}.map.tif",
+                        MapSettings.of(stride=8, mode=mode))
     a, b = read(tmp_path / "clean.map.tif")[0], read(tmp_path / "holey.map.tif")[0]
     assert (b[holes] == CLASS_NODATA).all()
     assert (a[~holes] != b[~holes]).mean() < 0.03

@@ -45,7 +45,7 @@ def cli(*args: object) -> list[str]:
 
 def train_args(data: Path, out: Path) -> list[object]:
     return ["train", "--config", CONFIGS / "demo.yaml", "--data-root", data, "--out", out,
-            "--quiet", *[a for s in TINY for a in ("--set", s)]]
+            "--no-progress", *[a for s in TINY for a in ("--set", s)]]
 
 
 def saved_epoch(path: Path) -> int:
@@ -222,7 +222,7 @@ def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
         checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     target, log = tmp_path / "map.tif", tmp_path / "log.txt"
     args = ["predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif", "-o", target,
-            "--chunk-size", "16", "--quiet"]
+            "--chunk-size", "16", "--no-progress"]
     with log.open("w") as f:
         proc = subprocess.Popen(cli(*args), stdout=f, stderr=f, env=ENV)
         kill_when(proc, lambda: any(tmp_path.glob(".map.*.stage.tif")), log)
@@ -292,7 +292,7 @@ def test_bad_predict_inputs_give_one_line_and_leave_nothing(
     source = cut_scene if case == "truncated raster" else scene
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", source, *args,
-                          "--quiet")
+                          "--no-progress")
     assert code == 1 and err.count("\n") == 1, err
     assert err.startswith(expected), err
     after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
@@ -311,7 +311,7 @@ def test_uint8_probabilities_carry_a_gdal_scale(checkpoint: Path, scene_dir: Pat
                                                 tmp_path: Path) -> None:
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif",
                           "-o", tmp_path / "map.tif", "--probabilities", tmp_path / "p.tif",
-                          "--probabilities-dtype", "uint8", "--confidence", "--quiet")
+                          "--probabilities-dtype", "uint8", "--confidence", "--no-progress")
     assert code == 0, err
     for name in ("p.tif", "map.confidence.tif"):
         with rasterio.open(tmp_path / name) as src:
@@ -362,7 +362,7 @@ def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Pat
     monkeypatch.chdir(scene_dir.parent)
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar",
                           Path(scene_dir.name) / "sar.tif", "-o", tmp_path / "map.tif",
-                          "--scheduler", scheduler, "--quiet")
+                          "--scheduler", scheduler, "--no-progress")
     assert code == 0, err
     with rasterio.open(tmp_path / "map.tif") as src:
         assert (src.read(1) != 255).any()
@@ -373,7 +373,7 @@ def test_a_scene_the_workers_cannot_open_is_named(checkpoint: Path, scene_dir: P
     vrt = tmp_path / "sar.vrt"  # this process reads it, the worker has no VRT driver
     rasterio.shutil.copy(scene_dir / "sar.tif", vrt, driver="VRT")
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", vrt,
-                          "-o", tmp_path / "map.tif", "--scheduler", scheduler, "--quiet")
+                          "-o", tmp_path / "map.tif", "--scheduler", scheduler, "--no-progress")
     assert code == 1 and err.count("\n") == 1
     assert err.startswith(f"Error: {vrt}: the Dask worker tcp://")
     assert "workers need the file at the same path" in err

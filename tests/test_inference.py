@@ -18,6 +18,7 @@ from discomkd_geo.data.normalization import BandStats
 from discomkd_geo.errors import InputFileError, OutputExistsError
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
 from discomkd_geo.inference.io import SceneInput
+from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor, PredictorInfo
 
@@ -83,7 +84,7 @@ def read(path: Path) -> np.ndarray:
 def test_output_is_a_styled_cloud_optimised_geotiff(sar: Predictor, sar_scene: Path,
                                                     tmp_path: Path) -> None:
     out = tmp_path / "map.tif"
-    summary = predict_to_file(sar, sar_scene, out, chunk_size=64)
+    summary = predict_to_file(sar, sar_scene, out, MapSettings.of(chunk_size=64))
     with rasterio.open(sar_scene) as src, rasterio.open(out) as dst:
         assert dst.crs == src.crs and dst.transform == src.transform
         assert (dst.width, dst.height) == (src.width, src.height)
@@ -99,8 +100,8 @@ def test_output_is_a_styled_cloud_optimised_geotiff(sar: Predictor, sar_scene: P
     assert (codes[:40, :48] == CLASS_NODATA).all()  # the nodata corner
     assert (codes[40:, 48:] != CLASS_NODATA).all()
     assert len(np.unique(codes[codes != CLASS_NODATA])) >= 2
-    hist = summary["histogram"]
-    assert sum(hist.values()) == summary["mapped_pixels"] == (codes != CLASS_NODATA).sum()
+    hist = summary.histogram
+    assert sum(hist.values()) == summary.mapped_pixels == (codes != CLASS_NODATA).sum()
     legend = json.loads(out.with_suffix(".legend.json").read_text())
     assert legend["nodata"] == CLASS_NODATA
     assert legend["classes"][8] == {"value": 8, "name": "River", "color": "#3c82e6"}
@@ -116,11 +117,10 @@ def test_byte_identical_for_any_chunk_size_and_workers(sar: Predictor, sar_scene
     runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
             "c24w2": {"chunk_size": 24, "workers": 2}}
     for name, kwargs in runs.items():
-        summary = predict_to_file(sar, sar_scene, tmp_path / f"{name}.tif", stride=8,
-                                  mode=mode, block_size=16,
-                                  probabilities=tmp_path / f"{name}.p.tif", confidence=True,
-                                  **kwargs)
-        assert summary["mode"] == mode and (summary["chunks"] > 1) == (name != "c1024w1")
+        settings = MapSettings.of(stride=8, mode=mode, block_size=16, confidence=True,
+                                  probabilities=tmp_path / f"{name}.p.tif", **kwargs)
+        summary = predict_to_file(sar, sar_scene, tmp_path / f"{name}.tif", settings)
+        assert summary.mode == mode and (summary.chunks > 1) == (name != "c1024w1")
     for suffix in (".tif", ".p.tif", ".confidence.tif"):
         first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
         assert all(other == first for other in others), suffix
@@ -136,14 +136,14 @@ def test_same_bytes_on_a_distributed_cluster(sar: Predictor, sar_scene: Path,
                                              tmp_path: Path) -> None:
     from distributed import LocalCluster
 
-    predict_to_file(sar, sar_scene, tmp_path / "local.tif", chunk_size=32, mode="dense",
-                    block_size=32)
+    predict_to_file(sar, sar_scene, tmp_path / "local.tif",
+                    MapSettings.of(chunk_size=32, mode="dense", block_size=32))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        summary = predict_to_file(sar, sar_scene, tmp_path / "cluster.tif", chunk_size=64,
-                                  mode="dense", block_size=32,
-                                  scheduler=cluster.scheduler_address)
-    assert summary["chunks"] == 9
+        summary = predict_to_file(sar, sar_scene, tmp_path / "cluster.tif",
+                                  MapSettings.of(chunk_size=64, mode="dense", block_size=32,
+                                                 scheduler=cluster.scheduler_address))
+    assert summary.chunks == 9
     assert (tmp_path / "cluster.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
 
 
@@ -166,13 +166,15 @@ def test_stitched_map_equals_each_window_alone(tmp_path: Path) -> None:
         total[:, rows, cols] += p[:, None, None]
         count[rows, cols] += 1
     expected = total / count
-    predict_to_file(predictor, scene, tmp_path / "fine.tif", stride=8, chunk_size=16,
-                    mode="windows", probabilities=tmp_path / "fine.p.tif")
+    predict_to_file(predictor, scene, tmp_path / "fine.tif",
+                    MapSettings.of(stride=8, chunk_size=16, mode="windows",
+                                   probabilities=tmp_path / "fine.p.tif"))
     np.testing.assert_allclose(read(tmp_path / "fine.p.tif"), expected, atol=1e-6)
     assert (read(tmp_path / "fine.tif")[0] == expected.argmax(axis=0)).all()
     # Coarse: one pixel per stride cell, holding its window's own probabilities.
-    predict_to_file(predictor, scene, tmp_path / "coarse.tif", stride=8, coarse=True,
-                    mode="windows", probabilities=tmp_path / "coarse.p.tif")
+    predict_to_file(predictor, scene, tmp_path / "coarse.tif",
+                    MapSettings.of(stride=8, coarse=True, mode="windows",
+                                   probabilities=tmp_path / "coarse.p.tif"))
     coarse = read(tmp_path / "coarse.p.tif")
     assert coarse.shape == (10, 5, 5)
     np.testing.assert_allclose(coarse[:, 2, 3], alone[2, 3], atol=1e-6)
@@ -185,8 +187,8 @@ def test_mostly_nodata_windows_are_skipped(sar: Predictor, tmp_path: Path) -> No
     data[:, 10:13, 10:13] = np.nan  # a small hole: windows still classified, hole stays nodata
     data[:, 32:, :] = -9999.0  # bottom half nodata (nodata value, not NaN)
     scene = write_scene(tmp_path / "s.tif", data, list(S1_BANDS), nodata=-9999.0)
-    predict_to_file(sar, scene, tmp_path / "m.tif", stride=16, coarse=True)
-    predict_to_file(sar, scene, tmp_path / "f.tif", stride=8)
+    predict_to_file(sar, scene, tmp_path / "m.tif", MapSettings.of(stride=16, coarse=True))
+    predict_to_file(sar, scene, tmp_path / "f.tif", MapSettings.of(stride=8))
     coarse, fine = read(tmp_path / "m.tif")[0], read(tmp_path / "f.tif")[0]
     # Coarse cells (stride 16, patch 16): rows 0-1 are valid, rows 2-3 all nodata.
     assert (coarse[:2] != CLASS_NODATA).all() and (coarse[2:] == CLASS_NODATA).all()
@@ -206,12 +208,12 @@ def test_fused_modalities_on_different_grids(tmp_path: Path) -> None:
     predictors = {"ms": ms_pred, "sar": sar_pred}
     scenes = {"ms": ms, "sar": sar}
     for size in (32, 96):
-        predict_to_file(predictors, scenes, tmp_path / f"fused{size}.tif", chunk_size=size,
-                        mode="dense", block_size=32,
-                        probabilities=tmp_path / f"fused{size}.p.tif")
+        predict_to_file(predictors, scenes, tmp_path / f"fused{size}.tif",
+                        MapSettings.of(chunk_size=size, mode="dense", block_size=32,
+                                       probabilities=tmp_path / f"fused{size}.p.tif"))
     assert (tmp_path / "fused32.tif").read_bytes() == (tmp_path / "fused96.tif").read_bytes()
-    predict_to_file(ms_pred, ms, tmp_path / "ms_only.tif", mode="dense",
-                    probabilities=tmp_path / "ms.p.tif")
+    predict_to_file(ms_pred, ms, tmp_path / "ms_only.tif",
+                    MapSettings.of(mode="dense", probabilities=tmp_path / "ms.p.tif"))
     with rasterio.open(tmp_path / "fused32.tif") as fused, rasterio.open(ms) as grid:
         assert fused.transform == grid.transform and fused.shape == (96, 96)
     fused_p, ms_p = read(tmp_path / "fused32.p.tif"), read(tmp_path / "ms.p.tif")
@@ -227,10 +229,10 @@ def test_generated_scene_pair_fuses_identically_for_any_chunking(tmp_path: Path)
     predictors = {"ms": make_predictor("ms", list(S2_BANDS)), "sar": make_predictor(
         "sar", list(S1_BANDS))}
     scenes = {m: tmp_path / "scene" / f"{m}.tif" for m in predictors}
-    predict_to_file(predictors, scenes, tmp_path / "a.tif", chunk_size=100, mode="dense",
-                    block_size=64)
-    predict_to_file(predictors, scenes, tmp_path / "b.tif", chunk_size=1000, mode="dense",
-                    block_size=64, workers=2)
+    predict_to_file(predictors, scenes, tmp_path / "a.tif",
+                    MapSettings.of(chunk_size=100, mode="dense", block_size=64))
+    predict_to_file(predictors, scenes, tmp_path / "b.tif",
+                    MapSettings.of(chunk_size=1000, mode="dense", block_size=64, workers=2))
     assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
     with rasterio.open(tmp_path / "a.tif") as out, rasterio.open(scenes["ms"]) as ms:
         assert out.crs == ms.crs and out.transform == ms.transform
@@ -242,9 +244,10 @@ def test_linear_sar_converted_to_db_and_band_mapping(sar: Predictor, tmp_path: P
     # Linear power, bands swapped and unnamed: --sar-db and an explicit band list.
     linear = write_scene(tmp_path / "lin.tif", (10.0 ** (db[::-1] / 10.0)).astype(np.float32),
                          None)
-    predict_to_file(sar, in_db, tmp_path / "a.tif", probabilities=tmp_path / "a.p.tif")
+    predict_to_file(sar, in_db, tmp_path / "a.tif",
+                    MapSettings.of(probabilities=tmp_path / "a.p.tif"))
     predict_to_file(sar, SceneInput(linear, bands=["VH", "VV"], sar_units="linear"),
-                    tmp_path / "b.tif", probabilities=tmp_path / "b.p.tif")
+                    tmp_path / "b.tif", MapSettings.of(probabilities=tmp_path / "b.p.tif"))
     np.testing.assert_allclose(read(tmp_path / "b.p.tif"), read(tmp_path / "a.p.tif"),
                                atol=1e-4)
 
@@ -267,14 +270,16 @@ class Exploding(nn.Module):
 def test_failed_run_leaves_no_file_and_keeps_the_old_one(sar_scene: Path, tmp_path: Path) -> None:
     predictor = make_predictor("sar", list(S1_BANDS), branch=Exploding())
     with pytest.raises(RuntimeError, match="simulated"):
-        predict_to_file(predictor, sar_scene, tmp_path / "new.tif", chunk_size=32, batch_size=4,
-                        probabilities=tmp_path / "new.p.tif")
+        predict_to_file(predictor, sar_scene, tmp_path / "new.tif",
+                        MapSettings.of(chunk_size=32, batch_size=4,
+                                       probabilities=tmp_path / "new.p.tif"))
     assert list(tmp_path.iterdir()) == []
     old = tmp_path / "old.tif"
     old.write_bytes(b"previous map")
     predictor.branch.calls = 0
     with pytest.raises(RuntimeError, match="simulated"):
-        predict_to_file(predictor, sar_scene, old, chunk_size=32, batch_size=4, overwrite=True)
+        predict_to_file(predictor, sar_scene, old,
+                        MapSettings.of(chunk_size=32, batch_size=4, overwrite=True))
     assert old.read_bytes() == b"previous map" and list(tmp_path.iterdir()) == [old]
 
 
@@ -284,7 +289,7 @@ def test_refuses_to_overwrite(sar: Predictor, sar_scene: Path, tmp_path: Path) -
     with pytest.raises(OutputExistsError, match="map.tif.*--overwrite"):
         predict_to_file(sar, sar_scene, old)
     assert old.read_bytes() == b"previous map"
-    predict_to_file(sar, sar_scene, old, overwrite=True)
+    predict_to_file(sar, sar_scene, old, MapSettings.of(overwrite=True))
     assert read(old).shape == (1, 160, 144)
 
 
@@ -316,7 +321,7 @@ def test_input_errors_name_the_file(sar: Predictor, tmp_path: Path) -> None:
 
 
 def test_lazy_result_matches_the_file(sar: Predictor, sar_scene: Path, tmp_path: Path) -> None:
-    lazy = predict_lazy(sar, sar_scene, chunk_size=64)
+    lazy = predict_lazy(sar, sar_scene, MapSettings.of(chunk_size=64))
     assert lazy.chunks == ((64, 64, 32), (64, 64, 16))
     out = tmp_path / "map.tif"
     predict_to_file(sar, sar_scene, out)
@@ -353,7 +358,7 @@ def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
     # The same command as `rio discomkd predict` (entry point), with the human summary.
     from rasterio.rio.main import main_group
 
-    result = CliRunner().invoke(main_group, ["discomkd", *args, "--overwrite", "--quiet"])
+    result = CliRunner().invoke(main_group, ["discomkd", *args, "--overwrite", "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "px/s" in result.output and "(nodata)" in result.output
     # One-line errors: existing output, wrong bands.
@@ -365,3 +370,25 @@ def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
     assert result.exit_code == 1 and "nope.tif: no such file" in result.output
     result = CliRunner().invoke(main, [*args, "--overwrite", "--stride", "40"])
     assert result.exit_code == 1 and "stride 40 does not fit" in result.output
+
+
+def test_cli_settings_options_match_the_api(sar: Predictor, sar_scene: Path,
+                                            tmp_path: Path) -> None:
+    """Options that were Python-only reach the engine from the command line, unchanged."""
+    model = saved_sar_model(tmp_path / "sar.pt")
+    loaded = Predictor.load(model)
+    values = {"pad": "constant", "min_valid": 0.9, "batch_size": 4, "device": "cpu",
+              "threads": 1, "stride": 8}
+    flags = ["--pad", "constant", "--min-valid", "0.9", "--batch-size", "4", "--device", "cpu",
+             "--threads", "1", "--stride", "8"]
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(model), "--sar",
+                                       str(sar_scene), "-o", str(tmp_path / "cli.tif"), *flags,
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    api = predict_to_file(loaded, sar_scene, tmp_path / "api.tif", MapSettings.of(**values))
+    assert (tmp_path / "cli.tif").read_bytes() == (tmp_path / "api.tif").read_bytes()
+    assert json.loads(result.output)["mapped_pixels"] == api.mapped_pixels
+    # min_valid acts: the default maps more of the nodata corner's edge.
+    default = predict_to_file(loaded, sar_scene, tmp_path / "default.tif",
+                              MapSettings.of(stride=8))
+    assert default.mapped_pixels > api.mapped_pixels

@@ -26,6 +26,7 @@ from discomkd_geo.constants import S1_BANDS, S2_BANDS
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
 from discomkd_geo.inference.io import SceneInput, canonical_band, open_sources
+from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
 spyndex = pytest.importorskip("spyndex")
@@ -75,8 +76,8 @@ def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
                                         tmp_path: Path) -> None:
     right = write_scene(tmp_path / "s2.tif", s2_subset, S2_SUBSET_BANDS, nodata=0)
     summary = predict_to_file(ms4, right, tmp_path / "right.tif")
-    assert summary["mapped_pixels"] == 300 * 300
-    assert [b["verdict"] for b in summary["checks"]["ms"]["bands"]] == ["ok"] * 4
+    assert summary.mapped_pixels == 300 * 300
+    assert [b.verdict for b in summary.checks["ms"].bands] == ["ok"] * 4
     # Reflectance 0-1 given as digital numbers: refused, with the fix.
     unit = write_scene(tmp_path / "s2_01.tif", (s2_subset / 1e4).astype(np.float32),
                        S2_SUBSET_BANDS)
@@ -86,15 +87,16 @@ def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
     assert not (tmp_path / "unit.tif").exists()
     scaled = predict_to_file(ms4, SceneInput(unit, scale=1e4), tmp_path / "scaled.tif")
     assert (read(tmp_path / "scaled.tif") == read(tmp_path / "right.tif")).all()
-    assert scaled["checks"]["ms"]["units"] == "x 10000"
+    assert scaled.checks["ms"].units == "x 10000"
     # Reversed band names: refused as permuted; --force maps and keeps the figures.
     reversed_names = SceneInput(right, bands=S2_SUBSET_BANDS[::-1])
     with pytest.raises(InputFileError, match="band order looks permuted: B08 .* below"):
         predict_to_file(ms4, reversed_names, tmp_path / "reversed.tif")
-    forced = predict_to_file(ms4, reversed_names, tmp_path / "reversed.tif", force=True)
-    check = forced["checks"]["ms"]
-    assert check["forced"] and "permuted" in check["problems"][0]
-    assert {b["band"]: b["verdict"] for b in check["bands"]}["B08"] == "order"
+    forced = predict_to_file(ms4, reversed_names, tmp_path / "reversed.tif",
+                             MapSettings.of(force=True))
+    check = forced.checks["ms"]
+    assert check.forced and "permuted" in check.problems[0]
+    assert {b.band: b.verdict for b in check.bands}["B08"] == "order"
     # The baseline-04.00 offset applied to a product that has none: negative values.
     with pytest.raises(InputFileError, match="not positive .* pass neither --ms-scale nor "
                                              "--ms-offset"):
@@ -117,8 +119,8 @@ def test_real_s2_as_band_files_at_mixed_resolutions(ms4: Predictor, s2_subset: n
     write_scene(img / "R20m" / f"{stem}_SCL_20m.tif", np.ones((1, 150, 150), np.uint8), None,
                 nodata=0)
     summary = predict_to_file(ms4, safe, tmp_path / "safe.tif")
-    assert (summary["width"], summary["height"]) == (300, 300)
-    assert summary["checks"]["ms"]["units"] == "as stored"
+    assert (summary.width, summary.height) == (300, 300)
+    assert summary.checks["ms"].units == "as stored"
     # The same files given one by one, in any order; names come from the file names.
     files = sorted((img / "R10m").glob("*.tif"), reverse=True) + [
         img / "R20m" / f"{stem}_B03_20m.tif"]
@@ -148,8 +150,8 @@ def test_band_matching_rules(tmp_path: Path) -> None:
     no_b10 = [b for b in S2_BANDS if b != "B10"]
     l2a = write_scene(tmp_path / "l2a.tif", texture(12, 64, 4) + 1000, no_b10[::-1])
     summary = predict_to_file(make_predictor("ms", no_b10), l2a, tmp_path / "l2a_map.tif")
-    assert summary["mapped_pixels"] == 64 * 64
-    assert summary["checks"]["ms"]["bands"][0]["verdict"] == "not checked"  # no profile
+    assert summary.mapped_pixels == 64 * 64
+    assert summary.checks["ms"].bands[0].verdict == "not checked"  # no profile
 
 
 @pytest.mark.parametrize(("storage", "units", "error"), [
@@ -172,13 +174,13 @@ def test_sar_units(sar: Predictor, tmp_path: Path, storage: str, units: str | No
     scene = SceneInput(path, sar_units=units)
     if error is None:
         summary = predict_to_file(sar, scene, tmp_path / "map.tif",
-                                  probabilities=tmp_path / "p.tif")
+                                  MapSettings.of(probabilities=tmp_path / "p.tif"))
         reference = write_scene(tmp_path / "ref.tif", db, list(S1_BANDS))
         predict_to_file(sar, reference, tmp_path / "ref_map.tif",
-                        probabilities=tmp_path / "ref_p.tif")
+                        MapSettings.of(probabilities=tmp_path / "ref_p.tif"))
         np.testing.assert_allclose(read(tmp_path / "p.tif"), read(tmp_path / "ref_p.tif"),
                                    atol=1e-4)
-        assert summary["checks"]["sar"]["problems"] == []
+        assert summary.checks["sar"].problems == []
     else:
         with pytest.raises(InputFileError, match=f"^{path}: .*{error}"):
             predict_to_file(sar, scene, tmp_path / "map.tif")
@@ -193,16 +195,16 @@ def test_swapped_polarisations_and_all_nodata(sar: Predictor, tmp_path: Path) ->
                         list(S1_BANDS))
     for force in (False, True):  # --force cannot map nothing
         with pytest.raises(InputFileError, match="empty.tif: holds no valid pixel"):
-            predict_to_file(sar, empty, tmp_path / "m.tif", force=force)
+            predict_to_file(sar, empty, tmp_path / "m.tif", MapSettings.of(force=force))
     # Nodata except a patch that the sample windows miss: the full pass finds it.
     patch = np.full((2, 1200, 1200), np.nan, np.float32)
     patch[:, 600:640, 100:140] = s1_db(40)
     summary = predict_to_file(sar, write_scene(tmp_path / "patch.tif", patch,
                                                list(S1_BANDS)), tmp_path / "c.tif",
-                              stride=16, coarse=True)
-    assert summary["mapped_pixels"] > 0
-    assert summary["checks"]["sar"]["sampled_pixels"] == 1200 * 1200
-    assert summary["checks"]["sar"]["valid_share"] == pytest.approx(40 * 40 / 1200 ** 2)
+                              MapSettings.of(stride=16, coarse=True))
+    assert summary.mapped_pixels > 0
+    assert summary.checks["sar"].sampled_pixels == 1200 * 1200
+    assert summary.checks["sar"].valid_share == pytest.approx(40 * 40 / 1200 ** 2)
 
 
 def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
@@ -210,21 +212,21 @@ def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
     db = s1_db(64, seed=5)
     reference = write_scene(tmp_path / "ref.tif", db, list(S1_BANDS))
     predict_to_file(sar, reference, tmp_path / "ref.tif.map.tif",
-                    probabilities=tmp_path / "ref.p.tif")
+                    MapSettings.of(probabilities=tmp_path / "ref.p.tif"))
     expected = read(tmp_path / "ref.p.tif")
     # ASF HyP3 RTC: one gamma0 power COG per polarisation; units read from the name.
     stem = "S1A_IW_20230101T060000_DVP_RTC10_G_gpuned_1A2B"
     vh = write_scene(tmp_path / f"{stem}_VH.tif", 10 ** (db[1:] / 10), None)
     vv = write_scene(tmp_path / f"{stem}_VV.tif", 10 ** (db[:1] / 10), None)
     summary = predict_to_file(sar, [vh, vv], tmp_path / "rtc.tif",
-                              probabilities=tmp_path / "rtc.p.tif")
-    assert summary["checks"]["sar"]["units"] == "linear power -> dB"
+                              MapSettings.of(probabilities=tmp_path / "rtc.p.tif"))
+    assert summary.checks["sar"].units == "linear power -> dB"
     np.testing.assert_allclose(read(tmp_path / "rtc.p.tif"), expected, atol=1e-4)
     # The same files named by option: --sar-vv/--sar-vh (CLI) are explicit band names.
     plain = [write_scene(tmp_path / f"pol{i}.tif", 10 ** (db[i:i + 1] / 10), None)
              for i in range(2)]
     predict_to_file(sar, SceneInput(plain, bands=["VV", "VH"], sar_units="linear"),
-                    tmp_path / "named.tif", probabilities=tmp_path / "named.p.tif")
+                    tmp_path / "named.tif", MapSettings.of(probabilities=tmp_path / "named.p.tif"))
     np.testing.assert_allclose(read(tmp_path / "named.p.tif"), expected, atol=1e-4)
     # Raw GRD .SAFE (directory, manifest, measurement file, zip): a one-line refusal.
     safe = tmp_path / "S1A_IW_GRDH_1SDV_20230101T060000_20230101T060025_046581_059540_1A2B.SAFE"
@@ -296,7 +298,7 @@ def test_xarray_input_matches_the_file(ms4: Predictor, s2_subset: np.ndarray,
     predict_to_file(ms4, path, tmp_path / "file.tif")
     from_array = predict_to_file(ms4, array, tmp_path / "array.tif")
     assert (read(tmp_path / "array.tif") == read(tmp_path / "file.tif")).all()
-    assert from_array["checks"]["ms"]["source"] == "xarray input"
+    assert from_array.checks["ms"].source == "xarray input"
     lazy = predict_lazy(ms4, array.chunk({"x": 100, "y": 100}))
     assert (lazy.compute(scheduler="threads").values == read(tmp_path / "file.tif")[0]).all()
     with pytest.raises(InputFileError, match="xarray input: has no CRS"):
@@ -316,7 +318,7 @@ def test_cli_inspect_and_predict_options(ms4_run: Path, s2_subset: np.ndarray,
     assert lines[2].startswith("B02    reflectance 0-1") and lines[2].endswith("units")
     assert lines[-1].startswith("predict refuses this scene: band B0")
     args = ["predict", "--checkpoint", str(ms4_run), "--ms", str(unit), "-o",
-            str(tmp_path / "m.tif"), "--quiet"]
+            str(tmp_path / "m.tif"), "--no-progress"]
     result = runner.invoke(main, args)
     assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
     assert "pass --ms-scale 10000" in result.output and not (tmp_path / "m.tif").exists()
@@ -335,7 +337,7 @@ def test_cli_inspect_and_predict_options(ms4_run: Path, s2_subset: np.ndarray,
 def test_summary_is_json_serialisable_with_checks(sar: Predictor, tmp_path: Path) -> None:
     summary = predict_to_file(sar, write_scene(tmp_path / "s.tif", s1_db(48), list(S1_BANDS)),
                               tmp_path / "m.tif")
-    check = json.loads(json.dumps(summary))["checks"]["sar"]
+    check = json.loads(json.dumps(summary.to_dict()))["checks"]["sar"]
     assert check["valid_share"] == 1.0 and check["units"] == "dB"
     assert [b["band"] for b in check["bands"]] == ["VV", "VH"]
     assert torch.tensor([b["decades"] for b in check["bands"]]).abs().max() < 0.5

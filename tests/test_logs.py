@@ -156,7 +156,7 @@ def test_download_extracts_the_archives_the_error_message_names(eurosat_root: Pa
     for item in EuroSATMSSAR.split_downloads:  # fetched too (unused by the random split)
         (root / item.filename).touch()
     result = CliRunner().invoke(main, ["train", "--data-root", str(root), "--download",
-                                       "--out", str(tmp_path / "run"), "--quiet",
+                                       "--out", str(tmp_path / "run"), "--no-progress",
                                        "--set", "model.backbone=small_cnn",
                                        "--set", "model.width=4", "--set", "trainer.max_epochs=1",
                                        "--set", "data.num_workers=0",

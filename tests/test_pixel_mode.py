@@ -8,8 +8,9 @@ import torch
 from test_inference import make_predictor, read, texture, write_scene
 
 from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
-from discomkd_geo.errors import CheckpointError
+from discomkd_geo.errors import CheckpointError, SettingsError
 from discomkd_geo.inference.engine import predict_to_file
+from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
@@ -41,10 +42,10 @@ def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path,
     runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
             "c24w2": {"chunk_size": 24, "workers": 2}}
     for name, kwargs in runs.items():
-        summary = predict_to_file(predictor, scene, tmp_path / f"{name}.tif", mode="pixel",
-                                  block_size=32, probabilities=tmp_path / f"{name}.p.tif",
-                                  **kwargs)
-        assert summary["mode"] == "pixel" and (summary["chunks"] > 1) == (name != "c1024w1")
+        settings = MapSettings.of(mode="auto", block_size=32,
+                                  probabilities=tmp_path / f"{name}.p.tif", **kwargs)
+        summary = predict_to_file(predictor, scene, tmp_path / f"{name}.tif", settings)
+        assert summary.mode == "pixel" and (summary.chunks > 1) == (name != "c1024w1")
     for suffix in (".tif", ".p.tif"):
         first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
         assert all(other == first for other in others), suffix
@@ -59,8 +60,8 @@ def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path,
 def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path) -> None:
     """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices."""
     predictor = pixel_predictor()
-    predict_to_file(predictor, scene, tmp_path / "p.tif", mode="pixel", block_size=32,
-                    probabilities=tmp_path / "p.p.tif")
+    predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
+        mode="pixel", block_size=32, probabilities=tmp_path / "p.p.tif"))
     with torch.no_grad():
         raw = read(scene)
         raw = np.where(np.isnan(raw), 0.0, raw).astype(np.float32)
@@ -76,22 +77,33 @@ def test_pixel_mode_same_bytes_on_a_distributed_cluster(scene: Path, tmp_path: P
     from distributed import LocalCluster
 
     predictor = pixel_predictor()
-    predict_to_file(predictor, scene, tmp_path / "local.tif", chunk_size=32, mode="pixel",
-                    block_size=32)
+    settings = MapSettings.of(mode="pixel", block_size=32)
+    predict_to_file(predictor, scene, tmp_path / "local.tif", settings.replace(chunk_size=32))
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster:
-        summary = predict_to_file(predictor, scene, tmp_path / "cluster.tif", chunk_size=64,
-                                  mode="pixel", block_size=32,
-                                  scheduler=cluster.scheduler_address)
-    assert summary["chunks"] == 4
+        summary = predict_to_file(predictor, scene, tmp_path / "cluster.tif", settings.replace(
+            chunk_size=64, scheduler=cluster.scheduler_address))
+    assert summary.chunks == 4
     assert (tmp_path / "cluster.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
 
 
 def test_pixel_mode_refuses_a_model_without_decoder(scene: Path, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no per-pixel decoder"):
         predict_to_file(make_predictor("sar", list(S1_BANDS)), scene, tmp_path / "m.tif",
-                        mode="pixel")
+                        MapSettings.of(mode="pixel"))
     assert not (tmp_path / "m.tif").exists()
+    with pytest.raises(SettingsError, match="coarse"):
+        predict_to_file(pixel_predictor(), scene, tmp_path / "m.tif",
+                        MapSettings.of(mode="pixel", coarse=True))
+
+
+def test_auto_mode_maps_a_model_without_decoder_in_windows_mode(scene: Path,
+                                                                tmp_path: Path) -> None:
+    predictor = make_predictor("sar", list(S1_BANDS))
+    summary = predict_to_file(predictor, scene, tmp_path / "a.tif", MapSettings.of(mode="auto"))
+    predict_to_file(predictor, scene, tmp_path / "w.tif", MapSettings.of(mode="windows"))
+    assert summary.mode == "windows"
+    assert (read(tmp_path / "a.tif") == read(tmp_path / "w.tif")).all()
 
 
 def test_checkpoint_from_before_the_decoder_loads_and_maps_as_before(tmp_path: Path) -> None:
@@ -101,7 +113,9 @@ def test_checkpoint_from_before_the_decoder_loads_and_maps_as_before(tmp_path: P
     assert not predictor.has_decoder
     for mode in ("windows", "dense"):
         out = tmp_path / f"{mode}.tif"
-        predict_to_file(predictor, DATA / "main_scene.tif", out, mode=mode, device="cpu")
+        predict_to_file(predictor, DATA / "main_scene.tif", out,
+                        MapSettings.of(mode=mode, device="cpu"))
         assert (read(out) == read(DATA / f"main_{mode}.tif")).all(), mode
     with pytest.raises(CheckpointError, match="no per-pixel decoder"):
-        predict_to_file(predictor, DATA / "main_scene.tif", tmp_path / "p.tif", mode="pixel")
+        predict_to_file(predictor, DATA / "main_scene.tif", tmp_path / "p.tif",
+                        MapSettings.of(mode="pixel"))

@@ -72,7 +72,7 @@ def test_predict_stac_maps_the_item_and_writes_a_valid_item(scene_dir: Path,
     out.parent.mkdir()
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(model), "--stac",
                                        str(item), "--modality", "sar", "-o", str(out),
-                                       "--quiet"])
+                                       "--no-progress"])
     assert result.exit_code == 0, result.output
     written = json.loads(out.with_suffix(".stac.json").read_text())
 

@@ -4,7 +4,14 @@ Centre of the inference flow (io -> tiling -> engine -> writers), called by the 
 (``discomkd-geo predict``, ``rio discomkd predict``) and the demo. The output grid is cut
 into chunks of output pixels; :func:`predict_chunk` reads one chunk's windows with their
 halo through windowed reads, classifies them and averages them per pixel (:mod:`.tiling`),
-fusing modalities by averaging their probabilities. Two modes classify the windows:
+fusing modalities by averaging their probabilities. Three modes classify the pixels:
+
+- ``pixel`` (models trained with ``model.decoder``): the chunk is cut into scene-anchored
+  blocks of whole patches; each block's encoders and per-pixel decoder
+  (:mod:`discomkd_geo.models.decoder`) run once over the block plus a halo of the
+  encoders' reach and half a patch of context (64 px for ``small_cnn``), giving every
+  input pixel its own probabilities. Byte-identical for any chunk size, number of workers
+  or scheduler, as dense mode.
 
 - ``dense``: the chunk is cut into scene-anchored blocks; each block's
   encoders run once over the block's windows plus a halo of half the encoders' receptive
@@ -32,7 +39,7 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,14 +52,14 @@ from rasterio.windows import Window
 
 from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
-from ..errors import CheckpointError, InputFileError, SchedulerError
+from ..errors import CheckpointError, InputFileError, SchedulerError, SettingsError
 from ..logs import progress_disabled
 from ..models.predictor import Predictor
 from .checks import SceneCheck, check_sources
 from .io import Grid, SceneInput, Source, as_input, open_sources
+from .settings import DEFAULTS, MapSettings, Tiling
 from .stac import ItemInputs, item_path, map_item
 from .tiling import (
-    PadMode,
     WindowGrid,
     accumulate,
     chunk_layout,
@@ -75,10 +82,6 @@ if TYPE_CHECKING:
     Scene = (SceneInput | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
              | xarray.DataArray)
     Sources = Scene | Mapping[str, Scene]
-#: ``dense``: encoders once per block, windows pooled from their feature maps;
-#: ``windows``: every window classified on its own; ``pixel``: encoders and the per-pixel
-#: decoder once per block (models trained with ``model.decoder``).
-Mode = Literal["dense", "windows", "pixel"]
 #: Invalid pixels take the mean of the valid ones within this many pixels.
 FILL_RADIUS = 2
 
@@ -90,45 +93,41 @@ class Plan:
     Attributes:
         grid: the input grid (the first modality's).
         sources: how to read each modality on that grid.
-        stride: step between windows, in input pixels.
-        coarse: output one pixel per stride cell instead of the input grid.
-        pad: how windows beyond the scene edge are filled.
-        min_valid: windows with a smaller share of valid pixels are skipped.
-        batch_size: windows per forward pass (always full: the last batch is padded).
+        tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` set,
+            and ``block_size`` (the unit of work of modes dense and pixel: the encoders run
+            on scene-anchored ``block x block`` areas with their halo, so a pixel's value
+            never depends on the chunking; chunks are whole blocks) a whole number of
+            strides (dense) or patches (pixel).
         device: torch device the predictors run on.
         probabilities: whether chunks return their class probabilities.
-        mode: ``windows`` (each window alone) or ``dense`` (shared computation).
-        block: dense mode's unit of work, in input pixels: the encoders run on
-            scene-anchored ``block x block`` areas (with their windows' halo), so a pixel's
-            value never depends on the chunking; chunks are whole blocks.
         threads: torch intra-op threads per worker (``None``: leave torch's setting).
     """
 
     grid: Grid
     sources: Mapping[str, Source]
-    stride: int
-    coarse: bool
-    pad: PadMode
-    min_valid: float
-    batch_size: int
+    tiling: Tiling
     device: str
     probabilities: bool
-    mode: Mode = "windows"
-    block: int = 1024
     threads: int | None = None
 
     def window_grid(self, patch: int) -> WindowGrid:
         """The classification windows of a model with this patch size."""
-        return WindowGrid(self.grid.height, self.grid.width, patch, self.stride)
+        return WindowGrid(self.grid.height, self.grid.width, patch, self.tiling.stride)
 
     @property
     def output(self) -> Grid:
         """The output grid: the input grid, or one pixel per stride cell."""
-        if not self.coarse:
+        if not self.tiling.coarse:
             return self.grid
-        rows, cols = WindowGrid(self.grid.height, self.grid.width, self.stride,
-                                self.stride).shape
-        return Grid(self.grid.crs, self.grid.transform @ Affine.scale(self.stride), cols, rows)
+        stride = self.tiling.stride
+        rows, cols = WindowGrid(self.grid.height, self.grid.width, stride, stride).shape
+        return Grid(self.grid.crs, self.grid.transform @ Affine.scale(stride), cols, rows)
+
+    @property
+    def output_block(self) -> int:
+        """The block side (modes dense and pixel) in output pixels."""
+        tiling = self.tiling
+        return tiling.block_size // tiling.stride if tiling.coarse else tiling.block_size
 
 
 @dataclass
@@ -142,6 +141,57 @@ class ChunkResult:
 
     codes: np.ndarray
     probs: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class MapSummary:
+    """What :func:`predict_to_file` wrote, and how.
+
+    Attributes:
+        output: the class map.
+        probabilities: the probability raster, if one was written.
+        confidence: the confidence raster, if one was written.
+        width: map columns.
+        height: map rows.
+        crs: the map's CRS (authority code or WKT).
+        modalities: the modalities mapped (fused when several), in input order.
+        patch_size: the model's window side in pixels.
+        stride: step between windows used.
+        coarse: one output pixel per stride cell.
+        mode: ``windows``, ``dense`` or ``pixel`` (``auto`` resolved).
+        chunks: how many chunks the map was cut into.
+        pixels: map pixels.
+        mapped_pixels: pixels given a class (the others are nodata).
+        seconds: wall time.
+        pixels_per_s: map pixels per second of wall time.
+        histogram: pixels per class name.
+        checks: per modality, the statistics check of its scene.
+    """
+
+    output: str
+    probabilities: str | None
+    confidence: str | None
+    width: int
+    height: int
+    crs: str
+    modalities: tuple[str, ...]
+    patch_size: int
+    stride: int
+    coarse: bool
+    mode: str
+    chunks: int
+    pixels: int
+    mapped_pixels: int
+    seconds: float
+    pixels_per_s: float
+    histogram: Mapping[str, int]
+    checks: Mapping[str, SceneCheck] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (what ``predict --json`` prints)."""
+        return {**{f.name: getattr(self, f.name) for f in fields(self)},
+                "modalities": list(self.modalities), "histogram": dict(self.histogram),
+                "checks": {m: check.to_dict() for m, check in self.checks.items()}}
 
 
 def classify(predictor: Predictor, windows: np.ndarray, which: np.ndarray, batch_size: int,
@@ -212,7 +262,7 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
 
     The windows' span (plus, in dense mode, the encoders' halo) is read with
     :data:`FILL_RADIUS` more pixels for :func:`fill_invalid`, extended beyond the scene
-    edge as ``plan.pad`` says, then classified window by window or densely.
+    edge as ``plan.tiling.pad`` says, then classified window by window or densely.
 
     Returns:
         ``(probs, done, valid, read)``: float32 ``(rows, cols, K)`` probabilities (zero
@@ -220,19 +270,19 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
         the validity of the pixels of ``read``, the span's part inside the scene.
     """
     grid = plan.window_grid(predictor.info.patch_size)
-    halo = predictor.dense_halo() if plan.mode == "dense" else 0
+    halo = predictor.dense_halo() if plan.tiling.mode == "dense" else 0
     span = grid.span(rows, cols)
     values, valid, read = read_values(predictor, source, plan, span, halo)
-    done = valid_fraction(valid, read, span, grid) >= plan.min_valid
+    done = valid_fraction(valid, read, span, grid) >= plan.tiling.min_valid
     classes = len(predictor.info.classes)
     probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
-    if plan.mode == "dense":
+    if plan.tiling.mode == "dense":
         if done.any():
-            probs[done] = classify_dense(predictor, values, plan.stride, halo,
+            probs[done] = classify_dense(predictor, values, plan.tiling.stride, halo,
                                          plan.device)[done]
     else:
         probs[done] = classify(predictor, window_views(values, grid), np.argwhere(done),
-                               plan.batch_size, plan.device)
+                               plan.tiling.batch_size, plan.device)
     return probs, done, valid, read
 
 
@@ -241,7 +291,7 @@ def read_values(predictor: Predictor, source: Source, plan: Plan, span: Window,
     """Raw values of ``span`` and ``halo`` pixels around it, ready for a model.
 
     Read with :data:`FILL_RADIUS` more pixels for :func:`fill_invalid`, extended beyond
-    the scene edge as ``plan.pad`` says.
+    the scene edge as ``plan.tiling.pad`` says.
 
     Returns:
         ``(values, valid, read)``: float32 ``(C, h + 2 halo, w + 2 halo)`` values, and the
@@ -254,7 +304,7 @@ def read_values(predictor: Predictor, source: Source, plan: Plan, span: Window,
     fill = typical_values(predictor)
     data = fill_invalid(data, valid, fill, FILL_RADIUS)
     values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
-                    plan.pad)
+                    plan.tiling.pad)
     read = span.intersection(plan.grid.window)
     return values, valid[relative_slices(read, reach)], read
 
@@ -287,13 +337,13 @@ def _window_means(predictor: Predictor, source: Source, plan: Plan,
     window's). Returns float64 means and which pixels have one.
     """
     grid = plan.window_grid(predictor.info.patch_size)
-    if plan.coarse:
+    if plan.tiling.coarse:
         rows = range(area.row_off, area.row_off + area.height)
         cols = range(area.col_off, area.col_off + area.width)
     else:
         rows, cols = grid.covering(area)
     probs, done, valid, read = window_probabilities(predictor, source, plan, rows, cols)
-    if plan.coarse:
+    if plan.tiling.coarse:
         return probs.transpose(2, 0, 1).astype(np.float64), done
     mean, count = accumulate(probs, done, grid, rows, cols, area)
     mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
@@ -312,7 +362,7 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
     mapped = np.zeros((area.height, area.width), dtype=np.int32)
     for modality, source in plan.sources.items():
         predictor = predictors[modality]
-        if plan.mode == "pixel":
+        if plan.tiling.mode == "pixel":
             mean, ok = pixel_probabilities(predictor, source, plan, area)
         else:
             mean, ok = _window_means(predictor, source, plan, area)
@@ -324,11 +374,10 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 
 def _units(plan: Plan, chunk: Window) -> list[Window]:
     """What a chunk is computed in: itself, or (dense, pixel) its scene-anchored blocks."""
-    if plan.mode == "windows":
+    if plan.tiling.mode == "windows":
         return [chunk]
-    size = plan.block // plan.stride if plan.coarse else plan.block
     return [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
-            for b in chunk_layout(chunk.height, chunk.width, size)]
+            for b in chunk_layout(chunk.height, chunk.width, plan.output_block)]
 
 
 def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
@@ -336,7 +385,7 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
 
     Each modality's per-pixel mean probability is computed over the windows covering the
     pixel; modalities are then averaged where they have a value. In dense mode the chunk
-    is computed block by block (see :attr:`Plan.block`).
+    is computed block by block (see :attr:`Plan.tiling`).
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
@@ -378,41 +427,49 @@ def _as_dicts(predictors: Predictors, sources: "Sources"
     return {m: predictors[m] for m in sources}, sources
 
 
-def make_plan(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
-              coarse: bool = False, pad: PadMode = "reflect", min_valid: float = 0.5,
-              batch_size: int = 32, device: str | None = None, probabilities: bool = False,
-              force: bool = False, mode: Mode = "windows", block_size: int = 1024
+def make_plan(predictors: Predictors, sources: "Sources",
+              settings: MapSettings = DEFAULTS
               ) -> tuple[dict[str, Predictor], Plan, dict[str, SceneCheck]]:
     """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments).
+
+    The plan's chunks return probabilities when ``settings.outputs`` asks for a
+    probability or confidence raster.
 
     Returns:
         The predictors per modality, the plan, and the statistics check of each scene.
     """
+    tiling, execution = settings.tiling, settings.execution
     predictors, inputs = _as_dicts(predictors, sources)
+    if tiling.mode == "auto":
+        decoders = all(p.has_decoder for p in predictors.values())
+        tiling = replace(tiling, mode="pixel" if decoders else "windows")
     inputs = {m: _absolute(s) for m, s in inputs.items()}
     grid, readers = open_sources(inputs, {m: p.info for m, p in predictors.items()})
-    checks = check_sources(predictors, readers, force=force)
+    checks = check_sources(predictors, readers, force=settings.checks.force)
     patch = min(p.info.patch_size for p in predictors.values())
     # Dense mode makes fine strides cheap: a quarter patch by default (16 px for 64 px).
-    stride = stride or max(1, patch // (4 if mode == "dense" else 2))
+    stride = tiling.stride or max(1, patch // (4 if tiling.mode == "dense" else 2))
     if not 0 < stride <= patch:
         raise CheckpointError(f"stride {stride} does not fit the model: it must be in "
                               f"[1, patch size {patch}] for windows to cover every pixel")
-    if mode == "dense":
+    if tiling.mode == "dense":
         for predictor in predictors.values():
             predictor.dense_halo()  # raises for a branch that cannot run densely
-    if mode == "pixel":
+    if tiling.mode == "pixel":
         for predictor in predictors.values():
             predictor.pixel_halo()  # raises for a branch without a decoder
-        if coarse:
-            raise CheckpointError("mode 'pixel' maps every input pixel; coarse output is "
-                                  "for modes 'windows' and 'dense'")
+        if tiling.coarse:
+            raise SettingsError("coarse", "mode 'pixel' maps every input pixel; coarse "
+                                          "output is for modes 'windows' and 'dense'")
     # Pixel blocks start on whole patches (whole encoder cells) of the scene.
-    unit = patch if mode == "pixel" else stride
-    block = max(1, round(block_size / unit)) * unit
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return predictors, Plan(grid, readers, stride, coarse, pad, min_valid, batch_size, device,
-                            probabilities, mode, block), checks
+    unit = patch if tiling.mode == "pixel" else stride
+    block = max(1, round(tiling.block_size / unit)) * unit
+    device = execution.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    outputs = settings.outputs
+    plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
+                probabilities=bool(outputs.probabilities or outputs.confidence),
+                threads=execution.threads)
+    return predictors, plan, checks
 
 
 def _absolute(scene: SceneInput) -> SceneInput:
@@ -436,18 +493,18 @@ def _input_files(sources: "Sources") -> dict[str, str]:
     return files
 
 
-def _chunks(plan: Plan, chunk_size: int) -> list[Window]:
-    """Output chunks of about ``chunk_size`` pixels a side.
+def _chunks(plan: Plan) -> list[Window]:
+    """Output chunks of about ``plan.tiling.chunk_size`` pixels a side.
 
     On the input grid they are rounded to whole stride cells, so that neighbouring
     chunks share no window unless the windows overlap (stride < patch); in dense mode to
-    whole blocks (:attr:`Plan.block`).
+    whole blocks (:attr:`Plan.output_block`).
     """
-    if plan.mode != "windows":
-        cell = plan.block // plan.stride if plan.coarse else plan.block
+    if plan.tiling.mode != "windows":
+        cell = plan.output_block
     else:
-        cell = 1 if plan.coarse else plan.stride
-    size = max(1, round(chunk_size / cell)) * cell
+        cell = 1 if plan.tiling.coarse else plan.tiling.stride
+    size = max(1, round(plan.tiling.chunk_size / cell)) * cell
     return chunk_layout(plan.output.height, plan.output.width, size)
 
 
@@ -509,17 +566,9 @@ def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | 
 
 
 def predict_to_file(predictors: Predictors, sources: "Sources",
-                    output: str | os.PathLike[str], *, stride: int | None = None,
-                    coarse: bool = False, chunk_size: int = 1024, workers: int = 1,
-                    scheduler: str | None = None, scheduler_timeout: float = 10.0,
-                    probabilities: str | os.PathLike[str] | None = None,
-                    probabilities_dtype: Literal["float32", "uint8"] = "float32",
-                    confidence: bool | str | os.PathLike[str] = False,
-                    overwrite: bool = False, progress: bool = False, force: bool = False,
-                    pad: PadMode = "reflect", min_valid: float = 0.5, batch_size: int = 32,
-                    device: str | None = None, mode: Mode = "windows",
-                    block_size: int = 1024,
-                    stac_source: ItemInputs | None = None) -> dict[str, Any]:
+                    output: str | os.PathLike[str], settings: MapSettings = DEFAULTS, *,
+                    progress: bool = False,
+                    stac_source: ItemInputs | None = None) -> "MapSummary":
     """Map land cover from one scene per available modality into a Cloud-Optimised GeoTIFF.
 
     Several modalities are fused by averaging their class probabilities per pixel.
@@ -534,51 +583,31 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             size), the others are warped onto it.
         output: the class map to write; ``<stem>.qml``, ``<stem>.legend.json`` and its
             STAC Item ``<stem>.stac.json`` go beside it.
-        stride: step between windows (default: a quarter of the patch size in dense mode,
-            half in windows mode).
-        coarse: one output pixel per stride cell instead of the input grid.
-        chunk_size: side of the chunks of output pixels each task maps (bounds memory).
-        workers: local threads (ignored with ``scheduler``).
-        scheduler: address of a ``dask.distributed`` scheduler to run the chunks on.
-        scheduler_timeout: seconds to wait for the scheduler to answer.
-        probabilities: also write per-class probabilities (one band per class) there.
-        probabilities_dtype: ``float32`` (nodata NaN) or ``uint8`` (0-250 = p x 250,
-            nodata 255) for the probability and confidence rasters.
-        confidence: also write the winning class's probability; ``True`` puts it at
-            ``<stem>.confidence.tif``.
-        overwrite: replace existing outputs.
+        settings: how to map: tiling, execution, extra outputs and checks, e.g.
+            ``MapSettings.of(stride=8, workers=2, probabilities="p.tif")`` (see
+            :class:`~discomkd_geo.inference.settings.MapSettings` for every field).
         progress: show a progress bar.
-        force: map scenes that the statistics check refuses (other units or scale,
-            permuted bands); the summary's ``checks`` keeps the figures.
-        pad: scene edge extension, ``reflect`` or ``constant`` (the band's fill value).
-        min_valid: windows with a smaller share of valid pixels are skipped (nodata).
-        batch_size: windows per forward pass (windows mode).
-        device: torch device (default: CUDA when available).
-        mode: ``windows`` (each window classified on its own, with zero padding at its
-            edge) or ``dense`` (the encoders run once per block and every window's
-            features are box means of their feature maps: several times faster at
-            strides below the patch size).
-        block_size: dense mode's block side in pixels (rounded to whole strides): the
-            output does not depend on ``chunk_size`` or ``workers``, only on this.
         stac_source: the STAC Item the scenes came from (linked from the map's Item).
 
     Returns:
-        A summary: ``output``, ``pixels``, ``mapped_pixels``, ``seconds``,
-        ``pixels_per_s``, per-class ``histogram``, the layout used, and per modality the
-        statistics ``checks`` of the scene.
+        What was written, and how (:class:`MapSummary`).
 
     Raises:
-        OutputExistsError: an output exists and ``overwrite`` is false (checked first).
+        OutputExistsError: an output exists and the ``overwrite`` setting is false
+            (checked first).
         OutputError: two outputs share a path, or an output's directory is missing
             (checked first).
         InputFileError: a scene is unreadable (also mid-run, or on a Dask worker), not
             georeferenced, lacks bands, does not overlap, holds no valid pixel, or (unless
-            ``force``) looks like other units, scale or band order than the training data.
+            the ``force`` setting) looks like other units, scale or band order than the
+            training data.
         SchedulerError: the scheduler does not answer within ``scheduler_timeout``.
     """
     start = time.perf_counter()
     output = Path(output)
     qml_path, legend_path = sidecar_paths(output)
+    execution, overwrite = settings.execution, settings.outputs.overwrite
+    probabilities, confidence = settings.outputs.probabilities, settings.outputs.confidence
     if confidence is True:
         confidence = output.with_suffix(".confidence.tif")
     extras = {"probabilities": probabilities, "confidence": confidence or None}
@@ -587,22 +616,19 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
                    "STAC Item": stac_path,
                    **{name: path for name, path in extras.items() if path}}, overwrite,
                   inputs=_input_files(sources))
-    predictors, plan, checks = make_plan(
-        predictors, sources, stride=stride, coarse=coarse, pad=pad, min_valid=min_valid,
-        batch_size=batch_size, device=device, force=force,
-        probabilities=any(extras.values()), mode=mode, block_size=block_size)
+    predictors, plan, checks = make_plan(predictors, sources, settings)
     torch_threads = torch.get_num_threads()  # restored at the end: workers change it
-    if scheduler is None:
+    if execution.scheduler is None and plan.threads is None:
         # N local workers share torch's thread budget (by default one thread per core):
         # a full pool of intra-op threads each would oversubscribe the cores. A cluster's
         # workers keep their own settings (Dask's nannies start them with one thread).
-        plan = replace(plan, threads=max(1, torch.get_num_threads() // workers))
+        plan = replace(plan, threads=max(1, torch.get_num_threads() // execution.workers))
     info = next(iter(predictors.values())).info
     classes, colors = list(info.classes), [tuple(c) for c in info.colors]
     grid = plan.output
-    facts = {"modalities": ",".join(plan.sources), "stride": plan.stride,
-             "coarse": plan.coarse, "mode": plan.mode, "software": "discomkd_geo"}
-    chunks = _chunks(plan, chunk_size)
+    facts = {"modalities": ",".join(plan.sources), "stride": plan.tiling.stride,
+             "coarse": plan.tiling.coarse, "mode": plan.tiling.mode, "software": "discomkd_geo"}
+    chunks = _chunks(plan)
     histogram = np.zeros(len(classes) + 1, dtype=np.int64)  # last bin: nodata
 
     with ExitStack() as stack:
@@ -618,8 +644,9 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
             output, count=1, dtype="uint8", nodata=CLASS_NODATA, resampling=Resampling.mode,
             descriptions=[class_description(classes)], tags=class_tags(classes, colors, facts),
             colormap=colors)}
-        scaled = probabilities_dtype == "uint8"
-        continuous = {"dtype": probabilities_dtype, "nodata": 255 if scaled else np.nan,
+        dtype = settings.outputs.probabilities_dtype
+        scaled = dtype == "uint8"
+        continuous = {"dtype": dtype, "nodata": 255 if scaled else np.nan,
                       "resampling": Resampling.average, "scale": 1 / 250 if scaled else 1.0}
         if probabilities:
             outputs["probabilities"] = writer(
@@ -637,7 +664,8 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
                                        desc=f"mapping {output.name}"))
         files = [f for source in plan.sources.values() for f in source.files]
         submit, slots = stack.enter_context(_submitter(
-            predictors, workers, scheduler, files, scheduler_timeout))
+            predictors, execution.workers, execution.scheduler, files,
+            execution.scheduler_timeout))
         todo = iter(chunks)
         pending = deque((c, submit(plan, c)) for c in islice(todo, 2 * slots))
         while pending:
@@ -663,19 +691,16 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
 
     seconds = time.perf_counter() - start
     pixels = grid.width * grid.height
-    return {
-        "output": str(output),
-        "probabilities": str(probabilities) if probabilities else None,
-        "confidence": str(confidence) if confidence else None,
-        "width": grid.width, "height": grid.height, "crs": grid.crs.to_string(),
-        "modalities": list(plan.sources), "patch_size": info.patch_size,
-        "stride": plan.stride, "coarse": plan.coarse, "mode": plan.mode,
-        "chunks": len(chunks),
-        "pixels": pixels, "mapped_pixels": int(histogram[:-1].sum()),
-        "seconds": round(seconds, 3), "pixels_per_s": round(pixels / max(seconds, 1e-9), 1),
-        "histogram": {name: int(n) for name, n in zip(classes, histogram, strict=False)},
-        "checks": {m: check.to_dict() for m, check in checks.items()},
-    }
+    return MapSummary(
+        output=str(output), probabilities=str(probabilities) if probabilities else None,
+        confidence=str(confidence) if confidence else None, width=grid.width,
+        height=grid.height, crs=grid.crs.to_string(), modalities=tuple(plan.sources),
+        patch_size=info.patch_size, stride=plan.tiling.stride, coarse=plan.tiling.coarse,
+        mode=plan.tiling.mode, chunks=len(chunks), pixels=pixels,
+        mapped_pixels=int(histogram[:-1].sum()), seconds=round(seconds, 3),
+        pixels_per_s=round(pixels / max(seconds, 1e-9), 1),
+        histogram={name: int(n) for name, n in zip(classes, histogram, strict=False)},
+        checks=checks)
 
 
 def _write(outputs: Mapping[str, CogWriter], chunk: Window, result: ChunkResult,
@@ -693,10 +718,9 @@ def _write(outputs: Mapping[str, CogWriter], chunk: Window, result: ChunkResult,
             outputs[name].write(chunk, values)
 
 
-def predict_lazy(predictors: Predictors, sources: "Sources", *, stride: int | None = None,
-                 coarse: bool = False, chunk_size: int = 1024,
-                 what: Literal["classes", "probabilities"] = "classes",
-                 **options: Any) -> "xarray.DataArray":
+def predict_lazy(predictors: Predictors, sources: "Sources",
+                 settings: MapSettings = DEFAULTS, *,
+                 what: Literal["classes", "probabilities"] = "classes") -> "xarray.DataArray":
     """The map as a lazy, Dask-backed :class:`xarray.DataArray` with CRS and transform.
 
     Nothing is read or classified until the array is computed (with any Dask scheduler);
@@ -705,25 +729,23 @@ def predict_lazy(predictors: Predictors, sources: "Sources", *, stride: int | No
     Args:
         predictors: as in :func:`predict_to_file`.
         sources: as in :func:`predict_to_file`.
-        stride: as in :func:`predict_to_file`.
-        coarse: as in :func:`predict_to_file`.
-        chunk_size: as in :func:`predict_to_file`.
+        settings: as in :func:`predict_to_file`; its tiling, checks, ``device`` and
+            ``threads`` apply (the array is computed by whatever Dask scheduler the caller
+            uses, and written by the caller).
         what: ``classes`` (uint8 ``(y, x)``, nodata 255) or ``probabilities`` (float32
             ``(band, y, x)``, one band per class, NaN nodata).
-        **options: ``force``, ``pad``, ``min_valid``, ``batch_size``, ``device``, ``mode``,
-            ``block_size`` of :func:`make_plan`.
     """
     import dask
     import dask.array as da
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
-    predictors, plan, _ = make_plan(predictors, sources, stride=stride, coarse=coarse,
-                                 probabilities=what == "probabilities", **options)
+    predictors, plan, _ = make_plan(predictors, sources, settings)
+    plan = replace(plan, probabilities=what == "probabilities")
     info = next(iter(predictors.values())).info
     model = dask.delayed(predictors, pure=True, traverse=False)
     grid = plan.output
-    chunks = _chunks(plan, chunk_size)
+    chunks = _chunks(plan)
     columns = len(range(0, grid.width, chunks[0].width))
     blocks = []
     for chunk in chunks:

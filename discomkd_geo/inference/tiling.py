@@ -14,13 +14,12 @@ neighbours (:func:`fill_invalid`) before any window sees them.
 """
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 
-PadMode = Literal["reflect", "constant"]
+from .settings import PadMode
 
 
 def relative_slices(inner: Window, outer: Window) -> tuple[slice, slice]:
