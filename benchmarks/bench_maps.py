@@ -74,6 +74,7 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
     import torch
 
     from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
     from discomkd_geo.models.predictor import load_predictor
 
     torch.set_num_threads(TORCH_THREADS)
@@ -85,11 +86,12 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
         sources = {m: str(Path(scene) / f"{m}.tif") for m in names}
         target = Path(out) / f"{Path(scene).name}-{mode_name}-{modality}.tif"
         start = time.perf_counter()
-        summary = predict_to_file(predictors, sources, target, stride=stride, mode=mode,
-                                  device="cpu", overwrite=True, workers=1)
+        settings = MapSettings.of(stride=stride, mode=mode, device="cpu", overwrite=True,
+                                  threads=TORCH_THREADS)
+        summary = predict_to_file(predictors, sources, target, settings)
         seconds = time.perf_counter() - start
         rows.append({"scene": Path(scene).name, "map": str(target),
-                     "px_per_s": round(summary["pixels"] / seconds),
+                     "px_per_s": round(summary.pixels / seconds),
                      **score(target, Path(scene) / "truth.tif")})
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"scenes": rows, "peak_rss_mb": round(peak)}
