@@ -175,3 +175,37 @@ def test_datamodule_draws_mosaics(eurosat_root: Path, paired: bool) -> None:
                 batch[f"label_{m}"][b].tolist())
     if paired:
         assert torch.equal(batch["mask_ms"], batch["mask_sar"])
+
+
+def _tiny_config(root: Path, *extra: str):
+    return load_config(None, ("model.backbone=small_cnn", "model.width=4", "data.batch_size=16",
+                              "data.num_workers=0", "trainer.max_epochs=1",
+                              "trainer.accelerator=cpu", f"data.root={root}", *extra))
+
+
+def test_training_on_mosaics_gives_branches_a_decoder(eurosat_root: Path, scene_dir: Path,
+                                                      tmp_path: Path) -> None:
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.training.train import train
+
+    result = train(_tiny_config(eurosat_root, "data.mosaic=true", "model.decoder=true"),
+                   tmp_path / "run", progress=False)
+    assert set(result.metrics) == {"ms", "sar"}  # scored on isolated test patches
+    log = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/pixel" in log and "train/adv" in log
+    predictor = load_predictor(tmp_path / "run", "sar")
+    assert predictor.has_decoder
+    summary = predict_to_file(predictor, scene_dir / "sar.tif", tmp_path / "map.tif",
+                              MapSettings.of(mode="auto"))
+    assert summary.mode == "pixel" and summary.mapped_pixels > 0
+
+
+def test_decoder_needs_mosaics(eurosat_root: Path, tmp_path: Path) -> None:
+    from discomkd_geo.errors import ConfigError
+    from discomkd_geo.training.train import train
+
+    with pytest.raises(ConfigError, match="data.mosaic"):
+        train(_tiny_config(eurosat_root, "model.decoder=true"), tmp_path / "run",
+              progress=False)
