@@ -15,7 +15,8 @@ weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
 maps of the held-out scenes follow for windows-s32 and pixel. One edge OA is checked
 against the reference scorer (``--score-map PATH``, e.g. the issues' ``score_map.py``).
 
-Prints tables, merges key ``maps`` into benchmarks/results.json and draws
+Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
+under other labels are kept, so runs can be measured as they finish) and draws
 benchmarks/maps.png (OA and edge OA per mode: demo scene and held-out mean with range).
 
     python benchmarks/bench_maps.py --run today=runs/a --run pixel=runs/b [--scenes 5]
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import merge_results
+from _results import load_results, merge_results
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "tiles" / "demo"
@@ -226,6 +227,9 @@ def main() -> None:
             for found in run.get(modality, {}).values():
                 for row in found["scenes"]:
                     row.pop("map", None)
+    # Runs measured before under the same key (other --run labels) are kept.
+    earlier = load_results().get(args.key, {}).get("runs", {})
+    results = {**earlier, **results}
     merge_results(args.key, {"torch_threads": TORCH_THREADS, "scene_size": args.size,
                              "held_out_seeds": list(range(101, 101 + args.scenes)),
                              "runs": results})
