@@ -110,7 +110,9 @@ class DataConfig:
             holds ``batch_size / 4`` mosaics).
         mosaic: train on mosaics of four patches cut along random lines (see
             ``discomkd_geo.data.mosaic``): every loss term per patch region, pooled as
-            dense inference pools windows; needed by ``model.decoder``.
+            dense inference pools windows; needed by ``model.decoder``. Off by default:
+            with the demo recipe it lowered the SAR branch's patch F1 and map accuracy
+            (``benchmarks/results.json``, key ``maps``).
         num_workers: DataLoader worker processes.
         normalization: per-band normalisation.
         augment: training augmentations.
