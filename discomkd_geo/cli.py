@@ -8,13 +8,14 @@ traceback instead.
 """
 
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
-from .errors import DiscomkdGeoError
+from .errors import DiscomkdGeoError, SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,14 +27,52 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
+#: The options of the scene parameters (``SceneInput`` fields) library messages suggest;
+#: the mapping settings' options are generated (:func:`_options_of_params`).
+_SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
+                  "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata",
+                  "trusted": "--trust-checkpoint"}
+
+
+def _options_of_params() -> dict[str, str]:
+    """Python parameter -> the option that sets it on the command line."""
+    from .inference.settings import setting_fields
+
+    return {**_SCENE_OPTIONS, **{f.name: f.flag for f in setting_fields() if f.flag}}
+
+
+def cli_words(text: str) -> str:
+    """``text`` with parameters written the Python way as the command line's options.
+
+    ``scale=10000`` becomes ``--ms-scale 10000``, ``force=True`` and ``bands=`` become
+    ``--force`` and ``--bands``, and a name with an underscore (``scheduler_timeout``)
+    becomes its option wherever it stands; dotted config keys are left alone.
+    """
+    options = _options_of_params()
+    names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
+
+    def option(match: re.Match[str]) -> str:
+        name, value = match.group(1), match.group(2)
+        value = value.strip("'\"") if value else ""
+        return options[name] if value in ("", "True") else f"{options[name]} {value}"
+
+    text = re.sub(rf"(?<![\w.-])({names})=('[^']*'|[^\s,;)]*)", option, text)
+    underscored = "|".join(re.escape(n) for n in options if "_" in n)
+    return re.sub(rf"(?<![\w.-])({underscored})(?![\w=])",
+                  lambda m: options[m.group(1)], text)
+
+
 def error_message(err: Exception) -> str | None:
     """The one-line message the CLI prints for ``err``; ``None``: not an error it reports.
 
-    The package's errors carry their message; an ``OSError`` (rasterio's I/O errors are
-    ones) is told as ``<path>: <problem>``; other rasterio errors by their first line.
+    The package's errors carry their message, with the parameters they suggest written
+    as options (:func:`cli_words`); an ``OSError`` (rasterio's I/O errors are ones) is
+    told as ``<path>: <problem>``; other rasterio errors by their first line.
     """
+    if isinstance(err, SettingsError):
+        return f"{_options_of_params().get(err.param, err.param)}: {cli_words(err.problem)}"
     if isinstance(err, DiscomkdGeoError):
-        return str(err)
+        return cli_words(str(err))
     if isinstance(err, OSError):
         if err.filename is not None and err.strerror:
             return f"{os.fsdecode(err.filename)}: {err.strerror}"
@@ -128,8 +167,13 @@ def _seed_option(command: F) -> F:
 
 def _checkpoint_option(help: str = "Training checkpoint, run directory or exported "
                                    "predictor.", exists: bool = False) -> Callable[[F], F]:
-    return click.option("--checkpoint", required=True,
-                        type=click.Path(exists=exists, path_type=Path), help=help)
+    checkpoint = click.option("--checkpoint", required=True,
+                              type=click.Path(exists=exists, path_type=Path), help=help)
+    # Every command that reads a checkpoint can be told to trust it (models/_files.py).
+    trust = click.option("--trust-checkpoint", "trusted", is_flag=True,
+                         help="Load a checkpoint whose pickle would run code (refused by "
+                              "default): only for files you made yourself.")
+    return lambda command: checkpoint(trust(command))
 
 
 def _json_option(help: str) -> Callable[[F], F]:
@@ -287,14 +331,15 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
 @_json_option("Print the metrics as JSON.")
-def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str,
-             as_json: bool) -> None:
+def evaluate(checkpoint: Path, trusted: bool, modality: str, data_root: Path | None,
+             split: str, as_json: bool) -> None:
     """Score one modality's classifier on a dataset split, as deployed (raw input)."""
     import json
 
     from .training.evaluate import evaluate as run_evaluation
 
-    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split)
+    metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split,
+                             trusted=trusted)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -308,15 +353,16 @@ def evaluate(checkpoint: Path, modality: str, data_root: Path | None, split: str
 @click.option("--modality", required=True, help="Branch to export, e.g. sar.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @_overwrite_option("Replace OUTPUT if it exists.")
-def export(checkpoint: Path, modality: str, output: Path, overwrite: bool) -> None:
+def export(checkpoint: Path, trusted: bool, modality: str, output: Path,
+           overwrite: bool) -> None:
     """Write one modality's predictor to a small self-contained file for deployment."""
-    from ._io import check_outputs
+    from .files import check_outputs
 
     # Before the checkpoint is loaded: an output that cannot be written fails at once.
     check_outputs({"predictor": output}, overwrite)
     from .models.predictor import load_predictor
 
-    predictor = load_predictor(checkpoint, modality)
+    predictor = load_predictor(checkpoint, modality, trusted=trusted)
     predictor.save(output, overwrite=overwrite)
     size = output.stat().st_size / 2**20
     click.echo(f"{output}: {modality} predictor, {len(predictor.info.bands)} bands "
@@ -397,20 +443,21 @@ def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
 
 
 # --------------------------------------------------------------------------- predict
-def _band_names(values: tuple[str, ...], modalities: list[str]) -> dict[str, list[str]]:
-    """``--bands`` values (``[MODALITY=]NAME,NAME,...``) as ``{modality: names}``."""
-    names = {}
+def _per_modality(values: tuple[str, ...], modalities: list[str], option: str
+                  ) -> dict[str, str]:
+    """Values of a per-modality option (``[MODALITY=]VALUE``) as ``{modality: value}``."""
+    given = {}
     for value in values:
-        modality, sep, listed = value.rpartition("=")
+        modality, sep, text = value.partition("=")
         if not sep:
             if len(modalities) != 1:
-                raise click.BadParameter("with several scenes write MODALITY=NAME,NAME,...",
-                                         param_hint="--bands")
-            modality = modalities[0]
+                raise click.BadParameter("with several scenes write MODALITY=VALUE",
+                                         param_hint=option)
+            modality, text = modalities[0], value
         if modality not in modalities:
-            raise click.BadParameter(f"no {modality!r} scene given", param_hint="--bands")
-        names[modality] = [b.strip() for b in listed.split(",")]
-    return names
+            raise click.BadParameter(f"no {modality!r} scene given", param_hint=option)
+        given[modality] = text
+    return given
 
 
 _MS_OFFSET_HELP = (
@@ -441,15 +488,20 @@ def _input_options(command: Any) -> Any:
         click.option("--crs", metavar="CRS",
                      help="CRS to warp rasters georeferenced only by GCPs or RPCs to, e.g. "
                           "EPSG:32631 [default: UTM zone of the scene centre]."),
+        click.option("--nodata", multiple=True, metavar="[MODALITY=]VALUE",
+                     help="The value that marks missing pixels in the scene (in any band), "
+                          "instead of its files' nodata tags: for exports that fill outside "
+                          "the swath without tagging it (SNAP, Earth Engine: --nodata 0); "
+                          "repeatable per modality."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
+def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
                   sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-                  crs: str | None) -> dict[str, Any]:
+                  crs: str | None, nodata: tuple[str, ...]) -> dict[str, Any]:
     """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
     from .constants import MS, SAR
     from .inference.io import SceneInput
@@ -460,14 +512,36 @@ def _scene_inputs(scenes: dict[str, list[Path]], bands: tuple[str, ...],
                                    f"it contradicts --sar-units {sar_units}")
         click.echo("warning: --sar-db is deprecated; use --sar-units linear", err=True)
         sar_units = "linear"
-    names = _band_names(bands, list(scenes))
+    names = _per_modality(bands, list(scenes), "--bands")
+    fills = _per_modality(nodata, list(scenes), "--nodata")
     inputs = {}
     for modality, paths in scenes.items():
         scale, offset = (ms_scale, ms_offset) if modality == MS else (1.0, 0.0)
-        inputs[modality] = SceneInput(paths, names.get(modality),
-                                      sar_units if modality == SAR else None, scale, offset,
-                                      crs)
+        try:
+            fill = float(fills[modality]) if modality in fills else None
+        except ValueError as err:
+            raise click.BadParameter(f"{fills[modality]!r} is not a number",
+                                     param_hint="--nodata") from err
+        listed = [b.strip() for b in names[modality].split(",")] if modality in names else None
+        inputs[modality] = SceneInput(paths, listed, sar_units if modality == SAR else None,
+                                      scale, offset, crs, fill)
     return inputs
+
+
+class _ScenePath(click.ParamType):
+    """A scene: a local path (as ``Path``) or a URL kept as given (``Path`` folds ``//``)."""
+
+    name = "path"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> str | Path:
+        """``https://``, ``s3://`` and ``/vsi...`` stay strings; anything else is a Path."""
+        text = os.fspath(value)
+        return text if "://" in text or text.startswith("/vsi") else Path(text)
+
+
+#: The type of every scene option (local files, directories or URLs).
+_SCENE = _ScenePath()
 
 
 def _click_type(f: Any) -> dict[str, Any]:
@@ -512,19 +586,20 @@ def _map_settings(values: dict[str, Any]) -> Any:
 
 @click.command()
 @_checkpoint_option(exists=True)
-@click.option("--sar", multiple=True, type=click.Path(path_type=Path),
+@click.option("--sar", multiple=True, type=_SCENE,
               help="Sentinel-1 scene: a VV/VH stack, or one file per polarisation (repeat "
-                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), or their "
-                   "directory. A raw .SAFE is refused: calibrate and terrain-correct first.")
-@click.option("--sar-vv", type=click.Path(dir_okay=False, path_type=Path),
+                   "--sar; e.g. the *_VV.tif and *_VH.tif of an RTC product), their "
+                   "directory, or https:// or s3:// URLs (read by range requests). A raw "
+                   ".SAFE is refused: calibrate and terrain-correct first.")
+@click.option("--sar-vv", type=_SCENE,
               help="The VV file of a scene given as one file per polarisation.")
-@click.option("--sar-vh", type=click.Path(dir_okay=False, path_type=Path),
+@click.option("--sar-vh", type=_SCENE,
               help="The VH file (with --sar-vv).")
-@click.option("--ms", multiple=True, type=click.Path(path_type=Path),
+@click.option("--ms", multiple=True, type=_SCENE,
               help="Sentinel-2 scene: a stack, one file per band (repeat --ms), or a "
                    "directory of band files such as an L1C/L2A .SAFE (finest resolution "
                    "of each band; every band is resampled to the model's pixel size).")
-@click.option("--scene", multiple=True, type=click.Path(path_type=Path),
+@click.option("--scene", multiple=True, type=_SCENE,
               help="Scene of another modality, named by --modality.")
 @click.option("--stac", "stac_item", type=click.Path(dir_okay=False, path_type=Path),
               help="Local STAC Item whose assets are the S1/S2 scenes (instead of --sar/--ms; "
@@ -538,12 +613,13 @@ def _map_settings(values: dict[str, Any]) -> Any:
 @_setting_options
 @_no_progress_option("No progress bar.")
 @_json_option("Print the summary as JSON.")
-def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
-            sar_vh: Path | None, ms: tuple[Path, ...], scene: tuple[Path, ...],
+def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
+            sar_vv: Path | str | None, sar_vh: Path | str | None, ms: tuple[Path | str, ...],
+            scene: tuple[Path | str, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
             sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-            crs: str | None, output: Path, no_progress: bool, as_json: bool,
-            **settings: Any) -> None:
+            crs: str | None, nodata: tuple[str, ...], output: Path, no_progress: bool,
+            as_json: bool, **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
     Every scene is first checked against the model's training data (units, scale, band
@@ -552,7 +628,7 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
     """
     from .constants import MS, SAR
 
-    scenes: dict[str, list[Path]] = {}
+    scenes: dict[str, list[Path | str]] = {}
     source = None
     if stac_item is not None:
         if ms or sar or sar_vv or sar_vh or scene:
@@ -560,8 +636,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         from .inference.stac import read_item
 
         source = read_item(stac_item)
-        scenes = {m: [Path(f) for f in files] for m, files in source.paths.items()
-                  if modality in (None, m)}
+        scenes = {m: [_SCENE.convert(f, None, None) for f in files]
+                  for m, files in source.paths.items() if modality in (None, m)}
         if not scenes:
             raise click.UsageError(f"{stac_item} has no {modality} asset")
         # The Item names the bands; an explicit --bands still wins.
@@ -583,12 +659,12 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         raise click.UsageError("give a scene: --sar, --ms or --scene with --modality")
     if len(scenes) > 1 and not fuse:
         raise click.UsageError("several scenes given: add --fuse to average the branches")
-    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs)
+    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs, nodata)
     from .inference.engine import predict_to_file
     from .models.predictor import load_predictor
 
     options = _map_settings(settings)  # checked before the checkpoint is loaded
-    predictors = {m: load_predictor(checkpoint, m) for m in scenes}
+    predictors = {m: load_predictor(checkpoint, m, trusted=trusted) for m in scenes}
     summary = predict_to_file(predictors, inputs, output, options,
                               progress=not (no_progress or as_json), stac_source=source)
     if as_json:
@@ -598,7 +674,8 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         return
     for check in summary.checks.values():
         if check.forced:
-            click.echo(f"warning: mapped with --force: {check.problems[0]}", err=True)
+            click.echo(f"warning: mapped with --force: {cli_words(check.problems[0])}",
+                       err=True)
     click.echo(f"{summary.output}: {summary.width} x {summary.height} px "
                f"({', '.join(summary.modalities)}, stride {summary.stride}) in "
                f"{summary.seconds:.1f} s, {summary.pixels_per_s:,.0f} px/s")
@@ -607,6 +684,11 @@ def predict(checkpoint: Path, sar: tuple[Path, ...], sar_vv: Path | None,
         if count:
             click.echo(f"  {name:<22} {count:>12,} px  {count / mapped:6.1%}")
     click.echo(f"  {'(nodata)':<22} {summary.pixels - summary.mapped_pixels:>12,} px")
+    if summary.computed_chunks < summary.chunks:
+        click.echo(f"area of interest: {summary.computed_chunks} of {summary.chunks} chunks "
+                   "read and classified")
+    if summary.vector:
+        click.echo(f"polygons: {summary.vector}")
 
 
 main.add_command(predict)
@@ -614,14 +696,15 @@ main.add_command(predict)
 
 # --------------------------------------------------------------------------- inspect
 @main.command()
-@click.argument("scene", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("scene", nargs=-1, required=True, type=_SCENE)
 @_checkpoint_option(exists=True)
 @click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
 @_input_options
 @_json_option("Print the figures as JSON.")
-def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
+def inspect(scene: tuple[Path | str, ...], checkpoint: Path, trusted: bool,
+            modality: str | None,
             bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
-            ms_offset: float, crs: str | None, as_json: bool) -> None:
+            ms_offset: float, crs: str | None, nodata: tuple[str, ...], as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
 
     SCENE is one raster, one file per band or polarisation, or a directory of them.
@@ -629,15 +712,15 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
     percentiles and the verdict, then whether predict would map the scene.
     """
     from .inference.checks import check_scene
-    from .inference.io import open_sources
+    from .inference.io import open_readers
     from .models.predictor import load_predictor
 
-    predictor = load_predictor(checkpoint, modality)
+    predictor = load_predictor(checkpoint, modality, trusted=trusted)
     modality = predictor.info.modality
     inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
-                           ms_offset, crs)
-    _, sources = open_sources(inputs, {modality: predictor.info})
-    check = check_scene(predictor, sources[modality], modality)
+                           ms_offset, crs, nodata)
+    _, readers = open_readers(inputs, {modality: predictor.info})
+    check = check_scene(predictor, readers[modality], modality)
     if as_json:
         import json
 
@@ -654,7 +737,7 @@ def inspect(scene: tuple[Path, ...], checkpoint: Path, modality: str | None,
                    f"{'/'.join(f'{v:.4g}' for v in band.scene):>26}   {training:>26}  "
                    f"{band.verdict}")
     if check.problems:
-        click.echo(f"predict refuses this scene: {check.problems[0]}")
+        click.echo(f"predict refuses this scene: {cli_words(check.problems[0])}")
     else:
         click.echo("predict maps this scene")
 
@@ -669,3 +752,66 @@ def rio_discomkd(ctx: click.Context) -> None:
 
 
 rio_discomkd.add_command(predict)
+
+
+# --------------------------------------------------------------------------- GIS chains
+def _area(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    """``--mmu`` as square metres (``0.5ha``, ``5000m2``, ``5000``)."""
+    if value is None:
+        return None
+    from .inference.settings import parse_area
+
+    try:
+        return parse_area(value)
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from err
+
+
+def _mmu_option(command: F) -> F:
+    """``--mmu`` of ``vectorize``, with the help of predict's ``mmu`` setting."""
+    from .inference.settings import setting_fields
+
+    [field] = [f for f in setting_fields() if f.name == "mmu"]
+    return click.option("--mmu", callback=_area, metavar=field.metavar,
+                        help=field.help)(command)
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="GeoPackage to write (.gpkg; also .geojson, .fgb); OUTPUT_STEM.qml beside it.")
+@_mmu_option
+@click.option("--layer", help="Layer name [default: the output's stem].")
+@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None,
+              overwrite: bool) -> None:
+    """Polygons of a land-cover map: one feature per connected region.
+
+    Attributes: class_code, class_name, color, area_m2, area_ha (areas on an equal-area
+    projection when the map's CRS is geographic). A QGIS style goes beside the file.
+    """
+    from .inference.vectorize import vectorize_to_file
+
+    frame = vectorize_to_file(map_path, output, mmu=mmu, layer=layer, overwrite=overwrite)
+    click.echo(f"{output}: {len(frame):,} polygons, {frame['area_ha'].sum():,.2f} ha"
+               + (f" (MMU {mmu:g} m2)" if mmu else ""))
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("zones", metavar="ZONES[:LAYER]")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Table to write: .csv, or .gpkg (with the zones' geometries).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@_no_progress_option("No progress bar.")
+def zonal(map_path: Path, zones: str, output: Path, overwrite: bool, no_progress: bool) -> None:
+    """Area of each class per zone (ha and % of the zone), nodata share, zone attributes.
+
+    ZONES is any vector file geopandas reads, in any CRS (FILE:LAYER names a layer). A
+    pixel counts for a zone when its centre lies inside it.
+    """
+    from .inference.zonal import zonal_to_file
+
+    table = zonal_to_file(map_path, zones, output, overwrite=overwrite,
+                          progress=not no_progress)
+    click.echo(f"{output}: {len(table):,} zones")

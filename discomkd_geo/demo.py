@@ -25,9 +25,9 @@ import numpy as np
 import rasterio
 from rasterio.warp import Resampling, reproject
 
-from ._io import atomic_path, check_writable
 from .constants import CLASS_NODATA, SAR
 from .errors import InputFileError
+from .files import atomic_path, check_writable
 from .logs import log
 
 

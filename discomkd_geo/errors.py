@@ -2,7 +2,10 @@
 
 Modelled on ``torchgeo.datasets.errors``. The CLI prints ``Error: <message>`` for any
 :class:`DiscomkdGeoError` and exits non-zero, so every message must be one line that
-names the file (or config key) and the problem.
+names the file (or config key) and the problem. Messages speak Python: a parameter that
+fixes the problem is written ``name=value`` (``scale=10000``, ``force=True``) and the
+error's ``param`` names it; the CLI rewrites such words into its options
+(``--ms-scale 10000``, ``--force``), so neither user is told to pass what they cannot.
 """
 
 import os
@@ -25,17 +28,21 @@ class PathError(DiscomkdGeoError):
 
     Args:
         path: the offending file, directory or scheduler address.
-        problem: what is wrong with it, as a sentence fragment.
+        problem: what is wrong with it, as a sentence fragment; a parameter it suggests
+            is written the Python way (``scale=10000``, ``force=True``).
+        param: the Python parameter that fixes it, if one does.
     """
 
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+    def __init__(self, path: str | os.PathLike[str], problem: str,
+                 param: str | None = None) -> None:
         self.path = os.fspath(path)
         self.problem = problem
+        self.param = param
         super().__init__(f"{self.path}: {problem}")
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Picklable with its arguments: Dask workers send errors back to the client.
-        return type(self), (self.path, self.problem)
+        return type(self), (self.path, self.problem, self.param)
 
 
 class InputFileError(PathError, ValueError):
@@ -121,7 +128,15 @@ class OutputExistsError(PathError, FileExistsError):
     """The output path exists and ``overwrite`` was not given."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
-        super().__init__(path, "already exists; pass --overwrite to replace it")
+        super().__init__(path, "already exists; pass overwrite=True to replace it",
+                         param="overwrite")
 
     def __reduce__(self) -> tuple[Any, ...]:
         return type(self), (self.path,)
+
+
+class UntrustedFileError(PathError):
+    """A model file's pickle would call code beyond tensors and plain values on load.
+
+    Not a ``ValueError``: it is never taken for an unreadable file and wrapped.
+    """

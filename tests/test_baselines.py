@@ -177,7 +177,7 @@ def comparison(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     lines: list[str] = []
     results = compare(config, out, seeds=1, methods=["mono", "kd"], lrs=(3e-3,), patience=1,
                       command="discomkd-geo x", echo=lines.append)
-    return out, results, lines
+    return out, results.to_json(), lines
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +192,7 @@ def dkd_run(comparison: tuple, eurosat_root: Path,
     return run
 
 
+@pytest.mark.slow
 def test_report_is_built_from_the_runs(comparison: tuple) -> None:
     out, results, lines = comparison
     assert [r["variant"] for r in results["runs"]] == ["mono", "teacher", "kd"]
@@ -223,6 +224,7 @@ def test_report_is_built_from_the_runs(comparison: tuple) -> None:
     assert not (out / "diagnostics.png").exists()
 
 
+@pytest.mark.slow
 def test_report_regenerates_from_results_json(comparison: tuple, tmp_path: Path) -> None:
     out, _, _ = comparison
     copy = tmp_path / "copy"
@@ -240,6 +242,7 @@ def test_report_regenerates_from_results_json(comparison: tuple, tmp_path: Path)
     assert "results.json: cannot read the comparison results" in missing.output
 
 
+@pytest.mark.slow
 def test_quick_protocol_end_to_end(eurosat_root: Path, tmp_path: Path) -> None:
     """``compare --quick``: lr grid on seed 0's validation, paired seeds, diagnostics."""
     out = tmp_path / "quick"
@@ -278,6 +281,7 @@ def test_quick_protocol_end_to_end(eurosat_root: Path, tmp_path: Path) -> None:
     assert (out / "diagnostics.png").stat().st_size > 5000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["mono", "kd", "dkd"])
 @pytest.mark.parametrize("modality", ["ms", "sar"])
 def test_students_are_loadable_predictors(comparison: tuple, dkd_run: Path, method: str,
@@ -295,6 +299,7 @@ def test_students_are_loadable_predictors(comparison: tuple, dkd_run: Path, meth
         assert torch.equal(predictor(raw), expected)
 
 
+@pytest.mark.slow
 def test_teacher_is_scored_fused_and_exports_no_branch(comparison: tuple) -> None:
     out, results, _ = comparison
     run = out / "runs" / "teacher" / "lr0.003" / "seed0"
@@ -306,23 +311,25 @@ def test_teacher_is_scored_fused_and_exports_no_branch(comparison: tuple) -> Non
         load_predictor(run / "checkpoints" / "best-fused.ckpt", "sar")
 
 
+@pytest.mark.slow
 def test_kd_students_learn_from_a_frozen_teacher(comparison: tuple) -> None:
     out, _, _ = comparison
     teacher_run = out / "runs" / "teacher" / "lr0.003" / "seed0"
     teacher_ckpt = teacher_run / "checkpoints" / "best-fused.ckpt"
-    teacher_state = torch.load(teacher_ckpt, weights_only=False)["state_dict"]
+    teacher_state = torch.load(teacher_ckpt, weights_only=True)["state_dict"]
     kd_ckpt = out / "runs" / "kd" / "lr0.003" / "seed0" / "checkpoints" / "last.ckpt"
-    kd_state = torch.load(kd_ckpt, weights_only=False)["state_dict"]
+    kd_state = torch.load(kd_ckpt, weights_only=True)["state_dict"]
     for name, value in teacher_state.items():  # unchanged by the students' training
         assert torch.equal(kd_state["teacher." + name.removeprefix("model.")], value), name
     log = next((out / "runs" / "kd" / "lr0.003" / "seed0").rglob("metrics.csv")).read_text()
     assert "train/kd_sar" in log.splitlines()[0]
 
 
+@pytest.mark.slow
 def test_kd_configuration_errors(comparison: tuple) -> None:
     out, _, _ = comparison
     hparams = torch.load(out / "runs" / "kd" / "lr0.003" / "seed0" / "checkpoints" / "last.ckpt",
-                         weights_only=False)["hyper_parameters"]
+                         weights_only=True)["hyper_parameters"]
     config, info = hparams["config"], hparams["data_info"]
     with pytest.raises(ConfigError, match="model.teacher"):
         KDTask({**config, "model": {**config["model"], "teacher": None}}, info)
@@ -336,6 +343,7 @@ def test_kd_configuration_errors(comparison: tuple) -> None:
         KDTask({**config, "model": {**config["model"], "teacher": wrong}}, info)
 
 
+@pytest.mark.slow
 def test_compare_cli_rejects_bad_arguments(comparison: tuple, tmp_path: Path) -> None:
     out, _, _ = comparison
     bad = CliRunner().invoke(main, ["compare", "--out", str(tmp_path / "r"),

@@ -202,6 +202,7 @@ def _train_pixels(root: Path, modality: str) -> np.ndarray:
     return np.stack([ds[i][f"image_{modality}"].numpy() for i in range(len(ds))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality, units", [("ms", "dn"), ("sar", "dB")])
 def test_statistics_against_numpy(copernicus_root: Path, modality: str, units: str) -> None:
     ds = EuroSATMSSAR(copernicus_root, "train", modalities=(modality,))
@@ -315,6 +316,7 @@ def _config(root: Path, *overrides: str):
                               *overrides)).data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paired", [True, False])
 def test_datamodule_batch_contract(eurosat_root: Path, paired: bool) -> None:
     dm = MSSARDataModule(_config(eurosat_root, f"data.paired={paired}"), seed=0)
@@ -446,6 +448,7 @@ def test_valid_window_sampler_skips_nodata_windows(scene: Path) -> None:
         assert 0 <= int(sample["label"]) < 4
 
 
+@pytest.mark.slow
 def test_scene_datamodule(scene: Path) -> None:
     config = _config(scene, "data.dataset=scenes", "data.paired=true",
                      f"data.scenes.paths={{ms: {scene / 'ms.tif'}, sar: {scene / 'sar.tif'}}}",
@@ -496,6 +499,7 @@ def test_linear_sar_converted_to_db(scene: Path, tmp_path: Path) -> None:
     assert torch.equal(torch.isfinite(b), ok)  # NaN nodata stays nodata
 
 
+@pytest.mark.slow
 def test_synthetic_scene_through_datamodule(scene_dir: Path) -> None:
     """The generator's scene: SAR on EPSG:4326, nodata margins in both rasters."""
     config = _config(scene_dir, "data.dataset=scenes", "data.paired=false",

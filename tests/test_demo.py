@@ -50,6 +50,7 @@ def test_score_map_resamples_a_map_on_another_grid(tmp_path: Path) -> None:
     assert scores["oa"] == 0.0  # alternating columns, shifted by one: all wrong
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISCOMKD_GEO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"

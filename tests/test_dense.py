@@ -101,6 +101,7 @@ def test_strides_below_the_encoder_stride_give_each_window_its_own_features(
     assert not np.allclose(coarse[:, i, j], coarse[:, i + 1, j])
 
 
+@pytest.mark.slow
 def test_dense_features_do_not_depend_on_the_surrounding_block() -> None:
     """Halo = half the receptive field: a window's features are those of the whole image."""
     torch.manual_seed(0)

@@ -7,12 +7,14 @@ and what is left on disk (nothing half-written at the target, no stale temporary
 import csv
 import json
 import os
+import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,11 +24,11 @@ import rasterio.shutil
 import torch
 from click.testing import CliRunner
 
-from discomkd_geo._io import atomic_path
 from discomkd_geo.cli import main
 from discomkd_geo.config import load_config
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.synthetic import make_eurosat
+from discomkd_geo.files import atomic_path
 from discomkd_geo.training.train import AtomicCheckpoint, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -51,7 +53,7 @@ def train_args(data: Path, out: Path) -> list[object]:
 def saved_epoch(path: Path) -> int:
     """The epoch index a checkpoint holds, or -1 while there is none."""
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+        return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
     except (FileNotFoundError, EOFError, RuntimeError):
         return -1
 
@@ -102,6 +104,7 @@ def uninterrupted(data: Path, tmp_path_factory: pytest.TempPathFactory,
 
 
 # --------------------------------------------------------------------------- train
+@pytest.mark.slow
 def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Path,
                                                   tmp_path: Path) -> None:
     out, log = tmp_path / "run", tmp_path / "log.txt"
@@ -123,8 +126,8 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
     # CPU training with one thread is deterministic, and the checkpoint carries the
     # random states and sampler generators: bitwise the same weights as the reference.
     for name in ("last.ckpt", "best-ms.ckpt", "best-sar.ckpt"):
-        a = torch.load(uninterrupted / "checkpoints" / name, weights_only=False)
-        b = torch.load(out / "checkpoints" / name, weights_only=False)
+        a = torch.load(uninterrupted / "checkpoints" / name, weights_only=True)
+        b = torch.load(out / "checkpoints" / name, weights_only=True)
         assert a["epoch"] == b["epoch"], name
         for key, value in a["state_dict"].items():
             assert torch.equal(value, b["state_dict"][key]), (name, key)
@@ -133,6 +136,7 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
     assert not list(out.rglob(".*partial*"))
 
 
+@pytest.mark.slow
 def test_resume_a_finished_run_says_so(data: Path, uninterrupted: Path) -> None:
     before = (uninterrupted / "metrics.json").read_text()
     code, out, _ = invoke(*train_args(data, uninterrupted), "--resume")
@@ -174,6 +178,7 @@ def test_too_small_splits_fail_before_training(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paired", ["false", "true"])
 def test_unpaired_images_are_counted_in_every_split(data: Path, tmp_path: Path,
                                                     paired: str) -> None:
@@ -218,6 +223,7 @@ def checkpoint(uninterrupted: Path) -> Path:
     return uninterrupted / "checkpoints" / "best-sar.ckpt"
 
 
+@pytest.mark.slow
 def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
         checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     target, log = tmp_path / "map.tif", tmp_path / "log.txt"
@@ -234,6 +240,38 @@ def test_killed_predict_leaves_nothing_and_the_next_run_cleans_up(
     assert code == 0, err
     assert files(tmp_path) == {"log.txt", "map.tif", "map.qml", "map.legend.json",
                                "map.stac.json"}
+
+
+def _file_size_limit(size: int) -> Callable[[], None]:
+    """A child's set-up that fails every write beyond ``size`` bytes, as a full disk does."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails (EFBIG) instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, size))
+
+    return limit
+
+
+def test_a_write_failing_mid_way_gives_one_line_and_leaves_nothing(
+        checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
+    def predict(out: Path, limit: Callable[[], None] | None) -> subprocess.CompletedProcess:
+        out.mkdir()
+        return subprocess.run(
+            cli("predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif", "-o",
+                out / "m.tif", "--probabilities", out / "p.tif", "--no-progress"),
+            env=ENV, capture_output=True, text=True, preexec_fn=limit, check=False)
+
+    assert predict(tmp_path / "full", None).returncode == 0
+    largest = (tmp_path / "full" / "p.tif").stat().st_size
+    for size in (2_000, largest // 2):  # the first tiles; half the file
+        out = tmp_path / f"limit{size}"
+        result = predict(out, _file_size_limit(size))
+        assert result.returncode == 1 and result.stdout == ""
+        # One line: no GDAL or libtiff message, the output named, not its temporary.
+        assert re.fullmatch(rf"Error: {re.escape(str(out))}/[mp]\.tif: writing failed "
+                            r"\(File too large\); nothing was written there\n",
+                            result.stderr), result.stderr
+        assert list(out.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
@@ -282,6 +320,7 @@ CASES = ["under /proc", "under /sys", "parent is a file", "missing directory",
          "unreachable scheduler"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
 def test_bad_predict_inputs_give_one_line_and_leave_nothing(
         case: str, checkpoint: Path, scene_dir: Path, cut_scene: Path, tmp_path: Path) -> None:
@@ -299,6 +338,7 @@ def test_bad_predict_inputs_give_one_line_and_leave_nothing(
     assert after == before  # nothing written, nothing left
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["--debug", "predict", "--checkpoint", str(checkpoint),
                                        "--sar", str(scene_dir / "sar.tif"),
@@ -307,6 +347,7 @@ def test_debug_shows_the_traceback(checkpoint: Path, scene_dir: Path, tmp_path: 
     assert "does not exist" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_uint8_probabilities_carry_a_gdal_scale(checkpoint: Path, scene_dir: Path,
                                                 tmp_path: Path) -> None:
     code, _, err = invoke("predict", "--checkpoint", checkpoint, "--sar", scene_dir / "sar.tif",
@@ -356,6 +397,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+@pytest.mark.slow
 def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Path,
                                                 scheduler: str, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
@@ -368,6 +410,7 @@ def test_relative_scene_paths_reach_the_workers(checkpoint: Path, scene_dir: Pat
         assert (src.read(1) != 255).any()
 
 
+@pytest.mark.slow
 def test_a_scene_the_workers_cannot_open_is_named(checkpoint: Path, scene_dir: Path,
                                                   scheduler: str, tmp_path: Path) -> None:
     vrt = tmp_path / "sar.vrt"  # this process reads it, the worker has no VRT driver

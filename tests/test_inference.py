@@ -111,6 +111,7 @@ def test_output_is_a_styled_cloud_optimised_geotiff(sar: Predictor, sar_scene: P
                                                           "map.stac.json", "map.tif"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["dense", "windows"])
 def test_byte_identical_for_any_chunk_size_and_workers(sar: Predictor, sar_scene: Path,
                                                        tmp_path: Path, mode: str) -> None:
@@ -132,6 +133,7 @@ def test_byte_identical_for_any_chunk_size_and_workers(sar: Predictor, sar_scene
     assert np.isnan(probs[:, ~valid]).all()
 
 
+@pytest.mark.slow
 def test_same_bytes_on_a_distributed_cluster(sar: Predictor, sar_scene: Path,
                                              tmp_path: Path) -> None:
     from distributed import LocalCluster
@@ -196,6 +198,7 @@ def test_mostly_nodata_windows_are_skipped(sar: Predictor, tmp_path: Path) -> No
     assert (fine[:10] != CLASS_NODATA).all()
 
 
+@pytest.mark.slow
 def test_fused_modalities_on_different_grids(tmp_path: Path) -> None:
     """MS defines the grid; SAR in lon/lat is warped onto it; fusion averages probabilities."""
     ms_pred = make_predictor("ms", MS_BANDS, seed=1)
@@ -220,6 +223,7 @@ def test_fused_modalities_on_different_grids(tmp_path: Path) -> None:
     assert np.isfinite(fused_p).all() and not np.allclose(fused_p, ms_p)
 
 
+@pytest.mark.slow
 def test_generated_scene_pair_fuses_identically_for_any_chunking(tmp_path: Path) -> None:
     """The generator's MS (UTM) / SAR (lon/lat, NaN margins) pair, warped and fused."""
     synthetic = pytest.importorskip("discomkd_geo.data.synthetic")
@@ -286,7 +290,7 @@ def test_failed_run_leaves_no_file_and_keeps_the_old_one(sar_scene: Path, tmp_pa
 def test_refuses_to_overwrite(sar: Predictor, sar_scene: Path, tmp_path: Path) -> None:
     old = tmp_path / "map.tif"
     old.write_bytes(b"previous map")
-    with pytest.raises(OutputExistsError, match="map.tif.*--overwrite"):
+    with pytest.raises(OutputExistsError, match="map.tif: already exists; pass overwrite=True"):
         predict_to_file(sar, sar_scene, old)
     assert old.read_bytes() == b"previous map"
     predict_to_file(sar, sar_scene, old, MapSettings.of(overwrite=True))
@@ -320,6 +324,7 @@ def test_input_errors_name_the_file(sar: Predictor, tmp_path: Path) -> None:
     assert not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_lazy_result_matches_the_file(sar: Predictor, sar_scene: Path, tmp_path: Path) -> None:
     lazy = predict_lazy(sar, sar_scene, MapSettings.of(chunk_size=64))
     assert lazy.chunks == ((64, 64, 32), (64, 64, 16))
@@ -342,6 +347,7 @@ def saved_sar_model(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_cli_predict_end_to_end(sar_scene: Path, tmp_path: Path) -> None:
     model = saved_sar_model(tmp_path / "sar.pt")
     out = tmp_path / "cli.tif"

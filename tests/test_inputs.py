@@ -25,7 +25,7 @@ from discomkd_geo.cli import main
 from discomkd_geo.constants import S1_BANDS, S2_BANDS
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
-from discomkd_geo.inference.io import SceneInput, canonical_band, open_sources
+from discomkd_geo.inference.io import SceneInput, canonical_band, open_readers
 from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
@@ -60,6 +60,7 @@ def s1_db(size: int = 96, seed: int = 0) -> np.ndarray:
     return (texture(2, size, seed) + np.array([-11.8, -18.1])[:, None, None]).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_checkpoints_carry_training_percentiles(ms4: Predictor) -> None:
     profile = ms4.stats.profile
     assert profile is not None and sorted(profile) == ["p2", "p50", "p98"]
@@ -72,6 +73,7 @@ def test_checkpoints_carry_training_percentiles(ms4: Predictor) -> None:
     assert Predictor.from_payload(payload, "old.pt").stats.profile is None
 
 
+@pytest.mark.slow
 def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
                                         tmp_path: Path) -> None:
     right = write_scene(tmp_path / "s2.tif", s2_subset, S2_SUBSET_BANDS, nodata=0)
@@ -82,7 +84,7 @@ def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
     unit = write_scene(tmp_path / "s2_01.tif", (s2_subset / 1e4).astype(np.float32),
                        S2_SUBSET_BANDS)
     with pytest.raises(InputFileError, match=r"s2_01.tif: band B0\d median 0.0\d+ is 4.\d "
-                                             r"decades below .* pass --ms-scale 10000"):
+                                             r"decades below .* pass scale=10000 \(or force=True"):
         predict_to_file(ms4, unit, tmp_path / "unit.tif")
     assert not (tmp_path / "unit.tif").exists()
     scaled = predict_to_file(ms4, SceneInput(unit, scale=1e4), tmp_path / "scaled.tif")
@@ -98,11 +100,11 @@ def test_real_s2_subset_units_and_order(ms4: Predictor, s2_subset: np.ndarray,
     assert check.forced and "permuted" in check.problems[0]
     assert {b.band: b.verdict for b in check.bands}["B08"] == "order"
     # The baseline-04.00 offset applied to a product that has none: negative values.
-    with pytest.raises(InputFileError, match="not positive .* pass neither --ms-scale nor "
-                                             "--ms-offset"):
+    with pytest.raises(InputFileError, match="not positive .* pass scale=1 and offset=0"):
         predict_to_file(ms4, SceneInput(right, offset=-1000), tmp_path / "offset.tif")
 
 
+@pytest.mark.slow
 def test_real_s2_as_band_files_at_mixed_resolutions(ms4: Predictor, s2_subset: np.ndarray,
                                                     tmp_path: Path) -> None:
     """L2A .SAFE naming; B08 also at 20 m (finest kept); B03 only at 20 m (resampled)."""
@@ -136,8 +138,8 @@ def test_band_matching_rules(tmp_path: Path) -> None:
     data = texture(4, 64, 2) + 1000
     # A 4-band scene for a 13-band model: the fix is a model trained on those bands.
     with pytest.raises(InputFileError, match=r"lacks bands \['B01', .*use a model trained on "
-                                             r"the scene's bands \(train --set data\."
-                                             r"modalities.ms.bands=\[B02,B03,B04,B08\]\)"):
+                                             r"the scene's bands \(config data\."
+                                             r"modalities.ms.bands: \[B02,B03,B04,B08\]\)"):
         predict_to_file(make_predictor("ms", list(S2_BANDS)),
                         write_scene(tmp_path / "four.tif", data, S2_SUBSET_BANDS),
                         tmp_path / "x.tif")
@@ -158,10 +160,10 @@ def test_band_matching_rules(tmp_path: Path) -> None:
     ("db", None, None),
     ("linear", "linear", None),
     ("amplitude", "amplitude", None),
-    ("linear", None, "decades above .* it looks like linear power: pass --sar-units linear"),
-    ("amplitude", "linear", "it looks like amplitude: pass --sar-units amplitude"),
+    ("linear", None, "decades above .* it looks like linear power: pass sar_units='linear'"),
+    ("amplitude", "linear", "it looks like amplitude: pass sar_units='amplitude'"),
     ("db", "linear", "values <= 0, which cannot be linear power; it looks like dB: pass "
-                       "--sar-units db"),
+                       "sar_units='db'"),
     ("dn", None, "no usual storage fits .* calibrate the product first"),
 ])
 def test_sar_units(sar: Predictor, tmp_path: Path, storage: str, units: str | None,
@@ -240,6 +242,7 @@ def test_s1_product_shapes(sar: Predictor, tmp_path: Path) -> None:
             predict_to_file(sar, path, tmp_path / "raw.tif")
 
 
+@pytest.mark.slow
 def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> None:
     """SYNTHETIC dB values on GCP-only and RPC-only rasters (as L1 products come)."""
     path = tmp_path / "gcp.tif"
@@ -252,8 +255,8 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
         dst.descriptions = tuple(S1_BANDS)
     # The warped values are the raster's own (a WarpedVRT onto an explicit grid reads
     # other pixels of a GCP-only raster).
-    _, sources = open_sources({"sar": SceneInput(path)}, {"sar": sar.info})
-    warped, valid = sources["sar"].read_raw(sources["sar"].grid.window)
+    _, readers = open_readers({"sar": SceneInput(path)}, {"sar": sar.info})
+    warped, valid = readers["sar"].read_raw(readers["sar"].grid.window)
     assert valid.mean() > 0.5
     np.testing.assert_allclose(np.median(warped[:, valid], axis=1),
                                np.median(values, axis=(1, 2)), atol=0.5)
@@ -268,7 +271,7 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
     ms_bands = ["B02", "B03", "B04"]
     ms = write_scene(tmp_path / "ms.tif", texture(3, 64, 9), ms_bands)
     with pytest.raises(InputFileError, match=f"^{path}: does not overlap {ms}$"):
-        open_sources({"ms": SceneInput(ms), "sar": SceneInput(path)},
+        open_readers({"ms": SceneInput(ms), "sar": SceneInput(path)},
                      {"ms": make_predictor("ms", ms_bands).info, "sar": sar.info})
     # RPC-only (optical and SAR L1 products): warped through GDAL's RPC transformer.
     rpc = RPC(height_off=0, height_scale=100, lat_off=45.0, lat_scale=0.004, long_off=3.0,
@@ -287,6 +290,7 @@ def test_gcp_georeferenced_raster_is_warped(sar: Predictor, tmp_path: Path) -> N
         predict_lazy(sar, nothing)
 
 
+@pytest.mark.slow
 def test_xarray_input_matches_the_file(ms4: Predictor, s2_subset: np.ndarray,
                                        tmp_path: Path) -> None:
     import rioxarray  # noqa: F401
@@ -305,6 +309,7 @@ def test_xarray_input_matches_the_file(ms4: Predictor, s2_subset: np.ndarray,
         predict_lazy(ms4, spyndex.datasets.open("sentinel"))
 
 
+@pytest.mark.slow
 def test_cli_inspect_and_predict_options(ms4_run: Path, s2_subset: np.ndarray,
                                          tmp_path: Path) -> None:
     unit = write_scene(tmp_path / "s2_01.tif", (s2_subset / 1e4).astype(np.float32),
@@ -341,3 +346,45 @@ def test_summary_is_json_serialisable_with_checks(sar: Predictor, tmp_path: Path
     assert check["valid_share"] == 1.0 and check["units"] == "dB"
     assert [b["band"] for b in check["bands"]] == ["VV", "VH"]
     assert torch.tensor([b["decades"] for b in check["bands"]]).abs().max() < 0.5
+
+
+@pytest.mark.parametrize("res", [10.0, 20.0])  # 20 m: warped onto the 10 m grid
+def test_untagged_fill_is_refused_until_named(sar: Predictor, tmp_path: Path,
+                                              res: float) -> None:
+    """SNAP/Earth Engine exports: 0 in every band outside the swath, not tagged nodata."""
+    tagged = s1_db(96)
+    tagged[:, :, :30] = np.nan  # the swath's edge, as a tagged export has it
+    filled = np.nan_to_num(tagged, nan=0.0)
+    ref = write_scene(tmp_path / "tagged.tif", tagged, list(S1_BANDS), res=res)
+    path = write_scene(tmp_path / "fill.tif", filled, list(S1_BANDS), res=res, nodata=None)
+    with pytest.raises(InputFileError, match=r"fill.tif: \d+% of the sampled valid pixels "
+                                             r"hold 0 in every band, .* pass nodata=0 \(or "
+                                             r"force=True to map anyway\)$"):
+        predict_to_file(sar, path, tmp_path / "m.tif")
+    assert not (tmp_path / "m.tif").exists()
+    settings = MapSettings.of(probabilities=tmp_path / "p.tif")
+    named = predict_to_file(sar, SceneInput(path, nodata=0), tmp_path / "m.tif", settings)
+    predict_to_file(sar, ref, tmp_path / "ref.tif", settings.replace(
+        probabilities=tmp_path / "ref.p.tif"))
+    assert named.checks["sar"].problems == []
+    assert named.mapped_pixels < 0.75 * named.pixels  # the fill is nodata, not land
+    assert (read(tmp_path / "m.tif") == read(tmp_path / "ref.tif")).all()
+    np.testing.assert_array_equal(read(tmp_path / "p.tif"), read(tmp_path / "ref.p.tif"))
+
+
+def test_cli_nodata_option(tmp_path: Path) -> None:
+    from test_inference import saved_sar_model
+
+    filled = s1_db(96)
+    filled[:, :, :30] = 0.0
+    path = write_scene(tmp_path / "fill.tif", filled, list(S1_BANDS), nodata=None)
+    args = ["predict", "--checkpoint", str(saved_sar_model(tmp_path / "sar.pt")), "--sar",
+            str(path), "-o", str(tmp_path / "m.tif"), "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.strip().endswith("pass --nodata 0 (or --force to map anyway)")
+    result = CliRunner().invoke(main, [*args, "--nodata", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["mapped_pixels"] < 96 * 66 + 96 * 8  # fill unmapped
+    result = CliRunner().invoke(main, [*args, "--nodata", "ms=0"])
+    assert result.exit_code == 2 and "no 'ms' scene given" in result.output

@@ -137,6 +137,7 @@ def test_train_needs_out_unless_printing() -> None:
     assert result.exit_code == 2 and "Missing option '--out'" in result.output
 
 
+@pytest.mark.slow
 def test_download_extracts_the_archives_the_error_message_names(eurosat_root: Path,
                                                                 tmp_path: Path) -> None:
     root = tmp_path / "root"

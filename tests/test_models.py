@@ -71,6 +71,7 @@ def test_small_cnn_shapes(bands: int) -> None:
     assert net(torch.randn(2, bands, 32, 32)).shape == (2, 64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bands", [13, 2])
 def test_resnet18_shapes(bands: int) -> None:
     net = build_backbone("resnet18", bands)
@@ -215,6 +216,7 @@ def test_discriminator_gradient_is_reversed_into_the_invariant_encoder() -> None
     assert model.branch("a").enc_spec.stage1[0].weight.grad.abs().sum() == 0
 
 
+@pytest.mark.slow
 def test_adam_steps_lower_the_loss() -> None:
     torch.manual_seed(0)
     channels = {"ms": 4, "sar": 2}

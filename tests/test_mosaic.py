@@ -159,6 +159,7 @@ def test_mask_moves_with_its_image_under_augmentation() -> None:
         assert not torch.equal(out["mask_sar"], mask)  # something moved
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("paired", [True, False])
 def test_datamodule_draws_mosaics(eurosat_root: Path, paired: bool) -> None:
     config = load_config(None, (f"data.root={eurosat_root}", "data.num_workers=0",
@@ -183,6 +184,7 @@ def _tiny_config(root: Path, *extra: str):
                               "trainer.accelerator=cpu", f"data.root={root}", *extra))
 
 
+@pytest.mark.slow
 def test_training_on_mosaics_gives_branches_a_decoder(eurosat_root: Path, scene_dir: Path,
                                                       tmp_path: Path) -> None:
     from discomkd_geo.inference.engine import predict_to_file
@@ -195,6 +197,9 @@ def test_training_on_mosaics_gives_branches_a_decoder(eurosat_root: Path, scene_
     assert set(result.metrics) == {"ms", "sar"}  # scored on isolated test patches
     log = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/pixel" in log and "train/adv" in log
+    for ckpt in (tmp_path / "run" / "checkpoints").glob("*.ckpt"):  # no trust needed
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        assert any(".decoder." in k for k in state), ckpt.name
     predictor = load_predictor(tmp_path / "run", "sar")
     assert predictor.has_decoder
     summary = predict_to_file(predictor, scene_dir / "sar.tif", tmp_path / "map.tif",

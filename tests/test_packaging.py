@@ -8,6 +8,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -17,6 +19,7 @@ def _run(args: list[str | Path], **kwargs: object) -> subprocess.CompletedProces
     return result
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_the_quick_demo_outside_a_checkout(tmp_path: Path) -> None:
     # Build from a copy holding only what the wheel needs (no build/ litter in the repo).
     src = tmp_path / "src"

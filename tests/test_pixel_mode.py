@@ -2,13 +2,16 @@
 
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
 import pytest
 import torch
-from test_inference import make_predictor, read, texture, write_scene
+from shapely.geometry import box
+from test_inference import CRS, ORIGIN, make_predictor, read, texture, write_scene
 
 from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
 from discomkd_geo.errors import CheckpointError, SettingsError
+from discomkd_geo.inference import engine
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.branches import build_branch
@@ -20,12 +23,15 @@ DATA = Path(__file__).parent / "data"
 def pixel_predictor() -> Predictor:
     """A DisCoM-KD SAR branch with a decoder whose residual is not zero (untrained)."""
     torch.manual_seed(3)
-    branch = build_branch("discomkd", in_channels=2, num_classes=10, backbone="small_cnn",
-                          width=4, decoder=True)
+    spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
+            "width": 4, "decoder": True}
+    branch = build_branch(**spec)
     with torch.no_grad():
         branch.task_cls.weight.mul_(8.0)
         branch.decoder.residual[-1].weight.normal_(0, 0.5)
-    return make_predictor("sar", list(S1_BANDS), branch=branch)
+    predictor = make_predictor("sar", list(S1_BANDS), branch=branch)
+    predictor.info.branch_spec = spec  # what a saved file rebuilds the branch from
+    return predictor
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +79,7 @@ def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path) 
     np.testing.assert_allclose(probs[:, 60:, 60:], whole[:, 60:, 60:], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_pixel_mode_same_bytes_on_a_distributed_cluster(scene: Path, tmp_path: Path) -> None:
     from distributed import LocalCluster
 
@@ -85,6 +92,48 @@ def test_pixel_mode_same_bytes_on_a_distributed_cluster(scene: Path, tmp_path: P
             chunk_size=64, scheduler=cluster.scheduler_address))
     assert summary.chunks == 4
     assert (tmp_path / "cluster.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
+
+
+def test_pixel_mode_computes_only_the_blocks_touching_the_area(
+        scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--aoi``, pixel mode runs the 64 px blocks touching the area, as dense mode."""
+    predictor = pixel_predictor()
+    settings = MapSettings.of(mode="pixel", block_size=64, chunk_size=1024)
+    x0, y0 = ORIGIN
+    area = tmp_path / "aoi.geojson"  # pixel rows and columns 20-50: in the first block only
+    gpd.GeoDataFrame(geometry=[box(x0 + 200, y0 - 500, x0 + 500, y0 - 200)],
+                     crs=CRS).to_file(area)
+    blocks: list[object] = []
+    real = engine.pixel_probabilities
+
+    def counted(*args: object) -> object:
+        blocks.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(engine, "pixel_probabilities", counted)
+    predict_to_file(predictor, scene, tmp_path / "whole.tif", settings)
+    assert len(blocks) == 4  # 100 x 92 px in 64 px blocks
+    blocks.clear()
+    summary = predict_to_file(predictor, scene, tmp_path / "aoi.tif",
+                              settings.replace(aoi=area))
+    assert len(blocks) == 1 and summary.mapped_pixels == 30 * 30
+    whole, part = read(tmp_path / "whole.tif")[0], read(tmp_path / "aoi.tif")[0]
+    inside = np.zeros_like(whole, dtype=bool)
+    inside[20:50, 20:50] = True
+    assert (part[inside] == whole[inside]).all() and (part[~inside] == CLASS_NODATA).all()
+
+
+def test_decoder_predictor_loads_weights_only(tmp_path: Path) -> None:
+    """A predictor with a decoder is plain tensors and values: no trust needed to load it."""
+    predictor = pixel_predictor()
+    predictor.save(tmp_path / "sar.pt")
+    payload = torch.load(tmp_path / "sar.pt", weights_only=True)
+    assert any(k.startswith("decoder.") for k in payload["state_dict"])
+    loaded = load_predictor(tmp_path / "sar.pt")
+    assert loaded.has_decoder
+    x = torch.from_numpy(texture(2, 128, seed=1))[None]
+    halo = predictor.pixel_halo()
+    torch.testing.assert_close(loaded.pixels(x, halo), predictor.pixels(x, halo))
 
 
 def test_pixel_mode_refuses_a_model_without_decoder(scene: Path, tmp_path: Path) -> None:

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from discomkd_geo.cli import main, predict
-from discomkd_geo.errors import SettingsError
+from discomkd_geo.cli import cli_words, error_message, main, predict
+from discomkd_geo.errors import OutputExistsError, SettingsError
+from discomkd_geo.files import check_outputs
 from discomkd_geo.inference.settings import (
     Execution,
     MapSettings,
@@ -35,7 +36,7 @@ def test_defaults_and_flat_names() -> None:
     ({"mode": "fast"}, "mode", "expected one of 'auto', 'pixel', 'windows', 'dense', got 'fast'"),
     ({"chunk_size": 64.0}, "chunk_size", "expected int, got 64.0"),
     ({"overwrite": "yes"}, "overwrite", "expected bool, got 'yes'"),
-    ({"strides": 8}, "strides", "is not a mapping setting; known: batch_size, block_size"),
+    ({"strides": 8}, "strides", "is not a mapping setting; known: aoi, batch_size"),
 ])
 def test_bad_values_name_the_field(values: dict, param: str, problem: str) -> None:
     with pytest.raises(SettingsError) as raised:
@@ -74,3 +75,44 @@ def test_quiet_is_a_deprecated_alias_of_no_progress() -> None:
     assert result.exit_code == 0
     assert "--quiet after the command is deprecated; use --no-progress" in result.stderr
     assert "method:" in result.stdout
+
+
+@pytest.mark.parametrize(("python", "cli"), [
+    ("m.tif: already exists; pass overwrite=True to replace it",
+     "m.tif: already exists; pass --overwrite to replace it"),
+    ("pass sar_units='linear' (or force=True to map anyway)",
+     "pass --sar-units linear (or --force to map anyway)"),
+    ("pass scale=1 and offset=0", "pass --ms-scale 1 and --ms-offset 0"),
+    ("name them with bands=, or config data.modalities.ms.bands: [B02]",
+     "name them with --bands, or config data.modalities.ms.bands: [B02]"),
+    ("check the address or raise scheduler_timeout",
+     "check the address or raise --scheduler-timeout"),
+    ("if it marks missing pixels, pass nodata=0", "if it marks missing pixels, pass --nodata 0"),
+])
+def test_library_words_become_options_on_the_command_line(python: str, cli: str) -> None:
+    assert cli_words(python) == cli
+
+
+def test_errors_carry_the_python_parameter(tmp_path: Path) -> None:
+    existing = tmp_path / "m.tif"
+    existing.write_bytes(b"")
+    with pytest.raises(OutputExistsError) as raised:
+        check_outputs({"map": existing}, overwrite=False)
+    assert raised.value.param == "overwrite" and "overwrite=True" in str(raised.value)
+    assert error_message(raised.value) == f"{existing}: already exists; pass --overwrite to " \
+                                          "replace it"
+    with pytest.raises(SettingsError) as bad:
+        MapSettings.of(min_valid=2.0)
+    assert error_message(bad.value) == "--min-valid: must be at most 1, got 2.0"
+
+
+def test_a_bad_device_names_the_setting(tmp_path: Path) -> None:
+    from test_inference import make_predictor, texture, write_scene
+
+    from discomkd_geo.inference.engine import predict_to_file
+
+    scene = write_scene(tmp_path / "s.tif", texture(2, 32, 0), ["VV", "VH"])
+    with pytest.raises(SettingsError, match="^device: 'gpu7' is not a torch device") as raised:
+        predict_to_file(make_predictor("sar", ["VV", "VH"]), scene, tmp_path / "m.tif",
+                        MapSettings.of(device="gpu7"))
+    assert raised.value.param == "device" and not (tmp_path / "m.tif").exists()

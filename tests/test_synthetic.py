@@ -168,6 +168,7 @@ def _nearest_mean_accuracy(x: np.ndarray) -> float:
     return float((dist.argmin(1) == y[~fit]).mean())
 
 
+@pytest.mark.slow
 def test_mean_spectrum_classifier_ms_far_better_than_sar_until_clouds() -> None:
     """Nearest class mean of per-image mean bands: clear MS >> SAR > chance (0.1), and the
     thin clouds on some MS images cost MS (never SAR: one generator per sensor)."""

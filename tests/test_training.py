@@ -1,6 +1,7 @@
 """Training runner, self-describing checkpoints, evaluate/export CLI, config errors."""
 
 import json
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.training.evaluate import evaluate
 from discomkd_geo.training.module import DisCoMKDTask
-from discomkd_geo.training.train import train
+from discomkd_geo.training.train import log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = (
@@ -38,6 +39,7 @@ def run_dir(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything(run_dir: Path) -> None:
     for m in ("ms", "sar"):
         assert (run_dir / "checkpoints" / f"best-{m}.ckpt").is_file()
@@ -52,6 +54,7 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
         assert f"train/{term}" in log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["ms", "sar"])
 def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) -> None:
     ckpt = run_dir / "checkpoints" / f"best-{modality}.ckpt"
@@ -69,6 +72,7 @@ def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) 
     assert info.units == ("dB" if modality == "sar" else "dn")
 
 
+@pytest.mark.slow
 def test_evaluate_matches_lightning_test(run_dir: Path) -> None:
     """The deployed predictor on raw files scores exactly what training's test step saw."""
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -81,6 +85,7 @@ def test_evaluate_matches_lightning_test(run_dir: Path) -> None:
     assert scored["oa"] == pytest.approx(metrics["test"]["sar"]["oa"], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "sar.pt"
     args = ["export", "--checkpoint", str(run_dir), "--modality", "sar", "-o", str(out)]
@@ -99,6 +104,7 @@ def test_export_round_trip_and_refusal(run_dir: Path, tmp_path: Path) -> None:
     assert "does not exist; create it first" in early.output
 
 
+@pytest.mark.slow
 def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
     ckpt = run_dir / "checkpoints" / "best-sar.ckpt"
     with pytest.raises(CheckpointError, match="no 'rgb' branch.*it has: ms, sar"):
@@ -109,10 +115,11 @@ def test_missing_modality_is_one_line_error(run_dir: Path) -> None:
     assert result.output.count("\n") == 1 and str(ckpt) in result.output
 
 
+@pytest.mark.slow
 def test_checkpoint_of_other_bands_is_refused(run_dir: Path, tmp_path: Path,
                                               eurosat_root: Path) -> None:
     """A SAR model for HH/HV data cannot be scored on VV/VH files."""
-    payload = torch.load(run_dir / "checkpoints" / "best-sar.ckpt", weights_only=False)
+    payload = torch.load(run_dir / "checkpoints" / "best-sar.ckpt", weights_only=True)
     entry = payload["discomkd_geo"]["predictors"]["sar"]
     entry["info"]["bands"] = entry["stats"]["bands"] = ["HH", "HV"]
     other = tmp_path / "hh.ckpt"
@@ -132,3 +139,32 @@ def test_config_errors_name_the_key(override: str, key: str, tmp_path: Path) -> 
     assert result.exit_code == 1
     assert key in result.output and result.output.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("epoch_size", "settings", "expected"), [
+    (100, (), 6),  # 100 // 16 full batches, interval 50
+    (100, ("trainer.log_every_n_steps=4",), 4),
+    (100, ("trainer.limit_train_batches=0.5",), 3),
+    (100, ("trainer.limit_train_batches=2",), 2),
+    (10, (), 1),  # fewer samples than a batch: one batch
+])
+def test_log_interval_is_at_most_an_epoch(epoch_size: int, settings: tuple[str, ...],
+                                          expected: int) -> None:
+    config = load_config(None, ("data.batch_size=16", *settings))
+    assert log_interval(config, epoch_size) == expected
+
+
+@pytest.mark.slow
+def test_short_epochs_train_without_lightning_warning(eurosat_root: Path,
+                                                      tmp_path: Path) -> None:
+    """Lightning warns when an epoch has fewer batches than the logging interval (50)."""
+    settings = [s for s in TINY if not s.startswith("trainer.log_every_n_steps")]
+    config = load_config(None, (*settings, "trainer.max_epochs=1", "model.width=4",
+                                f"data.root={eurosat_root}"))
+    assert config.trainer.log_every_n_steps == 50
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config, tmp_path / "run", progress=False)
+    messages = [str(w.message) for w in caught]
+    assert not [m for m in messages if "logging interval" in m], messages
+    assert "train/cl" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()

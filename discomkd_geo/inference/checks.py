@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from ..errors import InputFileError
 from ..models.predictor import Predictor
-from .io import Source, Units
+from .io import SceneReader, Units
 from .tiling import chunk_layout
 
 #: A band whose median lies further than this from the training median (decades) is off.
@@ -45,11 +45,15 @@ REVERSED_DECADES = 0.1
 SAMPLE_WINDOWS, SAMPLE_SIZE = 8, 64
 #: Chunk side of the full pass that confirms an empty-looking sample.
 FULL_PASS_CHUNK = 1024
+#: One value held by every band in at least this share of the sampled valid pixels is
+#: taken for an untagged fill value (SNAP and Earth Engine exports fill outside the swath
+#: with 0 in every band and do not always tag it as nodata).
+FILL_SHARE = 0.05
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A usual way of storing the values, and the option that declares it."""
+    """A usual way of storing the values, and the parameter (Python spelling) that declares it."""
 
     label: str
     units: Units
@@ -120,19 +124,23 @@ def sample_windows(height: int, width: int, per_side: int = SAMPLE_WINDOWS,
             for row in starts(height) for col in starts(width)]
 
 
-def _sample(source: Source) -> tuple[np.ndarray, int]:
+def _sample(reader: SceneReader, region: Window | None = None) -> tuple[np.ndarray, int]:
     """Raw values ``(C, N)`` of the valid pixels of a sample, and the pixels read.
 
-    When the sample holds no valid pixel, the whole scene is read chunk by chunk before
-    it is called empty: a small valid area must not be missed.
+    The sample is spread over ``region`` (default: the whole grid; an area of interest's
+    window, so that nothing outside it is read). When the sample holds no valid pixel,
+    the whole region is read chunk by chunk before it is called empty: a small valid area
+    must not be missed.
     """
-    grid = source.grid
-    for windows in (sample_windows(grid.height, grid.width),
-                    chunk_layout(grid.height, grid.width, FULL_PASS_CHUNK)):
+    area = region or reader.grid.window
+    for windows in (sample_windows(area.height, area.width),
+                    chunk_layout(area.height, area.width, FULL_PASS_CHUNK)):
         read = 0  # of this pass only: the full pass replaces the sample
         values = []
         for window in windows:
-            data, valid = source.read_raw(window)
+            data, valid = reader.read_raw(Window(area.col_off + window.col_off,
+                                                 area.row_off + window.row_off,
+                                                 window.width, window.height))
             read += valid.size
             values.append(data[:, valid])
         found = np.concatenate(values, axis=1)
@@ -150,18 +158,16 @@ def _distance(scene: float, training: float, db: bool) -> float:
     return abs(math.log10(scene / training))
 
 
-def candidates(modality: str, declared: Units, db: bool) -> list[Candidate]:
+def candidates(declared: Units, db: bool) -> list[Candidate]:
     """The usual storages of a modality's values, the declared one first."""
     if db:
         words = {"db": "dB", "linear": "linear power", "amplitude": "amplitude"}
         first = [Candidate(words[declared.sar or "db"], declared, "")]
-        return first + [Candidate(word, replace(declared, sar=sar), f"--{modality}-units {sar}")
+        return first + [Candidate(word, replace(declared, sar=sar), f"sar_units={sar!r}")
                         for sar, word in words.items() if sar != declared.sar]
-    usual = [("reflectance x 10000", 1.0, 0.0,
-              f"neither --{modality}-scale nor --{modality}-offset"),
-             ("reflectance 0-1", 1e4, 0.0, f"--{modality}-scale 10000"),
-             ("reflectance x 10000 + 1000 (baseline 04.00)", 1.0, -1000.0,
-              f"--{modality}-offset -1000")]
+    usual = [("reflectance x 10000", 1.0, 0.0, "scale=1 and offset=0"),
+             ("reflectance 0-1", 1e4, 0.0, "scale=10000"),
+             ("reflectance x 10000 + 1000 (baseline 04.00)", 1.0, -1000.0, "offset=-1000")]
     first = [Candidate(next((w for w, s, o, _ in usual if (s, o) == (declared.scale,
                                                                       declared.offset)),
                             declared.describe()), declared, "")]
@@ -178,27 +184,33 @@ def _medians(raw: np.ndarray, candidate: Candidate) -> np.ndarray:
     return np.median(data[:, valid], axis=1)
 
 
-def check_scene(predictor: Predictor, source: Source, modality: str) -> SceneCheck:
+def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
+                region: Window | None = None) -> SceneCheck:
     """Compare a scene's bands with the training data of ``predictor`` (no exception).
 
     Args:
         predictor: the model the scene is for; its statistics carry the training profile.
-        source: the scene, as :func:`~discomkd_geo.inference.io.open_sources` opened it.
-        modality: the modality, for the options named in the advice.
+        reader: the scene, as :func:`~discomkd_geo.inference.io.open_readers` opened it.
+        modality: the modality the scene is for.
+        region: the part of the grid to sample (an area of interest's window).
 
     Returns:
         The figures and the problems found; an all-nodata scene is a problem whatever the
         checkpoint holds.
     """
-    raw, read = _sample(source)
-    check = SceneCheck(modality, source.name, source.units.describe(), read,
+    raw, read = _sample(reader, region)
+    check = SceneCheck(modality, reader.name, reader.units.describe(), read,
                        raw.shape[1] / max(read, 1))
     if raw.shape[1] == 0:
-        check.problems.append("holds no valid pixel (every pixel is nodata or not finite in "
+        where = "" if region is None else " in the area of interest"
+        check.problems.append(f"holds no valid pixel{where} (every pixel is nodata or not "
+                              "finite in "
                               "some band); nothing to map")
         return check
+    if problem := _fill_problem(raw):
+        check.problems.append(problem)
     bands = predictor.info.bands
-    converted, valid = source.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
+    converted, valid = reader.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
     scene = np.percentile(converted[:, valid], [2, 50, 98], axis=1).T if valid.any() else (
         np.full((len(bands), 3), np.nan))
     profile = predictor.stats.profile
@@ -208,7 +220,7 @@ def check_scene(predictor: Predictor, source: Source, modality: str) -> SceneChe
         return check
     training = np.array([profile["p2"], profile["p50"], profile["p98"]]).T
     db = predictor.info.units == "dB"
-    options = candidates(modality, source.units, db)
+    options = candidates(reader.units, db)
     fits = np.array([[_distance(m, t, db) if np.isfinite(m) else math.inf
                       for m, t in zip(_medians(raw, c), training[:, 1], strict=True)]
                      for c in options])
@@ -243,6 +255,28 @@ def check_scene(predictor: Predictor, source: Source, modality: str) -> SceneChe
     return check
 
 
+def _fill_problem(raw: np.ndarray) -> str | None:
+    """The refusal of a scene with an untagged fill value, or ``None``.
+
+    A fill value is one constant held by every band over a large area. Needs two bands
+    or more: a single band holding one value over an area can be real.
+    """
+    if raw.shape[0] < 2:
+        return None
+    same = (raw == raw[:1]).all(axis=0)
+    if not same.any():
+        return None
+    values, counts = np.unique(raw[0, same], return_counts=True)
+    share = counts.max() / raw.shape[1]
+    if share < FILL_SHARE:
+        return None
+    value = float(values[counts.argmax()])
+    return (f"{share:.0%} of the sampled valid pixels hold {value:g} in every band, which "
+            "looks like a fill value not tagged as nodata (SNAP and Earth Engine exports "
+            f"fill outside the swath so); if it marks missing pixels, pass nodata={value:g} "
+            "(or force=True to map anyway)")
+
+
 def _units_problem(band: str, median: float, training: float, decades: float,
                    options: Sequence[Candidate], fits: np.ndarray) -> str:
     """The one-line refusal of a scene in other units, naming the likely fix."""
@@ -251,10 +285,10 @@ def _units_problem(band: str, median: float, training: float, decades: float,
     best = int(np.argmin(mean[1:])) + 1
     if mean[best] <= SHIFT_DECADES:
         advice = (f"it looks like {options[best].label}: pass {options[best].fix} "
-                  "(or --force to map anyway)")
+                  "(or force=True to map anyway)")
     else:
         advice = (f"no usual storage fits ({', '.join(c.label for c in options)}); "
-                  "uncalibrated digital numbers? calibrate the product first (or --force)")
+                  "uncalibrated digital numbers? calibrate the product first (or force=True)")
     if not np.isfinite(median):
         return (f"band {band} holds mostly values <= 0, which cannot be {options[0].label}; "
                 f"{advice}")
@@ -283,14 +317,16 @@ def _order_problems(bands: Sequence[str], scene: np.ndarray, training: np.ndarra
                 problems.append((
                     f"band order looks permuted: {bands[i]} (median {scene[i]:.4g}) "
                     f"lies below {bands[j]} ({scene[j]:.4g}) while the training data has "
-                    f"{bands[i]} above {bands[j]}; check the band names or --bands (raster "
-                    "order) (or --force to map anyway)", (i, j)))
+                    f"{bands[i]} above {bands[j]}; check the band names or pass bands= in "
+                    "raster order (or force=True to map anyway)", (i, j)))
     return problems[:1]  # the first reversed pair says it; more would repeat it
 
 
-def check_sources(predictors: Mapping[str, Predictor], sources: Mapping[str, Source], *,
-                  force: bool = False) -> dict[str, SceneCheck]:
+def check_scenes(predictors: Mapping[str, Predictor], readers: Mapping[str, SceneReader], *,
+                 force: bool = False, region: Window | None = None) -> dict[str, SceneCheck]:
     """Check every modality's scene; refuse the first problem unless ``force``.
+
+    ``region`` (an area of interest's window on the grid) limits where scenes are sampled.
 
     An all-nodata scene is refused even with ``force``: there is nothing to map.
 
@@ -298,10 +334,10 @@ def check_sources(predictors: Mapping[str, Predictor], sources: Mapping[str, Sou
         InputFileError: a scene is empty, in other units or scale, or its bands permuted.
     """
     checks = {}
-    for modality, source in sources.items():
-        check = check_scene(predictors[modality], source, modality)
+    for modality, reader in readers.items():
+        check = check_scene(predictors[modality], reader, modality, region)
         if check.problems and (not force or check.valid_share == 0.0):
-            raise InputFileError(source.name, check.problems[0])
+            raise InputFileError(reader.name, check.problems[0])
         check.forced = bool(check.problems)
         checks[modality] = check
     return checks

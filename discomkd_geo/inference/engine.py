@@ -25,40 +25,40 @@ fusing modalities by averaging their probabilities. Three modes classify the pix
   probabilities then never depend on its batch companions).
 
 :func:`predict_to_file` streams the chunks through a local thread pool or an existing
-``dask.distributed`` cluster with a bounded number in flight, and writes each result
-through windowed writes in chunk order, so memory follows the chunk size, not the scene
-size. The predictors go to the workers once (scattered to a cluster, shared by threads).
+``dask.distributed`` cluster with a bounded number in flight (:mod:`.runner`), and
+writes each result in chunk order into the map's files (:mod:`.outputs`), so memory
+follows the chunk size, not the scene size. The predictors go to the workers once
+(scattered to a cluster, shared by threads). How the map is made is one
+:class:`~discomkd_geo.inference.settings.MapSettings`.
 :func:`predict_lazy` builds the same chunks as a Dask graph (the predictors one node of
 it) and returns an :class:`xarray.DataArray` with its CRS, for use in other pipelines.
 """
 
-import json
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field, fields, replace
-from itertools import islice
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from affine import Affine
-from rasterio.enums import Resampling
-from rasterio.windows import Window
+from rasterio.windows import Window, intersect
 
-from .._io import atomic_path, check_outputs
 from ..constants import CLASS_NODATA
-from ..errors import CheckpointError, InputFileError, SchedulerError, SettingsError
+from ..errors import CheckpointError, SettingsError
+from ..files import check_outputs
 from ..logs import progress_disabled
-from ..models.predictor import Predictor
-from .checks import SceneCheck, check_sources
-from .io import Grid, SceneInput, Source, as_input, open_sources
-from .settings import DEFAULTS, MapSettings, Tiling
-from .stac import ItemInputs, item_path, map_item
+from ..models.predictor import Predictor, PredictorInfo
+from .aoi import AreaOfInterest, aoi_on_grid, read_aoi
+from .checks import SceneCheck, check_scenes
+from .io import Grid, SceneInput, SceneReader, as_input, open_readers
+from .outputs import MapOutputs, MapPaths, MapSummary
+from .runner import chunk_runner
+from .settings import DEFAULTS, Execution, MapSettings, Tiling
+from .stac import ItemInputs
 from .tiling import (
     WindowGrid,
     accumulate,
@@ -70,7 +70,7 @@ from .tiling import (
     valid_fraction,
     window_views,
 )
-from .writers import CogWriter, class_description, class_tags, legend, qgis_style, sidecar_paths
+from .vectorize import vectorize_to_file
 
 if TYPE_CHECKING:
     import xarray
@@ -81,9 +81,12 @@ if TYPE_CHECKING:
     #: a :class:`~discomkd_geo.inference.io.SceneInput` with units and scaling.
     Scene = (SceneInput | str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
              | xarray.DataArray)
-    Sources = Scene | Mapping[str, Scene]
+    Scenes = Scene | Mapping[str, Scene]
 #: Invalid pixels take the mean of the valid ones within this many pixels.
 FILL_RADIUS = 2
+#: Windows mode with an area of interest computes a chunk in blocks of this side that
+#: touch the area (an irregular area then costs little more than its own pixels).
+AOI_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class Plan:
 
     Attributes:
         grid: the input grid (the first modality's).
-        sources: how to read each modality on that grid.
+        readers: how to read each modality on that grid.
         tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` set,
             and ``block_size`` (the unit of work of modes dense and pixel: the encoders run
             on scene-anchored ``block x block`` areas with their halo, so a pixel's value
@@ -101,14 +104,20 @@ class Plan:
         device: torch device the predictors run on.
         probabilities: whether chunks return their class probabilities.
         threads: torch intra-op threads per worker (``None``: leave torch's setting).
+        aoi: the area of interest on the output grid (``None``: the whole scene).
     """
 
     grid: Grid
-    sources: Mapping[str, Source]
+    readers: Mapping[str, SceneReader]
     tiling: Tiling
     device: str
     probabilities: bool
     threads: int | None = None
+    aoi: AreaOfInterest | None = None
+
+    def computes(self, chunk: Window) -> bool:
+        """Whether ``chunk`` is read and classified (it touches the area of interest)."""
+        return self.aoi is None or self.aoi.touches(chunk)
 
     def window_grid(self, patch: int) -> WindowGrid:
         """The classification windows of a model with this patch size."""
@@ -141,57 +150,6 @@ class ChunkResult:
 
     codes: np.ndarray
     probs: np.ndarray | None
-
-
-@dataclass(frozen=True)
-class MapSummary:
-    """What :func:`predict_to_file` wrote, and how.
-
-    Attributes:
-        output: the class map.
-        probabilities: the probability raster, if one was written.
-        confidence: the confidence raster, if one was written.
-        width: map columns.
-        height: map rows.
-        crs: the map's CRS (authority code or WKT).
-        modalities: the modalities mapped (fused when several), in input order.
-        patch_size: the model's window side in pixels.
-        stride: step between windows used.
-        coarse: one output pixel per stride cell.
-        mode: ``windows``, ``dense`` or ``pixel`` (``auto`` resolved).
-        chunks: how many chunks the map was cut into.
-        pixels: map pixels.
-        mapped_pixels: pixels given a class (the others are nodata).
-        seconds: wall time.
-        pixels_per_s: map pixels per second of wall time.
-        histogram: pixels per class name.
-        checks: per modality, the statistics check of its scene.
-    """
-
-    output: str
-    probabilities: str | None
-    confidence: str | None
-    width: int
-    height: int
-    crs: str
-    modalities: tuple[str, ...]
-    patch_size: int
-    stride: int
-    coarse: bool
-    mode: str
-    chunks: int
-    pixels: int
-    mapped_pixels: int
-    seconds: float
-    pixels_per_s: float
-    histogram: Mapping[str, int]
-    checks: Mapping[str, SceneCheck] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (what ``predict --json`` prints)."""
-        return {**{f.name: getattr(self, f.name) for f in fields(self)},
-                "modalities": list(self.modalities), "histogram": dict(self.histogram),
-                "checks": {m: check.to_dict() for m, check in self.checks.items()}}
 
 
 def classify(predictor: Predictor, windows: np.ndarray, which: np.ndarray, batch_size: int,
@@ -256,7 +214,7 @@ def typical_values(predictor: Predictor) -> np.ndarray:
     return shift
 
 
-def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows: range,
+def window_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan, rows: range,
                          cols: range) -> tuple[np.ndarray, np.ndarray, np.ndarray, Window]:
     """Classify the windows ``rows x cols`` of one modality.
 
@@ -272,7 +230,7 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
     grid = plan.window_grid(predictor.info.patch_size)
     halo = predictor.dense_halo() if plan.tiling.mode == "dense" else 0
     span = grid.span(rows, cols)
-    values, valid, read = read_values(predictor, source, plan, span, halo)
+    values, valid, read = read_values(predictor, reader, plan, span, halo)
     done = valid_fraction(valid, read, span, grid) >= plan.tiling.min_valid
     classes = len(predictor.info.classes)
     probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
@@ -286,7 +244,7 @@ def window_probabilities(predictor: Predictor, source: Source, plan: Plan, rows:
     return probs, done, valid, read
 
 
-def read_values(predictor: Predictor, source: Source, plan: Plan, span: Window,
+def read_values(predictor: Predictor, reader: SceneReader, plan: Plan, span: Window,
                 halo: int) -> tuple[np.ndarray, np.ndarray, Window]:
     """Raw values of ``span`` and ``halo`` pixels around it, ready for a model.
 
@@ -300,7 +258,7 @@ def read_values(predictor: Predictor, source: Source, plan: Plan, span: Window,
     area = grow(span, halo)
     inside = area.intersection(plan.grid.window)
     reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
-    data, valid = source.read(reach)
+    data, valid = reader.read(reach)
     fill = typical_values(predictor)
     data = fill_invalid(data, valid, fill, FILL_RADIUS)
     values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
@@ -309,27 +267,27 @@ def read_values(predictor: Predictor, source: Source, plan: Plan, span: Window,
     return values, valid[relative_slices(read, reach)], read
 
 
-def pixel_probabilities(predictor: Predictor, source: Source, plan: Plan,
+def pixel_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan,
                         area: Window) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel probabilities ``(K, h, w)`` of one modality over a block (mode ``pixel``).
 
     The encoders and the decoder run once over the block plus the context they need
     (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`); blocks start on whole
-    patches of the scene (:attr:`Plan.block`), so a pixel's value depends only on its
+    patches of the scene (:attr:`Plan.output_block`), so a pixel's value depends only on its
     block. Invalid pixels are filled for the model's context but left unmapped.
 
     Returns:
         ``(probs, ok)``: float64 probabilities and which pixels have one.
     """
     halo = predictor.pixel_halo()
-    values, valid, read = read_values(predictor, source, plan, area, halo)
+    values, valid, read = read_values(predictor, reader, plan, area, halo)
     probs = classify_pixels(predictor, values, halo, plan.device).astype(np.float64)
     ok = np.zeros((area.height, area.width), dtype=bool)
     ok[relative_slices(read, area)] = valid
     return probs, ok
 
 
-def _window_means(predictor: Predictor, source: Source, plan: Plan,
+def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
     """One modality's per-pixel mean window probabilities ``(K, h, w)`` over ``area``.
 
@@ -342,7 +300,7 @@ def _window_means(predictor: Predictor, source: Source, plan: Plan,
         cols = range(area.col_off, area.col_off + area.width)
     else:
         rows, cols = grid.covering(area)
-    probs, done, valid, read = window_probabilities(predictor, source, plan, rows, cols)
+    probs, done, valid, read = window_probabilities(predictor, reader, plan, rows, cols)
     if plan.tiling.coarse:
         return probs.transpose(2, 0, 1).astype(np.float64), done
     mean, count = accumulate(probs, done, grid, rows, cols, area)
@@ -360,43 +318,65 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
     classes = len(next(iter(predictors.values())).info.classes)
     total = np.zeros((classes, area.height, area.width), dtype=np.float64)
     mapped = np.zeros((area.height, area.width), dtype=np.int32)
-    for modality, source in plan.sources.items():
+    for modality, reader in plan.readers.items():
         predictor = predictors[modality]
         if plan.tiling.mode == "pixel":
-            mean, ok = pixel_probabilities(predictor, source, plan, area)
+            mean, ok = pixel_probabilities(predictor, reader, plan, area)
         else:
-            mean, ok = _window_means(predictor, source, plan, area)
+            mean, ok = _window_means(predictor, reader, plan, area)
         mean[:, ~ok] = 0.0
         total += mean
         mapped += ok
     return total, mapped
 
 
-def _units(plan: Plan, chunk: Window) -> list[Window]:
-    """What a chunk is computed in: itself, or (dense, pixel) its scene-anchored blocks."""
-    if plan.tiling.mode == "windows":
+def _blocks(plan: Plan, chunk: Window) -> list[Window]:
+    """What a chunk is computed in: itself, or (dense, pixel) its scene-anchored blocks.
+
+    With an area of interest, only what touches it: in windows mode the chunk's
+    :data:`AOI_BLOCK` px blocks that touch the area, cut to its bounding window (a pixel's
+    windows are the same whatever area holds it), in modes dense and pixel the blocks
+    touching the area (whole blocks: their values never depend on the cut).
+    """
+    windows = plan.tiling.mode == "windows"
+    if windows and plan.aoi is None:
         return [chunk]
-    return [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
-            for b in chunk_layout(chunk.height, chunk.width, plan.output_block)]
+    size = AOI_BLOCK if windows else plan.output_block
+    blocks = [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
+              for b in chunk_layout(chunk.height, chunk.width, size)]
+    blocks = [b for b in blocks if plan.computes(b)]
+    if not windows:
+        return blocks
+    out = plan.output
+    bounds = plan.aoi.region(out.transform, out.width, out.height)
+    return [b.intersection(bounds) for b in blocks if intersect(b, bounds)]
 
 
 def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
     """Classify one chunk of output pixels (a window of :attr:`Plan.output`).
 
     Each modality's per-pixel mean probability is computed over the windows covering the
-    pixel; modalities are then averaged where they have a value. In dense mode the chunk
-    is computed block by block (see :attr:`Plan.tiling`).
+    pixel (mode ``pixel``: given by the decoder); modalities are then averaged where they
+    have a value. In modes dense and pixel the chunk is computed block by block (see
+    :attr:`Plan.tiling`). With an area of interest, a chunk away from it is nodata without
+    a read, and pixels whose centre lies outside it are nodata.
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
         torch.set_num_threads(plan.threads)
     classes = len(next(iter(predictors.values())).info.classes)
+    if not plan.computes(chunk):  # away from the area of interest: nothing to read
+        codes = np.full((chunk.height, chunk.width), CLASS_NODATA, dtype=np.uint8)
+        return ChunkResult(codes, np.full((classes, *codes.shape), np.nan, dtype=np.float32)
+                           if plan.probabilities else None)
     total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
-    for unit in _units(plan, chunk):
+    for unit in _blocks(plan, chunk):
         where = (slice(None), *relative_slices(unit, chunk))
         total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
-    probs = total / np.maximum(mapped, 1) if len(plan.sources) > 1 else total
+    if plan.aoi is not None:
+        mapped[~plan.aoi.mask(chunk)] = 0
+    probs = total / np.maximum(mapped, 1) if len(plan.readers) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
     if not plan.probabilities:
@@ -406,28 +386,28 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     return ChunkResult(codes, probs)
 
 
-def _as_dicts(predictors: Predictors, sources: "Sources"
+def _as_dicts(predictors: Predictors, scenes: "Scenes"
               ) -> tuple[dict[str, Predictor], dict[str, SceneInput]]:
     """Both arguments as ``{modality: ...}`` dicts, checked against each other."""
     if isinstance(predictors, Predictor):
         predictors = {predictors.info.modality: predictors}
     predictors = dict(predictors)
-    if not isinstance(sources, Mapping):
+    if not isinstance(scenes, Mapping):
         if len(predictors) != 1:
             raise ValueError("one scene given for several predictors; pass a dict")
-        sources = {next(iter(predictors)): sources}
-    sources = {m: as_input(s) for m, s in sources.items()}
-    if missing := sorted(set(sources) - set(predictors)):
+        scenes = {next(iter(predictors)): scenes}
+    scenes = {m: as_input(s) for m, s in scenes.items()}
+    if missing := sorted(set(scenes) - set(predictors)):
         raise CheckpointError(f"no predictor for the {', '.join(missing)} scene")
-    first = predictors[next(iter(sources))].info
-    for m in sources:
+    first = predictors[next(iter(scenes))].info
+    for m in scenes:
         if predictors[m].info.classes != first.classes:
             raise CheckpointError(f"the {m} predictor's classes differ from the "
                                   f"{first.modality} predictor's; cannot fuse them")
-    return {m: predictors[m] for m in sources}, sources
+    return {m: predictors[m] for m in scenes}, scenes
 
 
-def make_plan(predictors: Predictors, sources: "Sources",
+def make_plan(predictors: Predictors, scenes: "Scenes",
               settings: MapSettings = DEFAULTS
               ) -> tuple[dict[str, Predictor], Plan, dict[str, SceneCheck]]:
     """Check the inputs and lay out the work (see :func:`predict_to_file` for arguments).
@@ -439,13 +419,13 @@ def make_plan(predictors: Predictors, sources: "Sources",
         The predictors per modality, the plan, and the statistics check of each scene.
     """
     tiling, execution = settings.tiling, settings.execution
-    predictors, inputs = _as_dicts(predictors, sources)
+    predictors, inputs = _as_dicts(predictors, scenes)
     if tiling.mode == "auto":
         decoders = all(p.has_decoder for p in predictors.values())
         tiling = replace(tiling, mode="pixel" if decoders else "windows")
     inputs = {m: _absolute(s) for m, s in inputs.items()}
-    grid, readers = open_sources(inputs, {m: p.info for m, p in predictors.items()})
-    checks = check_sources(predictors, readers, force=settings.checks.force)
+    area = read_aoi(tiling.aoi) if tiling.aoi is not None else None  # fail before the scenes
+    grid, readers = open_readers(inputs, {m: p.info for m, p in predictors.items()})
     patch = min(p.info.patch_size for p in predictors.values())
     # Dense mode makes fine strides cheap: a quarter patch by default (16 px for 64 px).
     stride = tiling.stride or max(1, patch // (4 if tiling.mode == "dense" else 2))
@@ -465,10 +445,23 @@ def make_plan(predictors: Predictors, sources: "Sources",
     unit = patch if tiling.mode == "pixel" else stride
     block = max(1, round(tiling.block_size / unit)) * unit
     device = execution.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        torch.device(device)
+    except RuntimeError as err:
+        raise SettingsError("device", f"{device!r} is not a torch device "
+                                      f"({str(err).splitlines()[0]})") from err
     outputs = settings.outputs
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
                 threads=execution.threads)
+    region = None
+    if area is not None:
+        out = plan.output
+        plan = replace(plan, aoi=aoi_on_grid(area, out.crs, out.transform, out.width,
+                                             out.height, tiling.aoi))
+        # The statistics check samples the scene within the area only.
+        region = plan.aoi.region(grid.transform, grid.width, grid.height)
+    checks = check_scenes(predictors, readers, force=settings.checks.force, region=region)
     return predictors, plan, checks
 
 
@@ -483,11 +476,11 @@ def _absolute(scene: SceneInput) -> SceneInput:
                                        for p in scene.paths))
 
 
-def _input_files(sources: "Sources") -> dict[str, str]:
+def _input_files(scenes: "Scenes") -> dict[str, str]:
     """Every file the inputs name, labelled for error messages (outputs may not replace one)."""
-    scenes = sources if isinstance(sources, Mapping) else {"scene": sources}
+    named = scenes if isinstance(scenes, Mapping) else {"scene": scenes}
     files = {}
-    for m, scene in scenes.items():
+    for m, scene in named.items():
         paths = as_input(scene).paths
         files.update({m if len(paths) == 1 else f"{m} {i + 1}": p for i, p in enumerate(paths)})
     return files
@@ -508,64 +501,7 @@ def _chunks(plan: Plan) -> list[Window]:
     return chunk_layout(plan.output.height, plan.output.width, size)
 
 
-def _unreadable(paths: Sequence[str]) -> dict[str, str]:
-    """Each path this process cannot open, with the reason (run on every Dask worker)."""
-    import rasterio
-    from rasterio.errors import RasterioIOError
-
-    problems = {}
-    for path in paths:
-        try:
-            with rasterio.open(path):
-                pass
-        except RasterioIOError as err:
-            problems[path] = str(err).splitlines()[0]
-    return problems
-
-
-@contextmanager
-def _submitter(predictors: dict[str, Predictor], workers: int, scheduler: str | None,
-               paths: Sequence[str] = (), timeout: float = 10.0,
-               ) -> Iterator[tuple[Callable[[Plan, Window], Future], int]]:
-    """``(submit(plan, chunk) -> future, slots)`` on local threads or a Dask cluster.
-
-    On a cluster, every worker first checks that it can open ``paths``; the predictors are
-    then scattered (broadcast) once, and every chunk task refers to that one copy per
-    worker.
-
-    Raises:
-        SchedulerError: no scheduler answers at ``scheduler`` within ``timeout`` seconds.
-        InputFileError: a worker cannot open one of ``paths``.
-    """
-    if scheduler is None:
-        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discomkd")
-        try:
-            yield (lambda plan, chunk: pool.submit(predict_chunk, predictors, plan,
-                                                   chunk)), workers
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return
-    from distributed import Client
-
-    try:
-        client = Client(scheduler, set_as_default=False, timeout=timeout)
-    except OSError as err:  # distributed's connection timeout is one
-        raise SchedulerError(scheduler, f"no scheduler answered within {timeout:g} s "
-                                        f"({str(err).splitlines()[0]}); check the address "
-                                        "or raise --scheduler-timeout") from err
-    with client:
-        for worker, problems in client.run(_unreadable, list(paths)).items():
-            for path, problem in problems.items():
-                raise InputFileError(path, f"the Dask worker {worker} cannot open it "
-                                           f"({problem}); workers need the file at the "
-                                           "same path")
-        [model] = client.scatter([predictors], broadcast=True, hash=False)
-        slots = max(1, sum(client.nthreads().values()))
-        yield (lambda plan, chunk: client.submit(predict_chunk, model, plan, chunk,
-                                                 pure=False)), slots
-
-
-def predict_to_file(predictors: Predictors, sources: "Sources",
+def predict_to_file(predictors: Predictors, scenes: "Scenes",
                     output: str | os.PathLike[str], settings: MapSettings = DEFAULTS, *,
                     progress: bool = False,
                     stac_source: ItemInputs | None = None) -> "MapSummary":
@@ -575,7 +511,7 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
 
     Args:
         predictors: a :class:`Predictor`, or one per modality (``{"ms": ..., "sar": ...}``).
-        sources: the scene or one per modality (``{"ms": ..., "sar": ...}``): a raster
+        scenes: the scene or one per modality (``{"ms": ..., "sar": ...}``): a raster
             path, several paths (one per band or polarisation), a directory of band files,
             an :class:`xarray.DataArray` with a CRS and a ``band`` coordinate, or a
             :class:`~discomkd_geo.inference.io.SceneInput` that also gives band names,
@@ -604,121 +540,85 @@ def predict_to_file(predictors: Predictors, sources: "Sources",
         SchedulerError: the scheduler does not answer within ``scheduler_timeout``.
     """
     start = time.perf_counter()
-    output = Path(output)
-    qml_path, legend_path = sidecar_paths(output)
-    execution, overwrite = settings.execution, settings.outputs.overwrite
-    probabilities, confidence = settings.outputs.probabilities, settings.outputs.confidence
-    if confidence is True:
-        confidence = output.with_suffix(".confidence.tif")
-    extras = {"probabilities": probabilities, "confidence": confidence or None}
-    stac_path = item_path(output)
-    check_outputs({"map": output, "QGIS style": qml_path, "legend": legend_path,
-                   "STAC Item": stac_path,
-                   **{name: path for name, path in extras.items() if path}}, overwrite,
-                  inputs=_input_files(sources))
-    predictors, plan, checks = make_plan(predictors, sources, settings)
-    torch_threads = torch.get_num_threads()  # restored at the end: workers change it
-    if execution.scheduler is None and plan.threads is None:
-        # N local workers share torch's thread budget (by default one thread per core):
-        # a full pool of intra-op threads each would oversubscribe the cores. A cluster's
-        # workers keep their own settings (Dask's nannies start them with one thread).
-        plan = replace(plan, threads=max(1, torch.get_num_threads() // execution.workers))
+    paths = MapPaths.of(output, settings.outputs)
+    check_outputs(paths.labelled(), settings.outputs.overwrite, inputs=_input_files(scenes))
+    predictors, plan, checks = make_plan(predictors, scenes, settings)
     info = next(iter(predictors.values())).info
-    classes, colors = list(info.classes), [tuple(c) for c in info.colors]
-    grid = plan.output
-    facts = {"modalities": ",".join(plan.sources), "stride": plan.tiling.stride,
-             "coarse": plan.tiling.coarse, "mode": plan.tiling.mode, "software": "discomkd_geo"}
     chunks = _chunks(plan)
-    histogram = np.zeros(len(classes) + 1, dtype=np.int64)  # last bin: nodata
-
+    inputs = {m: reader.files for m, reader in plan.readers.items()}
+    execution = settings.execution
     with ExitStack() as stack:
-        stack.callback(torch.set_num_threads, torch_threads)
-
-        def writer(path: str | os.PathLike[str], **kwargs: Any) -> CogWriter:
-            tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
-            cog = CogWriter(tmp, grid, **kwargs)
-            stack.callback(cog.close, keep=False)  # on failure; a finished writer is closed
-            return cog
-
-        outputs = {"classes": writer(
-            output, count=1, dtype="uint8", nodata=CLASS_NODATA, resampling=Resampling.mode,
-            descriptions=[class_description(classes)], tags=class_tags(classes, colors, facts),
-            colormap=colors)}
-        dtype = settings.outputs.probabilities_dtype
-        scaled = dtype == "uint8"
-        continuous = {"dtype": dtype, "nodata": 255 if scaled else np.nan,
-                      "resampling": Resampling.average, "scale": 1 / 250 if scaled else 1.0}
-        if probabilities:
-            outputs["probabilities"] = writer(
-                probabilities, count=len(classes), descriptions=classes, **continuous,
-                tags={**class_tags(classes, colors, facts), "SCALE": "1/250" if scaled else "1"})
-        if confidence:
-            outputs["confidence"] = writer(
-                confidence, count=1, descriptions=["confidence (winning class probability)"],
-                **continuous, tags={**facts, "SCALE": "1/250" if scaled else "1"})
-
-        from tqdm.auto import tqdm
-
-        bar = stack.enter_context(tqdm(total=grid.width * grid.height, unit="px",
-                                       unit_scale=True, disable=progress_disabled(progress),
-                                       desc=f"mapping {output.name}"))
-        files = [f for source in plan.sources.values() for f in source.files]
-        submit, slots = stack.enter_context(_submitter(
-            predictors, execution.workers, execution.scheduler, files,
-            execution.scheduler_timeout))
-        todo = iter(chunks)
-        pending = deque((c, submit(plan, c)) for c in islice(todo, 2 * slots))
-        while pending:
-            chunk, future = pending.popleft()
-            result = future.result()
-            if (following := next(todo, None)) is not None:
-                pending.append((following, submit(plan, following)))
-            _write(outputs, chunk, result, scaled)
-            histogram += np.bincount(np.minimum(result.codes, len(classes)).ravel(),
-                                     minlength=len(classes) + 1)
+        plan = stack.enter_context(_thread_budget(plan, execution))
+        outputs = stack.enter_context(MapOutputs(paths, plan.output, info, _facts(plan),
+                                                 settings.outputs, inputs, stac_source))
+        bar = stack.enter_context(_progress_bar(plan.output, paths.map, progress))
+        runner = stack.enter_context(chunk_runner(
+            predictors, execution.workers, execution.scheduler,
+            [f for files in inputs.values() for f in files], execution.scheduler_timeout))
+        for chunk, result in runner.map(predict_chunk, chunks, plan):
+            outputs.write(chunk, result.codes, result.probs)
             bar.update(chunk.width * chunk.height)
-        for cog in outputs.values():
-            cog.close(keep=True)
-        item = map_item(output, grid, classes, colors,
-                        {m: source.files for m, source in plan.sources.items()},
-                        {"style": qml_path, "legend": legend_path,
-                         **{k: v for k, v in extras.items() if v}}, source=stac_source)
-        for path, text in ((qml_path, qgis_style(classes, colors)),
-                           (legend_path, json.dumps(legend(classes, colors), indent=2)),
-                           (stac_path, json.dumps(item, indent=2))):
-            tmp = stack.enter_context(atomic_path(path, overwrite=overwrite))
-            tmp.write_text(text)
+    if paths.polygons:
+        # From the finished map: its tags give the classes and colours.
+        vectorize_to_file(paths.map, paths.polygons, mmu=settings.outputs.mmu,
+                          overwrite=settings.outputs.overwrite)
+    return _summary(paths, plan, info, chunks, outputs.histogram, checks,
+                    time.perf_counter() - start)
 
-    seconds = time.perf_counter() - start
+
+@contextmanager
+def _thread_budget(plan: Plan, execution: Execution) -> Iterator[Plan]:
+    """The plan with each local worker's share of torch's threads; torch's count restored.
+
+    N local workers share torch's thread budget (by default one thread per core): a full
+    pool of intra-op threads each would oversubscribe the cores. A cluster's workers keep
+    their own settings (Dask's nannies start them with one thread).
+    """
+    before = torch.get_num_threads()  # restored at the end: workers change it
+    if execution.scheduler is None and plan.threads is None:
+        plan = replace(plan, threads=max(1, before // execution.workers))
+    try:
+        yield plan
+    finally:
+        torch.set_num_threads(before)
+
+
+def _facts(plan: Plan) -> dict[str, Any]:
+    """How the map was made, as the rasters' metadata tags say it."""
+    return {"modalities": ",".join(plan.readers), "stride": plan.tiling.stride,
+            "coarse": plan.tiling.coarse, "mode": plan.tiling.mode, "software": "discomkd_geo"}
+
+
+def _progress_bar(grid: Grid, output: Path, progress: bool) -> Any:
+    """A progress bar over the map's pixels (disabled unless ``progress`` on a terminal)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=grid.width * grid.height, unit="px", unit_scale=True,
+                disable=progress_disabled(progress), desc=f"mapping {output.name}")
+
+
+def _summary(paths: MapPaths, plan: Plan, info: PredictorInfo, chunks: Sequence[Window],
+             histogram: np.ndarray, checks: Mapping[str, SceneCheck],
+             seconds: float) -> MapSummary:
+    """The :class:`MapSummary` of a finished map."""
+    grid, tiling = plan.output, plan.tiling
     pixels = grid.width * grid.height
     return MapSummary(
-        output=str(output), probabilities=str(probabilities) if probabilities else None,
-        confidence=str(confidence) if confidence else None, width=grid.width,
-        height=grid.height, crs=grid.crs.to_string(), modalities=tuple(plan.sources),
-        patch_size=info.patch_size, stride=plan.tiling.stride, coarse=plan.tiling.coarse,
-        mode=plan.tiling.mode, chunks=len(chunks), pixels=pixels,
+        output=str(paths.map),
+        probabilities=str(paths.probabilities) if paths.probabilities else None,
+        confidence=str(paths.confidence) if paths.confidence else None,
+        vector=str(paths.polygons) if paths.polygons else None, width=grid.width,
+        height=grid.height, crs=grid.crs.to_string(), modalities=tuple(plan.readers),
+        patch_size=info.patch_size, stride=tiling.stride, coarse=tiling.coarse,
+        mode=tiling.mode, chunks=len(chunks),
+        computed_chunks=sum(map(plan.computes, chunks)), pixels=pixels,
         mapped_pixels=int(histogram[:-1].sum()), seconds=round(seconds, 3),
         pixels_per_s=round(pixels / max(seconds, 1e-9), 1),
-        histogram={name: int(n) for name, n in zip(classes, histogram, strict=False)},
-        checks=checks)
+        histogram={name: int(n) for name, n in zip(info.classes, histogram, strict=False)},
+        checks=dict(checks))
 
 
-def _write(outputs: Mapping[str, CogWriter], chunk: Window, result: ChunkResult,
-           scaled: bool) -> None:
-    """Windowed writes of one chunk into every requested output."""
-    outputs["classes"].write(chunk, result.codes)
-    if result.probs is None:
-        return
-    extra = {"probabilities": result.probs, "confidence": np.max(result.probs, axis=0,
-                                                                  keepdims=True)}
-    for name, values in extra.items():
-        if name in outputs:
-            if scaled:
-                values = np.where(np.isnan(values), 255, np.round(values * 250)).astype(np.uint8)
-            outputs[name].write(chunk, values)
-
-
-def predict_lazy(predictors: Predictors, sources: "Sources",
+def predict_lazy(predictors: Predictors, scenes: "Scenes",
                  settings: MapSettings = DEFAULTS, *,
                  what: Literal["classes", "probabilities"] = "classes") -> "xarray.DataArray":
     """The map as a lazy, Dask-backed :class:`xarray.DataArray` with CRS and transform.
@@ -728,7 +628,7 @@ def predict_lazy(predictors: Predictors, sources: "Sources",
 
     Args:
         predictors: as in :func:`predict_to_file`.
-        sources: as in :func:`predict_to_file`.
+        scenes: as in :func:`predict_to_file`.
         settings: as in :func:`predict_to_file`; its tiling, checks, ``device`` and
             ``threads`` apply (the array is computed by whatever Dask scheduler the caller
             uses, and written by the caller).
@@ -740,7 +640,7 @@ def predict_lazy(predictors: Predictors, sources: "Sources",
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
-    predictors, plan, _ = make_plan(predictors, sources, settings)
+    predictors, plan, _ = make_plan(predictors, scenes, settings)
     plan = replace(plan, probabilities=what == "probabilities")
     info = next(iter(predictors.values())).info
     model = dask.delayed(predictors, pure=True, traverse=False)

@@ -3,14 +3,16 @@
 First step of the inference flow (io -> tiling -> engine -> writers). A scene is described
 per modality by a :class:`SceneInput`: one stack, one file per band or polarisation (a
 directory of them, e.g. a Sentinel-2 ``.SAFE``), or an :class:`xarray.DataArray`, with
-its units and scaling. :func:`open_sources` checks every input once, up front, and turns
-it into a picklable source (plain values, no open dataset) that Dask workers use to read
+its units and scaling. :func:`open_readers` checks every input once, up front, and turns
+it into a picklable reader (plain values, no open dataset) that Dask workers use to read
 windows of the scene on the output grid: the first modality's grid at the model's pixel
 size, onto which every other file is warped on the fly through a
 :class:`rasterio.vrt.WarpedVRT` (also rasters georeferenced only by GCPs or RPCs).
-Bands are matched to the checkpoint's band names through band descriptions, file names
-or an explicit list; SAR in linear power or amplitude is converted to dB and reflectance
-products are rescaled here, so the predictor receives the raw units it was trained on.
+Scenes may be URLs (``https://``, ``s3://``), read by windowed range requests
+(:mod:`.remote`). Bands are matched to the checkpoint's band names through band
+descriptions, file names or an explicit list; SAR in linear power or amplitude is
+converted to dB and reflectance products are rescaled here, so the predictor receives the
+raw units it was trained on.
 """
 
 import os
@@ -36,6 +38,8 @@ from rasterio.windows import Window
 
 from ..errors import InputFileError
 from ..models.predictor import PredictorInfo
+from .remote import is_remote, remote_env
+from .remote import problem as remote_problem
 
 if TYPE_CHECKING:
     import xarray
@@ -111,6 +115,9 @@ class SceneInput:
             baseline 04.00 and later into those of earlier products).
         crs: CRS to warp a raster georeferenced only by GCPs or RPCs to (default: the
             UTM zone of the scene centre).
+        nodata: the value that marks missing pixels (a pixel is missing when any band
+            holds it), instead of the files' own nodata tags: for exports that fill
+            outside the swath without saying so (SNAP, Earth Engine: 0 in every band).
     """
 
     source: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | xarray.DataArray"
@@ -119,6 +126,7 @@ class SceneInput:
     scale: float = 1.0
     offset: float = 0.0
     crs: str | None = None
+    nodata: float | None = None
 
     def __post_init__(self) -> None:
         # Normalise to hashable, picklable tuples; the dataclass is frozen.
@@ -205,15 +213,15 @@ class Grid:
         return Window(0, 0, self.width, self.height)
 
 
-class _Source:
-    """What every source offers: raw values of a window, and values in model units."""
+class _Reader:
+    """What every scene reader offers: raw values of a window, and values in model units."""
 
     grid: Grid
     units: Units
 
     @property
     def files(self) -> tuple[str, ...]:
-        """The files this source reads (none for an in-memory array)."""
+        """The files this reader reads (none for an in-memory array)."""
         return ()
 
     def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -239,7 +247,7 @@ class Layer:
 
 
 @dataclass(frozen=True)
-class SceneSource(_Source):
+class RasterReader(_Reader):
     """How to read one modality's files on the output grid; picklable for Dask workers.
 
     Attributes:
@@ -248,21 +256,24 @@ class SceneSource(_Source):
         warped: files on another grid (or georeferenced by GCPs/RPCs only), warped onto
             ``grid``.
         units: conversion of the raw values to the predictor's units.
+        nodata: the value marking missing pixels instead of the files' nodata tags
+            (``None``: the tags).
     """
 
     layers: tuple[Layer, ...]
     grid: Grid
     warped: frozenset[str] = frozenset()
     units: Units = Units()
+    nodata: float | None = None
 
     @property
     def name(self) -> str:
-        """What error messages call this source."""
+        """What error messages call this scene."""
         return self.layers[0].path
 
     @property
     def files(self) -> tuple[str, ...]:
-        """The files this source reads."""
+        """The files this reader reads."""
         return tuple(dict.fromkeys(layer.path for layer in self.layers))
 
     def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -274,10 +285,12 @@ class SceneSource(_Source):
             try:
                 read = self._read_file(path, indexes, window)
             except RasterioIOError as err:
+                rows = f"reading rows {window.row_off}-{window.row_off + window.height} failed"
+                if is_remote(path):
+                    raise InputFileError(path, f"{rows}: {remote_problem(err)}") from err
                 detail = str(err.__cause__ or err).splitlines()[0]  # GDAL's own words, if any
-                raise InputFileError(path, f"reading rows {window.row_off}-"
-                                           f"{window.row_off + window.height} failed: the file "
-                                           f"is cut off or damaged ({detail})") from err
+                raise InputFileError(path, f"{rows}: the file is cut off or damaged "
+                                           f"({detail})") from err
             for i, band in zip(at, read, strict=True):
                 bands[i] = band
         masked = np.ma.stack(bands)
@@ -289,9 +302,15 @@ class SceneSource(_Source):
                    ) -> list[np.ma.MaskedArray]:
         """Bands ``indexes`` of one file through ``window`` of the output grid."""
         with ExitStack() as stack:
+            stack.enter_context(remote_env(path))  # a URL's GDAL options, reads included
             src = stack.enter_context(rasterio.open(path))
             if path not in self.warped:
-                return list(src.read(indexes, window=window, masked=True, out_dtype="float32"))
+                if self.nodata is None:
+                    return list(src.read(indexes, window=window, masked=True,
+                                         out_dtype="float32"))
+                return [np.ma.masked_equal(band, np.float32(self.nodata)) for band in
+                        src.read(indexes, window=window, out_dtype="float32")]
+            nodata = src.nodata if self.nodata is None else self.nodata
             # A negligible approximation tolerance: each pixel is transformed (almost)
             # exactly, so its value does not depend on the window it is read through
             # (byte-identical output for any chunking).
@@ -303,10 +322,11 @@ class SceneSource(_Source):
                 # grid first, which honours them, then from that one onto ours.
                 src = stack.enter_context(WarpedVRT(
                     src, src_crs=_source_crs(src), crs=self.grid.crs,
-                    src_nodata=src.nodata, **warp))
+                    src_nodata=nodata, **warp))
+                nodata = src.nodata
             src = stack.enter_context(WarpedVRT(
                 src, crs=self.grid.crs, transform=self.grid.transform,
-                width=self.grid.width, height=self.grid.height, src_nodata=src.nodata,
+                width=self.grid.width, height=self.grid.height, src_nodata=nodata,
                 **warp))
             # Band by band: GDAL's multi-band warped reads of a VRT's full extent give
             # other values than smaller windows; single-band reads do not.
@@ -315,7 +335,7 @@ class SceneSource(_Source):
 
 
 @dataclass(frozen=True)
-class ArraySource(_Source):
+class ArrayReader(_Reader):
     """How to read one modality from an :class:`xarray.DataArray` on the output grid.
 
     Attributes:
@@ -344,7 +364,8 @@ class ArraySource(_Source):
         return data, valid
 
 
-Source = SceneSource | ArraySource
+#: How one modality's scene is read on the output grid: from files or from an array.
+SceneReader = RasterReader | ArrayReader
 
 
 def _is_safe(path: Path) -> bool:
@@ -393,11 +414,15 @@ def _expand(scene: SceneInput, sar: bool) -> list[str]:
 
 
 def _open(path: str) -> rasterio.DatasetReader:
-    """Open ``path`` (the caller closes it), with a one-line error naming it."""
-    if not os.path.exists(path):
+    """Open ``path`` (the caller closes it), with a one-line error naming it.
+
+    URLs are opened with :mod:`.remote`'s GDAL options (range requests, timeouts).
+    """
+    remote = is_remote(path)
+    if not remote and not os.path.exists(path):
         raise InputFileError(path, "no such file")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), remote_env(path):
             # rasterio would warn and carry on with pixel coordinates; say it in one line.
             warnings.simplefilter("error", NotGeoreferencedWarning)
             return rasterio.open(path)
@@ -406,7 +431,8 @@ def _open(path: str) -> rasterio.DatasetReader:
                                    "georeference it (e.g. gdal_edit.py -a_srs -a_ullr) "
                                    "before mapping") from err
     except RasterioIOError as err:
-        raise InputFileError(path, f"cannot read raster: {err}") from err
+        detail = remote_problem(err) if remote else err
+        raise InputFileError(path, f"cannot read raster: {detail}") from err
 
 
 def _labels(path: str, count: int, descriptions: Sequence[str | None]) -> list[str | None]:
@@ -440,7 +466,7 @@ def match_bands(name: str, labels: Sequence[str | None], wanted: Sequence[str],
         unnamed = sum(label is None for label in labels)
         raise InputFileError(name, f"has {unnamed} unnamed of {len(labels)} bands, the model "
                                    f"reads {len(wanted)} ({', '.join(wanted)}); name them "
-                                   "with --bands")
+                                   "with bands=", param="bands")
     names = [str(label) for label in labels]
     if repeated := sorted({n for n in names if names.count(n) > 1}):
         where = [i + 1 for i, n in enumerate(names) if n == repeated[0]]
@@ -451,9 +477,9 @@ def match_bands(name: str, labels: Sequence[str | None], wanted: Sequence[str],
         usable = [b for b in names if b in wanted_names]
         raise InputFileError(name, f"lacks bands {missing} that the model reads (scene bands: "
                                    f"{names}); if they are there under other names, name them "
-                                   "with --bands, otherwise use a model trained on the scene's "
-                                   f"bands (train --set data.modalities.{modality}.bands="
-                                   f"[{','.join(usable)}])")
+                                   "with bands=, otherwise use a model trained on the scene's "
+                                   f"bands (config data.modalities.{modality}.bands: "
+                                   f"[{','.join(usable)}])", param="bands")
     return tuple(names.index(w) for w in wanted_names)
 
 
@@ -477,7 +503,8 @@ def _target_crs(src: rasterio.DatasetReader, named: str | None) -> CRS:
         try:
             return CRS.from_user_input(named)
         except CRSError as err:
-            raise InputFileError(src.name, f"--crs {named!r} is not a CRS: {err}") from err
+            raise InputFileError(src.name, f"crs={named!r} is not a CRS: {err}",
+                                 param="crs") from err
     if src.gcps[0]:
         gcps, gcp_crs = src.gcps
         xs, ys = [g.x for g in gcps], [g.y for g in gcps]
@@ -524,7 +551,7 @@ def _at_pixel_size(grid: Grid, pixel_size: float | None) -> Grid:
 
 
 def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
-                first: str) -> tuple[Grid, SceneSource]:
+                first: str) -> tuple[Grid, RasterReader]:
     """Check a file input and describe how to read it on ``grid`` (or on its own grid).
 
     ``first`` names the input that defined ``grid``, for error messages.
@@ -553,13 +580,13 @@ def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     assert grid is not None
     if scene.bands is not None:
         if len(scene.bands) != len(layers):
-            raise InputFileError(scene.name, f"--bands names {len(scene.bands)} bands but the "
-                                             f"input has {len(layers)}")
+            raise InputFileError(scene.name, f"bands= names {len(scene.bands)} bands but the "
+                                             f"input has {len(layers)}", param="bands")
         labels = [canonical_band(b) for b in scene.bands]
     positions = match_bands(scene.name, labels, info.bands, modality)
     units = Units(_sar_units(scene, files) if sar else None, scene.scale, scene.offset)
-    return grid, SceneSource(tuple(layers[p] for p in positions), grid, frozenset(warped),
-                             units)
+    return grid, RasterReader(tuple(layers[p] for p in positions), grid, frozenset(warped),
+                              units, scene.nodata)
 
 
 def _sar_units(scene: SceneInput, files: Sequence[str]) -> SarUnits:
@@ -572,7 +599,7 @@ def _sar_units(scene: SceneInput, files: Sequence[str]) -> SarUnits:
 
 
 def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
-                first: str) -> tuple[Grid, ArraySource]:
+                first: str) -> tuple[Grid, ArrayReader]:
     """Check an :class:`xarray.DataArray` input; it must lie on ``grid`` when given."""
     import rioxarray  # noqa: F401  (registers the .rio accessor)
 
@@ -601,11 +628,12 @@ def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     positions = match_bands(name, labels, info.bands, modality)
     units = Units((scene.sar_units or "db") if info.units == "dB" else None, scene.scale,
                   scene.offset)
-    return own, ArraySource(array, positions, own, array.rio.nodata, units, name)
+    nodata = array.rio.nodata if scene.nodata is None else scene.nodata
+    return own, ArrayReader(array, positions, own, nodata, units, name)
 
 
-def open_sources(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
-                 ) -> tuple[Grid, dict[str, Source]]:
+def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
+                 ) -> tuple[Grid, dict[str, SceneReader]]:
     """Check the scenes of every modality and describe how to read them on one grid.
 
     The first modality's first raster defines the output grid, at the model's pixel size
@@ -621,17 +649,17 @@ def open_sources(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
     """
     grid: Grid | None = None
     first = ""
-    sources: dict[str, Source] = {}
+    readers: dict[str, SceneReader] = {}
     for modality, scene in inputs.items():
         info = infos[modality]
         if scene.sar_units is not None and info.units != "dB":
             raise ValueError(f"sar_units given for the {modality} input, whose model does "
                              "not read SAR in dB")
         opener = _open_files if scene.paths else _open_array
-        source_grid, sources[modality] = opener(scene, info, modality, grid, first)
-        grid, first = grid or source_grid, first or sources[modality].name
+        own_grid, readers[modality] = opener(scene, info, modality, grid, first)
+        grid, first = grid or own_grid, first or readers[modality].name
     if grid is None:
         raise ValueError("no scene given")
-    return grid, sources
+    return grid, readers
 
 

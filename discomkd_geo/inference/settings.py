@@ -31,11 +31,15 @@ Adding a mapping setting is a one-place change:
    Python-only, ``flag="--other-name"`` names its option otherwise, ``metavar=`` names
    its value.
 
-This module imports nothing heavy: ``discomkd-geo --help`` reads it.
+What describes one modality's scene (band names, units, scale, ``nodata``) is not a
+mapping setting: it is a field of :class:`~discomkd_geo.inference.io.SceneInput`, with
+its own ``predict``/``inspect`` option in ``cli.py``. This module imports nothing heavy:
+``discomkd-geo --help`` reads it.
 """
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -55,6 +59,23 @@ PadMode = Literal["reflect", "constant"]
 ProbabilityDtype = Literal["float32", "uint8"]
 #: An output path.
 PathLike = str | os.PathLike[str]
+
+
+#: ``0.5ha``, ``5000m2``, ``5000`` (square metres), ``2km2``.
+_AREA = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?\d+)?)\s*(ha|m2|km2)?\s*", re.IGNORECASE)
+_AREA_UNITS = {"ha": 10_000.0, "m2": 1.0, "km2": 1e6}
+
+
+def parse_area(text: str) -> float:
+    """An area such as ``0.5ha``, ``5000m2``, ``2km2`` or ``5000`` (m2) in square metres.
+
+    Raises:
+        ValueError: not a non-negative number with an optional unit ha, m2 or km2.
+    """
+    match = _AREA.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text!r} is not an area; write e.g. 0.5ha, 5000m2 or 5000 (m2)")
+    return float(match.group(1)) * _AREA_UNITS[(match.group(2) or "m2").lower()]
 
 
 def setting(default: Any, help: str, *, minimum: float | None = None,
@@ -189,6 +210,17 @@ class Tiling(_Group):
         "workers.", minimum=1)
     batch_size: int = setting(
         32, "Windows per forward pass (windows mode; batches are always full).", minimum=1)
+    aoi: str | None = setting(
+        None, "Map only inside the polygons of this vector file (any format and CRS "
+        "geopandas reads; FILE:LAYER names a layer): pixels whose centre lies outside are "
+        "nodata, and chunks away from it are neither read nor classified.",
+        metavar="FILE[:LAYER]")
+
+    def __post_init__(self) -> None:
+        # A str, not a Path: GDAL paths (/vsicurl/https://...) must keep their "//".
+        if isinstance(self.aoi, os.PathLike):
+            object.__setattr__(self, "aoi", os.fspath(self.aoi))
+        super().__post_init__()
 
 
 @dataclass(frozen=True)
@@ -222,7 +254,26 @@ class Outputs(_Group):
     confidence: bool | PathLike = setting(
         False, "Also write the winning probability to OUTPUT_STEM.confidence.tif (in Python "
         "also a path).")
+    vector: PathLike | None = setting(
+        None, "Also write the map's polygons to this GeoPackage: one feature per connected "
+        "region with class code, name, colour and area (m2, ha; on an equal-area projection "
+        "for geographic CRSs), and a QGIS style VECTOR_STEM.qml.", metavar="FILE")
+    mmu: float | str | None = setting(
+        None, "Minimum mapping unit of the polygons: smaller regions are first merged into "
+        "their largest mapped neighbour, e.g. 0.5ha, 5000m2 or 5000 (m2).", minimum=0.0,
+        metavar="AREA")
     overwrite: bool = setting(False, "Replace existing outputs.")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.mmu, str):  # "0.5ha" -> 5000.0 (m2)
+            try:
+                object.__setattr__(self, "mmu", parse_area(self.mmu))
+            except ValueError as err:
+                raise SettingsError("mmu", str(err)) from err
+        super().__post_init__()
+        if self.mmu is not None and self.vector is None:
+            raise SettingsError("mmu", "applies to the polygons: give a vector output too "
+                                       "(--vector)")
 
 
 @dataclass(frozen=True)

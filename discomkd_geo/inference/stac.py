@@ -21,6 +21,7 @@ from typing import Any
 from ..constants import CLASS_NODATA, MS, S2_BANDS, SAR
 from ..errors import InputFileError
 from .io import S2_ALIASES, Grid
+from .remote import is_remote
 from .writers import hex_color
 
 #: Polarisations a Sentinel-1 asset may hold.
@@ -98,7 +99,8 @@ def read_item(path: str | os.PathLike[str]) -> ItemInputs:
     An asset counts as SAR when its bands are polarisations (``sar:polarizations``,
     band names or an asset key such as ``vv``), as MS when they are Sentinel-2 bands
     (``B04``, ``B4`` or a common name such as ``red``). Relative hrefs are resolved
-    against the Item's folder.
+    against the Item's folder; ``https://`` and ``s3://`` hrefs are kept and read
+    remotely (:mod:`.remote`).
 
     Raises:
         InputFileError: the file is not a STAC Item, or holds no Sentinel asset.
@@ -125,9 +127,10 @@ def read_item(path: str | os.PathLike[str]) -> ItemInputs:
         modality = _modality(names)
         if modality is None:
             continue
-        href = asset.href if os.path.isabs(asset.href) or "://" in asset.href else \
-            os.path.join(folder, asset.href)
-        paths.setdefault(modality, []).append(os.path.normpath(href))
+        href = asset.href
+        if not is_remote(href):  # URLs stay as given (normpath would fold their "//")
+            href = os.path.normpath(href if os.path.isabs(href) else os.path.join(folder, href))
+        paths.setdefault(modality, []).append(href)
         bands.setdefault(modality, []).extend(names)
     if not paths:
         raise InputFileError(path, f"no Sentinel-1 or Sentinel-2 asset among "
@@ -220,7 +223,8 @@ def map_item(output: str | os.PathLike[str], grid: Grid, classes: Sequence[str],
     for modality, paths in inputs.items():
         for i, path in enumerate(paths):
             title = f"{modality} scene" + (f" file {i + 1}" if len(paths) > 1 else "")
-            item.add_link(pystac.Link("derived_from", Path(path).resolve().as_uri(),
+            href = path if is_remote(path) else Path(path).resolve().as_uri()
+            item.add_link(pystac.Link("derived_from", href,
                                       media_type=pystac.MediaType.GEOTIFF, title=title))
     if source is not None:
         item.add_link(pystac.Link("derived_from", Path(source.item).resolve().as_uri(),

@@ -5,15 +5,24 @@ takes windowed writes into a tiled staging GeoTIFF beside its target, then build
 overviews (mode resampling for class codes, averaging for probabilities) and copies the
 result with GDAL's COG driver into a Cloud-Optimised GeoTIFF: tiled, DEFLATE-compressed,
 overviews after the full-resolution data. Targets are the temporary paths of
-:func:`discomkd_geo._io.atomic_path`, so nothing appears at the real path unless the whole
+:func:`discomkd_geo.files.atomic_path`, so nothing appears at the real path unless the whole
 map was written. The class map carries its colour table, the class names (band
 description and metadata tags), and gets a QGIS ``.qml`` paletted style and a
 ``.legend.json`` beside it.
+
+A write that fails (a full disk, a file size limit) is one :class:`OutputError` naming
+the target: what GDAL and libtiff print on the way (libtiff writes some of it straight to
+the process's stderr) is held back while GDAL writes, shown after a success and dropped
+after a failure.
 """
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -21,10 +30,13 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 import rasterio
 import rasterio.shutil
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from ..constants import CLASS_NODATA
+from ..errors import OutputError
 from .io import Grid
 
 #: Side of the COG tiles (and of the staging file's tiles).
@@ -42,6 +54,58 @@ def overview_factors(height: int, width: int, min_side: int = OVERVIEW_MIN_SIDE)
         factors.append(factor)
         factor *= 2
     return factors
+
+
+#: What a failed write says in GDAL's and libtiff's messages, in the words of strerror.
+_WRITE_FAILURES = re.compile(r"No space left on device|File too large|Disk quota exceeded|"
+                             r"Input/output error|Read-only file system")
+
+
+@contextmanager
+def held_stderr() -> Iterator[Any]:
+    """Hold back what is written to the process's stderr (file descriptor 2) meanwhile.
+
+    Yields the file that receives it; the caller decides whether to show it. The
+    descriptor is the process's, so held-back text from other threads is shown too.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield held
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+@contextmanager
+def gdal_write(target: str | os.PathLike[str]) -> Iterator[None]:
+    """Run GDAL writes for ``target``; a failure becomes one :class:`OutputError`.
+
+    GDAL's and libtiff's messages are held back: shown after a success, replaced after a
+    failure by the error, which names ``target`` and the system's reason.
+    """
+    failure = None
+    with held_stderr() as held:
+        try:
+            yield
+        except (OSError, RasterioError, CPLE_BaseError) as err:
+            failure = err
+        sys.stderr.flush()
+        held.seek(0)
+        text = held.read().decode(errors="replace")
+    said = text if failure is None else f"{text}\n{failure}\n{failure.__cause__ or ''}"
+    match = _WRITE_FAILURES.search(said)
+    if failure is None and match is None:
+        sys.stderr.write(text)
+        return
+    # libtiff reports some failed writes only on stderr, and GDAL goes on: one is enough.
+    reason = match.group(0) if match else (
+        str(failure).strip().splitlines() or [type(failure).__name__])[0]
+    raise OutputError(target, f"writing failed ({reason}); nothing was written there") \
+        from failure
 
 
 def hex_color(rgb: Sequence[int]) -> str:
@@ -65,40 +129,62 @@ class CogWriter:
         colormap: RGB per class code, for a paletted single-band map.
         scale: GDAL band scale of every band (value = stored x scale), so GDAL and QGIS
             show scaled integers as what they stand for.
+        target: what a failed write's error names (default: ``path``; the real output
+            when ``path`` is its temporary).
+
+    Raises:
+        OutputError: GDAL cannot write (disk full, size limit), naming ``target``; then
+            or on any other failure, :meth:`close` with ``keep=False`` cleans up.
     """
 
     def __init__(self, path: str | os.PathLike[str], grid: Grid, count: int, dtype: str,
                  nodata: float, resampling: Resampling, descriptions: Sequence[str],
                  tags: Mapping[str, str], colormap: Sequence[Sequence[int]] | None = None,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, target: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        self.target = Path(target or path)
         self.stage = self.path.with_name(self.path.name + ".stage.tif")
         self.resampling = resampling
-        self.dataset = rasterio.open(
-            self.stage, "w", driver="GTiff", width=grid.width, height=grid.height,
-            count=count, dtype=dtype, crs=grid.crs, transform=grid.transform, nodata=nodata,
-            tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE, compress="deflate",
-            zlevel=1, bigtiff="if_safer")
-        for band, text in enumerate(descriptions, start=1):
-            self.dataset.set_band_description(band, text)
-        self.dataset.update_tags(**tags)
-        if scale != 1.0:
-            self.dataset.scales = (scale,) * count
-            self.dataset.offsets = (0.0,) * count
-        if colormap is not None:
-            self.dataset.write_colormap(1, {code: (*rgb, 255) for code, rgb in enumerate(colormap)})
+        with gdal_write(self.target):
+            self.dataset = rasterio.open(
+                self.stage, "w", driver="GTiff", width=grid.width, height=grid.height,
+                count=count, dtype=dtype, crs=grid.crs, transform=grid.transform,
+                nodata=nodata, tiled=True, blockxsize=BLOCKSIZE, blockysize=BLOCKSIZE,
+                compress="deflate", zlevel=1, bigtiff="if_safer")
+        try:
+            with gdal_write(self.target):
+                for band, text in enumerate(descriptions, start=1):
+                    self.dataset.set_band_description(band, text)
+                self.dataset.update_tags(**tags)
+                if scale != 1.0:
+                    self.dataset.scales = (scale,) * count
+                    self.dataset.offsets = (0.0,) * count
+                if colormap is not None:
+                    self.dataset.write_colormap(1, {code: (*rgb, 255)
+                                                    for code, rgb in enumerate(colormap)})
+        except OutputError:
+            self.close(keep=False)  # the caller never gets the writer to close
+            raise
 
     def write(self, window: Window, array: np.ndarray) -> None:
         """Write ``(count, h, w)`` (or ``(h, w)`` for one band) values over ``window``."""
         if array.ndim == 2:
             array = array[None]
-        self.dataset.write(array, window=window)
+        with gdal_write(self.target):
+            self.dataset.write(array, window=window)
 
     def close(self, keep: bool = True) -> None:
-        """Finish: overviews, then the COG copy at ``path`` (only if ``keep``)."""
-        self.dataset.close()
+        """Finish: overviews, then the COG copy at ``path`` (only if ``keep``).
+
+        Without ``keep`` (cleaning up after a failure) GDAL's complaints are dropped.
+        """
         try:
-            if keep:
+            if not keep:
+                with held_stderr(), suppress(OSError, RasterioError, CPLE_BaseError):
+                    self.dataset.close()
+                return
+            with gdal_write(self.target):
+                self.dataset.close()
                 with rasterio.open(self.stage, "r+") as stage:
                     factors = overview_factors(stage.height, stage.width)
                     if factors:

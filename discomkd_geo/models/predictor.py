@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._io import atomic_path
 from ..data.normalization import BandStats, Normalize
 from ..errors import CheckpointError
-from ._files import LOAD_ERRORS, load_error_message
+from ..files import atomic_path
+from ._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .branches import pixel_logits
 from .dense import dense_halo, output_stride, pixel_halo, window_features
 
@@ -202,7 +202,7 @@ class Predictor(nn.Module):
             CheckpointError: the file is unreadable or not a predictor file.
         """
         try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
+            payload = load_torch_file(path, map_location)
         except LOAD_ERRORS as err:
             raise CheckpointError(f"{os.fspath(path)}: cannot read predictor: "
                                   f"{load_error_message(err)}") from err
@@ -235,7 +235,7 @@ def _checkpoint_payload(ckpt: dict[str, Any], modality: str, source: str) -> dic
 
 
 def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
-                   map_location: str | torch.device = "cpu") -> Predictor:
+                   map_location: str | torch.device = "cpu", trusted: bool = False) -> Predictor:
     """Load a single-modality predictor from a training checkpoint or an exported file.
 
     Args:
@@ -244,9 +244,13 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
             selection), or a file written by ``discomkd-geo export``.
         modality: the branch to load; may be omitted for exported (single-branch) files.
         map_location: device to load the weights on.
+        trusted: read the file with full pickle, which may run any code it holds (only
+            for files you made yourself; see :func:`._files.load_torch_file`). Files
+            this package writes never need it.
 
     Raises:
         CheckpointError: unreadable file, or no such modality in it.
+        UntrustedFileError: the file would run code on load and ``trusted`` is false.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
@@ -254,8 +258,7 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
             raise CheckpointError(f"{path}: a run directory needs a modality to pick a checkpoint")
         path = os.path.join(path, "checkpoints", f"best-{modality}.ckpt")
     try:
-        # Training checkpoints hold optimiser and callback states too: trusted files only.
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        payload = load_torch_file(path, map_location, trusted=trusted)
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: checkpoint not found") from err
     except LOAD_ERRORS as err:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from ..models.baselines import LateFusionTeacher, MonoModal
 from ..models.kd import dkd_loss, kd_loss
 from ..models.predictor import CHECKPOINT_KEY
@@ -111,17 +112,19 @@ def load_teacher(path: str | Path, modalities: dict[str, list[str]],
 
     Raises:
         CheckpointError: missing or unreadable file, not a teacher, or other bands/classes.
+        UntrustedFileError: the file would run code on load (a teacher is always read
+            weights-only: runs of this package never need more).
     """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / f"best-{FUSED}.ckpt"
     try:
-        # A Lightning checkpoint (optimiser state included): trusted files only.
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = load_torch_file(path)  # what training writes loads without trust
     except FileNotFoundError as err:
         raise CheckpointError(f"{path}: teacher checkpoint not found") from err
-    except (OSError, RuntimeError, EOFError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read teacher checkpoint: {err}") from err
+    except LOAD_ERRORS as err:
+        raise CheckpointError(f"{path}: cannot read teacher checkpoint: "
+                              f"{load_error_message(err)}") from err
     if not isinstance(ckpt, dict) or ckpt.get(CHECKPOINT_KEY, {}).get("method") != "teacher":
         raise CheckpointError(f"{path}: not a checkpoint of a 'teacher' run")
     hparams = ckpt["hyper_parameters"]

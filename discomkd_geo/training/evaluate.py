@@ -25,21 +25,22 @@ from ..config import Config, DataConfig, from_dict
 from ..data.eurosat import EuroSATMSSAR
 from ..errors import CheckpointError, ConfigError
 from ..logs import progress_disabled
+from ..models._files import load_torch_file
 from ..models.predictor import CHECKPOINT_KEY, Predictor, load_predictor
 
 
-def training_config(checkpoint: str | os.PathLike[str]) -> Config | None:
+def training_config(checkpoint: str | os.PathLike[str], trusted: bool = False) -> Config | None:
     """The training config recorded with a checkpoint, or ``None`` for exported files.
 
     Args:
         checkpoint: run directory (its ``config.yaml``), training ``.ckpt`` or exported file.
+        trusted: see :func:`~discomkd_geo.models.predictor.load_predictor`.
     """
     path = Path(checkpoint)
     if path.is_dir():
         with open(path / "config.yaml") as f:
             return from_dict(yaml.safe_load(f))
-    # Training checkpoints are trusted pickles (optimiser states); see load_predictor.
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = load_torch_file(path, trusted=trusted)
     if isinstance(payload, dict) and CHECKPOINT_KEY in payload:
         return from_dict(payload[CHECKPOINT_KEY]["config"])
     return None
@@ -65,7 +66,8 @@ def dataset_for(predictor: Predictor, data: DataConfig, split: str,
 @torch.inference_mode()
 def evaluate(checkpoint: str | os.PathLike[str], modality: str,
              data_root: str | os.PathLike[str] | None = None, split: str = "test",
-             batch_size: int = 256, progress: bool = False) -> dict[str, Any]:
+             batch_size: int = 256, progress: bool = False,
+             trusted: bool = False) -> dict[str, Any]:
     """Weighted F1 (the paper's metric), macro F1 and overall accuracy of one branch.
 
     Args:
@@ -75,6 +77,8 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
         split: ``train``, ``val`` or ``test``.
         batch_size: images per forward pass.
         progress: show a progress bar.
+        trusted: read a checkpoint that would run code on load (see
+            :func:`~discomkd_geo.models.predictor.load_predictor`).
 
     Returns:
         ``modality``, ``split``, ``samples``, ``f1_weighted``, ``f1_macro``, ``oa``,
@@ -83,10 +87,11 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
     Raises:
         CheckpointError: unreadable checkpoint, missing modality, or bands the data lacks.
         ConfigError: no data root given and none recorded.
+        UntrustedFileError: the checkpoint would run code on load and ``trusted`` is false.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = load_predictor(checkpoint, modality, map_location=device)
-    config = training_config(checkpoint) or Config()
+    predictor = load_predictor(checkpoint, modality, map_location=device, trusted=trusted)
+    config = training_config(checkpoint, trusted) or Config()
     data = config.data
     if data_root is not None:
         data.root = os.fspath(data_root)

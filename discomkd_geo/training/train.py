@@ -34,12 +34,12 @@ import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from .._io import atomic_path, check_writable
 from ..config import Config, to_yaml
 from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
+from ..files import atomic_path, check_writable
 from ..logs import log
-from ..models._files import load_error_message
+from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
@@ -181,6 +181,25 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     return callbacks
 
 
+def log_interval(config: Config, epoch_size: int) -> int:
+    """``trainer.log_every_n_steps``, at most the training batches of one epoch.
+
+    Every value is logged per epoch, so the interval changes no log; Lightning warns
+    (once per run) when an epoch has fewer batches than the interval.
+
+    Args:
+        config: the experiment (batch size, ``limit_train_batches``, the interval).
+        epoch_size: training samples per epoch.
+    """
+    batch_size = config.data.batch_size
+    batches = epoch_size // batch_size if epoch_size >= batch_size else 1  # drop_last
+    limit = config.trainer.limit_train_batches
+    # Lightning: a float is a fraction of the epoch, an int a number of batches (the
+    # config reads every number as a float: above 1, a number of batches).
+    batches = int(batches * limit) if limit <= 1.0 else min(batches, int(limit))
+    return max(1, min(config.trainer.log_every_n_steps, batches))
+
+
 def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)
@@ -192,14 +211,15 @@ def epochs_done(run_dir: Path) -> int:
 
     Raises:
         ResumeError: there is no readable ``last.ckpt`` to resume from.
+        UntrustedFileError: ``last.ckpt`` would run code on load.
     """
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ResumeError(run_dir, "nothing to resume: no checkpoints/last.ckpt (a run "
                                    "writes it after its first epoch); run without --resume")
-    try:
-        checkpoint = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as err:  # torch raises several kinds for a damaged file
+    try:  # weights-only, like Lightning's own load of it (see train)
+        checkpoint = load_torch_file(last)
+    except LOAD_ERRORS as err:  # torch raises several kinds for a damaged file
         raise ResumeError(last, f"cannot be read ({load_error_message(err)})") from err
     return int(checkpoint["epoch"]) + 1
 
@@ -264,7 +284,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
-        log_every_n_steps=tc.log_every_n_steps, default_root_dir=run_dir,
+        log_every_n_steps=log_interval(config, dm.epoch_size()), default_root_dir=run_dir,
         callbacks=callbacks, logger=_loggers(run_dir, done),
         enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0,
@@ -272,7 +292,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     if done is not None:
         echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
     start = time.perf_counter()
-    trainer.fit(task, datamodule=dm,
+    trainer.fit(task, datamodule=dm, weights_only=True,  # files cannot run code (_files.py)
                 ckpt_path=run_dir / "checkpoints" / "last.ckpt" if done is not None else None)
     seconds = time.perf_counter() - start
 
@@ -282,7 +302,8 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     for m in task.heads:
         checkpoints[m] = run_dir / "checkpoints" / f"best-{m}.ckpt"
         task.test_confusion[m].reset()
-        results = trainer.test(task, datamodule=dm, ckpt_path=checkpoints[m], verbose=False)[0]
+        results = trainer.test(task, datamodule=dm, ckpt_path=checkpoints[m], verbose=False,
+                               weights_only=True)[0]
         metrics[m] = {k.rsplit("/", 1)[1]: float(v) for k, v in results.items()
                       if k.startswith(f"test/{m}/")}
         confusion[m] = task.test_confusion[m].compute().tolist()
