@@ -214,3 +214,29 @@ def test_decoder_needs_mosaics(eurosat_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.mosaic"):
         train(_tiny_config(eurosat_root, "model.decoder=true"), tmp_path / "run",
               progress=False)
+
+
+@pytest.mark.slow
+def test_fit_decoders_trains_only_the_decoder(eurosat_root: Path, scene_dir: Path,
+                                              tmp_path: Path) -> None:
+    """Two-stage: a run trained on isolated patches, then a decoder alone on mosaics."""
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.training.decoder_fit import fit_decoders
+    from discomkd_geo.training.train import train
+
+    train(_tiny_config(eurosat_root), tmp_path / "run", progress=False)
+    files = fit_decoders(tmp_path / "run", tmp_path / "out", ["sar"], epochs=1)
+    assert set(files) == {"sar"}
+    before, after = load_predictor(tmp_path / "run", "sar"), load_predictor(files["sar"])
+    assert not before.has_decoder and after.has_decoder
+    frozen = {k: v for k, v in after.branch.state_dict().items() if not k.startswith("decoder.")}
+    assert frozen.keys() == before.branch.state_dict().keys()
+    assert all(torch.equal(v, before.branch.state_dict()[k]) for k, v in frozen.items())
+    assert after.branch.decoder.residual[-1].weight.abs().sum() > 0  # it learned
+    x = torch.rand(3, 2, 64, 64)
+    torch.testing.assert_close(after(x), before(x))  # patch predictions unchanged
+    summary = predict_to_file(after, scene_dir / "sar.tif", tmp_path / "map.tif",
+                              MapSettings.of(mode="auto"))
+    assert summary.mode == "pixel" and summary.mapped_pixels > 0
