@@ -207,6 +207,7 @@ def test_training_on_mosaics_gives_branches_a_decoder(eurosat_root: Path, scene_
     assert summary.mode == "pixel" and summary.mapped_pixels > 0
 
 
+@pytest.mark.slow
 def test_decoder_needs_mosaics(eurosat_root: Path, tmp_path: Path) -> None:
     from discomkd_geo.errors import ConfigError
     from discomkd_geo.training.train import train
