@@ -146,10 +146,12 @@ def figure(results: dict, out: Path) -> None:
     runs = list(results)
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
     for ax, key, title in ((axes[0], "oa", "OA"), (axes[1], "edge_oa", "edge OA (3 px)")):
-        labels, width = [], 0.8 / max(1, len(runs))
+        # Every mode keeps its place, whichever modes a run was measured in.
+        labels = [m for m in MODES if any(m in results[r]["sar"] for r in runs)]
+        width = 0.8 / max(1, len(runs))
         for i, run in enumerate(runs):
-            modes = [m for m in MODES if m in results[run]["sar"]]
-            xs = np.arange(len(modes)) + i * width
+            modes = [m for m in labels if m in results[run]["sar"]]
+            xs = np.array([labels.index(m) for m in modes]) + i * width
             demo = [results[run]["sar"][m]["summary"]["demo"][key] for m in modes]
             held = [results[run]["sar"][m]["summary"].get("held_out", {}).get(key) for m in modes]
             ax.bar(xs, demo, width * 0.45, label=f"{run}: demo scene")
@@ -159,12 +161,11 @@ def figure(results: dict, out: Path) -> None:
                                 [h["max"] - h["mean"] for h in held]])
                 ax.bar(xs + width * 0.45, mean, width * 0.45, yerr=err, capsize=3,
                        label=f"{run}: held-out mean (range)")
-            labels = modes if len(modes) > len(labels) else labels
         ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
         ax.set_ylim(0, 1)
         ax.set_title(f"SAR-only map {title} vs truth")
         ax.grid(axis="y", alpha=0.3)
-    axes[1].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="upper left", ncols=2)
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
