@@ -106,7 +106,13 @@ class DataConfig:
             independently and class-balanced, as the authors train.
         drop_unpaired: ignore images whose twin in another modality is missing.
         download: download EuroSat-MS-SAR into ``root`` if it is not there (``--download``).
-        batch_size: samples per modality per batch.
+        batch_size: samples per modality per batch (with ``mosaic``, patches: a batch
+            holds ``batch_size / 4`` mosaics).
+        mosaic: train on mosaics of four patches cut along random lines (see
+            ``discomkd_geo.data.mosaic``): every loss term per patch region, pooled as
+            dense inference pools windows; needed by ``model.decoder``. Off by default:
+            with the demo recipe it lowered the SAR branch's patch F1 and map accuracy
+            (``benchmarks/results.json``, key ``maps``).
         num_workers: DataLoader worker processes.
         normalization: per-band normalisation.
         augment: training augmentations.
@@ -125,6 +131,7 @@ class DataConfig:
     drop_unpaired: bool = False
     download: bool = False
     batch_size: int = 128
+    mosaic: bool = False
     num_workers: int = 2
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -140,6 +147,9 @@ class ModelConfig:
             count) or ``small_cnn`` (a few conv layers, for demos and tests).
         width: base channel count of ``small_cnn``.
         weights: optional local state-dict file to initialise every encoder from.
+        decoder: give every branch a per-pixel decoder (``discomkd_geo.models.decoder``),
+            trained on the mosaics' label maps (needs ``data.mosaic``); maps then use
+            mode ``pixel``.
         teacher: for the ``kd`` and ``dkd`` baselines, the trained late-fusion teacher:
             a ``teacher`` run directory or its ``best-fused.ckpt``.
     """
@@ -147,6 +157,7 @@ class ModelConfig:
     backbone: Literal["resnet18", "small_cnn"] = "resnet18"
     width: int = 32
     weights: str | None = None
+    decoder: bool = False
     teacher: str | None = None
 
 
@@ -168,6 +179,7 @@ class LossConfig:
         kd_alpha: weight of the distillation term in the KD baselines.
         dkd_alpha: DKD target-class term weight (Zhao et al., 2022).
         dkd_beta: DKD non-target-class term weight.
+        pixel: weight of the decoder's per-pixel cross-entropy (``model.decoder``).
     """
 
     cl: float = 1.0
@@ -182,6 +194,7 @@ class LossConfig:
     kd_alpha: float = 1.0
     dkd_alpha: float = 1.0
     dkd_beta: float = 8.0
+    pixel: float = 1.0
 
 
 @dataclass

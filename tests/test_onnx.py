@@ -138,8 +138,8 @@ def test_dense_mode_refused_in_one_line(sar_onnx: Path, tmp_path: Path) -> None:
                                        str(tmp_path / "m.tif"), "--mode", "dense"])
     assert result.exit_code == 1
     assert result.output.strip() == (f"Error: {sar_onnx}: ONNX models run in mode 'windows' "
-                                     "only (dense mode needs the encoders' feature maps); "
-                                     "use --mode windows or the torch checkpoint")
+                                     "only (modes dense and pixel need the encoders' feature "
+                                     "maps); use --mode windows or the torch checkpoint")
     assert not (tmp_path / "m.tif").exists()
 
 

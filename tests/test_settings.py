@@ -33,7 +33,7 @@ def test_defaults_and_flat_names() -> None:
     ({"stride": 0}, "stride", "must be at least 1, got 0"),
     ({"min_valid": 1.5}, "min_valid", "must be at most 1, got 1.5"),
     ({"scheduler_timeout": 0}, "scheduler_timeout", "must be above 0"),
-    ({"mode": "fast"}, "mode", "expected one of 'dense', 'windows', got 'fast'"),
+    ({"mode": "fast"}, "mode", "expected one of 'auto', 'pixel', 'windows', 'dense', got 'fast'"),
     ({"chunk_size": 64.0}, "chunk_size", "expected int, got 64.0"),
     ({"overwrite": "yes"}, "overwrite", "expected bool, got 'yes'"),
     ({"strides": 8}, "strides", "is not a mapping setting; known: aoi, batch_size"),

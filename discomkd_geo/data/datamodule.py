@@ -10,7 +10,9 @@ Kornia augmentations (:mod:`discomkd_geo.data.transforms`).
 Batch contract: every batch holds ``image_<m>`` (``(B, C, H, W)`` float32) and
 ``label_<m>`` (``(B,)`` int64) for every modality ``m``. Training batches are paired
 (aligned samples, same labels) or unpaired (each modality drawn independently and
-class-balanced, as the authors train); validation and test batches are paired. Loaders
+class-balanced, as the authors train); validation and test batches are paired. With
+``data.mosaic`` training batches are mosaics of four patches (:mod:`.mosaic`), with
+``mask_<m>`` label maps and ``label_<m>`` ``(B, 4)``. Loaders
 return raw values; :meth:`MSSARDataModule.on_after_batch_transfer` normalises on the
 batch's device and, while training, augments.
 """
@@ -29,6 +31,7 @@ from ..config import DataConfig
 from ..constants import EUROSAT_COLORS
 from ..errors import ConfigError, DatasetSplitError
 from .eurosat import SPLIT_FRACTIONS, EuroSATMSSAR, stratified_split
+from .mosaic import PATCHES, MosaicDataset, MosaicSampler
 from .normalization import BandStats, Normalize, compute_stats
 from .samplers import ClassBalancedSampler, PairedDataset, UnpairedDataset, UnpairedSampler
 from .transforms import MultiModalAugmentation
@@ -222,10 +225,11 @@ class MSSARDataModule(L.LightningDataModule):
 
     def _loader(self, dataset: Dataset[dict[str, Any]], **kwargs: Any) -> DataLoader[Any]:
         workers = self._workers()
+        kwargs.setdefault("batch_size", self.config.batch_size)
         # Persistent workers keep their open datasets across epochs: re-forking them each
         # epoch costs more than an epoch of these small patches on a 2-core machine.
-        return DataLoader(dataset, batch_size=self.config.batch_size, num_workers=workers,
-                          persistent_workers=workers > 0, **kwargs)
+        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
+                          **kwargs)
 
     def _generator(self, offset: int) -> torch.Generator:
         generator = torch.Generator().manual_seed(self.seed * 1000 + offset)
@@ -262,7 +266,6 @@ class MSSARDataModule(L.LightningDataModule):
             self.setup("fit")
         assert self.train_dataset is not None
         size = self.epoch_size()
-        drop_last = size >= self.config.batch_size
         if self.config.paired:
             sampler: Sampler[Any] = RandomSampler(self.train_dataset, num_samples=size,
                                                   generator=self._generator(0))
@@ -270,7 +273,14 @@ class MSSARDataModule(L.LightningDataModule):
             sampler = UnpairedSampler({
                 m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
                 for i, (m, ds) in enumerate(self.train_datasets.items())})
-        return self._loader(self.train_dataset, sampler=sampler, drop_last=drop_last)
+        if not self.config.mosaic:
+            return self._loader(self.train_dataset, sampler=sampler,
+                                drop_last=size >= self.config.batch_size)
+        batch = max(1, self.config.batch_size // PATCHES)
+        mosaics = MosaicDataset(self.train_dataset, list(self.modalities), self.patch_size,
+                                self.config.paired)
+        return self._loader(mosaics, sampler=MosaicSampler(sampler, self._generator(-1)),
+                            drop_last=size // PATCHES >= batch, batch_size=batch)
 
     def val_dataloader(self) -> DataLoader[Any]:
         """Paired validation batches in a fixed order."""

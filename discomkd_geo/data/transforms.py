@@ -210,6 +210,8 @@ def intensity_augmentation(units: str, config: AugmentConfig,
 class MultiModalAugmentation(nn.Module):
     """Augment the ``image_<m>`` entries of a batch; labels and other keys pass through.
 
+    A mosaic's label map ``mask_<m>`` moves with its image (the same geometric draw).
+
     Args:
         units: units of each modality's raw values (``dn`` or ``dB``), by modality name.
         config: augmentation settings (``AugmentConfig``).
@@ -247,4 +249,7 @@ class MultiModalAugmentation(nn.Module):
                 image = geometric(image)
                 shared_params = geometric._params
             out[f"image_{m}"] = self.intensity[m](image)
+            if f"mask_{m}" in batch:
+                mask = batch[f"mask_{m}"][:, None].to(image.dtype)
+                out[f"mask_{m}"] = geometric(mask, params=geometric._params)[:, 0].long()
         return out

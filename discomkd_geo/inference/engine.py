@@ -4,7 +4,14 @@ Centre of the inference flow (io -> tiling -> engine -> writers), called by the 
 (``discomkd-geo predict``, ``rio discomkd predict``) and the demo. The output grid is cut
 into chunks of output pixels; :func:`predict_chunk` reads one chunk's windows with their
 halo through windowed reads, classifies them and averages them per pixel (:mod:`.tiling`),
-fusing modalities by averaging their probabilities. Two modes classify the windows:
+fusing modalities by averaging their probabilities. Three modes classify the pixels:
+
+- ``pixel`` (models trained with ``model.decoder``): the chunk is cut into scene-anchored
+  blocks of whole patches; each block's encoders and per-pixel decoder
+  (:mod:`discomkd_geo.models.decoder`) run once over the block plus a halo of the
+  encoders' reach and half a patch of context (64 px for ``small_cnn``), giving every
+  input pixel its own probabilities. Byte-identical for any chunk size, number of workers
+  or scheduler, as dense mode.
 
 - ``dense``: the chunk is cut into scene-anchored blocks; each block's
   encoders run once over the block's windows plus a halo of half the encoders' receptive
@@ -40,7 +47,7 @@ from affine import Affine
 from rasterio.windows import Window, intersect
 
 from ..constants import CLASS_NODATA
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SettingsError
 from ..files import check_outputs
 from ..logs import progress_disabled
 from ..models.info import BranchPredictor as Predictor
@@ -89,10 +96,11 @@ class Plan:
     Attributes:
         grid: the input grid (the first modality's).
         readers: how to read each modality on that grid.
-        tiling: the tiling settings, resolved: ``stride`` set, and ``block_size`` (dense
-            mode's unit of work: the encoders run on scene-anchored ``block x block``
-            areas with their windows' halo, so a pixel's value never depends on the
-            chunking; chunks are whole blocks) a whole number of strides.
+        tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` set,
+            and ``block_size`` (the unit of work of modes dense and pixel: the encoders run
+            on scene-anchored ``block x block`` areas with their halo, so a pixel's value
+            never depends on the chunking; chunks are whole blocks) a whole number of
+            strides (dense) or patches (pixel).
         device: device the predictors run on (``cpu``, ``cuda``).
         probabilities: whether chunks return their class probabilities.
         threads: intra-op threads per worker (``None``: leave the runtime's setting).
@@ -126,7 +134,7 @@ class Plan:
 
     @property
     def output_block(self) -> int:
-        """Dense mode's block side in output pixels."""
+        """The block side (modes dense and pixel) in output pixels."""
         tiling = self.tiling
         return tiling.block_size // tiling.stride if tiling.coarse else tiling.block_size
 
@@ -191,16 +199,7 @@ def window_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan, 
     grid = plan.window_grid(predictor.info.patch_size)
     halo = predictor.dense_halo() if plan.tiling.mode == "dense" else 0
     span = grid.span(rows, cols)
-    area = grow(span, halo)
-    inside = area.intersection(plan.grid.window)
-    reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
-    data, valid = reader.read(reach)
-    fill = typical_values(predictor)
-    data = fill_invalid(data, valid, fill, FILL_RADIUS)
-    values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
-                    plan.tiling.pad)
-    read = span.intersection(plan.grid.window)
-    valid = valid[relative_slices(read, reach)]
+    values, valid, read = read_values(predictor, reader, plan, span, halo)
     done = valid_fraction(valid, read, span, grid) >= plan.tiling.min_valid
     classes = len(predictor.info.classes)
     probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
@@ -214,31 +213,86 @@ def window_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan, 
     return probs, done, valid, read
 
 
+def read_values(predictor: Predictor, reader: SceneReader, plan: Plan, span: Window,
+                halo: int) -> tuple[np.ndarray, np.ndarray, Window]:
+    """Raw values of ``span`` and ``halo`` pixels around it, ready for a model.
+
+    Read with :data:`FILL_RADIUS` more pixels for :func:`fill_invalid`, extended beyond
+    the scene edge as ``plan.tiling.pad`` says.
+
+    Returns:
+        ``(values, valid, read)``: float32 ``(C, h + 2 halo, w + 2 halo)`` values, and the
+        validity of the pixels of ``read``, the span's part inside the scene.
+    """
+    area = grow(span, halo)
+    inside = area.intersection(plan.grid.window)
+    reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
+    data, valid = reader.read(reach)
+    fill = typical_values(predictor)
+    data = fill_invalid(data, valid, fill, FILL_RADIUS)
+    values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
+                    plan.tiling.pad)
+    read = span.intersection(plan.grid.window)
+    return values, valid[relative_slices(read, reach)], read
+
+
+def pixel_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan,
+                        area: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel probabilities ``(K, h, w)`` of one modality over a block (mode ``pixel``).
+
+    The encoders and the decoder run once over the block plus the context they need
+    (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`); blocks start on whole
+    patches of the scene (:attr:`Plan.output_block`), so a pixel's value depends only on its
+    block. Invalid pixels are filled for the model's context but left unmapped.
+
+    Returns:
+        ``(probs, ok)``: float64 probabilities and which pixels have one.
+    """
+    halo = predictor.pixel_halo()
+    values, valid, read = read_values(predictor, reader, plan, area, halo)
+    probs = predictor.predict_pixels(values, halo, plan.device).astype(np.float64)
+    ok = np.zeros((area.height, area.width), dtype=bool)
+    ok[relative_slices(read, area)] = valid
+    return probs, ok
+
+
+def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
+                  area: Window) -> tuple[np.ndarray, np.ndarray]:
+    """One modality's per-pixel mean window probabilities ``(K, h, w)`` over ``area``.
+
+    The mean is over the windows covering the pixel (or, coarse, is the pixel's
+    window's). Returns float64 means and which pixels have one.
+    """
+    grid = plan.window_grid(predictor.info.patch_size)
+    if plan.tiling.coarse:
+        rows = range(area.row_off, area.row_off + area.height)
+        cols = range(area.col_off, area.col_off + area.width)
+    else:
+        rows, cols = grid.covering(area)
+    probs, done, valid, read = window_probabilities(predictor, reader, plan, rows, cols)
+    if plan.tiling.coarse:
+        return probs.transpose(2, 0, 1).astype(np.float64), done
+    mean, count = accumulate(probs, done, grid, rows, cols, area)
+    mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
+    return mean, (count > 0) & valid[relative_slices(area, read)]
+
+
 def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Summed per-modality mean probabilities ``(K, h, w)`` and modality counts of ``area``.
+    """Summed per-modality probabilities ``(K, h, w)`` and modality counts of ``area``.
 
-    Each modality's per-pixel mean probability is computed over the windows covering the
-    pixel (or, coarse, is the pixel's window's); pixels without a value add zero.
+    Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
+    over windows (:func:`_window_means`); pixels without a value add zero.
     """
     classes = len(next(iter(predictors.values())).info.classes)
     total = np.zeros((classes, area.height, area.width), dtype=np.float64)
     mapped = np.zeros((area.height, area.width), dtype=np.int32)
     for modality, reader in plan.readers.items():
         predictor = predictors[modality]
-        grid = plan.window_grid(predictor.info.patch_size)
-        if plan.tiling.coarse:
-            rows = range(area.row_off, area.row_off + area.height)
-            cols = range(area.col_off, area.col_off + area.width)
+        if plan.tiling.mode == "pixel":
+            mean, ok = pixel_probabilities(predictor, reader, plan, area)
         else:
-            rows, cols = grid.covering(area)
-        probs, done, valid, read = window_probabilities(predictor, reader, plan, rows, cols)
-        if plan.tiling.coarse:
-            mean, ok = probs.transpose(2, 0, 1).astype(np.float64), done
-        else:
-            mean, count = accumulate(probs, done, grid, rows, cols, area)
-            mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
-            ok = (count > 0) & valid[relative_slices(area, read)]
+            mean, ok = _window_means(predictor, reader, plan, area)
         mean[:, ~ok] = 0.0
         total += mean
         mapped += ok
@@ -246,12 +300,12 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 
 
 def _blocks(plan: Plan, chunk: Window) -> list[Window]:
-    """What a chunk is computed in: itself, or (dense mode) its scene-anchored blocks.
+    """What a chunk is computed in: itself, or (dense, pixel) its scene-anchored blocks.
 
     With an area of interest, only what touches it: in windows mode the chunk's
     :data:`AOI_BLOCK` px blocks that touch the area, cut to its bounding window (a pixel's
-    windows are the same whatever area holds it), in dense mode the blocks touching the
-    area (whole blocks: their values never depend on the cut).
+    windows are the same whatever area holds it), in modes dense and pixel the blocks
+    touching the area (whole blocks: their values never depend on the cut).
     """
     windows = plan.tiling.mode == "windows"
     if windows and plan.aoi is None:
@@ -271,10 +325,10 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     """Classify one chunk of output pixels (a window of :attr:`Plan.output`).
 
     Each modality's per-pixel mean probability is computed over the windows covering the
-    pixel; modalities are then averaged where they have a value. In dense mode the chunk
-    is computed block by block (see :attr:`Plan.tiling`). With an area of interest, a
-    chunk away from it is nodata without a read, and pixels whose centre lies outside it
-    are nodata.
+    pixel (mode ``pixel``: given by the decoder); modalities are then averaged where they
+    have a value. In modes dense and pixel the chunk is computed block by block (see
+    :attr:`Plan.tiling`). With an area of interest, a chunk away from it is nodata without
+    a read, and pixels whose centre lies outside it are nodata.
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
@@ -336,6 +390,9 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     """
     tiling, execution = settings.tiling, settings.execution
     predictors, inputs = _as_dicts(predictors, scenes)
+    if tiling.mode == "auto":
+        decoders = all(p.has_decoder for p in predictors.values())
+        tiling = replace(tiling, mode="pixel" if decoders else "windows")
     inputs = {m: _absolute(s) for m, s in inputs.items()}
     area = read_aoi(tiling.aoi) if tiling.aoi is not None else None  # fail before the scenes
     grid, readers = open_readers(inputs, {m: p.info for m, p in predictors.items()})
@@ -348,7 +405,15 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     if tiling.mode == "dense":
         for predictor in predictors.values():
             predictor.dense_halo()  # raises for a branch that cannot run densely
-    block = max(1, round(tiling.block_size / stride)) * stride
+    if tiling.mode == "pixel":
+        for predictor in predictors.values():
+            predictor.pixel_halo()  # raises for a branch without a decoder
+        if tiling.coarse:
+            raise SettingsError("coarse", "mode 'pixel' maps every input pixel; coarse "
+                                          "output is for modes 'windows' and 'dense'")
+    # Pixel blocks start on whole patches (whole encoder cells) of the scene.
+    unit = patch if tiling.mode == "pixel" else stride
+    block = max(1, round(tiling.block_size / unit)) * unit
     device = execution.device or next(iter(predictors.values())).default_device()
     for predictor in predictors.values():
         predictor.check_device(device)
@@ -395,7 +460,7 @@ def _chunks(plan: Plan) -> list[Window]:
     chunks share no window unless the windows overlap (stride < patch); in dense mode to
     whole blocks (:attr:`Plan.output_block`).
     """
-    if plan.tiling.mode == "dense":
+    if plan.tiling.mode != "windows":
         cell = plan.output_block
     else:
         cell = 1 if plan.tiling.coarse else plan.tiling.stride

@@ -212,7 +212,7 @@ class MapSummary:
         patch_size: the model's window side in pixels.
         stride: step between windows used.
         coarse: one output pixel per stride cell.
-        mode: ``windows`` or ``dense``.
+        mode: ``windows``, ``dense`` or ``pixel`` (``auto`` resolved).
         chunks: how many chunks the map was cut into.
         computed_chunks: how many were read and classified (those touching the area of
             interest; all without one).

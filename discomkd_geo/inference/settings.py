@@ -49,8 +49,10 @@ from typing import Any, ClassVar, Literal
 from ..errors import SettingsError
 
 #: ``dense``: encoders once per block, windows pooled from their feature maps;
-#: ``windows``: every window classified on its own.
-Mode = Literal["dense", "windows"]
+#: ``windows``: every window classified on its own; ``pixel``: encoders and per-pixel
+#: decoder once per block (models trained with ``model.decoder``); ``auto``: ``pixel``
+#: when every model has a decoder, else ``windows``.
+Mode = Literal["auto", "pixel", "windows", "dense"]
 #: How windows beyond the scene edge are filled.
 PadMode = Literal["reflect", "constant"]
 #: How probability and confidence rasters store values.
@@ -184,10 +186,12 @@ class Tiling(_Group):
 
     mode: Mode = setting(
         "windows",
-        "windows: every window classified on its own; dense: encoders once per block, "
-        "windows pooled from their feature maps (several times faster at fine strides, but "
-        "windows then see their real neighbours instead of the zero padding of training: "
-        "check its accuracy for your model first).")
+        "pixel: encoders and the per-pixel decoder once per block, a class for every input "
+        "pixel (models trained with model.decoder); auto: pixel when every model has a "
+        "decoder, else windows; windows: every window classified on its own; dense: "
+        "encoders once per block, windows pooled from their feature maps (several times "
+        "faster at fine strides, but windows then see their real neighbours instead of the "
+        "zero padding of training: check its accuracy for your model first).")
     stride: int | None = setting(
         None, "Window step in input pixels [patch size / 4 dense, / 2 windows].", minimum=1)
     coarse: bool = setting(False, "One output pixel per stride cell.")
@@ -201,8 +205,9 @@ class Tiling(_Group):
         1024, "Side of the chunks of output pixels each task maps (bounds memory).",
         minimum=1)
     block_size: int = setting(
-        1024, "Dense mode's block side in pixels, rounded to whole strides: the map depends "
-        "on it, not on the chunk size or the number of workers.", minimum=1)
+        1024, "Block side in pixels of modes dense (rounded to whole strides) and pixel "
+        "(whole patches): the map depends on it, not on the chunk size or the number of "
+        "workers.", minimum=1)
     batch_size: int = setting(
         32, "Windows per forward pass (windows mode; batches are always full).", minimum=1)
     aoi: str | None = setting(

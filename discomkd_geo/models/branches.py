@@ -15,6 +15,10 @@ on their pooled features: ``encoders()`` and ``pooled_logits(features)`` expose 
 split, so dense inference (:mod:`.dense`) can pool the encoders' feature maps over many
 windows at once and run only the heads per window; ``forward(x)`` is
 ``pooled_logits([e(x) for e in encoders()])``.
+
+A branch built with ``decoder=True`` also has a per-pixel output
+(:func:`pixel_logits`, :mod:`.decoder`); branches without one (every
+checkpoint written before it existed) classify windows only, as before.
 """
 
 import copy
@@ -26,6 +30,39 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError
 from .backbones import build_backbone, load_backbone_weights
+from .decoder import PixelDecoder, stage_channels
+from .dense import context_means, output_stride, stage_maps
+
+
+def _decoder(encoder: nn.Module, num_classes: int) -> PixelDecoder:
+    """A :class:`PixelDecoder` reading the first two stages of ``encoder``."""
+    stages = encoder.stages()[:2]
+    return PixelDecoder(num_classes, [(stage_channels(m), s) for m, s in stages],
+                        output_stride(encoder))
+
+
+def pixel_logits(branch: nn.Module, x: Tensor, patch: int,
+                 maps: list[list[Tensor]] | None = None) -> Tensor:
+    """Per-pixel logits ``(B, K, H, W)`` of a branch with a decoder.
+
+    Every cell's context is the mean of its encoders' features over the ``patch``-sized
+    window centred on it, classified by the branch's own heads; the decoder refines the
+    upsampled result with the last encoder's first two stages (see :mod:`.decoder`).
+
+    Args:
+        branch: a branch whose ``decoder`` is not ``None``.
+        x: ``(B, C, H, W)`` normalised images, ``H`` and ``W`` whole cells.
+        patch: the context window's side in pixels (the training patch size).
+        maps: ``stage_maps`` of every encoder on ``x``, if already computed.
+    """
+    encoders = branch.encoders()
+    maps = maps if maps is not None else [stage_maps(e, x) for e in encoders]
+    cells = patch // output_stride(encoders[0])
+    context = [context_means(m[-1], cells + 1 - cells % 2) for m in maps]
+    b, _, h, w = context[0].shape
+    flat = [c.permute(0, 2, 3, 1).reshape(b * h * w, -1) for c in context]
+    logits = branch.pooled_logits(flat).reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    return branch.decoder(logits, maps[-1][:2])
 
 
 class DisCoMKDBranch(nn.Module):
@@ -43,10 +80,11 @@ class DisCoMKDBranch(nn.Module):
         num_classes: number of classes K.
         backbone: encoder name (see :func:`~discomkd_geo.models.backbones.build_backbone`).
         width: base width of ``small_cnn``.
+        decoder: add a per-pixel decoder (:func:`pixel_logits`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet18",
-                 width: int = 32) -> None:
+                 width: int = 32, decoder: bool = False) -> None:
         super().__init__()
         self.enc_inv = build_backbone(backbone, in_channels, width)
         self.enc_spec = build_backbone(backbone, in_channels, width)
@@ -57,6 +95,7 @@ class DisCoMKDBranch(nn.Module):
         self.proj = nn.Sequential(nn.Linear(features, self.embed_dim),
                                   nn.BatchNorm1d(self.embed_dim), nn.ReLU(inplace=True))
         self.task_cls = nn.Linear(2 * self.embed_dim, num_classes)
+        self.decoder = _decoder(self.enc_spec, num_classes) if decoder else None
 
     def encoders(self) -> list[nn.Module]:
         """The image encoders (what :func:`load_backbone_weights` initialises)."""
@@ -64,9 +103,12 @@ class DisCoMKDBranch(nn.Module):
 
     def embed(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(z_inv, z_inf, z_irr)`` of normalised images, each ``(B, D/2)``."""
-        z_inv = self.proj(self.enc_inv(x))
-        spec = self.enc_spec(x)
-        return z_inv, spec[:, : self.embed_dim], spec[:, self.embed_dim:]
+        return self.split(self.enc_inv(x), self.enc_spec(x))
+
+    def split(self, pooled_inv: Tensor, pooled_spec: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(z_inv, z_inf, z_irr)`` from the encoders' pooled features."""
+        z_inv = self.proj(pooled_inv)
+        return z_inv, pooled_spec[:, : self.embed_dim], pooled_spec[:, self.embed_dim:]
 
     def classify(self, z_inv: Tensor, z_inf: Tensor) -> Tensor:
         """Task logits from the invariant and informative embeddings."""
@@ -93,13 +135,15 @@ class MonoBranch(nn.Module):
         num_classes: number of classes K.
         backbone: encoder name (see :func:`~discomkd_geo.models.backbones.build_backbone`).
         width: base width of ``small_cnn``.
+        decoder: add a per-pixel decoder (:func:`pixel_logits`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet18",
-                 width: int = 32) -> None:
+                 width: int = 32, decoder: bool = False) -> None:
         super().__init__()
         self.encoder = build_backbone(backbone, in_channels, width)
         self.head = nn.Linear(self.encoder.out_features, num_classes)
+        self.decoder = _decoder(self.encoder, num_classes) if decoder else None
 
     def encoders(self) -> list[nn.Module]:
         """The image encoders (what :func:`load_backbone_weights` initialises)."""
@@ -124,7 +168,7 @@ def build_branch(kind: str, **kwargs: Any) -> nn.Module:
     Args:
         kind: ``discomkd`` (:class:`DisCoMKDBranch`) or ``mono`` (:class:`MonoBranch`).
         **kwargs: the branch's constructor arguments (``in_channels``, ``num_classes``,
-            ``backbone``, ``width``).
+            ``backbone``, ``width``, optionally ``decoder``).
 
     Returns:
         A randomly initialised branch mapping ``(B, C, H, W)`` to ``(B, K)`` logits.

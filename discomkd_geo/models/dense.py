@@ -19,6 +19,11 @@ copy (shifting their input by a multiple of their stride shifts whole cells of t
 output), so at stride 16 only ResNet-18's ``layer4`` runs four times. That is what
 dilating the tail (a trous) computes, but it works for any encoder made of stages,
 without rewriting its convolutions or pooling layers.
+
+Training on mosaics (:mod:`discomkd_geo.data.mosaic`) pools each labelled patch's region
+with :func:`window_features` too, from the stage outputs the per-pixel decoder also reads
+(``maps``), so a region's features in training are computed exactly as a window's in
+dense mode. :func:`pixel_halo` and :func:`context_means` serve the per-pixel mode.
 """
 
 import math
@@ -45,8 +50,37 @@ def dense_halo(encoders: list[nn.Module]) -> int:
     return -(-reach // cell) * cell
 
 
+def pixel_halo(encoders: list[nn.Module], patch: int) -> int:
+    """Context the per-pixel mode needs around a block, in input pixels.
+
+    The encoders' reach (:func:`dense_halo`), plus half a window for the context means
+    (:func:`context_means`), plus one cell for the decoder's upsampling and convolution;
+    whole cells of every encoder.
+    """
+    cell = math.lcm(*(output_stride(e) for e in encoders))
+    return dense_halo(encoders) + -(-(patch // 2) // cell) * cell + cell
+
+
+def stage_maps(encoder: nn.Module, x: Tensor) -> list[Tensor]:
+    """The output of every stage of ``encoder.stages()`` on ``x``, in order."""
+    maps = []
+    for stage, _ in encoder.stages():
+        x = stage(x)
+        maps.append(x)
+    return maps
+
+
+def context_means(fmap: Tensor, cells: int) -> Tensor:
+    """Mean of each cell's ``cells x cells`` neighbourhood (centred; ``cells`` odd).
+
+    Cells near the map's edge average the neighbours there are (no zero padding counted);
+    with the halo of :func:`pixel_halo` every output cell of a block has them all.
+    """
+    return F.avg_pool2d(fmap, cells, stride=1, padding=cells // 2, count_include_pad=False)
+
+
 def window_features(encoder: nn.Module, x: Tensor, patch: int, stride: int,
-                    halo: int) -> Tensor:
+                    halo: int, maps: list[Tensor] | None = None) -> Tensor:
     """Pooled features ``(B, rows, cols, D)`` of the windows of ``x``.
 
     Window ``(i, j)`` is the ``patch x patch`` square at ``(halo + i * stride,
@@ -59,6 +93,8 @@ def window_features(encoder: nn.Module, x: Tensor, patch: int, stride: int,
         patch: window side, a multiple of the encoder's output stride.
         stride: step between windows.
         halo: context on every side, a multiple of the encoder's output stride.
+        maps: ``stage_maps(encoder, x)`` if already computed (training computes them
+            once for the windows and the decoder); the shared stages are then not rerun.
     """
     stages = encoder.stages()
     cell = stages[-1][1]
@@ -67,9 +103,12 @@ def window_features(encoder: nn.Module, x: Tensor, patch: int, stride: int,
     while shared < len(stages) and shift % stages[shared][1] == 0:
         shared += 1
     trunk_stride = stages[shared - 1][1] if shared else 1
-    trunk = x
-    for stage, _ in stages[:shared]:
-        trunk = stage(trunk)
+    if maps is not None and shared:
+        trunk = maps[shared - 1]
+    else:
+        trunk = x
+        for stage, _ in stages[:shared]:
+            trunk = stage(trunk)
     rows = (x.shape[-2] - 2 * halo - patch) // stride + 1
     cols = (x.shape[-1] - 2 * halo - patch) // stride + 1
     # Window k starts at o = halo + k * stride: copy (o % cell) / shift, cell o // cell.

@@ -13,6 +13,10 @@ The public code is hard-wired to two modalities; here the modality heads have M 
 and the modality id of ``images[m]`` is ``m``'s position in ``model.modalities``, which
 answers the paper's open question of more than two modalities. Modalities are
 processed separately, so their batches need not be paired nor of equal size.
+Given ``regions``, the images are mosaics (:mod:`discomkd_geo.data.mosaic`): every
+output is then per region window, pooled from the encoders' feature maps exactly as
+dense inference pools windows (:func:`~discomkd_geo.models.dense.window_features`), and
+branches with a decoder add per-pixel logits.
 :class:`~discomkd_geo.models.losses.DisCoMKDLoss` turns the output into the five loss
 terms; the training task in :mod:`discomkd_geo.training.module` drives both.
 """
@@ -23,8 +27,26 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .branches import BranchedModel, DisCoMKDBranch
+from .branches import BranchedModel, DisCoMKDBranch, pixel_logits
+from .dense import stage_maps, window_features
 from .grl import GradientReversal
+
+
+def region_embeddings(branch: DisCoMKDBranch, x: Tensor, patch: int,
+                      stride: int) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(z_inv, z_inf, z_irr, pixel_logits)`` of the region windows of mosaics.
+
+    Region ``(i, j)`` is the ``patch x patch`` window at ``(i * stride, j * stride)``;
+    the embeddings are ``(B * rows * cols, E)`` in row-major order per mosaic. The
+    encoders run once; the windows are pooled with dense mode's own function and the
+    decoder (if the branch has one) reads the same stage outputs.
+    """
+    maps = [stage_maps(e, x) for e in branch.encoders()]
+    pooled = [window_features(e, x, patch, stride, 0, maps=m)
+              for e, m in zip(branch.encoders(), maps, strict=True)]
+    flat = [f.reshape(-1, f.shape[-1]) for f in pooled]
+    pixels = pixel_logits(branch, x, patch, maps) if branch.decoder is not None else None
+    return (*branch.split(*flat), pixels)
 
 
 @dataclass
@@ -42,6 +64,8 @@ class ModalityOutput:
         mod_irr_logits: ``(B, M)`` modality classifier on ``z_irr``.
         aux_inv_logits: ``(B, K)`` auxiliary task classifier on ``z_inv``.
         aux_inf_logits: ``(B, K)`` auxiliary task classifier on ``z_inf``.
+        pixel_logits: ``(B, K, H, W)`` the decoder's logits (mosaics, branches with a
+            decoder), else ``None``.
     """
 
     index: int
@@ -54,6 +78,7 @@ class ModalityOutput:
     mod_irr_logits: Tensor
     aux_inv_logits: Tensor
     aux_inf_logits: Tensor
+    pixel_logits: Tensor | None = None
 
 
 @dataclass
@@ -84,6 +109,7 @@ class DisCoMKD(BranchedModel):
         backbone: ``resnet18`` (the paper's) or ``small_cnn``.
         width: base width of ``small_cnn``.
         weights: optional local state-dict file every encoder is initialised from.
+        decoder: give every branch a per-pixel decoder (trained on mosaics).
 
     Raises:
         ConfigError: fewer than two modalities.
@@ -91,14 +117,16 @@ class DisCoMKD(BranchedModel):
 
     def __init__(self, in_channels: dict[str, int], num_classes: int,
                  backbone: str = "resnet18", width: int = 32,
-                 weights: str | os.PathLike[str] | None = None) -> None:
+                 weights: str | os.PathLike[str] | None = None,
+                 decoder: bool = False) -> None:
         super().__init__()
         if len(in_channels) < 2:
             raise ConfigError("data.modalities", "DisCoM-KD needs at least two modalities, "
                               f"got {list(in_channels)}")
         for m, c in in_channels.items():
             self.add_branch(m, "discomkd", weights=weights, in_channels=int(c),
-                            num_classes=int(num_classes), backbone=backbone, width=int(width))
+                            num_classes=int(num_classes), backbone=backbone, width=int(width),
+                            **({"decoder": True} if decoder else {}))
         dim = next(iter(self.branches.values())).embed_dim
         n_mod = len(in_channels)
         self.grl = GradientReversal()
@@ -107,13 +135,17 @@ class DisCoMKD(BranchedModel):
         self.mod_cls_irr = nn.Linear(dim, n_mod)
         self.aux_cls = nn.Linear(dim, num_classes)
 
-    def forward(self, images: dict[str, Tensor], grl_lambda: float = 1.0) -> DisCoMKDOutput:
+    def forward(self, images: dict[str, Tensor], grl_lambda: float = 1.0,
+                regions: tuple[int, int] | None = None) -> DisCoMKDOutput:
         """Run every given modality's branch and the shared heads.
 
         Args:
             images: normalised ``(B_m, C_m, H, W)`` batch per modality; any non-empty
                 subset of the model's modalities, batch sizes may differ.
             grl_lambda: gradient reversal coefficient for the discriminator.
+            regions: ``(patch, stride)`` when the images are mosaics: every output is
+                then per region window (see :func:`region_embeddings`), plus the
+                decoders' per-pixel logits.
 
         Returns:
             The logits and embeddings :class:`~discomkd_geo.models.losses.DisCoMKDLoss`
@@ -127,7 +159,11 @@ class DisCoMKD(BranchedModel):
             if m not in images:
                 continue
             branch: DisCoMKDBranch = self.branches[m]
-            z_inv, z_inf, z_irr = branch.embed(images[m])
+            pixels = None
+            if regions is None:
+                z_inv, z_inf, z_irr = branch.embed(images[m])
+            else:
+                z_inv, z_inf, z_irr, pixels = region_embeddings(branch, images[m], *regions)
             outputs[m] = ModalityOutput(
                 index=index,
                 logits=branch.classify(z_inv, z_inf),
@@ -137,6 +173,7 @@ class DisCoMKD(BranchedModel):
                 mod_irr_logits=self.mod_cls_irr(z_irr),
                 aux_inv_logits=self.aux_cls(z_inv),
                 aux_inf_logits=self.aux_cls(z_inf),
+                pixel_logits=pixels,
             )
         unknown = sorted(set(images) - set(outputs))
         if unknown or not outputs:

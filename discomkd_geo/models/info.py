@@ -75,6 +75,16 @@ class BranchPredictor(Protocol):
                       device: str) -> np.ndarray:
         """Probabilities ``(rows, cols, K)`` of every window of raw ``(C, h, w)`` values."""
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the classifier has a per-pixel decoder (mode ``pixel``)."""
+
+    def pixel_halo(self) -> int:
+        """Context pixel mode needs around a block; raises ``CheckpointError`` if none."""
+
+    def predict_pixels(self, values: np.ndarray, halo: int, device: str) -> np.ndarray:
+        """Probabilities ``(K, h - 2 halo, w - 2 halo)`` of raw ``(C, h, w)`` values' pixels."""
+
     def default_device(self) -> str:
         """The device to run on when the user names none."""
 

@@ -27,6 +27,11 @@ Where we differ from the authors' public code (``tanodino/CMKD_Disentangle``), a
   and ``z_irr``), L_aux the sum of the auxiliary classifier's losses on ``z_inv`` and
   ``z_inf``, L_perp the sum of the two penalties (``z_inf`` vs ``z_irr``, ``z_inf`` vs
   ``z_inv``); with all weights 1 the total is the paper's sum of the individual terms.
+
+On mosaics (:mod:`discomkd_geo.data.mosaic`) every term is per region window and the
+class targets are the windows' class shares (soft cross-entropy); branches with a decoder
+add ``pixel``, the per-pixel cross-entropy against the mosaics' label maps (weight
+``pixel``; not part of the paper).
 """
 
 from typing import Literal, get_args
@@ -42,6 +47,8 @@ Orthogonality = Literal["squared", "abs", "signed"]
 
 #: Names of the loss terms, in the order they are summed.
 TERMS = ("cl", "adv", "mod", "aux", "perp")
+#: The decoder's term, present when the output has per-pixel logits.
+PIXEL_TERM = "pixel"
 
 
 def orthogonality_penalty(a: Tensor, b: Tensor, mode: Orthogonality = "squared") -> Tensor:
@@ -91,34 +98,42 @@ class DisCoMKDLoss(nn.Module):
         aux: weight of L_aux.
         perp: weight of L_perp.
         orthogonality: penalty of L_perp (see :func:`orthogonality_penalty`).
+        pixel: weight of the decoder's per-pixel cross-entropy (mosaics only).
 
     Raises:
         ConfigError: unknown orthogonality mode.
     """
 
     def __init__(self, cl: float = 1.0, adv: float = 1.0, mod: float = 1.0, aux: float = 1.0,
-                 perp: float = 1.0, orthogonality: Orthogonality = "squared") -> None:
+                 perp: float = 1.0, orthogonality: Orthogonality = "squared",
+                 pixel: float = 1.0) -> None:
         super().__init__()
         if orthogonality not in get_args(Orthogonality):
             raise ConfigError("loss.orthogonality", f"unknown mode {orthogonality!r}; choose "
                               f"one of {', '.join(get_args(Orthogonality))}")
-        self.weights = {"cl": cl, "adv": adv, "mod": mod, "aux": aux, "perp": perp}
+        self.weights = {"cl": cl, "adv": adv, "mod": mod, "aux": aux, "perp": perp,
+                        PIXEL_TERM: pixel}
         self.orthogonality: Orthogonality = orthogonality
 
-    def forward(self, output: DisCoMKDOutput, labels: dict[str, Tensor]) -> dict[str, Tensor]:
+    def forward(self, output: DisCoMKDOutput, labels: dict[str, Tensor],
+                masks: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Loss terms of one batch.
 
         Args:
             output: the model's output.
-            labels: ``(B_m,)`` int64 class labels per modality of ``output``.
+            labels: per modality of ``output``, ``(N_m,)`` int64 class labels, or
+                ``(N_m, K)`` class shares (mosaic region windows).
+            masks: per modality, ``(B_m, H, W)`` int64 label maps of the mosaics, for the
+                per-pixel term of branches with a decoder.
 
         Returns:
             ``"loss"`` (the weighted sum, to optimise) and each unweighted term.
         """
-        per_modality: dict[str, list[Tensor]] = {t: [] for t in TERMS}
+        per_modality: dict[str, list[Tensor]] = {t: [] for t in (*TERMS, PIXEL_TERM)}
         for m, out in output.modalities.items():
             y = labels[m]
-            modality = torch.full_like(y, out.index)
+            modality = torch.full(out.adv_logits.shape[:1], out.index, dtype=torch.long,
+                                  device=out.adv_logits.device)
             per_modality["cl"].append(F.cross_entropy(out.logits, y))
             per_modality["adv"].append(F.cross_entropy(out.adv_logits, modality))
             per_modality["mod"].append(F.cross_entropy(out.mod_inf_logits, modality)
@@ -128,8 +143,10 @@ class DisCoMKDLoss(nn.Module):
             per_modality["perp"].append(
                 orthogonality_penalty(out.z_inf, out.z_irr, self.orthogonality)
                 + orthogonality_penalty(out.z_inf, out.z_inv, self.orthogonality))
-        terms = {t: torch.stack(v).mean() for t, v in per_modality.items()}
-        loss = sum(self.weights[t] * terms[t] for t in TERMS)
+            if out.pixel_logits is not None and masks is not None:
+                per_modality[PIXEL_TERM].append(F.cross_entropy(out.pixel_logits, masks[m]))
+        terms = {t: torch.stack(v).mean() for t, v in per_modality.items() if v}
+        loss = sum(self.weights[t] * v for t, v in terms.items())
         return {"loss": loss, **terms}
 
     def extra_repr(self) -> str:

@@ -142,10 +142,21 @@ class OnnxPredictor:
         """Not available for ONNX models (see :meth:`dense_halo`)."""
         raise self._no_dense()
 
+    #: The exported graph classifies windows; it holds no per-pixel decoder.
+    has_decoder = False
+
+    def pixel_halo(self) -> int:
+        """Refuse pixel mode: the exported graph classifies windows only."""
+        raise self._no_dense()
+
+    def predict_pixels(self, values: np.ndarray, halo: int, device: str) -> np.ndarray:
+        """Not available for ONNX models (see :meth:`pixel_halo`)."""
+        raise self._no_dense()
+
     def _no_dense(self) -> CheckpointError:
         return CheckpointError(f"{self.source}: ONNX models run in mode 'windows' only "
-                               "(dense mode needs the encoders' feature maps); use --mode "
-                               "windows or the torch checkpoint")
+                               "(modes dense and pixel need the encoders' feature maps); use "
+                               "mode='windows' or the torch checkpoint")
 
     def default_device(self) -> str:
         """The CPU: onnxruntime's CUDA provider is used only when asked for."""

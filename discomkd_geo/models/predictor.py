@@ -6,11 +6,14 @@ size). It is what ``discomkd_geo.load_predictor`` returns and what
 ``discomkd-geo export`` writes, and the only thing the inference engine relies on.
 """
 
+import math
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..data.bandstats import BandStats
@@ -18,7 +21,8 @@ from ..data.normalization import Normalize
 from ..errors import CheckpointError, SettingsError
 from ..files import atomic_path
 from ._files import LOAD_ERRORS, load_error_message, load_torch_file
-from .dense import dense_halo, output_stride, window_features
+from .branches import pixel_logits
+from .dense import dense_halo, output_stride, pixel_halo, window_features
 from .info import PredictorInfo
 
 #: Identifies files written by :meth:`Predictor.save`.
@@ -86,6 +90,40 @@ class Predictor(nn.Module):
         logits = self.branch.pooled_logits([f.reshape(b * rows * cols, -1) for f in features])
         return torch.softmax(logits, dim=1).reshape(b, rows, cols, -1)
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the branch has a per-pixel decoder (mode ``pixel``)."""
+        return getattr(self.branch, "decoder", None) is not None
+
+    def pixel_halo(self) -> int:
+        """Context :meth:`pixels` needs around a block (see :func:`.dense.pixel_halo`).
+
+        Raises:
+            CheckpointError: the branch has no decoder, or cannot run densely.
+        """
+        if not self.has_decoder:
+            raise CheckpointError(f"this {self.info.modality} model has no per-pixel decoder "
+                                  "(trained without model.decoder); use mode 'windows' or "
+                                  "'dense'")
+        self.dense_halo()  # the same conditions on the encoders
+        return pixel_halo(self.branch.encoders(), self.info.patch_size)
+
+    def pixels(self, x: Tensor, halo: int) -> Tensor:
+        """Per-pixel probabilities ``(B, K, H - 2 halo, W - 2 halo)`` of raw images.
+
+        Args:
+            x: ``(B, C, H, W)`` raw images whose first pixel starts a cell of the
+                encoders in the scene (so that the result does not depend on the block).
+            halo: context cropped from every side (at least :meth:`pixel_halo`).
+        """
+        h, w = x.shape[-2:]
+        cell = math.lcm(*(output_stride(e) for e in self.branch.encoders()))
+        # Whole cells: the far side's extra pixels lie beyond the halo, out of every
+        # kept pixel's reach.
+        x = F.pad(self.normalize(x), (0, -w % cell, 0, -h % cell), mode="replicate")
+        logits = pixel_logits(self.branch, x, self.info.patch_size)
+        return torch.softmax(logits[..., halo:h - halo, halo:w - halo], dim=1)
+
     # The engine's interface (:class:`~.info.BranchPredictor`): NumPy in and out.
 
     def predict_batch(self, batch: np.ndarray, device: str) -> np.ndarray:
@@ -97,18 +135,27 @@ class Predictor(nn.Module):
 
     def predict_dense(self, values: np.ndarray, stride: int, halo: int,
                       device: str) -> np.ndarray:
-        """Probabilities ``(rows, cols, K)`` of every window of raw ``(C, h, w)`` values.
+        """Probabilities ``(rows, cols, K)`` of every window of raw ``(C, h, w)`` values."""
+        return self._block_pass(values, device, lambda x: self.dense(x, stride, halo))
+
+    def predict_pixels(self, values: np.ndarray, halo: int, device: str) -> np.ndarray:
+        """Probabilities ``(K, h - 2 halo, w - 2 halo)`` of raw ``(C, h, w)`` values' pixels."""
+        return self._block_pass(values, device, lambda x: self.pixels(x, halo))
+
+    def _block_pass(self, values: np.ndarray, device: str,
+                    run: Callable[[Tensor], Tensor]) -> np.ndarray:
+        """``run(block)[0]`` on a block's raw ``(C, h, w)`` values, as a numpy array.
 
         One transfer in and one out per block: on CUDA the block goes through pinned
-        memory and every window's features stay on the device.
+        memory and everything computed from it stays on the device.
         """
-        predictor = self.to(device).eval()
+        self.to(device).eval()
         x = torch.from_numpy(np.ascontiguousarray(values))[None]
         if torch.device(device).type == "cuda":
             x = x.pin_memory()
         with torch.inference_mode():
-            probs = predictor.dense(x.to(device, non_blocking=True), stride, halo)
-        return probs[0].float().cpu().numpy()
+            out = run(x.to(device, non_blocking=True))
+        return out[0].float().cpu().numpy()
 
     def default_device(self) -> str:
         """CUDA when available, else the CPU."""

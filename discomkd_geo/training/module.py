@@ -21,7 +21,9 @@ from torchmetrics.classification import (
 )
 
 from ..config import Config, from_dict
+from ..data.mosaic import mosaic_size, window_shares
 from ..data.normalization import BandStats
+from ..errors import ConfigError
 from ..models.discomkd import DisCoMKD, DisCoMKDOutput
 from ..models.grl import dann_lambda
 from ..models.losses import DisCoMKDLoss
@@ -79,6 +81,12 @@ class MultiModalTask(L.LightningModule):
         """Loss terms of one training batch; ``"loss"`` is the one optimised."""
         raise NotImplementedError
 
+    def compute_mosaic_losses(self, images: dict[str, Tensor], labels: dict[str, Tensor],
+                              masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Loss terms of a batch of mosaics (``data.mosaic``), with their label maps."""
+        raise ConfigError("data.mosaic", f"method {self.method!r} does not train on "
+                                         "mosaics; use method discomkd")
+
     # -- shared ---------------------------------------------------------------------
     @property
     def predictable_modalities(self) -> list[str]:
@@ -107,7 +115,11 @@ class MultiModalTask(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Optimise the method's loss; log every term."""
         images, labels = self.split_batch(batch, list(self.modalities))
-        losses = self.compute_losses(images, labels)
+        if f"mask_{next(iter(self.modalities))}" in batch:
+            masks = {m: batch[f"mask_{m}"] for m in self.modalities}
+            losses = self.compute_mosaic_losses(images, labels, masks)
+        else:
+            losses = self.compute_losses(images, labels)
         batch_size = next(iter(labels.values())).shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()},
                       on_step=False, on_epoch=True, batch_size=batch_size)
@@ -202,8 +214,12 @@ class DisCoMKDTask(MultiModalTask):
     def build_model(self) -> nn.Module:
         """A :class:`~discomkd_geo.models.discomkd.DisCoMKD` over the configured modalities."""
         mc = self.config.model
+        if mc.decoder and not self.config.data.mosaic:
+            raise ConfigError("model.decoder", "the decoder learns from the label maps of "
+                                               "mosaics; set data.mosaic=true")
         return DisCoMKD({m: len(b) for m, b in self.modalities.items()}, len(self.classes),
-                        backbone=mc.backbone, width=mc.width, weights=mc.weights)
+                        backbone=mc.backbone, width=mc.width, weights=mc.weights,
+                        decoder=mc.decoder)
 
     def grl_lambda(self) -> float:
         """GRL coefficient at the current training progress."""
@@ -216,9 +232,23 @@ class DisCoMKDTask(MultiModalTask):
     def compute_losses(self, images: dict[str, Tensor],
                        labels: dict[str, Tensor]) -> dict[str, Tensor]:
         """The five DisCoM-KD terms, weighted as configured."""
+        return self._losses(images, labels)
+
+    def compute_mosaic_losses(self, images: dict[str, Tensor], labels: dict[str, Tensor],
+                              masks: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The five terms per region window, against its class shares, and the pixel term."""
+        patch = int(self.hparams["data_info"]["patch_size"])
+        stride = mosaic_size(patch) - patch
+        shares = {m: window_shares(masks[m], len(self.classes), patch, stride)
+                  for m in masks}
+        return self._losses(images, shares, masks, (patch, stride))
+
+    def _losses(self, images: dict[str, Tensor], labels: dict[str, Tensor],
+                masks: dict[str, Tensor] | None = None,
+                regions: tuple[int, int] | None = None) -> dict[str, Tensor]:
         lam = self.grl_lambda()
-        output = self.model(images, grl_lambda=lam)
-        losses = self.criterion(output, labels)
+        output = self.model(images, grl_lambda=lam, regions=regions)
+        losses = self.criterion(output, labels, masks)
         self.log_dict({"train/grl_lambda": lam, **self.adversarial_diagnostics(output, losses)},
                       on_step=False, on_epoch=True,
                       batch_size=next(iter(labels.values())).shape[0])
@@ -257,4 +287,5 @@ class DisCoMKDTask(MultiModalTask):
         """Build the criterion (kept out of ``__init__`` so it holds no state to save)."""
         lc = self.config.loss
         self.criterion = DisCoMKDLoss(cl=lc.cl, adv=lc.adv, mod=lc.mod, aux=lc.aux,
-                                      perp=lc.perp, orthogonality=lc.orthogonality)
+                                      perp=lc.perp, orthogonality=lc.orthogonality,
+                                      pixel=lc.pixel)

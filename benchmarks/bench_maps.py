@@ -1,0 +1,242 @@
+"""Map accuracy by inference mode: the demo scene and held-out synthetic scenes.
+
+For each trained run given (``--run LABEL=RUN_DIR``, default the demo's ``demo_out/run``)
+and each mode
+  windows-s32  every 64 px window alone at stride 32 (today's default),
+  windows-s8   the same at stride 8,
+  dense-s16    dense mode at stride 16,
+  pixel        the per-pixel decoder (runs trained with ``model.decoder`` only),
+one fresh process maps, from SAR alone, the demo scene (``tiles/demo/sar.tif``) and
+``--scenes`` synthetic scenes generated with seeds 101, 102, ... (no training saw them:
+the demo trains on patches of seed 0), and reports per scene the overall accuracy,
+weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
+``score_map.py``: truth pixels unlike their upper or left neighbour, dilated 3 times,
+4-connectivity) and pixels/s, and the process's peak RSS. MS-only and fused (MS + SAR)
+maps of the held-out scenes follow for windows-s32 and pixel. One edge OA is checked
+against the reference scorer (``--score-map PATH``, e.g. the issues' ``score_map.py``).
+
+Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
+under other labels are kept, so runs can be measured as they finish) and draws
+benchmarks/maps.png (OA and edge OA per mode: demo scene and held-out mean with range).
+
+    python benchmarks/bench_maps.py --run today=runs/a --run pixel=runs/b [--scenes 5]
+"""
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from _results import load_results, merge_results
+
+HERE = Path(__file__).resolve().parent
+DEMO = HERE.parent / "tiles" / "demo"
+#: name: (mode, stride) of :func:`discomkd_geo.inference.engine.predict_to_file`.
+MODES = {"windows-s32": ("windows", 32), "windows-s8": ("windows", 8),
+         "dense-s16": ("dense", 16), "pixel": ("pixel", None)}
+#: One intra-op thread, as bench_inference (OpenMP barriers stall on a shared machine).
+TORCH_THREADS = 1
+
+
+def boundary_band(truth: np.ndarray) -> np.ndarray:
+    """Truth pixels within 3 px of a class boundary, as score_map.py computes them."""
+    from scipy import ndimage
+
+    edge = np.zeros_like(truth, bool)
+    for axis in (0, 1):
+        edge |= truth != np.roll(truth, 1, axis=axis)
+    return ndimage.binary_dilation(edge, iterations=3)
+
+
+def score(map_path: Path, truth_path: Path) -> dict:
+    """OA and weighted F1 (the demo's :func:`score_map`) and edge OA, on the truth's grid."""
+    import rasterio
+
+    from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES
+    from discomkd_geo.demo import map_to_grid, score_map
+
+    figures = score_map(map_path, truth_path, list(EUROSAT_CLASSES))
+    pred = map_to_grid(map_path, truth_path)
+    with rasterio.open(truth_path) as src:
+        truth = src.read(1)
+    band = boundary_band(truth) & (truth != CLASS_NODATA) & (pred != CLASS_NODATA)
+    return {"oa": round(figures["oa"], 4), "f1_weighted": round(figures["f1_weighted"], 4),
+            "edge_oa": round(float((pred[band] == truth[band]).mean()), 4),
+            "coverage": round(figures["coverage"], 4)}
+
+
+def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) -> dict:
+    """Map every scene in this process; per-scene figures and the peak RSS."""
+    import torch
+
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+    from discomkd_geo.models.predictor import load_predictor
+
+    torch.set_num_threads(TORCH_THREADS)
+    mode, stride = MODES[mode_name]
+    names = ["ms", "sar"] if modality == "fused" else [modality]
+    predictors = {m: load_predictor(run, m).eval() for m in names}
+    rows = []
+    for scene in scenes:
+        sources = {m: str(Path(scene) / f"{m}.tif") for m in names}
+        target = Path(out) / f"{Path(scene).name}-{mode_name}-{modality}.tif"
+        start = time.perf_counter()
+        settings = MapSettings.of(stride=stride, mode=mode, device="cpu", overwrite=True,
+                                  threads=TORCH_THREADS)
+        summary = predict_to_file(predictors, sources, target, settings)
+        seconds = time.perf_counter() - start
+        rows.append({"scene": Path(scene).name, "map": str(target),
+                     "px_per_s": round(summary.pixels / seconds),
+                     **score(target, Path(scene) / "truth.tif")})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"scenes": rows, "peak_rss_mb": round(peak)}
+
+
+def in_subprocess(run: Path, mode: str, scenes: list[Path], out: Path, modality: str) -> dict:
+    args = [sys.executable, __file__, "--child", json.dumps(
+        [str(run), mode, [str(s) for s in scenes], str(out), modality])]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(done.stderr[-2000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def held_out(count: int, size: int, work: Path) -> list[Path]:
+    """Synthetic scenes of seeds 101, 102, ... (the demo trains on seed 0's patches)."""
+    from discomkd_geo.data.synthetic import make_scene
+
+    scenes = []
+    for seed in range(101, 101 + count):
+        out = work / f"scene{seed}"
+        make_scene(out, size=size, seed=seed)
+        scenes.append(out)
+    return scenes
+
+
+def has_decoder(run: Path) -> bool:
+    from discomkd_geo.models.predictor import load_predictor
+
+    return load_predictor(run, "sar").has_decoder
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Demo scene's figures, and mean/min/max over the held-out scenes."""
+    demo = next(r for r in rows if r["scene"] == "demo")
+    rest = [r for r in rows if r["scene"] != "demo"]
+    out = {"demo": {k: demo[k] for k in ("oa", "f1_weighted", "edge_oa", "px_per_s")}}
+    if rest:
+        out["held_out"] = {k: {"mean": round(float(np.mean([r[k] for r in rest])), 4),
+                               "min": min(r[k] for r in rest), "max": max(r[k] for r in rest)}
+                           for k in ("oa", "f1_weighted", "edge_oa")}
+    return out
+
+
+def figure(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(results)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), layout="constrained")
+    for ax, key, title in ((axes[0], "oa", "OA"), (axes[1], "edge_oa", "edge OA (3 px)")):
+        # Every mode keeps its place, whichever modes a run was measured in.
+        labels = [m for m in MODES if any(m in results[r]["sar"] for r in runs)]
+        width = 0.8 / max(1, len(runs))
+        for i, run in enumerate(runs):
+            modes = [m for m in labels if m in results[run]["sar"]]
+            xs = np.array([labels.index(m) for m in modes]) + i * width
+            demo = [results[run]["sar"][m]["summary"]["demo"][key] for m in modes]
+            held = [results[run]["sar"][m]["summary"].get("held_out", {}).get(key) for m in modes]
+            ax.bar(xs, demo, width * 0.45, label=f"{run}: demo scene")
+            if all(h is not None for h in held):
+                mean = [h["mean"] for h in held]
+                err = np.array([[h["mean"] - h["min"] for h in held],
+                                [h["max"] - h["mean"] for h in held]])
+                ax.bar(xs + width * 0.45, mean, width * 0.45, yerr=err, capsize=3,
+                       label=f"{run}: held-out mean (range)")
+        ax.set_xticks(np.arange(len(labels)) + 0.4 - width / 2, labels)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"SAR-only map {title} vs truth")
+        ax.grid(axis="y", alpha=0.3)
+    axes[1].legend(fontsize=7, loc="upper left", ncols=2)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        print(json.dumps(child(*json.loads(sys.argv[2]))))
+        return
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", default=[],
+                        help="LABEL=RUN_DIR (repeatable; default today=demo_out/run)")
+    parser.add_argument("--scenes", type=int, default=5, help="held-out synthetic scenes")
+    parser.add_argument("--size", type=int, default=512, help="held-out scene side (px)")
+    parser.add_argument("--score-map", type=Path, help="reference scorer to cross-check")
+    parser.add_argument("--key", default="maps", help="key in results.json")
+    args = parser.parse_args()
+    runs = dict(r.split("=", 1) for r in args.run) or {"today": "demo_out/run"}
+    work = Path(tempfile.mkdtemp(prefix="bench_maps-"))
+    scenes = held_out(args.scenes, args.size, work)
+    demo = work / "demo"
+    demo.mkdir()
+    for name in ("sar.tif", "truth.tif"):
+        (demo / name).symlink_to(DEMO / name)
+    results: dict = {}
+    for label, run in runs.items():
+        run = Path(run)
+        modes = [m for m in MODES if m != "pixel" or has_decoder(run)]
+        results[label] = {"run": str(run), "sar": {}, "ms": {}, "fused": {}}
+        for mode in modes:
+            found = in_subprocess(run, mode, [demo, *scenes], work, "sar")
+            found["summary"] = summarise(found["scenes"])
+            results[label]["sar"][mode] = found
+            s = found["summary"]
+            held = s.get("held_out", {})
+            print(f"{label:>10} sar {mode:<12} demo OA {s['demo']['oa']:.3f} "
+                  f"F1 {s['demo']['f1_weighted']:.3f} edge {s['demo']['edge_oa']:.3f} "
+                  f"{s['demo']['px_per_s']:>8} px/s RSS {found['peak_rss_mb']} MB | held-out "
+                  f"OA {held.get('oa', {}).get('mean', float('nan')):.3f} "
+                  f"edge {held.get('edge_oa', {}).get('mean', float('nan')):.3f}", flush=True)
+        for modality in ("ms", "fused"):
+            for mode in (m for m in ("windows-s32", "pixel") if m in modes):
+                found = in_subprocess(run, mode, scenes, work, modality)
+                rows = found["scenes"]
+                found["summary"] = {k: round(float(np.mean([r[k] for r in rows])), 4)
+                                    for k in ("oa", "f1_weighted", "edge_oa", "px_per_s")}
+                results[label][modality][mode] = found
+                print(f"{label:>10} {modality:<5} {mode:<12} held-out mean "
+                      f"{json.dumps(found['summary'])}", flush=True)
+    if args.score_map:
+        first = results[next(iter(results))]["sar"]["windows-s32"]["scenes"][0]
+        ref = subprocess.run([sys.executable, str(args.score_map), first["map"],
+                              str(demo / "truth.tif")], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        print(f"cross-check, {first['map']}: ours OA {first['oa']:.3f} edge OA "
+              f"{first['edge_oa']:.3f}; score_map.py: {ref}")
+        results["cross_check"] = {"ours": {k: first[k] for k in ("oa", "edge_oa")},
+                                  "score_map_py": ref}
+    for run in results.values():
+        for modality in ("sar", "ms", "fused"):
+            for found in run.get(modality, {}).values():
+                for row in found["scenes"]:
+                    row.pop("map", None)
+    # Runs measured before under the same key (other --run labels) are kept.
+    earlier = load_results().get(args.key, {}).get("runs", {})
+    results = {**earlier, **results}
+    merge_results(args.key, {"torch_threads": TORCH_THREADS, "scene_size": args.size,
+                             "held_out_seeds": list(range(101, 101 + args.scenes)),
+                             "runs": results})
+    figure({k: v for k, v in results.items() if k != "cross_check"}, HERE / "maps.png")
+    print(f"-> {HERE / 'results.json'} ({args.key}), {HERE / 'maps.png'}")
+
+
+if __name__ == "__main__":
+    main()

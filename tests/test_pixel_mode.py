@@ -1,0 +1,170 @@
+"""The per-pixel mode: decoder output written block by block, the same bytes however run."""
+
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import box
+from test_inference import CRS, ORIGIN, make_predictor, read, texture, write_scene
+
+from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
+from discomkd_geo.errors import CheckpointError, SettingsError
+from discomkd_geo.inference import engine
+from discomkd_geo.inference.engine import predict_to_file
+from discomkd_geo.inference.settings import MapSettings
+from discomkd_geo.models.branches import build_branch
+from discomkd_geo.models.predictor import Predictor, load_predictor
+
+DATA = Path(__file__).parent / "data"
+
+
+def pixel_predictor() -> Predictor:
+    """A DisCoM-KD SAR branch with a decoder whose residual is not zero (untrained)."""
+    torch.manual_seed(3)
+    spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
+            "width": 4, "decoder": True}
+    branch = build_branch(**spec)
+    with torch.no_grad():
+        branch.task_cls.weight.mul_(8.0)
+        branch.decoder.residual[-1].weight.normal_(0, 0.5)
+    predictor = make_predictor("sar", list(S1_BANDS), branch=branch)
+    predictor.info.branch_spec = spec  # what a saved file rebuilds the branch from
+    return predictor
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 x 92 px SAR scene with a nodata corner (edges not on blocks or cells)."""
+    data = texture(2, 112, seed=5)[:, :100, :92]
+    data[:, :12, :20] = np.nan
+    return write_scene(tmp_path_factory.mktemp("pixel") / "sar.tif", data, list(S1_BANDS))
+
+
+def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path,
+                                                                  tmp_path: Path) -> None:
+    predictor = pixel_predictor()
+    runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
+            "c24w2": {"chunk_size": 24, "workers": 2}}
+    for name, kwargs in runs.items():
+        settings = MapSettings.of(mode="auto", block_size=32,
+                                  probabilities=tmp_path / f"{name}.p.tif", **kwargs)
+        summary = predict_to_file(predictor, scene, tmp_path / f"{name}.tif", settings)
+        assert summary.mode == "pixel" and (summary.chunks > 1) == (name != "c1024w1")
+    for suffix in (".tif", ".p.tif"):
+        first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
+        assert all(other == first for other in others), suffix
+    codes = read(tmp_path / "c40w1.tif")[0]
+    probs = read(tmp_path / "c40w1.p.tif")
+    assert (codes[:12, :20] == CLASS_NODATA).all() and (codes[12:, 20:] != CLASS_NODATA).all()
+    valid = codes != CLASS_NODATA
+    assert (probs.argmax(axis=0)[valid] == codes[valid]).all()
+    assert len(np.unique(codes[valid])) >= 2
+
+
+def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path) -> None:
+    """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices."""
+    predictor = pixel_predictor()
+    predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
+        mode="pixel", block_size=32, probabilities=tmp_path / "p.p.tif"))
+    with torch.no_grad():
+        raw = read(scene)
+        raw = np.where(np.isnan(raw), 0.0, raw).astype(np.float32)
+        halo = predictor.pixel_halo()
+        padded = np.pad(raw, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
+        whole = predictor.pixels(torch.from_numpy(padded)[None], halo)[0].numpy()
+    probs = read(tmp_path / "p.p.tif")
+    # Away from the filled nodata corner, a pixel's context is real scene only.
+    np.testing.assert_allclose(probs[:, 60:, 60:], whole[:, 60:, 60:], atol=1e-5)
+
+
+@pytest.mark.slow
+def test_pixel_mode_same_bytes_on_a_distributed_cluster(scene: Path, tmp_path: Path) -> None:
+    from distributed import LocalCluster
+
+    predictor = pixel_predictor()
+    settings = MapSettings.of(mode="pixel", block_size=32)
+    predict_to_file(predictor, scene, tmp_path / "local.tif", settings.replace(chunk_size=32))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        summary = predict_to_file(predictor, scene, tmp_path / "cluster.tif", settings.replace(
+            chunk_size=64, scheduler=cluster.scheduler_address))
+    assert summary.chunks == 4
+    assert (tmp_path / "cluster.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
+
+
+def test_pixel_mode_computes_only_the_blocks_touching_the_area(
+        scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--aoi``, pixel mode runs the 64 px blocks touching the area, as dense mode."""
+    predictor = pixel_predictor()
+    settings = MapSettings.of(mode="pixel", block_size=64, chunk_size=1024)
+    x0, y0 = ORIGIN
+    area = tmp_path / "aoi.geojson"  # pixel rows and columns 20-50: in the first block only
+    gpd.GeoDataFrame(geometry=[box(x0 + 200, y0 - 500, x0 + 500, y0 - 200)],
+                     crs=CRS).to_file(area)
+    blocks: list[object] = []
+    real = engine.pixel_probabilities
+
+    def counted(*args: object) -> object:
+        blocks.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(engine, "pixel_probabilities", counted)
+    predict_to_file(predictor, scene, tmp_path / "whole.tif", settings)
+    assert len(blocks) == 4  # 100 x 92 px in 64 px blocks
+    blocks.clear()
+    summary = predict_to_file(predictor, scene, tmp_path / "aoi.tif",
+                              settings.replace(aoi=area))
+    assert len(blocks) == 1 and summary.mapped_pixels == 30 * 30
+    whole, part = read(tmp_path / "whole.tif")[0], read(tmp_path / "aoi.tif")[0]
+    inside = np.zeros_like(whole, dtype=bool)
+    inside[20:50, 20:50] = True
+    assert (part[inside] == whole[inside]).all() and (part[~inside] == CLASS_NODATA).all()
+
+
+def test_decoder_predictor_loads_weights_only(tmp_path: Path) -> None:
+    """A predictor with a decoder is plain tensors and values: no trust needed to load it."""
+    predictor = pixel_predictor()
+    predictor.save(tmp_path / "sar.pt")
+    payload = torch.load(tmp_path / "sar.pt", weights_only=True)
+    assert any(k.startswith("decoder.") for k in payload["state_dict"])
+    loaded = load_predictor(tmp_path / "sar.pt")
+    assert loaded.has_decoder
+    x = torch.from_numpy(texture(2, 128, seed=1))[None]
+    halo = predictor.pixel_halo()
+    torch.testing.assert_close(loaded.pixels(x, halo), predictor.pixels(x, halo))
+
+
+def test_pixel_mode_refuses_a_model_without_decoder(scene: Path, tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match="no per-pixel decoder"):
+        predict_to_file(make_predictor("sar", list(S1_BANDS)), scene, tmp_path / "m.tif",
+                        MapSettings.of(mode="pixel"))
+    assert not (tmp_path / "m.tif").exists()
+    with pytest.raises(SettingsError, match="coarse"):
+        predict_to_file(pixel_predictor(), scene, tmp_path / "m.tif",
+                        MapSettings.of(mode="pixel", coarse=True))
+
+
+def test_auto_mode_maps_a_model_without_decoder_in_windows_mode(scene: Path,
+                                                                tmp_path: Path) -> None:
+    predictor = make_predictor("sar", list(S1_BANDS))
+    summary = predict_to_file(predictor, scene, tmp_path / "a.tif", MapSettings.of(mode="auto"))
+    predict_to_file(predictor, scene, tmp_path / "w.tif", MapSettings.of(mode="windows"))
+    assert summary.mode == "windows"
+    assert (read(tmp_path / "a.tif") == read(tmp_path / "w.tif")).all()
+
+
+def test_checkpoint_from_before_the_decoder_loads_and_maps_as_before(tmp_path: Path) -> None:
+    """``tests/data/main_predictor.pt`` and its maps were written by the code on ``main``
+    (before decoders existed); the same file maps to the same classes today."""
+    predictor = load_predictor(DATA / "main_predictor.pt")
+    assert not predictor.has_decoder
+    for mode in ("windows", "dense"):
+        out = tmp_path / f"{mode}.tif"
+        predict_to_file(predictor, DATA / "main_scene.tif", out,
+                        MapSettings.of(mode=mode, device="cpu"))
+        assert (read(out) == read(DATA / f"main_{mode}.tif")).all(), mode
+    with pytest.raises(CheckpointError, match="no per-pixel decoder"):
+        predict_to_file(predictor, DATA / "main_scene.tif", tmp_path / "p.tif",
+                        MapSettings.of(mode="pixel"))
