@@ -16,12 +16,22 @@ peak RSS. Results merge into ``benchmarks/results.json`` under the key ``trainin
 EuroSat-MS-SAR (``--pairs`` pairs, 70% of them trained, ResNet-18, lr 1e-4) into its
 parts: reading the batches (DataLoader, GeoTIFFs), normalising and augmenting them
 (Kornia), the forward pass with the five losses, the adversarial diagnostics, the
-backward pass and the Adam step, each timed on its own, then the same epoch through
-Lightning's ``Trainer.fit`` (validation off): what ``fit`` takes beyond the sum of the
-parts is Lightning's overhead. Merged under ``training_parts``.
+backward pass and the Adam step, each timed on its own; then the validation pass and
+the end-of-epoch checkpoints (``last`` and one ``best-<m>`` per modality, written as
+``discomkd-geo train`` writes them); then the same epoch through Lightning's
+``Trainer.fit`` (validation off): what ``fit`` takes beyond the sum of the training
+parts is Lightning's overhead. Merged under ``training_parts.<label>`` (``--label``,
+e.g. ``before`` and ``after`` a change, each run on its own version of the code).
+
+The public DisCoM-KD script (tanodino/CMKD_Disentangle, ``main_DisCoM-KD.py``) is not
+part of this repository; to time it on the same data, export the synthetic dataset's
+normalised train/val/test arrays (our split and statistics) to its ``.npy`` layout
+(``<MOD>_data_normalized.npy``, ``labels.npy``, ``train_idx.npy``...) and run its loop
+with per-epoch ``perf_counter`` stamps, interleaved with ``discomkd-geo train`` runs on
+the same machine (see the issue-20 report for the figures).
 
     python benchmarks/bench_training.py [--steps 4] [--batch-size 128]
-    python benchmarks/bench_training.py --parts [--pairs 1050] [--batch-size 128]
+    python benchmarks/bench_training.py --parts [--pairs 1050] [--batch-size 128] [--label after]
 """
 
 import argparse
@@ -34,7 +44,7 @@ import subprocess
 import sys
 import time
 
-from _results import merge_results
+from _results import load_results, merge_results
 
 BANDS = {"ms": 13, "sar": 2}
 NUM_CLASSES = 10
@@ -102,6 +112,48 @@ def _timed(timings: dict, name: str, fn, *args):
     return out
 
 
+#: Parts of an epoch after the training steps (not in the ``Trainer.fit`` figure).
+EPOCH_END = ("validation", "checkpoints")
+
+
+def _epoch_end(task, dm, optimizer, config) -> dict[str, float]:
+    """Seconds of the validation pass and of writing the end-of-epoch checkpoints.
+
+    The checkpoints are written by a Trainer attached to the task with the callbacks
+    ``train`` uses, each callback saving as it does when its score improved (the
+    first epochs: every ``best-<m>`` and ``last``).
+    """
+    import tempfile
+    from pathlib import Path
+
+    import lightning as L
+    import torch
+
+    from discomkd_geo.training.train import _callbacks
+
+    start = time.perf_counter()
+    task.eval()
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            task.validation_step(dm.preprocess(batch, False), 0)
+    validation = time.perf_counter() - start
+    task.train()
+    run_dir = Path(tempfile.mkdtemp())
+    callbacks = _callbacks(config, task, run_dir)
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(task)
+    trainer.strategy._optimizers = [optimizer]
+    task.trainer = trainer
+    start = time.perf_counter()
+    for callback in callbacks:
+        callback._save_checkpoint(trainer, str(run_dir / f"{callback.filename}.ckpt"))
+    saved = time.perf_counter() - start
+    sizes = sum(f.stat().st_size for f in run_dir.iterdir()) / 2**20
+    print(f"checkpoints: {sizes:.0f} MiB in {saved:.1f} s", flush=True)
+    return {"validation": round(validation, 2), "checkpoints": round(saved, 2)}
+
+
 def _parts(pairs: int, batch_size: int) -> dict:
     """One epoch of DisCoM-KD training, timed part by part, then through Lightning."""
     import tempfile
@@ -143,6 +195,7 @@ def _parts(pairs: int, batch_size: int) -> dict:
         _timed(timings, "adam", optimizer.step)
     timings["data"].pop()  # the end of the epoch
     parts = {k: round(sum(v), 2) for k, v in timings.items()}
+    parts.update(_epoch_end(task, dm, optimizer, config))
     L.seed_everything(0, verbose=False)
     task = DisCoMKDTask(config.to_dict(), data_info(dm))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, limit_val_batches=0,
@@ -155,11 +208,13 @@ def _parts(pairs: int, batch_size: int) -> dict:
     return {
         "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine
         "what": "one DisCoM-KD training epoch on synthetic EuroSat-MS-SAR, CPU, seconds",
-        "pairs": pairs, "trained_pairs": dm.epoch_size(), "batch_size": batch_size,
+        "pairs": pairs, "trained_pairs": steps * batch_size, "batch_size": batch_size,
         "steps": steps, "threads": torch.get_num_threads(), "parts_s": parts,
         "parts_sum_s": round(sum(parts.values()), 2), "lightning_fit_s": round(fit, 2),
-        "lightning_overhead_s": round(fit - sum(parts.values()), 2),
-        "ms_per_trained_pair": round(1000 * fit / dm.epoch_size(), 1),
+        "lightning_overhead_s": round(fit - sum(v for k, v in parts.items()
+                                                if k not in EPOCH_END), 2),
+        # The last incomplete batch is dropped: steps * batch_size pairs are trained.
+        "ms_per_trained_pair": round(1000 * fit / (steps * batch_size), 1),
     }
 
 
@@ -172,11 +227,14 @@ def main() -> int:
     parser.add_argument("--parts", action="store_true",
                         help="split a real training epoch into its parts (see above)")
     parser.add_argument("--pairs", type=int, default=1050, help="--parts: dataset pairs")
+    parser.add_argument("--label", default="after",
+                        help="--parts: key of this run under training_parts (e.g. before)")
     args = parser.parse_args()
     if args.parts:
         result = _parts(args.pairs, args.batch_size)
         print(json.dumps(result, indent=2))
-        merge_results("training_parts", result)
+        merge_results("training_parts", {**load_results().get("training_parts", {}),
+                                         args.label: result})
         return 0
     if args.child:
         print(json.dumps(_child(args.child, args.steps, args.warmup, args.batch_size)))

@@ -11,11 +11,12 @@ from click.testing import CliRunner
 from discomkd_geo import load_predictor
 from discomkd_geo.cli import main
 from discomkd_geo.config import load_config
+from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.training.evaluate import evaluate
 from discomkd_geo.training.module import DisCoMKDTask
-from discomkd_geo.training.train import log_interval, train
+from discomkd_geo.training.train import data_info, log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TINY = (
@@ -52,6 +53,28 @@ def test_run_directory_holds_everything(run_dir: Path) -> None:
     log = next(run_dir.rglob("metrics.csv")).read_text().splitlines()[0]
     for term in ("cl", "adv", "mod", "aux", "perp"):  # every loss term is logged
         assert f"train/{term}" in log
+
+
+@pytest.mark.slow
+def test_best_checkpoints_hold_weights_last_holds_resume_state(run_dir: Path) -> None:
+    ckpts = run_dir / "checkpoints"
+    last = torch.load(ckpts / "last.ckpt", weights_only=True)
+    assert last["optimizer_states"] and "callbacks" in last  # what --resume needs
+    for m in ("ms", "sar"):
+        best = torch.load(ckpts / f"best-{m}.ckpt", weights_only=True)
+        assert "optimizer_states" not in best and "callbacks" not in best
+        assert best["state_dict"].keys() == last["state_dict"].keys()
+        assert (ckpts / f"best-{m}.ckpt").stat().st_size < (ckpts / "last.ckpt").stat().st_size / 2
+
+
+def test_adam_is_fused_on_cpu(eurosat_root: Path) -> None:
+    config = load_config(None, (*TINY, f"data.root={eurosat_root}"))
+    dm = MSSARDataModule(config.data)
+    dm.setup()
+    task = DisCoMKDTask(config.to_dict(), data_info(dm))
+    optimizer = task.configure_optimizers()
+    assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == 0.003
+    assert len(optimizer.param_groups[0]["params"]) == len(list(task.parameters()))
 
 
 @pytest.mark.slow
