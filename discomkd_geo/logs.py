@@ -93,7 +93,9 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         """Write the record to today's stderr."""
-        self.setStream(sys.stderr)
+        # Not setStream(): it flushes the previous stream first, which may be closed by
+        # now (pytest closes each test's captured stderr).
+        self.stream = sys.stderr
         super().emit(record)
 
 

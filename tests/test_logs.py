@@ -67,6 +67,23 @@ def test_verbosity_levels(capsys: pytest.CaptureFixture[str], restore_logging: N
         assert capsys.readouterr().err.splitlines() == shown
 
 
+def test_log_lines_survive_a_closed_earlier_stderr(monkeypatch: pytest.MonkeyPatch,
+                                                  restore_logging: None) -> None:
+    """A test runner closes each test's stderr; the next line goes to the new one."""
+    import io
+    import sys
+
+    logs.configure(0)
+    old = io.TextIOWrapper(io.BytesIO())  # flush() after close() raises, as pytest's does
+    monkeypatch.setattr(sys, "stderr", old)
+    logs.log.info("first")
+    old.close()
+    new = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", new)
+    logs.log.info("second")  # raised "I/O operation on closed file" before
+    assert new.getvalue() == "second\n"
+
+
 def test_epoch_summary_line() -> None:
     metrics = {"train/loss": torch.tensor(2.5), "train/cl": 1.0, "train/grl_lambda": 1.0,
                "val/ms/f1_weighted": 0.9, "val/sar/f1_weighted": torch.tensor(0.75)}
