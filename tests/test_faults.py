@@ -252,6 +252,7 @@ def _file_size_limit(size: int) -> Callable[[], None]:
     return limit
 
 
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
 def test_a_write_failing_mid_way_gives_one_line_and_leaves_nothing(
         checkpoint: Path, scene_dir: Path, tmp_path: Path) -> None:
     def predict(out: Path, limit: Callable[[], None] | None) -> subprocess.CompletedProcess:

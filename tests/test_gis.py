@@ -124,6 +124,7 @@ def test_vectorize_to_file_writes_gpkg_and_style(tmp_path: Path, scene_dir: Path
         vectorize_to_file(scene_dir / "truth.tif", out)
 
 
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
 def test_vectorize_cli_errors(tmp_path: Path) -> None:
     result = cli("vectorize", tmp_path / "missing.tif", "-o", tmp_path / "p.gpkg")
     assert result.returncode != 0
@@ -239,6 +240,7 @@ def test_read_layer_errors(tmp_path: Path) -> None:
         read_layer(tmp_path / "none.gpkg")
 
 
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
 def test_zonal_cli(tmp_path: Path) -> None:
     path = write_map(tmp_path / "map.tif", QUADRANTS)
     zones_frame().to_file(tmp_path / "zones.gpkg", layer="districts")

@@ -117,6 +117,7 @@ def cli(*args: object) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
 def test_cli_aoi_and_vector(scene: Path, tmp_path: Path) -> None:
     model = saved_sar_model(tmp_path / "sar.pt")
     spec = aoi_file(tmp_path / "zones.gpkg", AREA, layer="district")

@@ -194,6 +194,7 @@ def test_small_area_of_a_remote_scene_reads_a_fraction(tmp_path: Path) -> None:
     assert served.sent < size / 8, f"{served.sent} of {size} bytes served"
 
 
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
 def test_dask_workers_read_urls(server: RangeServer, tmp_path: Path) -> None:
     from distributed import LocalCluster
 
@@ -208,6 +209,7 @@ def test_dask_workers_read_urls(server: RangeServer, tmp_path: Path) -> None:
         assert (a.read() == b.read()).all()
 
 
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
 def test_stac_item_with_remote_assets_and_cli_errors(server: RangeServer,
                                                      tmp_path: Path) -> None:
     import json
