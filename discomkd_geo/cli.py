@@ -27,8 +27,9 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-#: The options of the scene parameters (``SceneInput`` fields) library messages suggest;
-#: the mapping settings' options are generated (:func:`_options_of_params`).
+#: The options of the parameters library messages suggest that are not mapping settings
+#: (``SceneInput`` fields, ``trusted``); the mapping settings' options are generated
+#: (:func:`_options_of_params`).
 _SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
                   "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata",
                   "trusted": "--trust-checkpoint"}

@@ -36,6 +36,10 @@ MODALITIES = ["sar", "ms"]
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
 
 
+def _file_of(layer):
+    """The file behind a layer: its source without QGIS's ``|option=...`` suffixes."""
+    return layer.source().split("|")[0]
+
 class _Style(QgsProcessingLayerPostProcessorInterface):
     """Applies the ``.qml`` the CLI writes beside a map to the layer QGIS loads."""
 
@@ -104,7 +108,11 @@ class CliAlgorithm(QgsProcessingAlgorithm):
     def raster_paths(self, parameters, name, context):
         """File paths of the raster layers of a multiple-layer parameter."""
         layers = self.parameterAsLayerList(parameters, name, context)
-        return [layer.source().split("|")[0] for layer in layers]
+        return [_file_of(layer) for layer in layers]
+
+    def raster_path(self, parameters, name, context):
+        """File path of a raster layer parameter."""
+        return _file_of(self.parameterAsRasterLayer(parameters, name, context))
 
     def vector_path(self, parameters, name, context, feedback):
         """``FILE`` or ``FILE:LAYER`` of a vector parameter (memory layers written out)."""
@@ -237,9 +245,9 @@ class Vectorize(CliAlgorithm):
             "OUTPUT", "Polygons", QgsProcessing.TypeVectorPolygon))
 
     def processAlgorithm(self, parameters, context, feedback):
-        raster = self.parameterAsRasterLayer(parameters, "INPUT", context)
         output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
-        args = ["vectorize", raster.source().split("|")[0], "-o", output, "--overwrite"]
+        args = ["vectorize", self.raster_path(parameters, "INPUT", context), "-o", output,
+                "--overwrite"]
         mmu = self.parameterAsString(parameters, "MMU", context).strip()
         if mmu:
             args += ["--mmu", mmu]
@@ -265,10 +273,9 @@ class ZonalAreas(CliAlgorithm):
             "OUTPUT", "Areas table", fileFilter="CSV (*.csv);;GeoPackage (*.gpkg)"))
 
     def processAlgorithm(self, parameters, context, feedback):
-        raster = self.parameterAsRasterLayer(parameters, "INPUT", context)
         output = self.parameterAsFileOutput(parameters, "OUTPUT", context)
         zones = self.vector_path(parameters, "ZONES", context, feedback)
-        self.run(["zonal", raster.source().split("|")[0], zones, "-o", output,
+        self.run(["zonal", self.raster_path(parameters, "INPUT", context), zones, "-o", output,
                   "--overwrite"], feedback, outputs=[output])
         return {"OUTPUT": output}
 
