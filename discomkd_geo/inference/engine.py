@@ -457,8 +457,8 @@ def _chunks(plan: Plan) -> list[Window]:
     """Output chunks of about ``plan.tiling.chunk_size`` pixels a side.
 
     On the input grid they are rounded to whole stride cells, so that neighbouring
-    chunks share no window unless the windows overlap (stride < patch); in dense mode to
-    whole blocks (:attr:`Plan.output_block`).
+    chunks share no window unless the windows overlap (stride < patch); in modes dense and
+    pixel to whole blocks (:attr:`Plan.output_block`).
     """
     if plan.tiling.mode != "windows":
         cell = plan.output_block
