@@ -146,6 +146,11 @@ class ModelConfig:
         backbone: ``resnet18`` (the paper's choice, first convolution adapted to the band
             count) or ``small_cnn`` (a few conv layers, for demos and tests).
         width: base channel count of ``small_cnn``.
+        padding: what the encoders' convolutions see beyond an image's edge: ``zeros``
+            (torchvision's, the paper's) or ``reflect`` (the image mirrored), with which
+            a training patch's edge looks like the inside of a uniform region of a scene,
+            so the dense and per-pixel maps keep the patch classifier's accuracy there
+            (see ``discomkd_geo.models.backbones.PADDINGS``).
         weights: optional local state-dict file to initialise every encoder from.
         decoder: give every branch a per-pixel decoder (``discomkd_geo.models.decoder``),
             trained on the mosaics' label maps (needs ``data.mosaic``); maps then use
@@ -156,6 +161,7 @@ class ModelConfig:
 
     backbone: Literal["resnet18", "small_cnn"] = "resnet18"
     width: int = 32
+    padding: Literal["zeros", "reflect"] = "zeros"
     weights: str | None = None
     decoder: bool = False
     teacher: str | None = None

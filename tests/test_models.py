@@ -21,6 +21,7 @@ from discomkd_geo.models import (
     load_predictor,
 )
 from discomkd_geo.models.backbones import build_backbone, load_backbone_weights
+from discomkd_geo.models.baselines import MonoModal
 from discomkd_geo.models.branches import BranchedModel
 
 SMALL = {"backbone": "small_cnn", "width": 8}
@@ -251,6 +252,25 @@ def test_branch_spec_rebuilds_the_branch(m: str) -> None:
     rebuilt.eval()
     x = torch.randn(3, spec["in_channels"], 32, 32)
     assert torch.equal(rebuilt(x), model.branch(m)(x))
+
+
+@pytest.mark.parametrize("backbone", ["small_cnn", "resnet18"])
+def test_reflect_padding_is_in_the_spec_and_rebuilt(backbone: str) -> None:
+    model = MonoModal({"sar": 2}, 4, backbone=backbone, width=4, padding="reflect")
+    spec = model.branch_spec("sar")
+    assert spec["padding"] == "reflect"
+    convs = [c for c in build_branch(**spec).modules() if isinstance(c, nn.Conv2d)]
+    assert {c.padding_mode for c in convs if any(c.padding)} == {"reflect"}
+    # A uniform image stays uniform under reflection, not under zero padding: the edge
+    # cells of a patch then look like the inside of a uniform region.
+    x = torch.ones(1, 2, 64, 64)
+    encoder = model.branch("sar").encoder.eval()
+    fmap = encoder.stages()[0][0](x)
+    assert torch.allclose(fmap[..., 0, 0], fmap[..., 5, 5])
+    # Branches without the option keep the spec they had before it existed.
+    assert "padding" not in MonoModal({"sar": 2}, 4, **SMALL).branch_spec("sar")
+    with pytest.raises(ConfigError, match="unknown padding 'circular'"):
+        build_backbone(backbone, 2, padding="circular")
 
 
 def test_mono_branch_and_unknown_kind() -> None:

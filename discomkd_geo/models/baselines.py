@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .backbones import build_backbone, load_backbone_weights
-from .branches import BranchedModel
+from .branches import BranchedModel, optional_spec
 
 
 class MonoModal(BranchedModel):
@@ -30,15 +30,18 @@ class MonoModal(BranchedModel):
         num_classes: number of land-cover classes.
         backbone: encoder name (``resnet18`` or ``small_cnn``).
         width: base channel count of ``small_cnn``.
+        padding: the encoders' padding mode (``model.padding``).
         weights: optional local state-dict file to initialise the encoders from.
     """
 
     def __init__(self, bands: dict[str, int], num_classes: int, backbone: str = "resnet18",
-                 width: int = 32, weights: str | os.PathLike[str] | None = None) -> None:
+                 width: int = 32, padding: str = "zeros",
+                 weights: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
         for m, c in bands.items():
             self.add_branch(m, "mono", weights=weights, in_channels=c,
-                            num_classes=num_classes, backbone=backbone, width=width)
+                            num_classes=num_classes, backbone=backbone, width=width,
+                            **optional_spec(padding))
 
     def forward(self, images: dict[str, Tensor]) -> dict[str, Tensor]:
         """Logits ``(B, K)`` per modality present in ``images``."""
@@ -53,13 +56,15 @@ class LateFusionTeacher(nn.Module):
         num_classes: number of land-cover classes.
         backbone: encoder name (``resnet18`` or ``small_cnn``).
         width: base channel count of ``small_cnn``.
+        padding: the encoders' padding mode (``model.padding``).
         weights: optional local state-dict file to initialise the encoders from.
     """
 
     def __init__(self, bands: dict[str, int], num_classes: int, backbone: str = "resnet18",
-                 width: int = 32, weights: str | os.PathLike[str] | None = None) -> None:
+                 width: int = 32, padding: str = "zeros",
+                 weights: str | os.PathLike[str] | None = None) -> None:
         super().__init__()
-        self.encoders = nn.ModuleDict({m: build_backbone(backbone, c, width)
+        self.encoders = nn.ModuleDict({m: build_backbone(backbone, c, width, padding)
                                        for m, c in bands.items()})
         if weights is not None:
             for encoder in self.encoders.values():

@@ -80,14 +80,16 @@ class DisCoMKDBranch(nn.Module):
         num_classes: number of classes K.
         backbone: encoder name (see :func:`~discomkd_geo.models.backbones.build_backbone`).
         width: base width of ``small_cnn``.
+        padding: the encoders' padding mode (see
+            :data:`~discomkd_geo.models.backbones.PADDINGS`).
         decoder: add a per-pixel decoder (:func:`pixel_logits`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet18",
-                 width: int = 32, decoder: bool = False) -> None:
+                 width: int = 32, padding: str = "zeros", decoder: bool = False) -> None:
         super().__init__()
-        self.enc_inv = build_backbone(backbone, in_channels, width)
-        self.enc_spec = build_backbone(backbone, in_channels, width)
+        self.enc_inv = build_backbone(backbone, in_channels, width, padding)
+        self.enc_spec = build_backbone(backbone, in_channels, width, padding)
         features = self.enc_inv.out_features
         #: Size of each of z_inv, z_inf and z_irr.
         self.embed_dim = features // 2
@@ -135,13 +137,15 @@ class MonoBranch(nn.Module):
         num_classes: number of classes K.
         backbone: encoder name (see :func:`~discomkd_geo.models.backbones.build_backbone`).
         width: base width of ``small_cnn``.
+        padding: the encoders' padding mode (see
+            :data:`~discomkd_geo.models.backbones.PADDINGS`).
         decoder: add a per-pixel decoder (:func:`pixel_logits`).
     """
 
     def __init__(self, in_channels: int, num_classes: int, backbone: str = "resnet18",
-                 width: int = 32, decoder: bool = False) -> None:
+                 width: int = 32, padding: str = "zeros", decoder: bool = False) -> None:
         super().__init__()
-        self.encoder = build_backbone(backbone, in_channels, width)
+        self.encoder = build_backbone(backbone, in_channels, width, padding)
         self.head = nn.Linear(self.encoder.out_features, num_classes)
         self.decoder = _decoder(self.encoder, num_classes) if decoder else None
 
@@ -162,13 +166,23 @@ class MonoBranch(nn.Module):
 BRANCHES: dict[str, type[nn.Module]] = {"discomkd": DisCoMKDBranch, "mono": MonoBranch}
 
 
+def optional_spec(padding: str = "zeros", decoder: bool = False) -> dict[str, Any]:
+    """The optional branch arguments that differ from their defaults.
+
+    A spec leaves the defaults out, so the spec (and the predictor file) of a branch that
+    uses none of these options is what it was before they existed.
+    """
+    return {**({"padding": padding} if padding != "zeros" else {}),
+            **({"decoder": True} if decoder else {})}
+
+
 def build_branch(kind: str, **kwargs: Any) -> nn.Module:
     """Build a single-modality branch from its spec.
 
     Args:
         kind: ``discomkd`` (:class:`DisCoMKDBranch`) or ``mono`` (:class:`MonoBranch`).
         **kwargs: the branch's constructor arguments (``in_channels``, ``num_classes``,
-            ``backbone``, ``width``, optionally ``decoder``).
+            ``backbone``, ``width``, optionally ``padding`` and ``decoder``).
 
     Returns:
         A randomly initialised branch mapping ``(B, C, H, W)`` to ``(B, K)`` logits.

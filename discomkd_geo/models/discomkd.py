@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from .branches import BranchedModel, DisCoMKDBranch, pixel_logits
+from .branches import BranchedModel, DisCoMKDBranch, optional_spec, pixel_logits
 from .dense import stage_maps, window_features
 from .grl import GradientReversal
 
@@ -108,6 +108,7 @@ class DisCoMKD(BranchedModel):
         num_classes: number of classes K.
         backbone: ``resnet18`` (the paper's) or ``small_cnn``.
         width: base width of ``small_cnn``.
+        padding: the encoders' padding mode (``model.padding``).
         weights: optional local state-dict file every encoder is initialised from.
         decoder: give every branch a per-pixel decoder (trained on mosaics).
 
@@ -116,7 +117,7 @@ class DisCoMKD(BranchedModel):
     """
 
     def __init__(self, in_channels: dict[str, int], num_classes: int,
-                 backbone: str = "resnet18", width: int = 32,
+                 backbone: str = "resnet18", width: int = 32, padding: str = "zeros",
                  weights: str | os.PathLike[str] | None = None,
                  decoder: bool = False) -> None:
         super().__init__()
@@ -126,7 +127,7 @@ class DisCoMKD(BranchedModel):
         for m, c in in_channels.items():
             self.add_branch(m, "discomkd", weights=weights, in_channels=int(c),
                             num_classes=int(num_classes), backbone=backbone, width=int(width),
-                            **({"decoder": True} if decoder else {}))
+                            **optional_spec(padding, decoder))
         dim = next(iter(self.branches.values())).embed_dim
         n_mod = len(in_channels)
         self.grl = GradientReversal()

@@ -37,7 +37,8 @@ FUSED = "fused"
 def _mono_model(task: MultiModalTask) -> MonoModal:
     mc = task.config.model
     return MonoModal({m: len(b) for m, b in task.modalities.items()}, len(task.classes),
-                     backbone=mc.backbone, width=mc.width, weights=mc.weights)
+                     backbone=mc.backbone, width=mc.width, padding=mc.padding,
+                     weights=mc.weights)
 
 
 def _require_paired(task: MultiModalTask) -> None:
@@ -77,7 +78,7 @@ class TeacherTask(MultiModalTask):
         mc = self.config.model
         return LateFusionTeacher({m: len(b) for m, b in self.modalities.items()},
                                  len(self.classes), backbone=mc.backbone, width=mc.width,
-                                 weights=mc.weights)
+                                 padding=mc.padding, weights=mc.weights)
 
     @property
     def predictable_modalities(self) -> list[str]:

@@ -232,8 +232,8 @@ class DisCoMKDTask(MultiModalTask):
             raise ConfigError("model.decoder", "the decoder learns from the label maps of "
                                                "mosaics; set data.mosaic=true")
         return DisCoMKD({m: len(b) for m, b in self.modalities.items()}, len(self.classes),
-                        backbone=mc.backbone, width=mc.width, weights=mc.weights,
-                        decoder=mc.decoder)
+                        backbone=mc.backbone, width=mc.width, padding=mc.padding,
+                        weights=mc.weights, decoder=mc.decoder)
 
     def grl_lambda(self) -> float:
         """GRL coefficient at the current training progress."""
