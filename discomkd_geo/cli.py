@@ -382,6 +382,32 @@ def export(checkpoint: Path, trusted: bool, modality: str, output: Path, fmt: st
                f"{predictor.info.bands}, {len(predictor.info.classes)} classes, {size:.1f} MiB")
 
 
+@main.command("fit-decoder")
+@click.option("--run", "run_dir", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Training run directory (train --out).")
+@click.option("--modality", "modalities", multiple=True,
+              help="Branch to give a decoder (repeatable) [default: every branch that maps "
+                   "from one modality].")
+@click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Passes over the run's training split, drawn as mosaics.")
+@_overwrite_option("Replace the run's existing decoders.")
+def fit_decoder(run_dir: Path, modalities: tuple[str, ...], epochs: int,
+                overwrite: bool) -> None:
+    """Give a trained run's branches a per-pixel decoder (maps then use mode pixel).
+
+    The branches stay frozen (their patch scores are unchanged); each decoder learns the
+    label maps of mosaics of the run's training split, and is saved in RUN/decoders/,
+    which the run directory then loads. What train does with model.decoder_epochs.
+    """
+    from .training.decoder_fit import fit_decoders, run_modalities
+
+    written = fit_decoders(run_dir, None, list(modalities) or run_modalities(run_dir),
+                           epochs=epochs, overwrite=overwrite)
+    for modality, path in written.items():
+        click.echo(f"{path}: {modality} branch with a per-pixel decoder ({epochs} epochs)")
+
+
 # --------------------------------------------------------------------------- synth
 @main.group(cls=_Group)
 def synth() -> None:

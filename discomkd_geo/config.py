@@ -153,8 +153,12 @@ class ModelConfig:
             (see ``discomkd_geo.models.backbones.PADDINGS``).
         weights: optional local state-dict file to initialise every encoder from.
         decoder: give every branch a per-pixel decoder (``discomkd_geo.models.decoder``),
-            trained on the mosaics' label maps (needs ``data.mosaic``); maps then use
-            mode ``pixel``.
+            trained jointly with it on the mosaics' label maps (needs ``data.mosaic``);
+            maps then use mode ``pixel``.
+        decoder_epochs: after training, give every predictable branch a per-pixel
+            decoder fitted for this many epochs on mosaics of the training split with the
+            branch frozen (two-stage, ``discomkd_geo.training.decoder_fit``: the branch's
+            patch scores stay those of the run); maps then use mode ``pixel``. 0: none.
         teacher: for the ``kd`` and ``dkd`` baselines, the trained late-fusion teacher:
             a ``teacher`` run directory or its ``best-fused.ckpt``.
     """
@@ -164,6 +168,7 @@ class ModelConfig:
     padding: Literal["zeros", "reflect"] = "zeros"
     weights: str | None = None
     decoder: bool = False
+    decoder_epochs: int = 0
     teacher: str | None = None
 
 

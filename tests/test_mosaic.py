@@ -215,22 +215,29 @@ def test_decoder_needs_mosaics(eurosat_root: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="data.mosaic"):
         train(_tiny_config(eurosat_root, "model.decoder=true"), tmp_path / "run",
               progress=False)
+    with pytest.raises(ConfigError, match="set one of the two"):
+        train(_tiny_config(eurosat_root, "data.mosaic=true", "model.decoder=true",
+                           "model.decoder_epochs=1"), tmp_path / "run2", progress=False)
 
 
 @pytest.mark.slow
 def test_fit_decoders_trains_only_the_decoder(eurosat_root: Path, scene_dir: Path,
                                               tmp_path: Path) -> None:
-    """Two-stage: a run trained on isolated patches, then a decoder alone on mosaics."""
+    """Two-stage: a run trained on isolated patches, then a decoder alone on mosaics
+    (model.decoder_epochs), saved in the run, which then loads and maps per pixel."""
+    from click.testing import CliRunner
+
+    from discomkd_geo.cli import main
     from discomkd_geo.inference.engine import predict_to_file
     from discomkd_geo.inference.settings import MapSettings
     from discomkd_geo.models.predictor import load_predictor
-    from discomkd_geo.training.decoder_fit import fit_decoders
     from discomkd_geo.training.train import train
 
-    train(_tiny_config(eurosat_root), tmp_path / "run", progress=False)
-    files = fit_decoders(tmp_path / "run", tmp_path / "out", ["sar"], epochs=1)
-    assert set(files) == {"sar"}
-    before, after = load_predictor(tmp_path / "run", "sar"), load_predictor(files["sar"])
+    run = tmp_path / "run"
+    train(_tiny_config(eurosat_root, "model.decoder_epochs=1"), run, progress=False)
+    assert sorted(p.name for p in (run / "decoders").iterdir()) == ["ms.pt", "sar.pt"]
+    before = load_predictor(run / "checkpoints" / "best-sar.ckpt", "sar")
+    after = load_predictor(run, "sar")  # the run directory now loads its decoder
     assert not before.has_decoder and after.has_decoder
     frozen = {k: v for k, v in after.branch.state_dict().items() if not k.startswith("decoder.")}
     assert frozen.keys() == before.branch.state_dict().keys()
@@ -239,5 +246,15 @@ def test_fit_decoders_trains_only_the_decoder(eurosat_root: Path, scene_dir: Pat
     x = torch.rand(3, 2, 64, 64)
     torch.testing.assert_close(after(x), before(x))  # patch predictions unchanged
     summary = predict_to_file(after, scene_dir / "sar.tif", tmp_path / "map.tif",
-                              MapSettings.of(mode="auto"))
-    assert summary.mode == "pixel" and summary.mapped_pixels > 0
+                              MapSettings())
+    assert summary.mode == "pixel" and summary.mapped_pixels > 0  # the default: auto
+    # The command refits a run's decoder only when told to overwrite it.
+    decoder = (run / "decoders" / "sar.pt").read_bytes()
+    refused = CliRunner().invoke(main, ["fit-decoder", "--run", str(run), "--modality", "sar",
+                                        "--epochs", "1"])
+    assert refused.exit_code == 1 and "already exists" in refused.output
+    assert (run / "decoders" / "sar.pt").read_bytes() == decoder
+    done = CliRunner().invoke(main, ["fit-decoder", "--run", str(run), "--modality", "sar",
+                                     "--epochs", "1", "--overwrite"])
+    assert done.exit_code == 0, done.output
+    assert "sar branch with a per-pixel decoder" in done.output

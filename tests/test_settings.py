@@ -23,7 +23,7 @@ def test_defaults_and_flat_names() -> None:
     assert settings.execution == Execution(workers=2)
     assert settings.outputs.probabilities == "p.tif" and settings.checks.force
     assert settings.replace(mode="dense").tiling.mode == "dense"
-    assert settings.tiling.mode == "windows"  # frozen: replace made a copy
+    assert settings.tiling.mode == "auto"  # frozen: replace made a copy
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.tiling.stride = 4  # type: ignore[misc]
     assert MapSettings().to_dict()["tiling"]["chunk_size"] == 1024

@@ -185,10 +185,11 @@ class Tiling(_Group):
     """Which windows are classified, and how the map is cut into work."""
 
     mode: Mode = setting(
-        "windows",
-        "pixel: encoders and the per-pixel decoder once per block, a class for every input "
-        "pixel (models trained with model.decoder); auto: pixel when every model has a "
-        "decoder, else windows; windows: every window classified on its own; dense: "
+        "auto",
+        "auto: pixel when every model has a per-pixel decoder, else windows; pixel: "
+        "encoders and the decoder once per block, a class for every input pixel (models "
+        "given a decoder: fit-decoder, or model.decoder_epochs); windows: every window "
+        "classified on its own; dense: "
         "encoders once per block, windows pooled from their feature maps (several times "
         "faster at fine strides, but windows then see their real neighbours instead of the "
         "zero padding of training: check its accuracy for your model first).")

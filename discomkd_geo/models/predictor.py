@@ -251,14 +251,32 @@ def _checkpoint_payload(ckpt: dict[str, Any], modality: str, source: str) -> dic
             "info": entry["info"], "stats": entry["stats"], "state_dict": state}
 
 
+#: Sub-directory of a training run that holds its branches given a per-pixel decoder
+#: (``<modality>.pt`` predictor files, see ``discomkd_geo.training.decoder_fit``).
+RUN_DECODERS = "decoders"
+
+
+def run_checkpoint(run_dir: str | os.PathLike[str], modality: str) -> str:
+    """The file a run directory's ``modality`` branch is loaded from.
+
+    The branch with a per-pixel decoder (``RUN/decoders/<modality>.pt``) when the run has
+    one (the same weights plus the decoder, so windows and dense maps are unchanged),
+    else the best checkpoint (``RUN/checkpoints/best-<modality>.ckpt``, the paper's
+    per-modality model selection).
+    """
+    decoded = os.path.join(run_dir, RUN_DECODERS, f"{modality}.pt")
+    if os.path.isfile(decoded):
+        return decoded
+    return os.path.join(run_dir, "checkpoints", f"best-{modality}.ckpt")
+
+
 def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
                    map_location: str | torch.device = "cpu", trusted: bool = False) -> Predictor:
     """Load a single-modality predictor from a training checkpoint or an exported file.
 
     Args:
-        path: a training checkpoint (``.ckpt``), a training run directory (its
-            ``checkpoints/best-<modality>.ckpt`` is used, the paper's per-modality model
-            selection), or a file written by ``discomkd-geo export``.
+        path: a training checkpoint (``.ckpt``), a training run directory (see
+            :func:`run_checkpoint`), or a file written by ``discomkd-geo export``.
         modality: the branch to load; may be omitted for exported (single-branch) files.
         map_location: device to load the weights on.
         trusted: read the file with full pickle, which may run any code it holds (only
@@ -273,7 +291,7 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
     if os.path.isdir(path):
         if modality is None:
             raise CheckpointError(f"{path}: a run directory needs a modality to pick a checkpoint")
-        path = os.path.join(path, "checkpoints", f"best-{modality}.ckpt")
+        path = run_checkpoint(path, modality)
     try:
         payload = load_torch_file(path, map_location, trusted=trusted)
     except FileNotFoundError as err:

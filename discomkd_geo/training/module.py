@@ -228,6 +228,9 @@ class DisCoMKDTask(MultiModalTask):
     def build_model(self) -> nn.Module:
         """A :class:`~discomkd_geo.models.discomkd.DisCoMKD` over the configured modalities."""
         mc = self.config.model
+        if mc.decoder and mc.decoder_epochs:
+            raise ConfigError("model.decoder_epochs", "model.decoder already trains a decoder "
+                                                      "with the branches; set one of the two")
         if mc.decoder and not self.config.data.mosaic:
             raise ConfigError("model.decoder", "the decoder learns from the label maps of "
                                                "mosaics; set data.mosaic=true")

@@ -13,6 +13,8 @@ directory holds::
                                 the paper's per-modality model selection (weights only)
     RUN/checkpoints/last.ckpt   end of the latest epoch, for --resume: model, optimiser,
                                 epoch, best scores, random states
+    RUN/decoders/<m>.pt         with model.decoder_epochs: the best branch plus a per-pixel
+                                decoder (loaded in its place; see decoder_fit.py)
     RUN/logs/metrics.csv        every logged value (TensorBoard too when installed)
     RUN/metrics.json            test metrics per modality, each with its best checkpoint
     RUN/plots/*.png             loss terms, F1 curves, confusion matrices
@@ -41,6 +43,7 @@ from ..files import atomic_path, check_writable
 from ..logs import log
 from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
+from .decoder_fit import fit_decoders
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
 from .progress import TrainingProgress
@@ -310,6 +313,9 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         metrics[m] = {k.rsplit("/", 1)[1]: float(v) for k, v in results.items()
                       if k.startswith(f"test/{m}/")}
         confusion[m] = task.test_confusion[m].compute().tolist()
+    if config.model.decoder_epochs and task.predictable_modalities:
+        fit_decoders(run_dir, None, task.predictable_modalities,
+                     epochs=config.model.decoder_epochs, overwrite=True)
     summary = {"method": config.method, "seconds": seconds,
                "parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad),
                "test": metrics, "confusion": confusion, "classes": info["classes"]}
