@@ -11,7 +11,8 @@ from rasterio.transform import from_origin
 
 from discomkd_geo.cli import main
 from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES
-from discomkd_geo.demo import DEMO_TILES, score_map
+from discomkd_geo.demo import DEMO_TILES
+from discomkd_geo.inference.scoring import score_map
 
 TINY = ("--set", "model.width=8", "--set", "trainer.max_epochs=1",
         "--set", "data.batch_size=16", "--set", "trainer.accelerator=cpu")
