@@ -22,11 +22,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..constants import SAR
 from ..errors import ConfigError
 from ..files import atomic_path
+
+if TYPE_CHECKING:
+    from ..models.predictor import Predictor
 
 #: Seed of the first held-out scene; scene ``i`` (from 0) has seed ``FIRST_SEED + i``.
 FIRST_SEED = 101
@@ -94,7 +97,7 @@ def make_scenes(spec: MapScore, out: Path) -> list[Path]:
     return scenes
 
 
-def _sar_predictor(run_dir: Path, mode: MapMode) -> Any:
+def _sar_predictor(run_dir: Path, mode: MapMode) -> "Predictor":
     """The run's SAR predictor; in pixel mode, given a decoder first if it has none."""
     from ..models.predictor import load_predictor
 
@@ -107,9 +110,40 @@ def _sar_predictor(run_dir: Path, mode: MapMode) -> Any:
     return predictor
 
 
+def score_scenes(predictor: "Predictor", scenes: list[Path], maps: Path, spec: MapScore,
+                 threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Map every scene from SAR alone and score each map against its own scene's truth.
+
+    Args:
+        predictor: a SAR predictor (with a decoder in ``pixel`` mode).
+        scenes: scene directories, each with ``sar.tif`` and ``truth.tif``.
+        maps: directory the maps are written to, as ``<scene name>.tif``.
+        spec: the mode and stride to map with.
+        threads: torch threads of the mapping (``None``: torch's default).
+
+    Returns:
+        per scene name, its ``oa``, ``edge_oa``, ``f1_weighted`` and ``coverage``.
+    """
+    from ..inference.engine import predict_to_file
+    from ..inference.scoring import score_map
+    from ..inference.settings import MapSettings
+
+    settings = MapSettings.of(mode=spec.mode, stride=spec.stride if spec.mode == "windows"
+                              else None, device="cpu", threads=threads, overwrite=True)
+    maps.mkdir(parents=True, exist_ok=True)
+    per_scene: dict[str, dict[str, float]] = {}
+    for scene in scenes:
+        target = maps / f"{scene.name}.tif"
+        predict_to_file(predictor, scene / "sar.tif", target, settings)
+        figures = score_map(target, scene / "truth.tif", list(predictor.info.classes))
+        per_scene[scene.name] = {k: figures[k] for k in
+                                 ("oa", "edge_oa", "f1_weighted", "coverage")}
+    return per_scene
+
+
 def score_run(run_dir: str | os.PathLike[str], scenes: list[Path], spec: MapScore,
               threads: int | None = None) -> dict[str, float]:
-    """Map every scene from SAR alone with the run's SAR branch and score the maps.
+    """Map every scene with the run's SAR branch (:func:`score_scenes`); the mean scores.
 
     Args:
         run_dir: a training run with a SAR head.
@@ -121,23 +155,10 @@ def score_run(run_dir: str | os.PathLike[str], scenes: list[Path], spec: MapScor
         ``map_oa`` and ``map_edge_oa``: means over the scenes. The per-scene figures go to
         ``RUN/map_score.json``, the maps to ``RUN/maps/<scene>.tif``.
     """
-    from ..inference.engine import predict_to_file
-    from ..inference.scoring import score_map
-    from ..inference.settings import MapSettings
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    predictor = _sar_predictor(run_dir, spec.mode)
-    settings = MapSettings.of(mode=spec.mode, stride=spec.stride if spec.mode == "windows"
-                              else None, device="cpu", threads=threads, overwrite=True)
-    per_scene: dict[str, dict[str, float]] = {}
-    for scene in scenes:
-        target = run_dir / "maps" / f"{scene.name}.tif"
-        target.parent.mkdir(exist_ok=True)
-        predict_to_file(predictor, scene / "sar.tif", target, settings)
-        figures = score_map(target, scene / "truth.tif", list(predictor.info.classes))
-        per_scene[scene.name] = {k: figures[k] for k in
-                                 ("oa", "edge_oa", "f1_weighted", "coverage")}
+    per_scene = score_scenes(_sar_predictor(run_dir, spec.mode), scenes, run_dir / "maps",
+                             spec, threads)
     means = {"map_oa": fmean(s["oa"] for s in per_scene.values()),
              "map_edge_oa": fmean(s["edge_oa"] for s in per_scene.values())}
     with atomic_path(run_dir / "map_score.json", overwrite=True) as tmp:
