@@ -328,7 +328,8 @@ def test_quick_protocol_scores_sar_maps_of_held_out_scenes(eurosat_root: Path,
     assert (copy / "report.md").read_text() == report
     other = CliRunner().invoke(main, [
         "compare", "--quick", "--data-root", str(eurosat_root), "--out", str(out), "--lrs",
-        "1e-3", "--map-scenes", "3", "--map-size", "128", "--resume"])
+        "1e-3", "--map-scenes", "3", "--map-size", "128", "--set", "trainer.accelerator=cpu",
+        "--resume"])
     assert other.exit_code == 1 and "another map_score" in other.output
 
 

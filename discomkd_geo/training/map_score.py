@@ -62,9 +62,10 @@ class MapScore:
             raise ConfigError("--map-scenes", f"expected 0 or more, got {self.scenes}")
         if self.mode not in ("windows", "pixel"):
             raise ConfigError("--map-mode", f"expected windows or pixel, got {self.mode!r}")
-        if self.stride < 1 or self.size < 64:
-            raise ConfigError("--map-scenes", f"stride >= 1 and size >= 64 expected, got "
-                                              f"{self.stride} and {self.size}")
+        if self.stride < 1:
+            raise ConfigError("map_score.stride", f"expected at least 1, got {self.stride}")
+        if self.size < 64:
+            raise ConfigError("--map-size", f"expected at least 64, got {self.size}")
 
     @property
     def seeds(self) -> list[int]:
