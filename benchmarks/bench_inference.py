@@ -217,7 +217,8 @@ def modes_figure(maps: dict[str, Path], truth: Path, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS
-    from discomkd_geo.demo import class_legend, draw_classes, map_to_grid
+    from discomkd_geo.demo import class_legend, draw_classes
+    from discomkd_geo.inference.scoring import map_to_grid
 
     panels = {"truth": truth, **maps}
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.6),
@@ -231,7 +232,7 @@ def modes_figure(maps: dict[str, Path], truth: Path, out: Path) -> None:
 
 def main() -> None:
     from discomkd_geo.constants import EUROSAT_CLASSES
-    from discomkd_geo.demo import score_map
+    from discomkd_geo.inference.scoring import score_map
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", default="demo_out/run",

@@ -10,10 +10,10 @@ one fresh process maps, from SAR alone, the demo scene (``tiles/demo/sar.tif``) 
 ``--scenes`` synthetic scenes generated with seeds 101, 102, ... (no training saw them:
 the demo trains on patches of seed 0), and reports per scene the overall accuracy,
 weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
-``score_map.py``: truth pixels unlike their upper or left neighbour, dilated 3 times,
-4-connectivity) and pixels/s, and the process's peak RSS. MS-only and fused (MS + SAR)
-maps of the held-out scenes follow for windows-s32 and pixel. One edge OA is checked
-against the reference scorer (``--score-map PATH``, e.g. the issues' ``score_map.py``).
+``score_map.py``; :mod:`discomkd_geo.inference.scoring` scores) and pixels/s, and the
+process's peak RSS. MS-only and fused (MS + SAR) maps of the held-out scenes follow for
+windows-s32 and pixel. One edge OA is checked against the reference scorer
+(``--score-map PATH``, e.g. the issues' ``score_map.py``).
 
 Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
 under other labels are kept, so runs can be measured as they finish) and draws
@@ -43,31 +43,13 @@ MODES = {"windows-s32": ("windows", 32), "windows-s8": ("windows", 8),
 TORCH_THREADS = 1
 
 
-def boundary_band(truth: np.ndarray) -> np.ndarray:
-    """Truth pixels within 3 px of a class boundary, as score_map.py computes them."""
-    from scipy import ndimage
-
-    edge = np.zeros_like(truth, bool)
-    for axis in (0, 1):
-        edge |= truth != np.roll(truth, 1, axis=axis)
-    return ndimage.binary_dilation(edge, iterations=3)
-
-
 def score(map_path: Path, truth_path: Path) -> dict:
-    """OA and weighted F1 (the demo's :func:`score_map`) and edge OA, on the truth's grid."""
-    import rasterio
-
-    from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES
-    from discomkd_geo.demo import map_to_grid, score_map
+    """OA, weighted F1, edge OA and coverage (:func:`discomkd_geo.inference.scoring.score_map`)."""
+    from discomkd_geo.constants import EUROSAT_CLASSES
+    from discomkd_geo.inference.scoring import score_map
 
     figures = score_map(map_path, truth_path, list(EUROSAT_CLASSES))
-    pred = map_to_grid(map_path, truth_path)
-    with rasterio.open(truth_path) as src:
-        truth = src.read(1)
-    band = boundary_band(truth) & (truth != CLASS_NODATA) & (pred != CLASS_NODATA)
-    return {"oa": round(figures["oa"], 4), "f1_weighted": round(figures["f1_weighted"], 4),
-            "edge_oa": round(float((pred[band] == truth[band]).mean()), 4),
-            "coverage": round(figures["coverage"], 4)}
+    return {k: round(figures[k], 4) for k in ("oa", "f1_weighted", "edge_oa", "coverage")}
 
 
 def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) -> dict:

@@ -11,11 +11,12 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_args
 
 import click
 
 from .errors import DiscomkdGeoError, SettingsError
+from .training.map_score import MapMode, MapScore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -279,6 +280,18 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
 @click.option("--quick", is_flag=True,
               help="Small end-to-end check: 2 seeds, 2 rates, 2 epochs, tiny CNN, "
                    "mono and discomkd (explicit options still apply on top).")
+@click.option("--map-scenes", type=click.IntRange(min=0), default=MapScore.scenes,
+              show_default=True,
+              help="Also score every run's SAR-only map of this many held-out synthetic "
+                   "scenes (seeds 101, 102, ...; made once under OUT/scenes): map OA and "
+                   "edge OA per method and paired by seed (0: no map score).")
+@click.option("--map-mode", type=click.Choice(get_args(MapMode)), default=MapScore.mode,
+              show_default=True,
+              help=f"How the map score maps: windows (stride {MapScore.stride}) or pixel "
+                   "(a run without a per-pixel decoder is first given one, trained on "
+                   "mosaics of its training split).")
+@click.option("--map-size", type=click.IntRange(min=64), default=MapScore.size, hidden=True,
+              help="Side of the held-out scenes in pixels (tests use small ones).")
 @click.option("--regenerate", is_flag=True,
               help="Only rewrite OUT's report and plots from OUT/results.json.")
 @_overwrite_option("Replace a non-empty report directory.")
@@ -287,7 +300,8 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
 @click.pass_context
 def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None,
             download: bool, seeds: int, lrs: str, patience: int, jobs: int, report_dir: Path,
-            methods: tuple[str, ...], overrides: tuple[str, ...], quick: bool, regenerate: bool,
+            methods: tuple[str, ...], overrides: tuple[str, ...], quick: bool,
+            map_scenes: int, map_mode: MapMode, map_size: int, regenerate: bool,
             overwrite: bool, resume: bool) -> None:
     """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report.
 
@@ -322,7 +336,9 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
     config = _load(config_path, overrides, data_root, download)
     comparison.compare(config, report_dir, seeds=seeds, methods=names, lrs=grid,
                        patience=patience, jobs=jobs, overwrite=overwrite, resume=resume,
-                       command=comparison.command_line(sys.argv[1:]), echo=click.echo)
+                       command=comparison.command_line(sys.argv[1:]),
+                       map_score=MapScore(map_scenes, map_mode, size=map_size),
+                       echo=click.echo)
     click.echo(f"report: {report_dir / 'report.md'}")
 
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from rasterio.warp import Resampling, reproject
 
 from .constants import CLASS_NODATA, SAR
 from .errors import InputFileError
 from .files import atomic_path, check_writable
+from .inference.scoring import map_to_grid, score_map
 from .logs import log
 
 
@@ -85,48 +85,6 @@ def demo_dataset(per_class: int, seed: int) -> Path:
     if not root.is_dir():  # atomic_dir makes a present directory a complete one
         make_eurosat(root, per_class=per_class, seed=seed)
     return root
-
-
-def map_to_grid(map_path: str | os.PathLike[str],
-                grid_path: str | os.PathLike[str]) -> np.ndarray:
-    """Class codes of a map resampled (nearest) onto another raster's grid and CRS."""
-    with rasterio.open(grid_path) as grid, rasterio.open(map_path) as src:
-        out = np.full((grid.height, grid.width), CLASS_NODATA, dtype=np.uint8)
-        reproject(rasterio.band(src, 1), out, dst_transform=grid.transform, dst_crs=grid.crs,
-                  dst_nodata=CLASS_NODATA, resampling=Resampling.nearest)
-    return out
-
-
-def score_map(map_path: str | os.PathLike[str], truth_path: str | os.PathLike[str],
-              classes: list[str]) -> dict[str, Any]:
-    """Per-pixel agreement of a land-cover map with a truth raster, on the truth's grid.
-
-    Pixels that are nodata in either raster are left out.
-
-    Returns:
-        ``pixels`` scored, ``coverage`` (mapped share of the truth's valid pixels),
-        ``oa``, ``f1_weighted``, ``f1_macro`` and per-class ``f1``.
-    """
-    import torch
-    from torchmetrics.functional.classification import multiclass_f1_score
-
-    pred = map_to_grid(map_path, truth_path)
-    with rasterio.open(truth_path) as src:
-        truth = src.read(1)
-    valid_truth = truth != CLASS_NODATA
-    valid = valid_truth & (pred != CLASS_NODATA)
-    p = torch.from_numpy(pred[valid].astype(np.int64))
-    t = torch.from_numpy(truth[valid].astype(np.int64))
-    k = len(classes)
-    per_class = multiclass_f1_score(p, t, k, average="none")
-    return {
-        "pixels": int(valid.sum()),
-        "coverage": float(valid.sum() / max(1, valid_truth.sum())),
-        "oa": float((p == t).float().mean()),
-        "f1_weighted": float(multiclass_f1_score(p, t, k, average="weighted")),
-        "f1_macro": float(multiclass_f1_score(p, t, k, average="macro")),
-        "f1": {c: float(v) for c, v in zip(classes, per_class, strict=True)},
-    }
 
 
 def draw_classes(ax: Any, codes: np.ndarray, colors: list[tuple[int, int, int]],

@@ -11,8 +11,10 @@ from click.testing import CliRunner
 from discomkd_geo import load_predictor
 from discomkd_geo.cli import main
 from discomkd_geo.config import load_config
+from discomkd_geo.constants import EUROSAT_CLASSES
 from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError, ConfigError
+from discomkd_geo.inference.scoring import score_map
 from discomkd_geo.models.discomkd import DisCoMKD
 from discomkd_geo.models.kd import dkd_loss, kd_loss
 from discomkd_geo.models.losses import DisCoMKDLoss
@@ -279,6 +281,56 @@ def test_quick_protocol_end_to_end(eurosat_root: Path, tmp_path: Path) -> None:
     report = (out / "report.md").read_text()
     assert "## discomkd minus each other method" in report and "| mono | " in report
     assert (out / "diagnostics.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_quick_protocol_scores_sar_maps_of_held_out_scenes(eurosat_root: Path,
+                                                           tmp_path: Path) -> None:
+    """``compare --quick --map-scenes 2``: map OA / edge OA per run, summary, report."""
+    out = tmp_path / "quick"
+    result = CliRunner().invoke(main, [
+        "compare", "--quick", "--data-root", str(eurosat_root), "--out", str(out), "--lrs",
+        "1e-3", "--map-scenes", "2", "--map-size", "128", "--set", "trainer.accelerator=cpu"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["map_score"] == {"scenes": 2, "mode": "windows", "stride": 32, "size": 128}
+    scenes = [out / "scenes" / f"scene{seed}" for seed in (101, 102)]
+    assert len(results["runs"]) == 4
+    for run in results["runs"]:
+        assert "map_oa" not in run["test"]["ms"]  # SAR-only maps
+        recorded = json.loads((out / run["run_dir"] / "map_score.json").read_text())
+        for scene in scenes:  # each run's map of each scene, scored against that scene
+            again = score_map(out / run["run_dir"] / "maps" / f"{scene.name}.tif",
+                              scene / "truth.tif", list(EUROSAT_CLASSES))
+            assert recorded["scenes"][scene.name]["oa"] == again["oa"]
+            assert recorded["scenes"][scene.name]["edge_oa"] == again["edge_oa"]
+        for metric, key in (("map_oa", "oa"), ("map_edge_oa", "edge_oa")):
+            per_scene = [recorded["scenes"][s.name][key] for s in scenes]
+            assert run["test"]["sar"][metric] == pytest.approx(np.mean(per_scene))
+            assert 0.0 <= run["test"]["sar"][metric] <= 1.0
+    summary = results["summary"]
+    ours = summary["methods"]["discomkd"]["map_oa"]["sar"]
+    assert len(ours["values"]) == 2 and ours["low"] <= ours["mean"] <= ours["high"]
+    theirs = summary["methods"]["mono"]["map_oa"]["sar"]["values"]
+    diff = summary["differences_map_oa"]["mono"]["sar"]
+    assert diff["n"] == 2 and diff["mean"] == pytest.approx(np.mean(ours["values"])
+                                                            - np.mean(theirs))
+    assert set(summary["differences_map_edge_oa"]["mono"]) == {"sar"}
+    report = (out / "report.md").read_text()
+    assert "Map score: SAR-only maps of 2 held-out synthetic scenes (seeds 101-102, 128 px)" \
+        in report
+    assert "## Test SAR-only map OA (held-out scenes) (%), mean ± std [95% t interval]" in report
+    assert "## discomkd minus each other method, paired by seed (SAR-only map OA within" in report
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "results.json").write_text((out / "results.json").read_text())
+    assert CliRunner().invoke(main, ["compare", "--out", str(copy), "--regenerate"]).exit_code == 0
+    assert (copy / "report.md").read_text() == report
+    other = CliRunner().invoke(main, [
+        "compare", "--quick", "--data-root", str(eurosat_root), "--out", str(out), "--lrs",
+        "1e-3", "--map-scenes", "3", "--map-size", "128", "--set", "trainer.accelerator=cpu",
+        "--resume"])
+    assert other.exit_code == 1 and "another map_score" in other.output
 
 
 @pytest.mark.slow

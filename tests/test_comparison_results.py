@@ -3,7 +3,9 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from scipy import stats
 
 from discomkd_geo.errors import InputFileError
 from discomkd_geo.training.comparison_report import report_markdown
@@ -25,25 +27,50 @@ def test_recorded_comparison_round_trips_and_reports_identically() -> None:
     assert report_markdown(results, summarize(results)) == (PROTOCOL / "report.md").read_text()
 
 
-def test_a_further_metric_is_summarised_and_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    from discomkd_geo.training import comparison_report, comparison_results
-
+def _with_map_scores() -> dict:
+    """The recorded comparison as if its SAR heads had map scores (OA and a made-up edge OA)."""
     data = json.loads((PROTOCOL / "results.json").read_text())
     for run in data["runs"]:
-        for scores in run["test"].values():
-            scores["map_oa"] = scores["oa"]
-    metrics = {**comparison_results.SUMMARY_METRICS, "map_oa": "map OA"}
-    monkeypatch.setattr(comparison_results, "SUMMARY_METRICS", metrics)
-    monkeypatch.setattr(comparison_report, "SUMMARY_METRICS", metrics)
-    results = ComparisonResults.from_json(data)
+        if "sar" in run["test"]:
+            sar = run["test"]["sar"]
+            sar["map_oa"], sar["map_edge_oa"] = sar["oa"], sar["oa"] ** 2 - 0.01 * run["seed"]
+    data["map_score"] = {"scenes": 5, "mode": "windows", "stride": 32, "size": 512}
+    return data
+
+
+def test_map_scores_are_summarised_with_intervals_and_paired_differences() -> None:
+    results = ComparisonResults.from_json(_with_map_scores())
     summary = summarize(results)
-    mono = summary.methods["mono"].scores["map_oa"]["sar"]
-    runs = results.selected_runs()["mono"]["sar"]
-    assert mono.values == [r.test["sar"]["oa"] for r in runs]
-    assert summary.methods["mono"].to_json()["map_oa"]["sar"]["mean"] == mono.mean
+    assert "map_oa" not in summary.methods["teacher"].scores  # no SAR head: no map
+    runs = results.selected_runs()
+    for metric in ("map_oa", "map_edge_oa"):
+        assert set(summary.methods["mono"].scores[metric]) == {"sar"}  # SAR-only maps
+        mono = summary.methods["mono"].scores[metric]["sar"]
+        values = [r.test["sar"][metric] for r in runs["mono"]["sar"]]
+        assert mono.values == values
+        half = stats.t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / len(values) ** 0.5
+        assert (mono.low, mono.high) == pytest.approx((np.mean(values) - half,
+                                                       np.mean(values) + half))
+        ours = {r.seed: r.test["sar"][metric] for r in runs["discomkd"]["sar"]}
+        diff = summary.more_differences[metric]["kd"]["sar"]
+        theirs = {r.seed: r.test["sar"][metric] for r in runs["kd"]["sar"]}
+        deltas = [ours[s] - theirs[s] for s in results.seeds]
+        assert diff["mean"] == pytest.approx(np.mean(deltas)) and diff["n"] == 5
+        assert diff["p"] == pytest.approx(stats.ttest_rel(list(ours.values()),
+                                                          list(theirs.values())).pvalue)
+    data = results.to_json()
+    assert data["map_score"]["scenes"] == 5 and "differences_map_edge_oa" in data["summary"]
+    assert ComparisonResults.from_json(data).to_json() == data
     report = report_markdown(results, summary)
-    assert "## Test map OA (%), mean ± std over seeds" in report
-    assert f"{100 * mono.mean:.1f} ± {100 * mono.std:.1f}" in report
+    mono = summary.methods["mono"].scores["map_oa"]["sar"]
+    table = report.split("## Test SAR-only map OA (held-out scenes) (%), mean ± std [95% t "
+                         "interval] over seeds")[1].split("##")[0]
+    assert "| method | sar |" in table and "| teacher |" not in table
+    assert (f"| mono | {100 * mono.mean:.1f} ± {100 * mono.std:.1f} "
+            f"[{100 * mono.low:.1f}, {100 * mono.high:.1f}] |") in table
+    assert "## discomkd minus each other method, paired by seed (SAR-only map OA within 3 px" \
+           in report
+    assert "Map score: SAR-only maps of 5 held-out synthetic scenes (seeds 101-105" in report
 
 
 def test_unreadable_results_name_the_file(tmp_path: Path) -> None:

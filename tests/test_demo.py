@@ -1,4 +1,4 @@
-"""The built-in demo end to end (tiny settings), and map scoring against a truth raster."""
+"""The built-in demo end to end (tiny settings); its map scorer: tests/test_scoring.py."""
 
 import json
 from pathlib import Path
@@ -7,47 +7,13 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from rasterio.transform import from_origin
 
 from discomkd_geo.cli import main
 from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES
-from discomkd_geo.demo import DEMO_TILES, score_map
+from discomkd_geo.demo import DEMO_TILES
 
 TINY = ("--set", "model.width=8", "--set", "trainer.max_epochs=1",
         "--set", "data.batch_size=16", "--set", "trainer.accelerator=cpu")
-
-
-def _write_codes(path: Path, codes: np.ndarray, x0: float = 500000.0) -> None:
-    profile = {"driver": "GTiff", "width": codes.shape[1], "height": codes.shape[0],
-               "count": 1, "dtype": "uint8", "crs": "EPSG:32631", "nodata": CLASS_NODATA,
-               "transform": from_origin(x0, 5000000.0, 10.0, 10.0)}
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(codes, 1)
-
-
-def test_score_map_counts_agreement_on_the_truth_grid(tmp_path: Path) -> None:
-    truth = np.zeros((20, 20), np.uint8)
-    truth[:, 10:] = 1
-    truth[0, :] = CLASS_NODATA  # left out
-    pred = truth.copy()
-    pred[5:10, 0:10] = 1  # 50 wrong pixels of class 0
-    pred[19, :] = CLASS_NODATA  # not mapped: lowers coverage, not accuracy
-    _write_codes(tmp_path / "truth.tif", truth)
-    _write_codes(tmp_path / "map.tif", pred)
-    scores = score_map(tmp_path / "map.tif", tmp_path / "truth.tif", ["a", "b"])
-    assert scores["pixels"] == 18 * 20
-    assert scores["coverage"] == pytest.approx(18 / 19)
-    assert scores["oa"] == pytest.approx(1 - 50 / 360)
-    assert scores["f1"]["a"] < scores["f1"]["b"] < 1.0
-
-
-def test_score_map_resamples_a_map_on_another_grid(tmp_path: Path) -> None:
-    truth = np.arange(100, dtype=np.uint8).reshape(10, 10) % 2
-    _write_codes(tmp_path / "truth.tif", truth)
-    _write_codes(tmp_path / "shifted.tif", truth, x0=500010.0)  # one pixel east
-    scores = score_map(tmp_path / "shifted.tif", tmp_path / "truth.tif", ["a", "b"])
-    assert scores["coverage"] == pytest.approx(0.9)  # first column not covered
-    assert scores["oa"] == 0.0  # alternating columns, shifted by one: all wrong
 
 
 @pytest.mark.slow
@@ -67,6 +33,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert (out / "quicklook.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     accuracy = json.loads((out / "accuracy.json").read_text())
     assert accuracy["pixels"] > 0 and 0.0 <= accuracy["oa"] <= 1.0
+    assert 0.0 <= accuracy["edge_oa"] <= 1.0 and 0.0 < accuracy["edge_share"] < 1.0
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["patch_test"]) == {"ms", "sar"}
 

@@ -16,6 +16,11 @@ Behind ``discomkd-geo compare``. The protocol is built to decide, not only to ru
   initialisation, identical across methods, so per-seed differences are paired; the report
   gives mean ± std and, for DisCoM-KD minus every other row, the paired mean difference
   with its 95% t interval and a paired t-test (:mod:`discomkd_geo.training.stats`).
+* **On the product** (``map_score``, off by default): every run with a SAR head maps
+  held-out synthetic scenes from SAR alone with the inference engine
+  (:mod:`.map_score`); the report gives map OA and edge OA (within 3 px of a class
+  boundary) per method with 95% t intervals, and DisCoM-KD minus each other row, paired
+  by seed, on both: does training with MS make the SAR-only *map* better?
 * **Diagnostics**: DisCoM-KD runs log the discriminator's accuracy, the gradient norm the
   GRL sends to ``z_inv`` relative to L_cl's, and the norm of ``z_inv`` per epoch.
 
@@ -23,12 +28,15 @@ Per seed the late-fusion teacher (at its chosen rate) trains before the KD/DKD s
 distilled from it. Runs are independent processes when ``jobs > 1`` (one torch thread
 each). The report directory holds::
 
-    REPORT/runs/<variant>/lr<lr>/seed<i>/  one ordinary run directory per run
+    REPORT/runs/<variant>/lr<lr>/seed<i>/  one ordinary run directory per run (with a
+                          map score: also maps/, map_score.json with per-scene figures)
+    REPORT/scenes/scene<seed>/  the held-out scenes of the map score (if asked)
     REPORT/results.json   config, seeds, grid, chosen rates, every run (test metrics, best
                           validation score, validation curve, diagnostics, epochs, time)
                           and the summary; the report is regenerated from it alone
                           (:func:`regenerate`)
     REPORT/report.md      tables: F1 mean ± std, paired differences, chosen rates, epochs
+                          (and map OA / edge OA with intervals and paired differences)
     REPORT/f1.png         F1 per method and head with 95% intervals
     REPORT/val_curves.png validation weighted F1 per epoch (every run at its chosen rate)
     REPORT/diagnostics.png  discriminator accuracy, GRL/L_cl gradient ratio, |z_inv|
@@ -39,13 +47,14 @@ processes), :mod:`.comparison_results` (what ``results.json`` holds, as frozen
 dataclasses, and the summary over seeds) and :mod:`.comparison_report` (Markdown and
 figures).
 
-Adding a per-run metric (a map-level score, say): compute it in
+Adding a per-run metric (as the map score is added): compute it in
 :func:`.comparison_jobs.run_job` and store it with the run's test scores,
 ``RunRecord.test[head]["<name>"]`` (``results.json`` keeps it; older files simply lack
 it), then add ``"<name>": "<title>"`` to :data:`.comparison_results.SUMMARY_METRICS`:
 the summary then gives its mean ± std and 95% t interval per method and head, and the
-report a table of it. Paired differences and the learning-rate choice stay on
-:data:`.comparison_results.PRIMARY` (weighted F1).
+report a table of it (with its 95% t intervals). Paired differences are computed for
+:data:`.comparison_results.PAIRED_METRICS` (weighted F1 and the map score); the
+learning-rate choice stays on :data:`.comparison_results.PRIMARY` (weighted F1).
 """
 
 import shlex
@@ -71,6 +80,7 @@ from .comparison_results import (
     VariantInfo,
     lr_name,
 )
+from .map_score import NO_MAP_SCORE, MapScore, make_scenes
 
 
 @dataclass(frozen=True)
@@ -231,6 +241,8 @@ class _Comparison:
         self.echo = echo
         self.tune_seed = results.seeds[0]
         self.finished: set[Key] = {r.key for r in results.runs}
+        self.map_score = results.map_score or NO_MAP_SCORE
+        self.scenes = tuple(make_scenes(self.map_score, out / "scenes"))
 
     def record(self, run: RunRecord) -> None:
         """Keep a finished run (its directory relative to the report), save, and say so."""
@@ -252,7 +264,8 @@ class _Comparison:
             teacher = self.out / "runs" / "teacher" / lr_name(t_lr) / f"seed{seed}"
         cfg = _variant_config(self.config, variant, seed, teacher, lr, self.results.patience)
         return Job(variant.name, seed, lr, cfg.to_dict(),
-                   self.out / "runs" / variant.name / lr_name(lr) / f"seed{seed}")
+                   self.out / "runs" / variant.name / lr_name(lr) / f"seed{seed}",
+                   self.map_score, self.scenes)
 
     def _pending(self, v: Variant, seed: int, lr: float) -> Pending:
         after: tuple[Key, ...] = ()
@@ -289,7 +302,7 @@ def _start(results: ComparisonResults, out: Path, overwrite: bool,
     """The results to extend and the wall seconds spent: resumed, or a fresh ``out``."""
     if resume and (out / "results.json").exists():
         previous = ComparisonResults.load(out / "results.json")
-        for key in ("config", "seeds", "lrs", "patience"):
+        for key in ("config", "seeds", "lrs", "patience", "map_score"):
             if getattr(previous, key) != getattr(results, key):
                 raise ConfigError("--resume", f"{out / 'results.json'} was made with another "
                                               f"{key}; resume needs the same protocol")
@@ -305,7 +318,7 @@ def _start(results: ComparisonResults, out: Path, overwrite: bool,
 def compare(config: Config, out: str | Path, seeds: int = 5,
             methods: Sequence[str] | None = None, lrs: Sequence[float] = DEFAULT_LRS,
             patience: int = 5, jobs: int = 1, overwrite: bool = False, resume: bool = False,
-            command: str | None = None,
+            command: str | None = None, map_score: MapScore = NO_MAP_SCORE,
             echo: Callable[[str], Any] = log.info) -> ComparisonResults:
     """Tune, train every selected variant for every seed, and write the report.
 
@@ -324,6 +337,8 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
         resume: keep the runs already recorded in ``out/results.json`` (same protocol
             required) and train only the missing ones.
         command: the command line to record in the report (default: the Python call).
+        map_score: whether and how every run with a SAR head maps held-out scenes
+            (default: not at all; see :mod:`.map_score`).
         echo: receives one line per finished run.
 
     Returns:
@@ -347,7 +362,8 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
         config=config.to_dict(), seeds=[config.seed + i for i in range(seeds)], lrs=grid,
         patience=patience,
         variants={v.name: VariantInfo(v.method, list(v.overrides), v.description)
-                  for v in variants})
+                  for v in variants},
+        map_score=map_score if map_score.scenes else None)
     out = Path(out)
     results, elapsed = _start(results, out, overwrite, resume)
     run = _Comparison(results, config, variants, out, elapsed, echo)

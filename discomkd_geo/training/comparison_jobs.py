@@ -16,20 +16,28 @@ from pathlib import Path
 from typing import Any
 
 from ..config import from_dict
+from ..constants import SAR
 from .comparison_results import DIAGNOSTICS, Key, RunRecord
+from .map_score import NO_MAP_SCORE, MapScore, score_run
 from .plots import read_epoch_log
 from .train import train
 
 
 @dataclass(frozen=True)
 class Job:
-    """One run to train: its comparison key, its full config and its directory."""
+    """One run to train: its comparison key, its full config and its directory.
+
+    ``scenes`` are the held-out scenes its SAR head maps, as ``map_score`` says (none:
+    no map score).
+    """
 
     variant: str
     seed: int
     lr: float
     config: dict[str, Any]
     run_dir: Path
+    map_score: MapScore = NO_MAP_SCORE
+    scenes: tuple[Path, ...] = ()
 
 
 def run_job(job: Job, threads: int | None) -> RunRecord:
@@ -40,7 +48,8 @@ def run_job(job: Job, threads: int | None) -> RunRecord:
         threads: torch threads (``None``: leave torch's default).
 
     Returns:
-        the run's record, ``run_dir`` as given (absolute or not).
+        the run's record, ``run_dir`` as given (absolute or not); with the job's
+        scenes, head ``sar`` also holds the map score (:func:`.map_score.score_run`).
     """
     if threads is not None:
         import torch
@@ -48,6 +57,10 @@ def run_job(job: Job, threads: int | None) -> RunRecord:
         torch.set_num_threads(threads)
     start = time.perf_counter()
     result = train(from_dict(job.config), job.run_dir, overwrite=True, progress=False)
+    test = result.metrics
+    if job.scenes and SAR in test:
+        test = {**test, SAR: {**test[SAR], **score_run(job.run_dir, list(job.scenes),
+                                                       job.map_score, threads)}}
     wall = time.perf_counter() - start
     log = read_epoch_log(job.run_dir / "logs" / "metrics.csv")
     heads = list(result.metrics)
@@ -57,7 +70,7 @@ def run_job(job: Job, threads: int | None) -> RunRecord:
         run_dir=str(job.run_dir), seconds=result.seconds, wall=wall,
         epochs=len(curves[heads[0]]), parameters=result.parameters,
         val_best={h: max(c) for h, c in curves.items()}, val_curve=curves,
-        test=result.metrics,
+        test=test,
         diagnostics={k: [v for _, v in log[k]] for k in DIAGNOSTICS if k in log})
 
 

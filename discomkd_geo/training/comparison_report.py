@@ -50,6 +50,7 @@ def _diff_cell(d: dict[str, Any] | None) -> str:
 
 def _protocol_lines(results: ComparisonResults) -> list[str]:
     cfg = results.config
+    maps = [] if results.map_score is None else ["", f"Map score: {results.map_score.describe()}"]
     return [
         "# DisCoM-KD vs. baselines and ablations", "", "Produced by:", "", "```",
         results.command, "```", "",
@@ -62,7 +63,7 @@ def _protocol_lines(results: ComparisonResults) -> list[str]:
         f"{cfg['trainer']['max_epochs']}); each head keeps its best validation epoch. "
         f"Backbone `{cfg['model']['backbone']}` (width {cfg['model']['width']}), batch "
         f"{cfg['data']['batch_size']}. {len(results.runs)} runs, "
-        f"{results.wall_seconds / 60:.1f} min wall time.",
+        f"{results.wall_seconds / 60:.1f} min wall time.", *maps,
     ]
 
 
@@ -88,21 +89,37 @@ def _primary_table(results: ComparisonResults, summary: Summary, heads: list[str
             "model. Epochs: epochs run before early stopping (mean over runs).", ""]
 
 
+def _interval_cell(stats: Scores | None) -> str:
+    if stats is None or stats.low is None or stats.high is None:
+        return _cell(stats)
+    return f"{_cell(stats)} [{100 * stats.low:.1f}, {100 * stats.high:.1f}]"
+
+
 def _metric_table(summary: Summary, metric: str, heads: list[str]) -> list[str]:
-    """Mean ± std of a further :data:`SUMMARY_METRICS` metric per method and head."""
-    lines = [f"## Test {SUMMARY_METRICS[metric]} (%), mean ± std over seeds", "",
-             "| method | " + " | ".join(heads) + " |", "|---" * (len(heads) + 1) + "|"]
-    for name, entry in summary.methods.items():
-        per_head = entry.scores.get(metric, {})
-        lines.append(f"| {name} | " + " | ".join(_cell(per_head.get(h)) for h in heads) + " |")
+    """Mean ± std [95% t interval] of a further :data:`SUMMARY_METRICS` metric, if any."""
+    rows = {name: entry.scores[metric] for name, entry in summary.methods.items()
+            if metric in entry.scores}
+    if not rows:
+        return []
+    heads = [h for h in heads if any(h in per_head for per_head in rows.values())]
+    lines = [f"## Test {SUMMARY_METRICS[metric]} (%), mean ± std [95% t interval] over "
+             "seeds", "", "| method | " + " | ".join(heads) + " |",
+             "|---" * (len(heads) + 1) + "|"]
+    for name, per_head in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_interval_cell(per_head.get(h))
+                                                  for h in heads) + " |")
     return [*lines, ""]
 
 
-def _differences_table(summary: Summary, heads: list[str]) -> list[str]:
+def _differences_table(summary: Summary, heads: list[str], metric: str = PRIMARY) -> list[str]:
     lines: list[str] = []
-    diffs = summary.differences
+    diffs = summary.differences if metric == PRIMARY else summary.more_differences.get(
+        metric, {})
+    if metric != PRIMARY:
+        heads = [h for h in heads if any(h in per_head for per_head in diffs.values())]
+    what = "F1 points" if metric == PRIMARY else f"{SUMMARY_METRICS[metric]}, points"
     if diffs:
-        lines += [f"## {REFERENCE} minus each other method, paired by seed (F1 points)", "",
+        lines += [f"## {REFERENCE} minus each other method, paired by seed ({what})", "",
                   "Mean difference [95% t interval], paired t-test p-value, seeds where "
                   f"{REFERENCE} is better / seeds. An interval above 0: {REFERENCE} better.",
                   "", "| other method | " + " | ".join(heads) + " |",
@@ -136,6 +153,7 @@ def report_markdown(results: ComparisonResults, summary: Summary) -> str:
     for metric in SUMMARY_METRICS:
         if metric != PRIMARY:
             lines += _metric_table(summary, metric, heads)
+            lines += _differences_table(summary, heads, metric)
     return "\n".join([*lines, *_tuning_table(results)])
 
 

@@ -19,14 +19,21 @@ from typing import Any
 
 from ..errors import InputFileError
 from ..files import atomic_path
+from .map_score import MAP_METRICS, MapScore
 from .stats import mean_std, paired_difference, t_interval
 
 #: Per-epoch diagnostics of DisCoM-KD runs (logged by DisCoMKDTask).
 DIAGNOSTICS = ("diag/disc_acc", "diag/grl_ratio", "diag/z_inv_norm")
 #: Test metrics summarised per method and head, and the report's name for each.
-SUMMARY_METRICS: dict[str, str] = {"f1_weighted": "weighted F1"}
-#: The metric of the paired differences and the learning-rate search: the paper's.
+SUMMARY_METRICS: dict[str, str] = {
+    "f1_weighted": "weighted F1",
+    "map_oa": "SAR-only map OA (held-out scenes)",
+    "map_edge_oa": "SAR-only map OA within 3 px of a class boundary (held-out scenes)"}
+#: The metric of the learning-rate search: the paper's.
 PRIMARY = "f1_weighted"
+#: Metrics of the paired differences: the primary one, and the map-level score of
+#: :mod:`.map_score` where the runs have it.
+PAIRED_METRICS = (PRIMARY, *MAP_METRICS)
 #: The method every other row is compared with.
 REFERENCE = "discomkd"
 #: Methods distilled from a trained teacher (their time excludes the teacher's).
@@ -156,15 +163,20 @@ class Summary:
         differences: per variant and head, :data:`REFERENCE` minus the variant on
             :data:`PRIMARY`, paired by seed (:func:`~.stats.paired_difference` plus
             ``seeds``); only seeds both have finished.
+        more_differences: the same for the other :data:`PAIRED_METRICS`, per metric
+            (only those some runs have).
     """
 
     methods: dict[str, MethodSummary] = field(default_factory=dict)
     differences: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    more_differences: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(
+        default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``summary`` entry of ``results.json``."""
+        """The ``summary`` entry of ``results.json`` (files without map scores: as before)."""
+        more = {f"differences_{m}": d for m, d in self.more_differences.items()}
         return {"methods": {n: m.to_json() for n, m in self.methods.items()},
-                "differences": self.differences}
+                "differences": self.differences, **more}
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,8 @@ class ComparisonResults:
         chosen_lr: per variant and head, the rate its runs use.
         runs: every finished run, in the order they finished.
         wall_seconds: wall time of the comparison so far.
+        map_score: how maps were scored (``None``: they were not; files written before
+            map scores have no such entry).
     """
 
     command: str
@@ -195,6 +209,7 @@ class ComparisonResults:
     chosen_lr: dict[str, dict[str, float]] = field(default_factory=dict)
     runs: tuple[RunRecord, ...] = ()
     wall_seconds: float = 0.0
+    map_score: MapScore | None = None
 
     def selected_runs(self) -> dict[str, dict[str, list[RunRecord]]]:
         """Per variant and head, the run at the chosen rate of every seed, in seed order."""
@@ -217,6 +232,7 @@ class ComparisonResults:
                 "variants": {n: asdict(v) for n, v in self.variants.items()},
                 "tuning": self.tuning, "chosen_lr": self.chosen_lr,
                 "runs": [r.to_json() for r in self.runs], "wall_seconds": self.wall_seconds,
+                **({} if self.map_score is None else {"map_score": self.map_score.to_json()}),
                 "summary": self.summary().to_json()}
 
     @classmethod
@@ -227,7 +243,8 @@ class ComparisonResults:
                    variants={n: VariantInfo(**v) for n, v in data["variants"].items()},
                    tuning=data["tuning"], chosen_lr=data["chosen_lr"],
                    runs=tuple(RunRecord.from_json(r) for r in data["runs"]),
-                   wall_seconds=data.get("wall_seconds", 0.0))
+                   wall_seconds=data.get("wall_seconds", 0.0),
+                   map_score=MapScore(**data["map_score"]) if "map_score" in data else None)
 
     def with_run(self, run: RunRecord, wall_seconds: float) -> "ComparisonResults":
         """These results with one more finished run."""
@@ -261,15 +278,17 @@ def _scores(runs: list[RunRecord], head: str, metric: str, lr: float) -> Scores:
     return Scores(stats["mean"], stats["std"], values, [r.seed for r in runs], lr, low, high)
 
 
-def _differences(results: ComparisonResults,
-                 picked: dict[str, dict[str, list[RunRecord]]]) -> dict[str, Any]:
+def _differences(results: ComparisonResults, picked: dict[str, dict[str, list[RunRecord]]],
+                 metric: str) -> dict[str, Any]:
+    """Per variant and head, :data:`REFERENCE` minus it on ``metric``, paired by seed."""
     differences: dict[str, dict[str, dict[str, Any]]] = {}
     for variant, heads in picked.items():
         if variant == REFERENCE:
             continue
         for h, rs in heads.items():
-            ref = {r.seed: r.test[h][PRIMARY] for r in picked[REFERENCE].get(h, [])}
-            other = {r.seed: r.test[h][PRIMARY] for r in rs}
+            ref = {r.seed: r.test[h][metric] for r in picked[REFERENCE].get(h, [])
+                   if metric in r.test[h]}
+            other = {r.seed: r.test[h][metric] for r in rs if metric in r.test[h]}
             seeds = [s for s in results.seeds if s in ref and s in other]
             if seeds:
                 differences.setdefault(variant, {})[h] = {
@@ -281,8 +300,9 @@ def _differences(results: ComparisonResults,
 def summarize(results: ComparisonResults) -> Summary:
     """Per variant and head: test scores over seeds, epochs, time; paired differences.
 
-    Only seeds every variant has finished enter the paired differences; a metric a run
-    lacks (a results.json older than the metric) is left out of that head's scores.
+    Only seeds both variants have finished enter the paired differences; a metric a run
+    lacks (a results.json older than the metric, a compare without map scores) is left
+    out of that head's scores and differences, and a metric no head has is left out.
     """
     picked = results.selected_runs()
     methods: dict[str, MethodSummary] = {}
@@ -293,10 +313,13 @@ def summarize(results: ComparisonResults) -> Summary:
         scores = {m: {h: _scores(rs, h, m, results.chosen_lr[variant][h])
                       for h, rs in heads.items() if rs and all(m in r.test[h] for r in rs)}
                   for m in SUMMARY_METRICS}
+        scores = {m: s for m, s in scores.items() if s or m == PRIMARY}  # as older files
         unique = {(r.seed, r.lr): r for r in runs}.values()
         methods[variant] = MethodSummary(
             runs[0].method, scores, mean_std([float(r.epochs) for r in unique]),
             mean_std([r.wall for r in unique]), runs[0].parameters)
     if REFERENCE not in picked:
         return Summary(methods)
-    return Summary(methods, _differences(results, picked))
+    more = {m: _differences(results, picked, m) for m in PAIRED_METRICS if m != PRIMARY}
+    return Summary(methods, _differences(results, picked, PRIMARY),
+                   {m: d for m, d in more.items() if d})

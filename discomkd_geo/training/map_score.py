@@ -1,0 +1,172 @@
+"""``compare``'s map-level score: a run's SAR-only maps of held-out scenes, against truth.
+
+The question users ask of cross-modal distillation is whether training with MS makes
+their SAR-only *map* better, not only the patch classifier. So, when asked
+(:class:`MapScore` with ``scenes > 0``), every run with a SAR head maps ``scenes``
+synthetic scenes from SAR alone with the inference engine, and each map is scored against
+its scene's truth (:func:`~discomkd_geo.inference.scoring.score_map`). The scenes have
+seeds 101, 102, ...: no training data comes from them (the synthetic datasets are patches
+of seed-0 generators; see ``benchmarks/bench_maps.py``, which scores the same scenes).
+They are generated once per report under ``REPORT/scenes/``; every run maps the same
+ones, so per-scene and mean scores are paired across methods and seeds.
+
+A run keeps its maps under ``RUN/maps/`` and the per-scene figures in
+``RUN/map_score.json`` (with the seconds mapping and scoring took, decoder fitting
+included); the means over the scenes become its test metrics ``map_oa`` and
+``map_edge_oa`` of head ``sar``.
+"""
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import fmean
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..constants import SAR
+from ..errors import ConfigError
+from ..files import atomic_path
+
+if TYPE_CHECKING:
+    from ..models.predictor import Predictor
+
+#: Seed of the first held-out scene; scene ``i`` (from 0) has seed ``FIRST_SEED + i``.
+FIRST_SEED = 101
+#: Per-run test metrics the map score adds to head ``sar``.
+MAP_METRICS = ("map_oa", "map_edge_oa")
+MapMode = Literal["windows", "pixel"]
+
+
+@dataclass(frozen=True)
+class MapScore:
+    """How ``compare`` scores maps (``scenes == 0``: not at all).
+
+    Attributes:
+        scenes: held-out synthetic scenes to map per run (seeds 101, 102, ...).
+        mode: ``windows``: every 64 px window classified alone, at ``stride``
+            (the engine's windows mode); ``pixel``: the per-pixel decoder, which a run
+            without one is first given (:func:`~.decoder_fit.fit_decoders`, trained alone
+            on mosaics of the run's training split, its branch frozen).
+        stride: window step in pixels (``windows`` mode).
+        size: side of the scenes in pixels (tests use small ones).
+    """
+
+    scenes: int = 0
+    mode: MapMode = "windows"
+    stride: int = 32
+    size: int = 512
+
+    def __post_init__(self) -> None:
+        if self.scenes < 0:
+            raise ConfigError("--map-scenes", f"expected 0 or more, got {self.scenes}")
+        if self.mode not in ("windows", "pixel"):
+            raise ConfigError("--map-mode", f"expected windows or pixel, got {self.mode!r}")
+        if self.stride < 1:
+            raise ConfigError("map_score.stride", f"expected at least 1, got {self.stride}")
+        if self.size < 64:
+            raise ConfigError("--map-size", f"expected at least 64, got {self.size}")
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of the held-out scenes."""
+        return list(range(FIRST_SEED, FIRST_SEED + self.scenes))
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``map_score`` entry of ``results.json``."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for the report."""
+        how = f"windows mode, stride {self.stride}" if self.mode == "windows" else (
+            "pixel mode (per-pixel decoder)")
+        return (f"SAR-only maps of {self.scenes} held-out synthetic scenes (seeds "
+                f"{self.seeds[0]}-{self.seeds[-1]}, {self.size} px), {how}; map OA and "
+                f"edge OA (within 3 px of a class boundary) are means over the scenes.")
+
+
+def make_scenes(spec: MapScore, out: Path) -> list[Path]:
+    """The held-out scenes under ``out`` (``scene<seed>/``), generated where missing."""
+    from ..data.synthetic import make_scene
+
+    scenes = []
+    for seed in spec.seeds:
+        scene = out / f"scene{seed}"
+        if not scene.is_dir():  # make_scene writes a directory whole or not at all
+            make_scene(scene, size=spec.size, seed=seed)
+        scenes.append(scene)
+    return scenes
+
+
+def _sar_predictor(run_dir: Path, mode: MapMode) -> "Predictor":
+    """The run's SAR predictor; in pixel mode, given a decoder first if it has none."""
+    from ..models.predictor import load_predictor
+
+    predictor = load_predictor(run_dir, SAR)
+    if mode == "pixel" and not predictor.has_decoder:
+        from .decoder_fit import fit_decoders
+
+        written = fit_decoders(run_dir, run_dir / "decoder", [SAR], overwrite=True)
+        predictor = load_predictor(written[SAR])
+    return predictor
+
+
+def score_scenes(predictor: "Predictor", scenes: list[Path], maps: Path, spec: MapScore,
+                 threads: int | None = None) -> dict[str, dict[str, float]]:
+    """Map every scene from SAR alone and score each map against its own scene's truth.
+
+    Args:
+        predictor: a SAR predictor (with a decoder in ``pixel`` mode).
+        scenes: scene directories, each with ``sar.tif`` and ``truth.tif``.
+        maps: directory the maps are written to, as ``<scene name>.tif``.
+        spec: the mode and stride to map with.
+        threads: torch threads of the mapping (``None``: torch's default).
+
+    Returns:
+        per scene name, its ``oa``, ``edge_oa``, ``f1_weighted`` and ``coverage``.
+    """
+    from ..inference.engine import predict_to_file
+    from ..inference.scoring import score_map
+    from ..inference.settings import MapSettings
+
+    settings = MapSettings.of(mode=spec.mode, stride=spec.stride if spec.mode == "windows"
+                              else None, device="cpu", threads=threads, overwrite=True)
+    maps.mkdir(parents=True, exist_ok=True)
+    per_scene: dict[str, dict[str, float]] = {}
+    for scene in scenes:
+        target = maps / f"{scene.name}.tif"
+        predict_to_file(predictor, scene / "sar.tif", target, settings)
+        figures = score_map(target, scene / "truth.tif", list(predictor.info.classes))
+        per_scene[scene.name] = {k: figures[k] for k in
+                                 ("oa", "edge_oa", "f1_weighted", "coverage")}
+    return per_scene
+
+
+def score_run(run_dir: str | os.PathLike[str], scenes: list[Path], spec: MapScore,
+              threads: int | None = None) -> dict[str, float]:
+    """Map every scene with the run's SAR branch (:func:`score_scenes`); the mean scores.
+
+    Args:
+        run_dir: a training run with a SAR head.
+        scenes: scene directories, each with ``sar.tif`` and ``truth.tif``.
+        spec: the mode and stride to map with.
+        threads: torch threads of the mapping (``None``: torch's default).
+
+    Returns:
+        ``map_oa`` and ``map_edge_oa``: means over the scenes. The per-scene figures go to
+        ``RUN/map_score.json``, the maps to ``RUN/maps/<scene>.tif``.
+    """
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    per_scene = score_scenes(_sar_predictor(run_dir, spec.mode), scenes, run_dir / "maps",
+                             spec, threads)
+    means = {"map_oa": fmean(s["oa"] for s in per_scene.values()),
+             "map_edge_oa": fmean(s["edge_oa"] for s in per_scene.values())}
+    with atomic_path(run_dir / "map_score.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps({"settings": spec.to_json(), **means, "scenes": per_scene,
+                                   "seconds": time.perf_counter() - start}, indent=2))
+    return means
+
+
+#: No map score (``compare``'s default).
+NO_MAP_SCORE = MapScore()
