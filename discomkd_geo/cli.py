@@ -287,9 +287,10 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
                    "edge OA per method and paired by seed (0: no map score).")
 @click.option("--map-mode", type=click.Choice(get_args(MapMode)), default=MapScore.mode,
               show_default=True,
-              help=f"How the map score maps: windows (stride {MapScore.stride}) or pixel "
-                   "(a run without a per-pixel decoder is first given one, trained on "
-                   "mosaics of its training split).")
+              help=f"How the map score maps: as predict does by default (auto: pixel for "
+                   f"runs with decoders, else windows at stride {MapScore.stride}), windows, "
+                   "dense, or pixel (a run without a per-pixel decoder is first given one, "
+                   "trained on mosaics of its training split).")
 @click.option("--map-size", type=click.IntRange(min=64), default=MapScore.size, hidden=True,
               help="Side of the held-out scenes in pixels (tests use small ones).")
 @click.option("--regenerate", is_flag=True,

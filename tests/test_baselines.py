@@ -293,7 +293,7 @@ def test_quick_protocol_scores_sar_maps_of_held_out_scenes(eurosat_root: Path,
         "1e-3", "--map-scenes", "2", "--map-size", "128", "--set", "trainer.accelerator=cpu"])
     assert result.exit_code == 0, result.output
     results = json.loads((out / "results.json").read_text())
-    assert results["map_score"] == {"scenes": 2, "mode": "windows", "stride": 32, "size": 128}
+    assert results["map_score"] == {"scenes": 2, "mode": "auto", "stride": 32, "size": 128}
     scenes = [out / "scenes" / f"scene{seed}" for seed in (101, 102)]
     assert len(results["runs"]) == 4
     for run in results["runs"]:

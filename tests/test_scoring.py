@@ -137,7 +137,7 @@ def test_each_scene_is_scored_against_its_own_truth(demo_sar_model: Path,
 
 
 @pytest.mark.parametrize(("values", "option"), [({"scenes": -1}, "--map-scenes"),
-                                                ({"mode": "dense"}, "--map-mode"),
+                                                ({"mode": "fast"}, "--map-mode"),
                                                 ({"size": 32}, "--map-size")])
 def test_map_score_settings_are_checked(values: dict, option: str) -> None:
     with pytest.raises(ConfigError, match=option):

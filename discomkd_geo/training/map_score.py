@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ..constants import SAR
 from ..errors import ConfigError
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 FIRST_SEED = 101
 #: Per-run test metrics the map score adds to head ``sar``.
 MAP_METRICS = ("map_oa", "map_edge_oa")
-MapMode = Literal["windows", "pixel"]
+MapMode = Literal["auto", "windows", "dense", "pixel"]
 
 
 @dataclass(frozen=True)
@@ -44,24 +44,27 @@ class MapScore:
 
     Attributes:
         scenes: held-out synthetic scenes to map per run (seeds 101, 102, ...).
-        mode: ``windows``: every 64 px window classified alone, at ``stride``
-            (the engine's windows mode); ``pixel``: the per-pixel decoder, which a run
-            without one is first given (:func:`~.decoder_fit.fit_decoders`, trained alone
-            on mosaics of the run's training split, its branch frozen).
-        stride: window step in pixels (``windows`` mode).
+        mode: the engine's mode. ``auto`` (``predict``'s default): ``pixel`` for runs
+            with decoders (``model.decoder_epochs``), else ``windows``; ``windows``: every
+            64 px window classified alone, at ``stride``; ``dense``: at the engine's
+            default stride; ``pixel``: the per-pixel decoder, which a run without one is
+            first given (:func:`~.decoder_fit.fit_decoders`, trained alone on mosaics of
+            the run's training split, its branch frozen).
+        stride: window step in pixels (``windows`` mode, and ``auto`` without decoder).
         size: side of the scenes in pixels (tests use small ones).
     """
 
     scenes: int = 0
-    mode: MapMode = "windows"
+    mode: MapMode = "auto"
     stride: int = 32
     size: int = 512
 
     def __post_init__(self) -> None:
         if self.scenes < 0:
             raise ConfigError("--map-scenes", f"expected 0 or more, got {self.scenes}")
-        if self.mode not in ("windows", "pixel"):
-            raise ConfigError("--map-mode", f"expected windows or pixel, got {self.mode!r}")
+        if self.mode not in get_args(MapMode):
+            raise ConfigError("--map-mode", f"expected one of {', '.join(get_args(MapMode))}, "
+                                            f"got {self.mode!r}")
         if self.stride < 1:
             raise ConfigError("map_score.stride", f"expected at least 1, got {self.stride}")
         if self.size < 64:
@@ -78,8 +81,10 @@ class MapScore:
 
     def describe(self) -> str:
         """One line for the report."""
-        how = f"windows mode, stride {self.stride}" if self.mode == "windows" else (
-            "pixel mode (per-pixel decoder)")
+        how = {"auto": f"mode auto (pixel with a decoder, else windows at stride "
+                       f"{self.stride})",
+               "windows": f"windows mode, stride {self.stride}",
+               "dense": "dense mode", "pixel": "pixel mode (per-pixel decoder)"}[self.mode]
         return (f"SAR-only maps of {self.scenes} held-out synthetic scenes (seeds "
                 f"{self.seeds[0]}-{self.seeds[-1]}, {self.size} px), {how}; map OA and "
                 f"edge OA (within 3 px of a class boundary) are means over the scenes.")
@@ -106,8 +111,8 @@ def _sar_predictor(run_dir: Path, mode: MapMode) -> "Predictor":
     if mode == "pixel" and not predictor.has_decoder:
         from .decoder_fit import fit_decoders
 
-        written = fit_decoders(run_dir, run_dir / "decoder", [SAR], overwrite=True)
-        predictor = load_predictor(written[SAR])
+        fit_decoders(run_dir, None, [SAR], overwrite=True)
+        predictor = load_predictor(run_dir, SAR)
     return predictor
 
 
@@ -129,8 +134,9 @@ def score_scenes(predictor: "Predictor", scenes: list[Path], maps: Path, spec: M
     from ..inference.scoring import score_map
     from ..inference.settings import MapSettings
 
-    settings = MapSettings.of(mode=spec.mode, stride=spec.stride if spec.mode == "windows"
-                              else None, device="cpu", threads=threads, overwrite=True)
+    windows = spec.mode == "windows" or (spec.mode == "auto" and not predictor.has_decoder)
+    settings = MapSettings.of(mode=spec.mode, stride=spec.stride if windows else None,
+                              device="cpu", threads=threads, overwrite=True)
     maps.mkdir(parents=True, exist_ok=True)
     per_scene: dict[str, dict[str, float]] = {}
     for scene in scenes:
