@@ -60,6 +60,9 @@ def test_best_checkpoints_hold_weights_last_holds_resume_state(run_dir: Path) ->
     ckpts = run_dir / "checkpoints"
     last = torch.load(ckpts / "last.ckpt", weights_only=True)
     assert last["optimizer_states"] and "callbacks" in last  # what --resume needs
+    # Written in the background, complete when train returned, no temporary left.
+    assert last["epoch"] == 1
+    assert {p.name for p in ckpts.iterdir()} == {"last.ckpt", "best-ms.ckpt", "best-sar.ckpt"}
     for m in ("ms", "sar"):
         best = torch.load(ckpts / f"best-{m}.ckpt", weights_only=True)
         assert "optimizer_states" not in best and "callbacks" not in best
@@ -165,7 +168,8 @@ def test_config_errors_name_the_key(override: str, key: str, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(("epoch_size", "settings", "expected"), [
-    (100, (), 6),  # 100 // 16 full batches, interval 50
+    (100, (), 7),  # 6 full batches and one of 4, interval 50
+    (97, (), 6),  # a last batch of one sample is dropped
     (100, ("trainer.log_every_n_steps=4",), 4),
     (100, ("trainer.limit_train_batches=0.5",), 3),
     (100, ("trainer.limit_train_batches=2",), 2),
