@@ -356,6 +356,7 @@ def test_only_a_last_batch_of_one_is_dropped(eurosat_root: Path,
                                      *settings), seed=0)
         sizes = [len(b["label_ms"]) for b in dm.train_dataloader()]
         assert sum(sizes) == trained and min(sizes) > 1, (batch_size, sizes)
+        assert dm.train_batches() == len(sizes)  # the trainer's logging interval
 
 
 def test_cached_images_give_the_same_batches_without_rereading(

@@ -262,6 +262,18 @@ class MSSARDataModule(L.LightningDataModule):
             return self.config.scenes.samples_per_epoch
         return max(len(ds) for ds in self.train_datasets.values())  # type: ignore[arg-type]
 
+    def train_batching(self) -> tuple[int, int]:
+        """Items per epoch and per training batch: patches, or mosaics (``data.mosaic``)."""
+        size = self.epoch_size()
+        if not self.config.mosaic:
+            return size, self.config.batch_size
+        return size // PATCHES, max(1, self.config.batch_size // PATCHES)
+
+    def train_batches(self) -> int:
+        """Training batches per epoch (the last one dropped if of one item: :func:`drops_last`)."""
+        items, batch = self.train_batching()
+        return -(-items // batch) - drops_last(items, batch)
+
     def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled pairs, or per modality independent class-balanced draws.
 
@@ -273,6 +285,7 @@ class MSSARDataModule(L.LightningDataModule):
             self.setup("fit")
         assert self.train_dataset is not None
         size = self.epoch_size()
+        items, batch = self.train_batching()
         if self.config.paired:
             sampler: Sampler[Any] = RandomSampler(self.train_dataset, num_samples=size,
                                                   generator=self._generator(0))
@@ -281,13 +294,12 @@ class MSSARDataModule(L.LightningDataModule):
                 m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
                 for i, (m, ds) in enumerate(self.train_datasets.items())})
         if not self.config.mosaic:
-            return self._loader(self.train_dataset, sampler=sampler,
-                                drop_last=drops_last(size, self.config.batch_size))
-        batch = max(1, self.config.batch_size // PATCHES)
+            return self._loader(self.train_dataset, sampler=sampler, batch_size=batch,
+                                drop_last=drops_last(items, batch))
         mosaics = MosaicDataset(self.train_dataset, list(self.modalities), self.patch_size,
                                 self.config.paired)
         return self._loader(mosaics, sampler=MosaicSampler(sampler, self._generator(-1)),
-                            drop_last=drops_last(size // PATCHES, batch), batch_size=batch)
+                            drop_last=drops_last(items, batch), batch_size=batch)
 
     def val_dataloader(self) -> DataLoader[Any]:
         """Paired validation batches in a fixed order."""

@@ -35,7 +35,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from ..config import Config, to_yaml
-from ..data.datamodule import MSSARDataModule, drops_last
+from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
 from ..files import check_writable
 from ..logs import log
@@ -184,18 +184,16 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     return callbacks
 
 
-def log_interval(config: Config, epoch_size: int) -> int:
+def log_interval(config: Config, batches: int) -> int:
     """``trainer.log_every_n_steps``, at most the training batches of one epoch.
 
     Every value is logged per epoch, so the interval changes no log; Lightning warns
     (once per run) when an epoch has fewer batches than the interval.
 
     Args:
-        config: the experiment (batch size, ``limit_train_batches``, the interval).
-        epoch_size: training samples per epoch.
+        config: the experiment (``limit_train_batches``, the interval).
+        batches: training batches per epoch (:meth:`MSSARDataModule.train_batches`).
     """
-    batch_size = config.data.batch_size
-    batches = -(-epoch_size // batch_size) - drops_last(epoch_size, batch_size)
     limit = config.trainer.limit_train_batches
     # Lightning: a float is a fraction of the epoch, an int a number of batches (the
     # config reads every number as a float: above 1, a number of batches).
@@ -287,7 +285,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
-        log_every_n_steps=log_interval(config, dm.epoch_size()), default_root_dir=run_dir,
+        log_every_n_steps=log_interval(config, dm.train_batches()), default_root_dir=run_dir,
         callbacks=callbacks, logger=_loggers(run_dir, done),
         enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, plugins=[BackgroundCheckpointIO()],
