@@ -191,6 +191,15 @@ def test_a_checkpoint_holds_the_state_of_its_save_not_of_its_write(
     assert files(tmp_path) == {"last.ckpt"}
 
 
+def test_checkpoints_are_written_in_the_order_saved(tmp_path: Path) -> None:
+    io = BackgroundCheckpointIO()
+    for step in range(6):  # more saves than copies held: the later ones wait
+        io.save_checkpoint({"step": torch.tensor(step)}, tmp_path / "last.ckpt")
+    io.teardown()
+    assert int(torch.load(tmp_path / "last.ckpt", weights_only=True)["step"]) == 5
+    assert files(tmp_path) == {"last.ckpt"}
+
+
 def test_too_small_splits_fail_before_training(tmp_path: Path) -> None:
     root = tmp_path / "five"
     make_eurosat(root, per_class=5, seed=0, layout="eurosat")

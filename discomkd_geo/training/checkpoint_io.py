@@ -11,7 +11,8 @@ moment leaves the previous checkpoint whole: a resumed run still ends bitwise eq
 to an uninterrupted one.
 """
 
-import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,60 +22,66 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..files import atomic_path
 
+#: Checkpoints copied and not yet written, at most (an epoch saves one per modality and last).
+MAX_PENDING = 4
+
 
 class BackgroundCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint atomically in a thread, one write at a time.
+    """Write each checkpoint atomically in a background thread, in the order saved.
 
-    A save waits for the previous write first, so at most one copy of the state is held
-    besides the live one. Loading or removing a checkpoint, and :meth:`teardown` (Lightning
-    calls it when ``fit``/``test`` end, normally or by an error), wait for the pending
-    write and raise its error, so a finished ``fit`` has every file in place.
+    A save waits only when :data:`MAX_PENDING` copies are still to be written, which
+    bounds the memory the copies take. Loading or removing a checkpoint, and
+    :meth:`teardown` (Lightning calls it when ``fit``/``test`` end, normally or by an
+    error), wait for every pending write and raise the first error, so a finished
+    ``fit`` has every file in place.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
+        self._pending: deque[Future[None]] = deque()
+        self._writer: ThreadPoolExecutor | None = None
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
         """Copy ``checkpoint``'s tensors (to the CPU) and write the copy in the background."""
-        self.wait()
+        while self._pending and (self._pending[0].done() or len(self._pending) >= MAX_PENDING):
+            self._pending.popleft().result()  # raises the write's error
         # A copy taken now: the optimiser changes the live weights in place.
         copy = apply_to_collection(checkpoint, torch.Tensor,
                                    lambda t: t.detach().to("cpu", copy=True))
-        self._thread = threading.Thread(target=self._write, args=(copy, path, storage_options),
-                                        name=f"checkpoint {Path(path).name}")
-        self._thread.start()
+        if self._writer is None:  # one thread: writes in the order saved
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._pending.append(self._writer.submit(self._write, copy, path, storage_options))
 
     def _write(self, checkpoint: dict[str, Any], path: str | Path,
                storage_options: Any | None) -> None:
-        try:
-            with atomic_path(path, overwrite=True) as tmp:
-                super().save_checkpoint(checkpoint, tmp, storage_options)
-        except BaseException as err:  # raised in the training thread by wait()
-            self._error = err
+        with atomic_path(path, overwrite=True) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
 
     def wait(self) -> None:
-        """Block until the pending write is done; raise its error, if any."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
+        """Block until every pending write is done; raise the first error, if any."""
+        try:
+            while self._pending:
+                self._pending.popleft().result()
+        finally:
+            self._pending.clear()
 
     def load_checkpoint(self, path: str | Path, map_location: Any | None = None,
                         weights_only: bool | None = None) -> dict[str, Any]:
-        """Wait for the pending write, then load ``path``."""
+        """Wait for the pending writes, then load ``path``."""
         self.wait()
         return super().load_checkpoint(path, map_location, weights_only)
 
     def remove_checkpoint(self, path: str | Path) -> None:
-        """Wait for the pending write, then remove ``path``."""
+        """Wait for the pending writes, then remove ``path``."""
         self.wait()
         super().remove_checkpoint(path)
 
     def teardown(self) -> None:
-        """Wait for the pending write (end of ``fit`` or ``test``)."""
-        self.wait()
+        """Wait for the pending writes (end of ``fit`` or ``test``) and stop the thread."""
+        try:
+            self.wait()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown()
+                self._writer = None
