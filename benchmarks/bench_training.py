@@ -13,22 +13,28 @@ timed steps (after warm-up), samples/s (pairs of one MS and one SAR image per se
 peak RSS. Results merge into ``benchmarks/results.json`` under the key ``training``.
 
 ``--parts`` instead splits one real training epoch of DisCoM-KD on synthetic
-EuroSat-MS-SAR (``--pairs`` pairs, 70% of them trained, ResNet-18, lr 1e-4) into its
+EuroSat-MS-SAR (``--pairs`` pairs, the 70% training split, ResNet-18, lr 1e-4) into its
 parts: reading the batches (DataLoader, GeoTIFFs), normalising and augmenting them
 (Kornia), the forward pass with the five losses, the adversarial diagnostics, the
 backward pass and the Adam step, each timed on its own; then the validation pass and
-the end-of-epoch checkpoints (``last`` and one ``best-<m>`` per modality, written as
-``discomkd-geo train`` writes them); then the same epoch through Lightning's
+the end-of-epoch checkpoints (``last`` and one ``best-<m>`` per modality, saved as
+``discomkd-geo train`` saves them: the time the training loop waits, and apart from it
+the background write, ``checkpoint_write_s``); then the same epoch through Lightning's
 ``Trainer.fit`` (validation off): what ``fit`` takes beyond the sum of the training
-parts is Lightning's overhead. Merged under ``training_parts.<label>`` (``--label``,
-e.g. ``before`` and ``after`` a change, each run on its own version of the code).
+parts is Lightning's overhead. Beside the parts: ``setup_s`` (datasets and statistics)
+and ``data_next_epoch_s``, reading the next epoch's batches (from memory once
+``data.cache_mib`` holds the split). ``ms_per_trained_pair`` is ``fit`` over the pairs
+it trained (all of the split but a last batch of one). Merged under
+``training_parts.<label>`` (``--label``, e.g. ``before`` and ``after`` a change, each run
+on its own version of the code).
 
 The public DisCoM-KD script (tanodino/CMKD_Disentangle, ``main_DisCoM-KD.py``) is not
 part of this repository; to time it on the same data, export the synthetic dataset's
 normalised train/val/test arrays (our split and statistics) to its ``.npy`` layout
 (``<MOD>_data_normalized.npy``, ``labels.npy``, ``train_idx.npy``...) and run its loop
-with per-epoch ``perf_counter`` stamps, interleaved with ``discomkd-geo train`` runs on
-the same machine (see the issue-20 report for the figures).
+with per-epoch wall and CPU stamps, interleaved with ``discomkd-geo train`` runs on the
+same machine. ``benchmarks/results.json`` key ``training_vs_public`` holds such runs
+(ms per trained pair, wall and process CPU, load averages, and how they were taken).
 
     python benchmarks/bench_training.py [--steps 4] [--batch-size 128]
     python benchmarks/bench_training.py --parts [--pairs 1050] [--batch-size 128] [--label after]
@@ -140,7 +146,12 @@ def _epoch_end(task, dm, optimizer, config) -> dict[str, float]:
     task.train()
     run_dir = Path(tempfile.mkdtemp())
     callbacks = _callbacks(config, task, run_dir)
-    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks,
+    try:  # the trainer's checkpoint writer; the code before it wrote in the loop
+        from discomkd_geo.training.checkpoint_io import BackgroundCheckpointIO
+        plugins = [BackgroundCheckpointIO()]
+    except ImportError:
+        plugins = []
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=callbacks, plugins=plugins,
                         enable_progress_bar=False, enable_model_summary=False)
     trainer.strategy.connect(task)
     trainer.strategy._optimizers = [optimizer]
@@ -149,12 +160,16 @@ def _epoch_end(task, dm, optimizer, config) -> dict[str, float]:
     for callback in callbacks:
         callback._save_checkpoint(trainer, str(run_dir / f"{callback.filename}.ckpt"))
     saved = time.perf_counter() - start
+    trainer.strategy.checkpoint_io.teardown()  # waits for a background write
+    written = time.perf_counter() - start
     sizes = sum(f.stat().st_size for f in run_dir.iterdir()) / 2**20
-    print(f"checkpoints: {sizes:.0f} MiB in {saved:.1f} s", flush=True)
-    return {"validation": round(validation, 2), "checkpoints": round(saved, 2)}
+    print(f"checkpoints: {sizes:.0f} MiB, training waited {saved:.1f} s, written in "
+          f"{written:.1f} s", flush=True)
+    return {"validation": round(validation, 2), "checkpoints": round(saved, 2),
+            "checkpoint_write_s": round(written, 2)}
 
 
-def _parts(pairs: int, batch_size: int) -> dict:
+def _parts(dataset_pairs: int, batch_size: int) -> dict:
     """One epoch of DisCoM-KD training, timed part by part, then through Lightning."""
     import tempfile
     from functools import partial
@@ -170,21 +185,22 @@ def _parts(pairs: int, batch_size: int) -> dict:
     from discomkd_geo.training.train import data_info
 
     root = Path(tempfile.mkdtemp()) / "eurosat"
-    make_eurosat(root, per_class=pairs // NUM_CLASSES, seed=0)
+    make_eurosat(root, per_class=dataset_pairs // NUM_CLASSES, seed=0)
     config = load_config(None, (
         f"data.root={root}", "model.backbone=resnet18", f"data.batch_size={batch_size}",
         "optim.lr=0.0001", "data.num_workers=0", "trainer.accelerator=cpu",
         "trainer.max_epochs=1", "data.split=random"))
     L.seed_everything(0, verbose=False)
     dm = MSSARDataModule(config.data, seed=0)
-    dm.setup()
+    timings: dict[str, list[float]] = {}
+    _timed(timings, "setup", dm.setup)
     task = DisCoMKDTask(config.to_dict(), data_info(dm))
     task.setup("fit")
     optimizer = task.configure_optimizers()
     task.train()
-    timings: dict[str, list[float]] = {}
-    loader = iter(dm.train_dataloader())
+    loader, pairs = iter(dm.train_dataloader()), 0
     while (batch := _timed(timings, "data", next, loader, None)) is not None:
+        pairs += len(batch["label_ms"])
         batch = _timed(timings, "normalise+augment", dm.preprocess, batch, True)
         images, labels = task.split_batch(batch, list(task.modalities))
         optimizer.zero_grad(set_to_none=True)
@@ -194,8 +210,14 @@ def _parts(pairs: int, batch_size: int) -> dict:
         _timed(timings, "backward", losses["loss"].backward)
         _timed(timings, "adam", optimizer.step)
     timings["data"].pop()  # the end of the epoch
+    setup = timings.pop("setup")[0]
     parts = {k: round(sum(v), 2) for k, v in timings.items()}
+    start = time.perf_counter()
+    for _ in dm.train_dataloader():
+        pass
+    next_epoch = time.perf_counter() - start
     parts.update(_epoch_end(task, dm, optimizer, config))
+    write = parts.pop("checkpoint_write_s")
     L.seed_everything(0, verbose=False)
     task = DisCoMKDTask(config.to_dict(), data_info(dm))
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, limit_val_batches=0,
@@ -204,17 +226,17 @@ def _parts(pairs: int, batch_size: int) -> dict:
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm)
     fit = time.perf_counter() - start
-    steps = len(timings["adam"])
     return {
         "load_average_1min": round(os.getloadavg()[0], 2),  # other work on the machine
         "what": "one DisCoM-KD training epoch on synthetic EuroSat-MS-SAR, CPU, seconds",
-        "pairs": pairs, "trained_pairs": steps * batch_size, "batch_size": batch_size,
-        "steps": steps, "threads": torch.get_num_threads(), "parts_s": parts,
+        "pairs": dataset_pairs, "trained_pairs": pairs, "batch_size": batch_size,
+        "steps": len(timings["adam"]), "threads": torch.get_num_threads(), "parts_s": parts,
         "parts_sum_s": round(sum(parts.values()), 2), "lightning_fit_s": round(fit, 2),
         "lightning_overhead_s": round(fit - sum(v for k, v in parts.items()
                                                 if k not in EPOCH_END), 2),
-        # The last incomplete batch is dropped: steps * batch_size pairs are trained.
-        "ms_per_trained_pair": round(1000 * fit / (steps * batch_size), 1),
+        "setup_s": round(setup, 2), "data_next_epoch_s": round(next_epoch, 2),
+        "checkpoint_write_s": write,
+        "ms_per_trained_pair": round(1000 * fit / pairs, 1),
     }
 
 

@@ -325,13 +325,14 @@ def test_datamodule_batch_contract(eurosat_root: Path, paired: bool) -> None:
     assert dm.units == {"ms": "dn", "sar": "dB"} and dm.classes == list(EUROSAT_CLASSES)
     assert dm.patch_size == 64 and dm.pixel_size == 10.0 and len(dm.colors) == 10
     batches = list(dm.train_dataloader())
-    assert len(batches) == 70 // 8  # incomplete last batch dropped
+    assert [len(b["label_ms"]) for b in batches] == [8] * 8 + [6]  # 70: the last 6 trained
     for batch in batches:
         out = dm.preprocess(batch, augment=True)
+        n = len(batch["label_ms"])
         for m, c in (("ms", 13), ("sar", 2)):
-            assert out[f"image_{m}"].shape == (8, c, 64, 64)
+            assert out[f"image_{m}"].shape == (n, c, 64, 64)
             assert out[f"image_{m}"].dtype == torch.float32
-            assert out[f"label_{m}"].shape == (8,) and out[f"label_{m}"].dtype == torch.long
+            assert out[f"label_{m}"].shape == (n,) and out[f"label_{m}"].dtype == torch.long
         if paired:
             assert torch.equal(batch["label_ms"], batch["label_sar"])
             assert batch["id"] is not None
@@ -342,6 +343,50 @@ def test_datamodule_batch_contract(eurosat_root: Path, paired: bool) -> None:
     out = dm.preprocess(val, augment=False)
     assert torch.equal(val["label_ms"], val["label_sar"])
     assert float(out["image_ms"].min()) >= 0.0 and float(out["image_ms"].max()) <= 1.0
+
+
+@pytest.mark.parametrize("settings", [("data.paired=true",), ("data.paired=false",),
+                                      ("data.paired=true", "data.mosaic=true")])
+def test_only_a_last_batch_of_one_is_dropped(eurosat_root: Path,
+                                             settings: tuple[str, ...]) -> None:
+    # 70 training pairs (17 mosaics of four): 3 * 23 + 1 drops one, 5 * 13 + 5 trains all.
+    mosaic = "data.mosaic=true" in settings
+    for batch_size, trained in ((23, 69), (13, 70)) if not mosaic else ((64, 16), (24, 17)):
+        dm = MSSARDataModule(_config(eurosat_root, f"data.batch_size={batch_size}",
+                                     *settings), seed=0)
+        sizes = [len(b["label_ms"]) for b in dm.train_dataloader()]
+        assert sum(sizes) == trained and min(sizes) > 1, (batch_size, sizes)
+        assert dm.train_batches() == len(sizes)  # the trainer's logging interval
+
+
+def test_cached_images_give_the_same_batches_without_rereading(
+        eurosat_root: Path, tmp_path: Path) -> None:
+    root = Path(shutil.copytree(eurosat_root, tmp_path / "eurosat"))
+    settings = ("data.paired=true", "data.batch_size=10", "data.num_workers=2")
+    read = MSSARDataModule(_config(root, *settings, "data.cache_mib=0"), seed=0)
+    cached = MSSARDataModule(_config(root, *settings), seed=0)
+    too_big = MSSARDataModule(_config(root, *settings, "data.cache_mib=1"), seed=0)
+    for dm in (read, cached, too_big):
+        dm.setup("fit")
+    assert not read.train_dataset.dataset.caches and not too_big.train_dataset.dataset.caches
+    train = cached.train_dataset.dataset
+    assert set(train.caches) == {"ms", "sar"}  # 70 pairs: 17 MiB
+    loaders = read.train_dataloader(), cached.train_dataloader()
+    first = [list(loader) for loader in loaders]
+    assert all(bool(c.filled.all()) for c in train.caches.values())  # filled by the workers
+    for tif in root.rglob("*.tif"):  # the second epoch must not need a file
+        tif.unlink()
+    second = list(loaders[1])
+    with pytest.raises((InputFileError, RuntimeError), match="unreadable raster"):
+        list(loaders[0])  # the same epoch, read from the files: they are gone
+    for a, b in zip(first[0], first[1], strict=True):
+        assert a["id"] == b["id"]
+        assert all(torch.equal(a[k], b[k]) for k in ("image_ms", "image_sar", "label_ms"))
+    assert [b["id"] for b in second] != [b["id"] for b in first[1]]  # a new shuffle
+    expected = {i: b for batch in first[0] for i, b in zip(batch["id"], batch["image_ms"],
+                                                            strict=True)}
+    assert all(torch.equal(expected[i], image) for batch in second
+               for i, image in zip(batch["id"], batch["image_ms"], strict=True))
 
 
 def test_datamodule_stats_from_train_split_and_test_alone(tiny: Path) -> None:

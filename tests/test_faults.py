@@ -13,23 +13,25 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import rasterio
 import rasterio.shutil
 import torch
 from click.testing import CliRunner
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from discomkd_geo.cli import main
 from discomkd_geo.config import load_config
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.synthetic import make_eurosat
 from discomkd_geo.files import atomic_path
-from discomkd_geo.training.train import AtomicCheckpoint, train
+from discomkd_geo.training.checkpoint_io import BackgroundCheckpointIO
+from discomkd_geo.training.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: The demo config scaled down to about a second per epoch on one CPU thread.
@@ -151,20 +153,51 @@ def test_resume_with_nothing_to_resume_is_an_error(data: Path, tmp_path: Path) -
     assert not (tmp_path / "never").exists()
 
 
-def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous(tmp_path: Path) -> None:
+def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     last = tmp_path / "last.ckpt"
     last.write_bytes(b"previous epoch")
 
-    def save_checkpoint(path: str, weights_only: bool = False) -> None:
+    def save_checkpoint(self: TorchCheckpointIO, checkpoint: dict, path: str,
+                        storage_options: object = None) -> None:
         Path(path).write_bytes(b"half")
         raise KeyboardInterrupt  # what a kill in the middle of the write amounts to here
 
-    trainer = SimpleNamespace(loggers=[], save_checkpoint=save_checkpoint, global_step=1,
-                              is_global_zero=True)
-    callback = AtomicCheckpoint(dirpath=tmp_path, filename="last")
-    with pytest.raises(KeyboardInterrupt):
-        callback._save_checkpoint(trainer, str(last))  # type: ignore[arg-type]
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", save_checkpoint)
+    io = BackgroundCheckpointIO()
+    io.save_checkpoint({"weights": torch.ones(3)}, last)
+    with pytest.raises(KeyboardInterrupt):  # the writer's error reaches the trainer
+        io.teardown()
     assert last.read_bytes() == b"previous epoch" and files(tmp_path) == {"last.ckpt"}
+
+
+def test_a_checkpoint_holds_the_state_of_its_save_not_of_its_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = TorchCheckpointIO.save_checkpoint
+    trained = threading.Event()
+
+    def slow_save(self: TorchCheckpointIO, checkpoint: dict, path: str,
+                  storage_options: object = None) -> None:
+        trained.wait(10)  # the write starts after the next optimiser step
+        written(self, checkpoint, path, storage_options)
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_save)
+    weights = torch.zeros(1000)
+    io = BackgroundCheckpointIO()
+    io.save_checkpoint({"weights": weights}, tmp_path / "last.ckpt")
+    weights += 1  # what Adam does in place while the file is written
+    trained.set()
+    assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["weights"], torch.zeros(1000))
+    assert files(tmp_path) == {"last.ckpt"}
+
+
+def test_checkpoints_are_written_in_the_order_saved(tmp_path: Path) -> None:
+    io = BackgroundCheckpointIO()
+    for step in range(6):  # more saves than copies held: the later ones wait
+        io.save_checkpoint({"step": torch.tensor(step)}, tmp_path / "last.ckpt")
+    io.teardown()
+    assert int(torch.load(tmp_path / "last.ckpt", weights_only=True)["step"]) == 5
+    assert files(tmp_path) == {"last.ckpt"}
 
 
 def test_too_small_splits_fail_before_training(tmp_path: Path) -> None:

@@ -86,15 +86,19 @@ class MSSARDataModule(L.LightningDataModule):
         self._generator_states: dict[int, Tensor] = {}
 
     # -- datasets -------------------------------------------------------------------
-    def _eurosat(self, split: str, modalities: list[str]) -> EuroSATMSSAR:
+    def _eurosat(self, split: str, modalities: list[str], cache: bool = True) -> EuroSATMSSAR:
+        """The split's dataset; its images held in memory if ``cache`` and it is small."""
         c = self.config
         if c.root is None:
             raise ConfigError("data.root", "no dataset root given; pass --data-root")
-        return EuroSATMSSAR(
+        dataset = EuroSATMSSAR(
             c.root, split=split, modalities=modalities,  # type: ignore[arg-type]
             bands={m: c.modalities[m].bands for m in modalities}, layout=c.layout,
             split_mode=c.split, split_seed=c.split_seed, drop_unpaired=c.drop_unpaired,
             pair_with=list(c.modalities), download=c.download)
+        if cache:
+            dataset.cache_in_memory(c.cache_mib * 2**20)
+        return dataset
 
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets of ``stage`` and the statistics of the training split.
@@ -128,7 +132,9 @@ class MSSARDataModule(L.LightningDataModule):
             self.units = {m: EuroSATMSSAR.units[m] for m in names}
             # One dataset per modality: unpaired training draws from each set on its own,
             # and the statistics read a single modality's files.
-            self.train_datasets = {m: self._eurosat("train", [m]) for m in names}
+            # Paired training reads them only for the statistics: not worth a cache.
+            self.train_datasets = {m: self._eurosat("train", [m], not self.config.paired)
+                                   for m in names}
             self.modalities = {m: list(ds.bands[m]) for m, ds in self.train_datasets.items()}
             self._compute_missing_stats()
         if stage in (None, "fit") and self.train_dataset is None:
@@ -256,16 +262,30 @@ class MSSARDataModule(L.LightningDataModule):
             return self.config.scenes.samples_per_epoch
         return max(len(ds) for ds in self.train_datasets.values())  # type: ignore[arg-type]
 
+    def train_batching(self) -> tuple[int, int]:
+        """Items per epoch and per training batch: patches, or mosaics (``data.mosaic``)."""
+        size = self.epoch_size()
+        if not self.config.mosaic:
+            return size, self.config.batch_size
+        return size // PATCHES, max(1, self.config.batch_size // PATCHES)
+
+    def train_batches(self) -> int:
+        """Training batches per epoch (the last one dropped if of one item: :func:`drops_last`)."""
+        items, batch = self.train_batching()
+        return -(-items // batch) - drops_last(items, batch)
+
     def train_dataloader(self) -> DataLoader[Any]:
         """Shuffled pairs, or per modality independent class-balanced draws.
 
-        The last incomplete batch is dropped when there is at least one full one (a
-        batch of one breaks batch normalisation).
+        The last batch is dropped only when it would hold a single sample (batch
+        normalisation needs two in training, :func:`drops_last`): every other sample
+        of the epoch is trained, as the authors' script trains them.
         """
         if self.train_dataset is None:
             self.setup("fit")
         assert self.train_dataset is not None
         size = self.epoch_size()
+        items, batch = self.train_batching()
         if self.config.paired:
             sampler: Sampler[Any] = RandomSampler(self.train_dataset, num_samples=size,
                                                   generator=self._generator(0))
@@ -274,13 +294,12 @@ class MSSARDataModule(L.LightningDataModule):
                 m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
                 for i, (m, ds) in enumerate(self.train_datasets.items())})
         if not self.config.mosaic:
-            return self._loader(self.train_dataset, sampler=sampler,
-                                drop_last=size >= self.config.batch_size)
-        batch = max(1, self.config.batch_size // PATCHES)
+            return self._loader(self.train_dataset, sampler=sampler, batch_size=batch,
+                                drop_last=drops_last(items, batch))
         mosaics = MosaicDataset(self.train_dataset, list(self.modalities), self.patch_size,
                                 self.config.paired)
         return self._loader(mosaics, sampler=MosaicSampler(sampler, self._generator(-1)),
-                            drop_last=size // PATCHES >= batch, batch_size=batch)
+                            drop_last=drops_last(items, batch), batch_size=batch)
 
     def val_dataloader(self) -> DataLoader[Any]:
         """Paired validation batches in a fixed order."""
@@ -322,6 +341,19 @@ class MSSARDataModule(L.LightningDataModule):
         """Normalise (always) and augment (training only) after the move to the device."""
         training = self.trainer is not None and self.trainer.training
         return self.preprocess(batch, augment=training)
+
+
+def drops_last(samples: int, batch_size: int) -> bool:
+    """Whether an epoch of ``samples`` drops its last batch: only when it would hold one.
+
+    A training batch of one sample breaks batch normalisation; a larger incomplete batch
+    is trained. An epoch smaller than a batch is one batch (of one, it fails loudly).
+
+    Args:
+        samples: samples (or mosaics) drawn per epoch.
+        batch_size: samples (or mosaics) per batch.
+    """
+    return samples > batch_size and samples % batch_size == 1
 
 
 def _targets(dataset: Dataset[dict[str, Any]]) -> list[int]:

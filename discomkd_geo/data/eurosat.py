@@ -32,6 +32,7 @@ from torchgeo.datasets.utils import download_and_extract_archive, download_url, 
 
 from ..constants import EUROSAT_CLASSES, MS, S1_BANDS, S2_BANDS, S2_RGB_BANDS, SAR
 from ..errors import DatasetNotFoundError, InputFileError
+from .cache import SharedImageCache
 
 Split = Literal["train", "val", "test"]
 
@@ -222,6 +223,8 @@ class EuroSATMSSAR(NonGeoDataset):
         #: File of every sample, per modality.
         self.paths: dict[str, list[str]] = {m: [files[m][i][1] for i in self.ids]
                                             for m in self.modalities}
+        #: Decoded images per modality, once :meth:`cache_in_memory` says so.
+        self.caches: dict[str, SharedImageCache] = {}
         for m in self.modalities:  # fail early, before training starts, on bad files
             if self.paths[m]:
                 with self._open(self.paths[m][0], m):
@@ -360,6 +363,38 @@ class EuroSATMSSAR(NonGeoDataset):
         with self._open(path, modality) as src:
             return torch.from_numpy(src.read(indexes).astype(np.float32))
 
+    def cache_in_memory(self, max_bytes: int) -> bool:
+        """Keep every decoded image in shared memory if the split takes at most ``max_bytes``.
+
+        Each image is then read from its GeoTIFF once (the first time it is asked for,
+        by any DataLoader worker) and copied from memory afterwards; samples are the same.
+        The size is counted from the first image of each modality (float32).
+
+        Args:
+            max_bytes: the most memory the split's images may take.
+
+        Returns:
+            Whether the images are cached.
+        """
+        if not len(self):
+            return False
+        shapes = {}
+        for m in self.modalities:
+            with self._open(self.paths[m][0], m) as src:
+                shapes[m] = (len(self.bands[m]), src.height, src.width)
+        size = sum(4 * c * h * w * len(self) for c, h, w in shapes.values())
+        if not SharedImageCache.fits(size, max_bytes):
+            return False
+        self.caches = {m: SharedImageCache(len(self), shape) for m, shape in shapes.items()}
+        return True
+
+    def _image(self, index: int, modality: str) -> Tensor:
+        path = self.paths[modality][index]
+        cache = self.caches.get(modality)
+        if cache is None:
+            return self._load(path, modality)
+        return cache.get(index, lambda: self._load(path, modality))
+
     def __len__(self) -> int:
         """Number of samples in the split."""
         return len(self.ids)
@@ -375,7 +410,7 @@ class EuroSATMSSAR(NonGeoDataset):
             InputFileError: a file is unreadable or has the wrong band count or dtype.
         """
         sample: dict[str, Any] = {
-            f"image_{m}": self._load(self.paths[m][index], m) for m in self.modalities
+            f"image_{m}": self._image(index, m) for m in self.modalities
         }
         sample["label"] = torch.tensor(self.targets[index], dtype=torch.long)
         sample["id"] = self.ids[index]

@@ -3,9 +3,9 @@
 Called by ``discomkd-geo train`` (and by ``compare`` for every method). Lightning does the
 loop, so users get checkpointing, resume, mixed precision, multi-GPU and loggers from the
 config's ``trainer`` section. Every checkpoint is written atomically (a temporary file moved
-into place), so a run killed at any moment resumes from its latest complete epoch, and a
-resumed run on the CPU ends with the same weights as an uninterrupted one. A run
-directory holds::
+into place), in a background thread while the next epoch trains, so a run killed at any
+moment resumes from its latest complete epoch, and a resumed run on the CPU ends with the
+same weights as an uninterrupted one. A run directory holds::
 
     RUN/config.yaml             the resolved configuration
     RUN/stats/<modality>.json   normalisation statistics of the training split
@@ -39,10 +39,11 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from ..config import Config, to_yaml
 from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
-from ..files import atomic_path, check_writable
+from ..files import check_writable
 from ..logs import log
 from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
+from .checkpoint_io import BackgroundCheckpointIO
 from .decoder_fit import fit_decoders
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
@@ -89,21 +90,20 @@ def data_info(dm: MSSARDataModule) -> dict[str, Any]:
 
 
 class AtomicCheckpoint(ModelCheckpoint):
-    """A :class:`ModelCheckpoint` that writes atomically and saves the random states.
+    """A :class:`ModelCheckpoint` that flushes the log first and saves the random states.
 
-    Each file is written beside its target and moved into place, so a kill during the
-    write leaves the previous checkpoint whole. The loggers are flushed first, so the
-    log holds every epoch a checkpoint holds. The global random states (augmentations,
-    data-loader seeds) travel in the callback's state, so a resumed run draws what the
-    uninterrupted run would have drawn.
+    The trainer's :class:`~.checkpoint_io.BackgroundCheckpointIO` writes each file beside
+    its target and moves it into place, so a kill during the write leaves the previous
+    checkpoint whole. The loggers are flushed first, so the log holds every epoch a
+    checkpoint holds. The global random states (augmentations, data-loader seeds) travel
+    in the callback's state, so a resumed run draws what the uninterrupted run would
+    have drawn.
     """
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         for logger in trainer.loggers:
             logger.save()
-        with atomic_path(filepath, overwrite=True) as tmp:
-            super()._save_checkpoint(trainer, str(tmp))
-        self._last_checkpoint_saved = filepath
+        super()._save_checkpoint(trainer, filepath)
 
     def state_dict(self) -> dict[str, Any]:
         """ModelCheckpoint's state (best scores and paths) plus the random states."""
@@ -187,18 +187,16 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     return callbacks
 
 
-def log_interval(config: Config, epoch_size: int) -> int:
+def log_interval(config: Config, batches: int) -> int:
     """``trainer.log_every_n_steps``, at most the training batches of one epoch.
 
     Every value is logged per epoch, so the interval changes no log; Lightning warns
     (once per run) when an epoch has fewer batches than the interval.
 
     Args:
-        config: the experiment (batch size, ``limit_train_batches``, the interval).
-        epoch_size: training samples per epoch.
+        config: the experiment (``limit_train_batches``, the interval).
+        batches: training batches per epoch (:meth:`MSSARDataModule.train_batches`).
     """
-    batch_size = config.data.batch_size
-    batches = epoch_size // batch_size if epoch_size >= batch_size else 1  # drop_last
     limit = config.trainer.limit_train_batches
     # Lightning: a float is a fraction of the epoch, an int a number of batches (the
     # config reads every number as a float: above 1, a number of batches).
@@ -290,10 +288,10 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
-        log_every_n_steps=log_interval(config, dm.epoch_size()), default_root_dir=run_dir,
+        log_every_n_steps=log_interval(config, dm.train_batches()), default_root_dir=run_dir,
         callbacks=callbacks, logger=_loggers(run_dir, done),
         enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0,
+        num_sanity_val_steps=0, plugins=[BackgroundCheckpointIO()],
     )
     if done is not None:
         echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
