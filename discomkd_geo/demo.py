@@ -214,9 +214,11 @@ def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
     png = out / "quicklook.png"
     quicklook(tiles / "sar.tif", map_path, tiles / "truth.tif", classes,
               list(predictor.info.colors), png,
-              f"SAR-only land cover: OA {accuracy['oa']:.1%}, "
+              f"SAR-only land cover, {mapping.mode} mode: OA {accuracy['oa']:.1%} "
+              f"({accuracy['edge_oa']:.1%} within 3 px of a class boundary), "
               f"weighted F1 {accuracy['f1_weighted']:.3f}")
-    log.info("[4/4] map vs truth: OA %.3f, weighted F1 %.3f over %d px -> %s",
-             accuracy["oa"], accuracy["f1_weighted"], accuracy["pixels"], png)
+    log.info("[4/4] map vs truth (%s mode): OA %.3f, OA within 3 px of a boundary %.3f, "
+             "weighted F1 %.3f over %d px -> %s", mapping.mode, accuracy["oa"],
+             accuracy["edge_oa"], accuracy["f1_weighted"], accuracy["pixels"], png)
     return {"dataset": str(root), "patch_test": result.metrics, "map": str(map_path),
             "mapping": mapping.to_dict(), "map_accuracy": accuracy}
