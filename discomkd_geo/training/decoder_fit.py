@@ -1,12 +1,20 @@
-"""Give a trained run's branches a per-pixel decoder, trained alone on mosaics.
+"""Give a trained run's branches a per-pixel decoder, trained alone on mosaics and patches.
 
 The two-stage recipe (``model.decoder_epochs``, ``discomkd-geo fit-decoder``): the run's
 encoders and heads are trained as usual on isolated patches, so the isolated-patch scores
 stay exactly those of the run, then frozen; only the decoder
 (:mod:`discomkd_geo.models.decoder`) learns, from the per-pixel label maps of mosaics
 (:mod:`discomkd_geo.data.mosaic`) drawn from the run's own training split, normalised with
-the run's statistics. Batch normalisation layers stay in evaluation mode, so the frozen
-branch computes exactly what it computes when mapping. The branch with its decoder is
+the run's statistics, and from the isolated training patches, every pixel labelled with
+its patch's class. Batch normalisation layers stay in evaluation mode, so the frozen
+branch computes exactly what it computes when mapping.
+
+Why the isolated patches too: a mosaic is nearly all boundary (four classes in 96 px),
+while most of a scene lies inside a parcel. Trained on mosaics alone the decoder learned
+to expect a change of class everywhere and invented some inside parcels (demo model, SAR:
+OA of the pixels whose 64 px neighbourhood holds one class 0.76 against 0.88 for dense
+mode); with the patches it stays with the context there (0.77 on the demo scene, held-out
+scenes 0.861 vs 0.849, overall OA +2.5 and +1.5 points). The branch with its decoder is
 saved as ``RUN/decoders/<modality>.pt`` (a predictor file,
 :meth:`~discomkd_geo.models.predictor.Predictor.save`), which the run directory then loads
 (:func:`~discomkd_geo.models.predictor.run_checkpoint`) and which maps in mode ``pixel``.
@@ -17,11 +25,14 @@ SAR branch's isolated-patch F1 by 8 points and its maps with it (``benchmarks/ma
 """
 
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from ..config import load_config
 from ..data.datamodule import MSSARDataModule
@@ -52,25 +63,45 @@ def with_decoder(predictor: Predictor) -> Predictor:
     return Predictor(branch, predictor.stats, info).eval()
 
 
-def _fit(predictor: Predictor, dm: MSSARDataModule, epochs: int, lr: float) -> float:
-    """Train ``predictor``'s decoder on ``dm``'s training mosaics; the last epoch's loss."""
-    modality = predictor.info.modality
+def _endless(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """The loader's batches, pass after pass (each pass draws anew)."""
+    while True:
+        yield from loader
+
+
+def _pixel_loss(predictor: Predictor, images: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of the per-pixel logits against ``(B, H, W)`` labels."""
+    logits = pixel_logits(predictor.branch, images, predictor.info.patch_size)
+    return F.cross_entropy(logits, labels)
+
+
+def _fit(predictor: Predictor, mosaics: MSSARDataModule, patches: MSSARDataModule,
+         epochs: int, lr: float) -> float:
+    """Train ``predictor``'s decoder; the last epoch's mean loss.
+
+    Every step adds the loss on a batch of training mosaics (their label maps) and on a
+    batch of isolated training patches (their class at every pixel).
+    """
+    m = predictor.info.modality
     optimizer = torch.optim.Adam(predictor.branch.decoder.parameters(), lr=lr)
-    loader = dm.train_dataloader()  # once: its samplers draw anew every epoch
+    # Made once: their samplers draw anew every epoch.
+    mosaic_loader, patch_loader = mosaics.train_dataloader(), patches.train_dataloader()
     mean = float("nan")
     for epoch in range(epochs):
         total, steps = 0.0, 0
-        for batch in loader:
-            batch = dm.preprocess(batch, augment=True)
-            logits = pixel_logits(predictor.branch, batch[f"image_{modality}"],
-                                  predictor.info.patch_size)
-            loss = F.cross_entropy(logits, batch[f"mask_{modality}"])
+        for batch, single in zip(mosaic_loader, _endless(patch_loader), strict=False):
+            batch = mosaics.preprocess(batch, augment=True)
+            single = patches.preprocess(single, augment=True)
+            image = single[f"image_{m}"]
+            uniform = single[f"label_{m}"][:, None, None].expand(-1, *image.shape[-2:])
+            loss = (_pixel_loss(predictor, batch[f"image_{m}"], batch[f"mask_{m}"])
+                    + _pixel_loss(predictor, image, uniform))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             total, steps = total + loss.item(), steps + 1
         mean = total / max(steps, 1)
-        log.info("%s decoder epoch %d/%d: pixel loss %.4f", modality, epoch + 1, epochs, mean)
+        log.info("%s decoder epoch %d/%d: pixel loss %.4f", m, epoch + 1, epochs, mean)
     return mean
 
 
@@ -117,18 +148,20 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
     targets = {m: out_dir / f"{m}.pt" for m in modalities}
     for target in targets.values():
         check_writable(target, overwrite)
-    config = load_config(run_dir / "config.yaml", ["data.mosaic=true"])
-    dm = MSSARDataModule(config.data, seed=config.seed)
-    dm.setup()
+    config = load_config(run_dir / "config.yaml", ["data.mosaic=false"])
+    patches = MSSARDataModule(config.data, seed=config.seed)
+    mosaics = MSSARDataModule(replace(config.data, mosaic=True), seed=config.seed)
+    for dm in (patches, mosaics):
+        dm.setup()
     torch.manual_seed(config.seed)
     for modality, target in targets.items():
         best = run_dir / "checkpoints" / f"best-{modality}.ckpt"
         predictor = with_decoder(load_predictor(best, modality))
-        if dm.stats[modality].to_dict() != predictor.stats.to_dict():
+        if mosaics.stats[modality].to_dict() != predictor.stats.to_dict():
             raise CheckpointError(f"{run_dir}: the {modality} statistics of its data differ "
                                   "from the run's")
         start = time.perf_counter()
-        loss = _fit(predictor, dm, epochs, lr)
+        loss = _fit(predictor, mosaics, patches, epochs, lr)
         log.info("%s decoder: %d epochs in %.0f s, final pixel loss %.4f", modality, epochs,
                  time.perf_counter() - start, loss)
         out_dir.mkdir(parents=True, exist_ok=True)
