@@ -2,10 +2,11 @@
 
 For each trained run given (``--run LABEL=RUN_DIR``, default the demo's ``demo_out/run``)
 and each mode
-  windows-s32  every 64 px window alone at stride 32 (today's default),
+  windows-s32  every 64 px window alone at stride 32 (the default without a decoder),
   windows-s8   the same at stride 8,
   dense-s16    dense mode at stride 16,
-  pixel        the per-pixel decoder (runs trained with ``model.decoder`` only),
+  pixel        the per-pixel decoder (runs with one: ``model.decoder_epochs``,
+               ``discomkd-geo fit-decoder``, or ``model.decoder``; the default then),
 one fresh process maps, from SAR alone, the demo scene (``tiles/demo/sar.tif``) and
 ``--scenes`` synthetic scenes generated with seeds 101, 102, ... (no training saw them:
 the demo trains on patches of seed 0), and reports per scene the overall accuracy,

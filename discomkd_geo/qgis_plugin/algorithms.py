@@ -31,7 +31,7 @@ from qgis.core import (
 
 from .runner import Cancelled, CliError, run_cli
 
-MODES = ["windows", "dense"]
+MODES = ["auto", "pixel", "windows", "dense"]
 MODALITIES = ["sar", "ms"]
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
 
@@ -131,8 +131,10 @@ class MapLandCover(CliAlgorithm):
             "checkpoint (.ckpt, exported .pt, or .onnx, which needs no PyTorch), through "
             "'discomkd-geo predict'. The map is loaded with its class colours; the scene "
             "is checked against the model's training data first (units, band order). "
-            "Mode 'windows' classifies each window alone (default; ONNX models only run "
-            "this mode), 'dense' shares the encoders' work (faster at small strides). "
+            "Mode 'auto' (default) maps per pixel with models given a decoder "
+            "('discomkd-geo fit-decoder'), else as 'windows', which classifies each window "
+            "alone (ONNX models only run this mode); 'dense' shares the encoders' work "
+            "(faster at small strides). "
             "An area of interest limits the map to its polygons.")
 
     def initAlgorithm(self, config=None):
