@@ -20,11 +20,11 @@ from discomkd_geo.models.predictor import Predictor, load_predictor
 DATA = Path(__file__).parent / "data"
 
 
-def pixel_predictor() -> Predictor:
+def pixel_predictor(padding: str = "zeros") -> Predictor:
     """A DisCoM-KD SAR branch with a decoder whose residual is not zero (untrained)."""
     torch.manual_seed(3)
     spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
-            "width": 4, "decoder": True}
+            "width": 4, "decoder": True, **({"padding": padding} if padding != "zeros" else {})}
     branch = build_branch(**spec)
     with torch.no_grad():
         branch.task_cls.weight.mul_(8.0)
@@ -42,9 +42,10 @@ def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_scene(tmp_path_factory.mktemp("pixel") / "sar.tif", data, list(S1_BANDS))
 
 
-def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path,
-                                                                  tmp_path: Path) -> None:
-    predictor = pixel_predictor()
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path, tmp_path: Path,
+                                                                  padding: str) -> None:
+    predictor = pixel_predictor(padding)
     runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
             "c24w2": {"chunk_size": 24, "workers": 2}}
     for name, kwargs in runs.items():
@@ -63,9 +64,11 @@ def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path,
     assert len(np.unique(codes[valid])) >= 2
 
 
-def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("padding", ["zeros", "reflect"])
+def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path,
+                                                   padding: str) -> None:
     """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices."""
-    predictor = pixel_predictor()
+    predictor = pixel_predictor(padding)
     predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
         mode="pixel", block_size=32, probabilities=tmp_path / "p.p.tif"))
     with torch.no_grad():
