@@ -326,6 +326,7 @@ def test_quick_protocol_scores_sar_maps_of_held_out_scenes(eurosat_root: Path,
     (copy / "results.json").write_text((out / "results.json").read_text())
     assert CliRunner().invoke(main, ["compare", "--out", str(copy), "--regenerate"]).exit_code == 0
     assert (copy / "report.md").read_text() == report
+    assert (out / "maps.png").stat().st_size > 5000 and (copy / "maps.png").is_file()
     other = CliRunner().invoke(main, [
         "compare", "--quick", "--data-root", str(eurosat_root), "--out", str(out), "--lrs",
         "1e-3", "--map-scenes", "3", "--map-size", "128", "--set", "trainer.accelerator=cpu",

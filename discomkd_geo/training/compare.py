@@ -38,6 +38,7 @@ each). The report directory holds::
     REPORT/report.md      tables: F1 mean ± std, paired differences, chosen rates, epochs
                           (and map OA / edge OA with intervals and paired differences)
     REPORT/f1.png         F1 per method and head with 95% intervals
+    REPORT/maps.png       the same for the map score (--map-scenes), when there is one
     REPORT/val_curves.png validation weighted F1 per epoch (every run at its chosen rate)
     REPORT/diagnostics.png  discriminator accuracy, GRL/L_cl gradient ratio, |z_inv|
 

@@ -1,7 +1,8 @@
 """The comparison's report: Markdown tables and figures, made from the results alone.
 
 ``report.md`` (F1 mean ± std, paired differences, chosen rates, epochs), ``f1.png``,
-``val_curves.png`` and ``diagnostics.png``; see :mod:`discomkd_geo.training.compare`.
+``maps.png`` (with a map score), ``val_curves.png`` and ``diagnostics.png``; see
+:mod:`discomkd_geo.training.compare`.
 matplotlib is imported by the functions that draw (its Agg backend: files only).
 """
 
@@ -21,6 +22,7 @@ from .comparison_results import (
     Summary,
     lr_name,
 )
+from .map_score import MAP_METRICS
 
 
 def _heads(summary: Summary) -> list[str]:
@@ -159,16 +161,36 @@ def report_markdown(results: ComparisonResults, summary: Summary) -> str:
 
 def plot_f1(results: ComparisonResults, summary: Summary, path: Path) -> None:
     """Test weighted F1 per variant and head: mean with its 95% t interval, and each seed."""
+    heads = [h for h in _heads(summary) if h != FUSED]
+    plot_scores(results, summary, path,
+                [(PRIMARY, h, f"{h} test weighted F1 (%)") for h in heads])
+
+
+def plot_maps(results: ComparisonResults, summary: Summary, path: Path) -> bool:
+    """The map score's metrics as :func:`plot_f1` draws F1; False if no run has them."""
+    panels = [(m, "sar", f"{SUMMARY_METRICS[m]} (%)") for m in MAP_METRICS
+              if any("sar" in v.scores.get(m, {}) for v in summary.methods.values())]
+    if panels:
+        plot_scores(results, summary, path, panels)
+    return bool(panels)
+
+
+def plot_scores(results: ComparisonResults, summary: Summary, path: Path,
+                panels: list[tuple[str, str, str]]) -> None:
+    """One panel per ``(metric, head, label)``: each variant's mean and 95% t interval.
+
+    Each seed's value is drawn as a dot beside it.
+    """
     import matplotlib.pyplot as plt
 
     methods = summary.methods
-    heads = [h for h in _heads(summary) if h != FUSED]
-    names = [n for n in methods if any(h in methods[n].scores[PRIMARY] for h in heads)]
-    fig, axes = plt.subplots(1, len(heads), figsize=(5.5 * len(heads), 0.45 * len(names) + 1.8),
-                             squeeze=False)
-    for ax, h in zip(axes[0], heads, strict=True):
+    names = [n for n in methods
+             if any(h in methods[n].scores.get(m, {}) for m, h, _ in panels)]
+    fig, axes = plt.subplots(1, len(panels),
+                             figsize=(5.5 * len(panels), 0.45 * len(names) + 1.8), squeeze=False)
+    for ax, (metric, h, label) in zip(axes[0], panels, strict=True):
         for i, n in enumerate(names):
-            entry = methods[n].scores[PRIMARY].get(h)
+            entry = methods[n].scores.get(metric, {}).get(h)
             if entry is None:
                 continue
             mean = 100 * entry.mean
@@ -181,7 +203,7 @@ def plot_f1(results: ComparisonResults, summary: Summary, path: Path) -> None:
                     alpha=0.35, markersize=4)
         ax.set_yticks(range(len(names)), names)
         ax.invert_yaxis()
-        ax.set_xlabel(f"{h} test weighted F1 (%)")
+        ax.set_xlabel(label)
         ax.grid(axis="x", alpha=0.3)
     fig.suptitle(f"mean and 95% t interval over {len(results.seeds)} paired seeds "
                  "(dots: seeds)")
@@ -260,5 +282,6 @@ def write_report(results: ComparisonResults, out: Path) -> None:
     with atomic_path(out / "report.md", overwrite=True) as tmp:
         tmp.write_text(report_markdown(results, summary))
     plot_f1(results, summary, out / "f1.png")
+    plot_maps(results, summary, out / "maps.png")
     plot_val_curves(results, summary, out / "val_curves.png")
     plot_diagnostics(results, out / "diagnostics.png")
