@@ -36,6 +36,7 @@ from torch import Tensor
 
 from ..config import load_config
 from ..data.datamodule import MSSARDataModule
+from ..data.mosaic import PATCHES
 from ..errors import CheckpointError
 from ..files import check_writable
 from ..logs import log
@@ -79,8 +80,9 @@ def _fit(predictor: Predictor, mosaics: MSSARDataModule, patches: MSSARDataModul
          epochs: int, lr: float) -> float:
     """Train ``predictor``'s decoder; the last epoch's mean loss.
 
-    Every step adds the loss on a batch of training mosaics (their label maps) and on a
-    batch of isolated training patches (their class at every pixel).
+    Every step adds the loss on a batch of training mosaics (their label maps) and on as
+    many isolated training patches (their class at every pixel): one per mosaic, which
+    holds four.
     """
     m = predictor.info.modality
     optimizer = torch.optim.Adam(predictor.branch.decoder.parameters(), lr=lr)
@@ -149,7 +151,9 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
     for target in targets.values():
         check_writable(target, overwrite)
     config = load_config(run_dir / "config.yaml", ["data.mosaic=false"])
-    patches = MSSARDataModule(config.data, seed=config.seed)
+    # One isolated patch per mosaic: a quarter of the batch (see _fit).
+    single = replace(config.data, batch_size=max(2, config.data.batch_size // PATCHES))
+    patches = MSSARDataModule(single, seed=config.seed)
     mosaics = MSSARDataModule(replace(config.data, mosaic=True), seed=config.seed)
     for dm in (patches, mosaics):
         dm.setup()
