@@ -168,7 +168,9 @@ def plot_f1(results: ComparisonResults, summary: Summary, path: Path) -> None:
 
 def plot_maps(results: ComparisonResults, summary: Summary, path: Path) -> bool:
     """The map score's metrics as :func:`plot_f1` draws F1; False if no run has them."""
-    panels = [(m, "sar", f"{SUMMARY_METRICS[m]} (%)") for m in MAP_METRICS
+    labels = {"map_oa": "SAR-only map OA (%)",
+              "map_edge_oa": "SAR-only map OA within 3 px of a boundary (%)"}
+    panels = [(m, "sar", labels[m]) for m in MAP_METRICS
               if any("sar" in v.scores.get(m, {}) for v in summary.methods.values())]
     if panels:
         plot_scores(results, summary, path, panels)
