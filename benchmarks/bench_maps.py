@@ -18,7 +18,8 @@ windows-s32 and pixel. One edge OA is checked against the reference scorer
 
 Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
 under other labels are kept, so runs can be measured as they finish) and draws
-benchmarks/maps.png (OA and edge OA per mode: demo scene and held-out mean with range).
+benchmarks/maps.png (OA and edge OA per mode: demo scene and held-out mean with range) of
+the runs given this time.
 
     python benchmarks/bench_maps.py --run today=runs/a --run pixel=runs/b [--scenes 5]
 """
@@ -174,11 +175,12 @@ def main() -> None:
         (demo / name).symlink_to(DEMO / name)
     results: dict = {}
     for label, run in runs.items():
-        run = Path(run)
+        run, out = Path(run), work / label  # each run's maps apart: the cross-check reads one
+        out.mkdir()
         modes = [m for m in MODES if m != "pixel" or has_decoder(run)]
         results[label] = {"run": str(run), "sar": {}, "ms": {}, "fused": {}}
         for mode in modes:
-            found = in_subprocess(run, mode, [demo, *scenes], work, "sar")
+            found = in_subprocess(run, mode, [demo, *scenes], out, "sar")
             found["summary"] = summarise(found["scenes"])
             results[label]["sar"][mode] = found
             s = found["summary"]
@@ -190,7 +192,7 @@ def main() -> None:
                   f"edge {held.get('edge_oa', {}).get('mean', float('nan')):.3f}", flush=True)
         for modality in ("ms", "fused"):
             for mode in (m for m in ("windows-s32", "pixel") if m in modes):
-                found = in_subprocess(run, mode, scenes, work, modality)
+                found = in_subprocess(run, mode, scenes, out, modality)
                 rows = found["scenes"]
                 found["summary"] = {k: round(float(np.mean([r[k] for r in rows])), 4)
                                     for k in ("oa", "f1_weighted", "edge_oa", "px_per_s")}
@@ -212,12 +214,12 @@ def main() -> None:
                 for row in found["scenes"]:
                     row.pop("map", None)
     # Runs measured before under the same key (other --run labels) are kept.
+    # The figure shows this invocation's runs (measured in one run of the script).
+    figure({k: v for k, v in results.items() if k != "cross_check"}, HERE / "maps.png")
     earlier = load_results().get(args.key, {}).get("runs", {})
-    results = {**earlier, **results}
     merge_results(args.key, {"torch_threads": TORCH_THREADS, "scene_size": args.size,
                              "held_out_seeds": list(range(101, 101 + args.scenes)),
-                             "runs": results})
-    figure({k: v for k, v in results.items() if k != "cross_check"}, HERE / "maps.png")
+                             "runs": {**earlier, **results}})
     print(f"-> {HERE / 'results.json'} ({args.key}), {HERE / 'maps.png'}")
 
 

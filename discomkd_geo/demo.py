@@ -45,7 +45,7 @@ DEMO_CONFIG, DEMO_TILES = _demo_files()
 #: ``demo --quick``: a smoke run of every step in well under a minute.
 QUICK_PER_CLASS = 12
 QUICK_OVERRIDES = ("trainer.max_epochs=1", "trainer.log_every_n_steps=1", "model.width=8",
-                   "data.batch_size=32")
+                   "data.batch_size=32", "model.decoder_epochs=1")
 
 
 @contextmanager

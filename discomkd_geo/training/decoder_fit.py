@@ -166,8 +166,8 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
                                   "from the run's")
         start = time.perf_counter()
         loss = _fit(predictor, mosaics, patches, epochs, lr)
-        log.info("%s decoder: %d epochs in %.0f s, final pixel loss %.4f", modality, epochs,
-                 time.perf_counter() - start, loss)
+        log.info("%s decoder: %d epoch%s in %.0f s, final pixel loss %.4f", modality, epochs,
+                 "s" * (epochs != 1), time.perf_counter() - start, loss)
         out_dir.mkdir(parents=True, exist_ok=True)
         predictor.save(target, overwrite=overwrite)
     return targets
