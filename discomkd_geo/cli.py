@@ -407,15 +407,16 @@ def export(checkpoint: Path, trusted: bool, modality: str, output: Path, fmt: st
               help="Branch to give a decoder (repeatable) [default: every branch that maps "
                    "from one modality].")
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Passes over the run's training split, drawn as mosaics.")
+              help="Passes over the run's training split (as mosaics, and as patches).")
 @_overwrite_option("Replace the run's existing decoders.")
 def fit_decoder(run_dir: Path, modalities: tuple[str, ...], epochs: int,
                 overwrite: bool) -> None:
     """Give a trained run's branches a per-pixel decoder (maps then use mode pixel).
 
     The branches stay frozen (their patch scores are unchanged); each decoder learns the
-    label maps of mosaics of the run's training split, and is saved in RUN/decoders/,
-    which the run directory then loads. What train does with model.decoder_epochs.
+    label maps of mosaics of the run's training split and its isolated patches, and is
+    saved in RUN/decoders/, which the run directory then loads. What train does with
+    model.decoder_epochs.
     """
     from .training.decoder_fit import fit_decoders, run_modalities
 

@@ -14,14 +14,16 @@ while most of a scene lies inside a parcel. Trained on mosaics alone the decoder
 to expect a change of class everywhere and invented some inside parcels (demo model, SAR:
 OA of the pixels whose 64 px neighbourhood holds one class 0.76 against 0.88 for dense
 mode); with the patches it stays with the context there (0.77 on the demo scene, held-out
-scenes 0.861 vs 0.849, overall OA +2.5 and +1.5 points). The branch with its decoder is
+scenes 0.861 vs 0.849, overall OA +2.5 and +1.5 points; measured with a full batch of
+patches per step, one patch per mosaic since, at half the cost). The branch with its decoder is
 saved as ``RUN/decoders/<modality>.pt`` (a predictor file,
 :meth:`~discomkd_geo.models.predictor.Predictor.save`), which the run directory then loads
 (:func:`~discomkd_geo.models.predictor.run_checkpoint`) and which maps in mode ``pixel``.
 
 Measured against the one-stage alternative (``data.mosaic`` + ``model.decoder``: every
 DisCoM-KD term computed per mosaic region, decoder trained jointly), which lowered the
-SAR branch's isolated-patch F1 by 8 points and its maps with it (``benchmarks/maps.png``).
+SAR branch's isolated-patch F1 by 8 points and its maps with it (``benchmarks/results.json``,
+``maps.runs.mosdec-s0``).
 """
 
 import time
