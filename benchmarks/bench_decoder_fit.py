@@ -31,7 +31,8 @@ def fit(run: Path, epochs: int, out: Path) -> Path:
     from discomkd_geo.training.decoder_fit import fit_decoders, with_decoder
 
     if epochs == 0:
-        with_decoder(load_predictor(run, "sar")).save(out / "sar.pt", overwrite=True)
+        best = run / "checkpoints" / "best-sar.ckpt"  # a run directory may load its decoder
+        with_decoder(load_predictor(best, "sar")).save(out / "sar.pt", overwrite=True)
         return out / "sar.pt"
     with reproducible():
         return fit_decoders(run, out, ["sar"], epochs=epochs, overwrite=True)["sar"]

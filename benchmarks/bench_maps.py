@@ -92,15 +92,11 @@ def in_subprocess(run: Path, mode: str, scenes: list[Path], out: Path, modality:
 
 
 def held_out(count: int, size: int, work: Path) -> list[Path]:
-    """Synthetic scenes of seeds 101, 102, ... (the demo trains on seed 0's patches)."""
-    from discomkd_geo.data.synthetic import make_scene
+    """Synthetic scenes of seeds 101, 102, ... (the demo trains on seed 0's patches): the
+    scenes ``compare``'s map score maps."""
+    from discomkd_geo.training.map_score import MapScore, make_scenes
 
-    scenes = []
-    for seed in range(101, 101 + count):
-        out = work / f"scene{seed}"
-        make_scene(out, size=size, seed=seed)
-        scenes.append(out)
-    return scenes
+    return make_scenes(MapScore(count, size=size), work)
 
 
 def has_decoder(run: Path) -> bool:

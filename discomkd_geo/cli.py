@@ -16,7 +16,8 @@ from typing import Any, TypeVar, get_args
 import click
 
 from .errors import DiscomkdGeoError, SettingsError
-from .training.map_score import MapMode, MapScore
+from .inference.settings import Mode
+from .training.map_score import MapScore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -285,7 +286,7 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
               help="Also score every run's SAR-only map of this many held-out synthetic "
                    "scenes (seeds 101, 102, ...; made once under OUT/scenes): map OA and "
                    "edge OA per method and paired by seed (0: no map score).")
-@click.option("--map-mode", type=click.Choice(get_args(MapMode)), default=MapScore.mode,
+@click.option("--map-mode", type=click.Choice(get_args(Mode)), default=MapScore.mode,
               show_default=True,
               help=f"How the map score maps: as predict does by default (auto: pixel for "
                    f"runs with decoders, else windows at stride {MapScore.stride}), windows, "
@@ -302,7 +303,7 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
 def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None,
             download: bool, seeds: int, lrs: str, patience: int, jobs: int, report_dir: Path,
             methods: tuple[str, ...], overrides: tuple[str, ...], quick: bool,
-            map_scenes: int, map_mode: MapMode, map_size: int, regenerate: bool,
+            map_scenes: int, map_mode: Mode, map_size: int, regenerate: bool,
             overwrite: bool, resume: bool) -> None:
     """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report.
 

@@ -153,12 +153,13 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
     for target in targets.values():
         check_writable(target, overwrite)
     config = load_config(run_dir / "config.yaml", ["data.mosaic=false"])
-    # One isolated patch per mosaic: a quarter of the batch (see _fit).
-    single = replace(config.data, batch_size=max(2, config.data.batch_size // PATCHES))
-    patches = MSSARDataModule(single, seed=config.seed)
     mosaics = MSSARDataModule(replace(config.data, mosaic=True), seed=config.seed)
-    for dm in (patches, mosaics):
-        dm.setup()
+    mosaics.setup()
+    # One isolated patch per mosaic: a quarter of the batch (see _fit). The same split, so
+    # its statistics are not computed a second time.
+    single = replace(config.data, batch_size=max(2, config.data.batch_size // PATCHES))
+    patches = MSSARDataModule(single, seed=config.seed, stats=mosaics.stats)
+    patches.setup()
     torch.manual_seed(config.seed)
     for modality, target in targets.items():
         best = run_dir / "checkpoints" / f"best-{modality}.ckpt"

@@ -22,11 +22,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from ..constants import SAR
 from ..errors import ConfigError
 from ..files import atomic_path
+from ..inference.settings import Mode
 
 if TYPE_CHECKING:
     from ..models.predictor import Predictor
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
 FIRST_SEED = 101
 #: Per-run test metrics the map score adds to head ``sar``.
 MAP_METRICS = ("map_oa", "map_edge_oa")
-MapMode = Literal["auto", "windows", "dense", "pixel"]
 
 
 @dataclass(frozen=True)
@@ -55,15 +55,15 @@ class MapScore:
     """
 
     scenes: int = 0
-    mode: MapMode = "auto"
+    mode: Mode = "auto"
     stride: int = 32
     size: int = 512
 
     def __post_init__(self) -> None:
         if self.scenes < 0:
             raise ConfigError("--map-scenes", f"expected 0 or more, got {self.scenes}")
-        if self.mode not in get_args(MapMode):
-            raise ConfigError("--map-mode", f"expected one of {', '.join(get_args(MapMode))}, "
+        if self.mode not in get_args(Mode):
+            raise ConfigError("--map-mode", f"expected one of {', '.join(get_args(Mode))}, "
                                             f"got {self.mode!r}")
         if self.stride < 1:
             raise ConfigError("map_score.stride", f"expected at least 1, got {self.stride}")
@@ -103,7 +103,7 @@ def make_scenes(spec: MapScore, out: Path) -> list[Path]:
     return scenes
 
 
-def _sar_predictor(run_dir: Path, mode: MapMode) -> "Predictor":
+def _sar_predictor(run_dir: Path, mode: Mode) -> "Predictor":
     """The run's SAR predictor; in pixel mode, given a decoder first if it has none."""
     from ..models.predictor import load_predictor
 
@@ -134,8 +134,9 @@ def score_scenes(predictor: "Predictor", scenes: list[Path], maps: Path, spec: M
     from ..inference.scoring import score_map
     from ..inference.settings import MapSettings
 
-    windows = spec.mode == "windows" or (spec.mode == "auto" and not predictor.has_decoder)
-    settings = MapSettings.of(mode=spec.mode, stride=spec.stride if windows else None,
+    # Pixel mode ignores the stride (auto maps in it or in windows mode): only dense mode
+    # keeps its own default.
+    settings = MapSettings.of(mode=spec.mode, stride=None if spec.mode == "dense" else spec.stride,
                               device="cpu", threads=threads, overwrite=True)
     maps.mkdir(parents=True, exist_ok=True)
     per_scene: dict[str, dict[str, float]] = {}
