@@ -14,6 +14,7 @@ from discomkd_geo.errors import CheckpointError, SettingsError
 from discomkd_geo.inference import engine
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.settings import MapSettings
+from discomkd_geo.inference.smoothing import smooth_probabilities
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
@@ -65,21 +66,31 @@ def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path, t
 
 
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
+@pytest.mark.parametrize("smoothing", [0.0, 8.0])
 def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path,
-                                                   padding: str) -> None:
-    """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices."""
+                                                   padding: str, smoothing: float) -> None:
+    """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices,
+    for the decoder and for the smoothing (32 px blocks, smoothing reaching 24 px)."""
     predictor = pixel_predictor(padding)
     predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
-        mode="pixel", block_size=32, probabilities=tmp_path / "p.p.tif"))
+        mode="pixel", block_size=32, smoothing=smoothing, smoothing_radius=4,
+        smoothing_passes=2, probabilities=tmp_path / "p.p.tif"))
     with torch.no_grad():
         raw = read(scene)
+        valid = torch.from_numpy(~np.isnan(raw).any(axis=0))
         raw = np.where(np.isnan(raw), 0.0, raw).astype(np.float32)
         halo = predictor.pixel_halo()
         padded = np.pad(raw, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
-        whole = predictor.pixels(torch.from_numpy(padded)[None], halo)[0].numpy()
+        unsmoothed = predictor.pixels(torch.from_numpy(padded)[None], halo)[0].double()
+        whole = smooth_probabilities(unsmoothed, valid, smoothing, 4, 2) if smoothing \
+            else unsmoothed
     probs = read(tmp_path / "p.p.tif")
-    # Away from the filled nodata corner, a pixel's context is real scene only.
-    np.testing.assert_allclose(probs[:, 60:, 60:], whole[:, 60:, 60:], atol=1e-5)
+    # Away from the filled nodata corner (and the smoothing's reach of it), a pixel's
+    # context is real scene only.
+    corner = (slice(None), slice(60 + 24 * (smoothing > 0), None), slice(60, None))
+    np.testing.assert_allclose(probs[corner], whole.numpy()[corner], atol=1e-5)
+    if smoothing:  # the smoothing changed the map: the comparison above is not vacuous
+        assert np.abs(unsmoothed.numpy()[corner] - probs[corner]).max() > 0.05
 
 
 @pytest.mark.slow

@@ -241,19 +241,39 @@ def pixel_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan,
     """Per-pixel probabilities ``(K, h, w)`` of one modality over a block (mode ``pixel``).
 
     The encoders and the decoder run once over the block plus the context they need
-    (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`); blocks start on whole
-    patches of the scene (:attr:`Plan.output_block`), so a pixel's value depends only on its
-    block. Invalid pixels are filled for the model's context but left unmapped.
+    (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`) and, with smoothing on,
+    the smoothing's reach (:mod:`.smoothing`), so that a pixel's value is that of one pass
+    over the scene. Blocks start on whole patches of the scene (:attr:`Plan.output_block`).
+    Invalid pixels are filled for the model's context but left unmapped.
 
     Returns:
         ``(probs, ok)``: float64 probabilities and which pixels have one.
     """
+    # Here, not at the top: only torch models have a decoder, and a map made with an
+    # ONNX model imports no torch.
+    import torch
+
+    from .smoothing import smooth_probabilities, smoothing_reach
+
+    tiling = plan.tiling
+    smoothing = tiling.smoothing > 0
     halo = predictor.pixel_halo()
-    values, valid, read = read_values(predictor, reader, plan, area, halo)
+    reach = smoothing_reach(tiling.smoothing_radius, tiling.smoothing_passes) if smoothing else 0
+    # In whole cells of the encoders (multiples of the smoothing's cells): the outer
+    # block must start a cell of both in the scene. Beyond the scene's edge no pixel takes
+    # part in the smoothing, so none is computed there.
+    margin = predictor.pixel_halo(reach) - halo
+    outer = grow(area, margin).intersection(plan.grid.window)
+    values, valid, read = read_values(predictor, reader, plan, outer, halo)
     probs = predictor.predict_pixels(values, halo, plan.device).astype(np.float64)
-    ok = np.zeros((area.height, area.width), dtype=bool)
-    ok[relative_slices(read, area)] = valid
-    return probs, ok
+    ok = np.zeros((outer.height, outer.width), dtype=bool)
+    ok[relative_slices(read, outer)] = valid
+    if smoothing:
+        probs = smooth_probabilities(torch.from_numpy(probs), torch.from_numpy(ok),
+                                     tiling.smoothing, tiling.smoothing_radius,
+                                     tiling.smoothing_passes).numpy()
+    inner = relative_slices(area, outer)
+    return probs[(slice(None), *inner)], ok[inner]
 
 
 def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,

@@ -199,6 +199,18 @@ class Tiling(_Group):
     pad: PadMode = setting(
         "reflect", "How windows beyond the scene edge are filled: mirrored (reflect) or "
         "with each band's typical training value (constant).")
+    smoothing: float = setting(
+        8.0, "Mode pixel: strength of the mean-field smoothing of each model's class "
+        "probabilities (a Potts model: a pixel takes the class most of its neighbourhood "
+        "holds unless its own evidence is strong; parcels lose their blotches, boundaries "
+        "stay); 0: off. Probability and confidence rasters hold the smoothed values.",
+        minimum=0.0)
+    smoothing_radius: int = setting(
+        32, "Mode pixel: half-side in pixels of the smoothing's neighbourhood (features "
+        "narrower than it with weak evidence can be absorbed).", minimum=1)
+    smoothing_passes: int = setting(
+        3, "Mode pixel: mean-field passes of the smoothing (each adds the radius to the "
+        "context read around a block).", minimum=1)
     min_valid: float = setting(
         0.5, "Windows with a smaller share of valid pixels are not classified (nodata).",
         minimum=0.0, maximum=1.0)
