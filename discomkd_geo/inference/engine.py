@@ -10,8 +10,10 @@ fusing modalities by averaging their probabilities. Three modes classify the pix
   blocks of whole patches; each block's encoders and per-pixel decoder
   (:mod:`discomkd_geo.models.decoder`) run once over the block plus a halo of the
   encoders' reach and half a patch of context (64 px for ``small_cnn``), giving every
-  input pixel its own probabilities. Byte-identical for any chunk size, number of workers
-  or scheduler, as dense mode.
+  input pixel its own probabilities, then smooths them (:mod:`.smoothing`: parcels keep
+  one class) with the smoothing's reach computed around the block too, so every pixel
+  has the value of one pass over the scene. Byte-identical for any chunk size, number of
+  workers or scheduler, as dense mode.
 
 - ``dense``: the chunk is cut into scene-anchored blocks; each block's
   encoders run once over the block's windows plus a halo of half the encoders' receptive
