@@ -186,8 +186,8 @@ def main() -> None:
         big = work / "big"
         make_scene(big, size=args.big, seed=100)
     for label, run in runs.items():
-        run, out = Path(run), work / label  # each run's maps apart: the cross-check reads one
-        out.mkdir()
+        run, out = Path(run), work / "maps" / label  # each run's maps apart (cross-check)
+        out.mkdir(parents=True)
         modes = [m for m in MODES if m not in PIXEL or has_decoder(run)]
         results[label] = {"run": str(run), "sar": {}, "ms": {}, "fused": {}}
         for mode in modes:
