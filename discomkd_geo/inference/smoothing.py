@@ -71,15 +71,20 @@ def smooth_probabilities(probs: Tensor, valid: Tensor, strength: float, radius: 
     """
     k, h, w = probs.shape
     pad = (0, -w % CELL, 0, -h % CELL)
-    weight = F.pad(valid.to(probs.dtype), pad)[None, None]
-    log_p = torch.log(probs.clamp_min(FLOOR))
+    # float32 inside: half the memory traffic of float64, and ample for a softmax; the
+    # smoothing would otherwise cost more than the decoder whose output it smooths.
+    p = F.pad(probs.float(), pad)
+    weight = F.pad(valid.float(), pad)[None, None]
+    everywhere = bool(weight.all())  # the usual block: no pixel to leave out
+    log_p = p.clamp_min(FLOOR).log_()
     cells = 2 * math.ceil(radius / CELL) + 1
-    # The valid share of every cell's neighbourhood: the normaliser of the means below.
-    support = context_means(_cell_means(weight), cells)
-    q = probs
+    # The valid share of every cell's neighbourhood, which normalises the means below, with
+    # the strength folded in (on the cells, not the pixels).
+    scale = strength / context_means(_cell_means(weight), cells).clamp_min(FLOOR)
+    q = p
     for _ in range(passes):
-        weighted = F.pad(q, pad)[None] * weight
-        means = context_means(_cell_means(weighted), cells) / support.clamp_min(FLOOR)
-        means = F.interpolate(means, scale_factor=CELL, mode="bilinear", align_corners=False)
-        q = torch.softmax(log_p + strength * means[0, :, :h, :w], dim=0)
-    return q
+        sums = _cell_means(q[None] if everywhere else q[None] * weight)
+        means = F.interpolate(context_means(sums, cells) * scale, scale_factor=CELL,
+                              mode="bilinear", align_corners=False)
+        q = torch.softmax(log_p + means[0], dim=0)
+    return q[:, :h, :w].to(probs.dtype)
