@@ -243,39 +243,34 @@ def pixel_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan,
     """Per-pixel probabilities ``(K, h, w)`` of one modality over a block (mode ``pixel``).
 
     The encoders and the decoder run once over the block plus the context they need
-    (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`) and, with smoothing on,
-    the smoothing's reach (:mod:`.smoothing`), so that a pixel's value is that of one pass
-    over the scene. Blocks start on whole patches of the scene (:attr:`Plan.output_block`).
-    Invalid pixels are filled for the model's context but left unmapped.
+    (:meth:`~discomkd_geo.models.predictor.Predictor.pixel_halo`); blocks start on whole
+    patches of the scene (:attr:`Plan.output_block`), so a pixel's value depends only on its
+    block. Invalid pixels are filled for the model's context but left unmapped.
 
     Returns:
         ``(probs, ok)``: float64 probabilities and which pixels have one.
     """
-    # Here, not at the top: only torch models have a decoder, and a map made with an
-    # ONNX model imports no torch.
-    import torch
+    halo = predictor.pixel_halo()
+    values, valid, read = read_values(predictor, reader, plan, area, halo)
+    probs = predictor.predict_pixels(values, halo, plan.device).astype(np.float64)
+    ok = np.zeros((area.height, area.width), dtype=bool)
+    ok[relative_slices(read, area)] = valid
+    return probs, ok
 
-    from .smoothing import smooth_probabilities, smoothing_reach
+
+def _smoothing_span(predictors: Mapping[str, Predictor], plan: Plan, area: Window) -> Window:
+    """``area`` with the smoothing's reach around it (:mod:`.smoothing`), inside the scene.
+
+    In whole cells of every encoder (the span must start a cell of each in the scene; the
+    encoders' cells, powers of two of at least the smoothing's cell, divide the largest
+    margin). Beyond the scene's edge no pixel takes part in the smoothing.
+    """
+    from .smoothing import smoothing_reach
 
     tiling = plan.tiling
-    smoothing = tiling.smoothing > 0
-    halo = predictor.pixel_halo()
-    reach = smoothing_reach(tiling.smoothing_radius, tiling.smoothing_passes) if smoothing else 0
-    # In whole cells of the encoders (multiples of the smoothing's cells): the outer
-    # block must start a cell of both in the scene. Beyond the scene's edge no pixel takes
-    # part in the smoothing, so none is computed there.
-    margin = predictor.pixel_halo(reach) - halo
-    outer = grow(area, margin).intersection(plan.grid.window)
-    values, valid, read = read_values(predictor, reader, plan, outer, halo)
-    probs = predictor.predict_pixels(values, halo, plan.device).astype(np.float64)
-    ok = np.zeros((outer.height, outer.width), dtype=bool)
-    ok[relative_slices(read, outer)] = valid
-    if smoothing:
-        probs = smooth_probabilities(torch.from_numpy(probs), torch.from_numpy(ok),
-                                     tiling.smoothing, tiling.smoothing_radius,
-                                     tiling.smoothing_passes).numpy()
-    inner = relative_slices(area, outer)
-    return probs[(slice(None), *inner)], ok[inner]
+    reach = smoothing_reach(tiling.smoothing_radius, tiling.smoothing_passes)
+    margin = max(p.pixel_halo(reach) - p.pixel_halo() for p in predictors.values())
+    return grow(area, margin).intersection(plan.grid.window)
 
 
 def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
@@ -301,24 +296,45 @@ def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
 
 def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Summed per-modality probabilities ``(K, h, w)`` and modality counts of ``area``.
+    """Per-pixel probabilities ``(K, h, w)`` of ``area``, fused, and modality counts.
 
     Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
-    over windows (:func:`_window_means`); pixels without a value add zero.
+    over windows (:func:`_window_means`); modalities are averaged where they have a value.
+    Mode ``pixel`` then smooths the fused probabilities (:mod:`.smoothing`), computed with
+    the smoothing's reach around ``area`` so that a pixel's value is that of one pass over
+    the scene; smoothing before fusing would make each modality over-confident, and the
+    more confident one, right or wrong, would decide.
     """
+    tiling = plan.tiling
+    smoothing = tiling.mode == "pixel" and tiling.smoothing > 0
+    span = _smoothing_span(predictors, plan, area) if smoothing else area
     classes = len(next(iter(predictors.values())).info.classes)
-    total = np.zeros((classes, area.height, area.width), dtype=np.float64)
-    mapped = np.zeros((area.height, area.width), dtype=np.int32)
+    total = np.zeros((classes, span.height, span.width), dtype=np.float64)
+    mapped = np.zeros((span.height, span.width), dtype=np.int32)
     for modality, reader in plan.readers.items():
         predictor = predictors[modality]
-        if plan.tiling.mode == "pixel":
-            mean, ok = pixel_probabilities(predictor, reader, plan, area)
+        if tiling.mode == "pixel":
+            mean, ok = pixel_probabilities(predictor, reader, plan, span)
         else:
-            mean, ok = _window_means(predictor, reader, plan, area)
+            mean, ok = _window_means(predictor, reader, plan, span)
         mean[:, ~ok] = 0.0
         total += mean
         mapped += ok
-    return total, mapped
+    if len(plan.readers) > 1:
+        total /= np.maximum(mapped, 1)
+    if not smoothing:
+        return total, mapped
+    # Here, not at the top: only torch models have a decoder, and a map made with an
+    # ONNX model imports no torch.
+    import torch
+
+    from .smoothing import smooth_probabilities
+
+    total = smooth_probabilities(torch.from_numpy(total), torch.from_numpy(mapped > 0),
+                                 tiling.smoothing, tiling.smoothing_radius,
+                                 tiling.smoothing_passes).numpy()
+    inner = relative_slices(area, span)
+    return total[(slice(None), *inner)], mapped[inner]
 
 
 def _blocks(plan: Plan, chunk: Window) -> list[Window]:
@@ -348,9 +364,10 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
 
     Each modality's per-pixel mean probability is computed over the windows covering the
     pixel (mode ``pixel``: given by the decoder); modalities are then averaged where they
-    have a value. In modes dense and pixel the chunk is computed block by block (see
-    :attr:`Plan.tiling`). With an area of interest, a chunk away from it is nodata without
-    a read, and pixels whose centre lies outside it are nodata.
+    have a value (mode ``pixel``: then smoothed). In modes dense and pixel the chunk is
+    computed block by block (see :attr:`Plan.tiling`). With an area of interest, a chunk
+    away from it is nodata without a read, and pixels whose centre lies outside it are
+    nodata.
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
@@ -361,14 +378,13 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
         codes = np.full((chunk.height, chunk.width), CLASS_NODATA, dtype=np.uint8)
         return ChunkResult(codes, np.full((classes, *codes.shape), np.nan, dtype=np.float32)
                            if plan.probabilities else None)
-    total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
+    probs = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
     for unit in _blocks(plan, chunk):
         where = (slice(None), *relative_slices(unit, chunk))
-        total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
+        probs[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
     if plan.aoi is not None:
         mapped[~plan.aoi.mask(chunk)] = 0
-    probs = total / np.maximum(mapped, 1) if len(plan.readers) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
     if not plan.probabilities:
