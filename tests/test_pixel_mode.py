@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from shapely.geometry import box
-from test_inference import CRS, ORIGIN, make_predictor, read, texture, write_scene
+from test_inference import CRS, MS_BANDS, ORIGIN, make_predictor, read, texture, write_scene
 
 from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
 from discomkd_geo.errors import CheckpointError, SettingsError
@@ -21,16 +21,18 @@ from discomkd_geo.models.predictor import Predictor, load_predictor
 DATA = Path(__file__).parent / "data"
 
 
-def pixel_predictor(padding: str = "zeros") -> Predictor:
-    """A DisCoM-KD SAR branch with a decoder whose residual is not zero (untrained)."""
+def pixel_predictor(padding: str = "zeros", modality: str = "sar") -> Predictor:
+    """A DisCoM-KD branch with a decoder whose residual is not zero (untrained)."""
     torch.manual_seed(3)
-    spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
+    bands = list(S1_BANDS) if modality == "sar" else MS_BANDS
+    spec = {"kind": "discomkd", "in_channels": len(bands), "num_classes": 10,
+            "backbone": "small_cnn",
             "width": 4, "decoder": True, **({"padding": padding} if padding != "zeros" else {})}
     branch = build_branch(**spec)
     with torch.no_grad():
         branch.task_cls.weight.mul_(8.0)
         branch.decoder.residual[-1].weight.normal_(0, 0.5)
-    predictor = make_predictor("sar", list(S1_BANDS), branch=branch)
+    predictor = make_predictor(modality, bands, branch=branch)
     predictor.info.branch_spec = spec  # what a saved file rebuilds the branch from
     return predictor
 
@@ -91,6 +93,25 @@ def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path,
     np.testing.assert_allclose(probs[corner], whole.numpy()[corner], atol=1e-5)
     if smoothing:  # the smoothing changed the map: the comparison above is not vacuous
         assert np.abs(unsmoothed.numpy()[corner] - probs[corner]).max() > 0.05
+
+
+def test_fused_pixel_maps_smooth_the_average_only_when_asked(tmp_path: Path) -> None:
+    predictors = {"ms": pixel_predictor(modality="ms"), "sar": pixel_predictor()}
+    scenes = {"ms": write_scene(tmp_path / "ms.tif", texture(len(MS_BANDS), 96, seed=5),
+                                MS_BANDS),
+              "sar": write_scene(tmp_path / "sar.tif", texture(2, 96, seed=6), list(S1_BANDS))}
+    probs = {}
+    runs = {"default": {}, "off": {"smoothing": 0.0}, "on": {"smoothing": 8.0}}
+    for name, kwargs in runs.items():
+        predict_to_file(predictors, scenes, tmp_path / f"{name}.tif", MapSettings.of(
+            mode="pixel", probabilities=tmp_path / f"{name}.p.tif", **kwargs))
+        probs[name] = read(tmp_path / f"{name}.p.tif")
+    np.testing.assert_array_equal(probs["default"], probs["off"])
+    # Asked for, the smoothing acts once on the averaged probabilities (one block here).
+    average = torch.from_numpy(probs["off"].astype(np.float64))
+    expected = smooth_probabilities(average, torch.ones(96, 96, dtype=torch.bool), 8.0, 32, 3)
+    np.testing.assert_allclose(probs["on"], expected.numpy(), atol=1e-5)
+    assert np.abs(probs["on"] - probs["off"]).max() > 0.05
 
 
 @pytest.mark.slow

@@ -59,7 +59,7 @@ from .checks import SceneCheck, check_scenes
 from .io import Grid, SceneInput, SceneReader, as_input, open_readers
 from .outputs import MapOutputs, MapPaths, MapSummary
 from .runner import chunk_runner
-from .settings import DEFAULTS, Execution, MapSettings, Tiling
+from .settings import DEFAULTS, SMOOTHING, Execution, MapSettings, Tiling
 from .stac import ItemInputs
 from .tiling import (
     WindowGrid,
@@ -98,11 +98,11 @@ class Plan:
     Attributes:
         grid: the input grid (the first modality's).
         readers: how to read each modality on that grid.
-        tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` set,
-            and ``block_size`` (the unit of work of modes dense and pixel: the encoders run
-            on scene-anchored ``block x block`` areas with their halo, so a pixel's value
-            never depends on the chunking; chunks are whole blocks) a whole number of
-            strides (dense) or patches (pixel).
+        tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` and
+            ``smoothing`` set, and ``block_size`` (the unit of work of modes dense and
+            pixel: the encoders run on scene-anchored ``block x block`` areas with their
+            halo, so a pixel's value never depends on the chunking; chunks are whole
+            blocks) a whole number of strides (dense) or patches (pixel).
         device: device the predictors run on (``cpu``, ``cuda``).
         probabilities: whether chunks return their class probabilities.
         threads: intra-op threads per worker (``None``: leave the runtime's setting).
@@ -456,7 +456,13 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     for predictor in predictors.values():
         predictor.check_device(device)
     outputs = settings.outputs
-    plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
+    # Smoothing the average of several modalities' probabilities lowered the fused maps'
+    # accuracy (README, "Maps against the truth"): by default only one modality's is.
+    smoothing = tiling.smoothing
+    if smoothing is None:
+        smoothing = SMOOTHING if len(predictors) == 1 else 0.0
+    plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block,
+                                       smoothing=smoothing), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
                 threads=execution.threads)
     region = None

@@ -59,6 +59,9 @@ PadMode = Literal["reflect", "constant"]
 ProbabilityDtype = Literal["float32", "uint8"]
 #: An output path.
 PathLike = str | os.PathLike[str]
+#: Mode pixel's smoothing strength for one modality's map (chosen on validation scenes:
+#: README, "Maps at the sensor's pixel size").
+SMOOTHING = 8.0
 
 
 #: ``0.5ha``, ``5000m2``, ``5000`` (square metres), ``2km2``.
@@ -199,11 +202,12 @@ class Tiling(_Group):
     pad: PadMode = setting(
         "reflect", "How windows beyond the scene edge are filled: mirrored (reflect) or "
         "with each band's typical training value (constant).")
-    smoothing: float = setting(
-        8.0, "Mode pixel: strength of the mean-field smoothing of each model's class "
-        "probabilities (a Potts model: a pixel takes the class most of its neighbourhood "
-        "holds unless its own evidence is strong; parcels lose their blotches, boundaries "
-        "stay); 0: off. Probability and confidence rasters hold the smoothed values.",
+    smoothing: float | None = setting(
+        None, "Mode pixel: strength of the mean-field smoothing of the class probabilities "
+        "(a Potts model: a pixel takes the class most of its neighbourhood holds unless its "
+        "own evidence is strong; parcels lose their blotches, boundaries stay); 0: off. "
+        "Probability and confidence rasters hold the smoothed values. [default: "
+        f"{SMOOTHING:g} for one modality; off when fusing, where it lowered accuracy]",
         minimum=0.0)
     smoothing_radius: int = setting(
         32, "Mode pixel: half-side in pixels of the smoothing's neighbourhood (features "

@@ -134,8 +134,8 @@ class MapLandCover(CliAlgorithm):
             "Mode 'auto' (default) maps per pixel with models given a decoder "
             "('discomkd-geo fit-decoder'), else as 'windows', which classifies each window "
             "alone (ONNX models only run this mode); 'dense' shares the encoders' work "
-            "(faster at small strides). Per-pixel maps are smoothed so that parcels keep "
-            "one class (advanced: smoothing strength, 0 turns it off). "
+            "(faster at small strides). Per-pixel maps of one modality are smoothed so that "
+            "parcels keep one class (advanced: smoothing strength, 0 turns it off). "
             "An area of interest limits the map to its polygons.")
 
     def initAlgorithm(self, config=None):
