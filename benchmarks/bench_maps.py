@@ -14,7 +14,7 @@ the demo trains on patches of seed 0), and reports per scene the overall accurac
 weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
 ``score_map.py``; :mod:`discomkd_geo.inference.scoring` scores) and pixels/s, and the
 process's peak RSS. MS-only and fused (MS + SAR) maps of the held-out scenes follow for
-windows-s32 and pixel. ``--big SIZE`` adds the speed on one larger scene (seed 100), where
+windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big SIZE`` adds the speed on one larger scene (seed 100), where
 pixel mode works in 1024 px blocks and the smoothing's reach around each block costs
 decoder passes (on the 512 px scenes one block holds the whole scene). One edge OA is
 checked against the reference scorer (``--score-map PATH``, e.g. the issues'
@@ -209,7 +209,7 @@ def main() -> None:
                   f"{row['edge_oa']:.3f} {row['px_per_s']:>8} px/s RSS {found['peak_rss_mb']} MB",
                   flush=True)
         for modality in ("ms", "fused"):
-            for mode in (m for m in ("windows-s32", "pixel") if m in modes):
+            for mode in (m for m in ("windows-s32", *PIXEL) if m in modes):
                 found = in_subprocess(run, mode, scenes, out, modality)
                 rows = found["scenes"]
                 found["summary"] = {k: round(float(np.mean([r[k] for r in rows])), 4)
