@@ -300,10 +300,10 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 
     Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
     over windows (:func:`_window_means`); modalities are averaged where they have a value.
-    Mode ``pixel`` then smooths the fused probabilities (:mod:`.smoothing`), computed with
-    the smoothing's reach around ``area`` so that a pixel's value is that of one pass over
-    the scene; smoothing before fusing would make each modality over-confident, and the
-    more confident one, right or wrong, would decide.
+    Mode ``pixel`` with smoothing on (by default for one modality) then smooths the fused
+    probabilities (:mod:`.smoothing`), computed with the smoothing's reach around ``area``
+    so that a pixel's value is that of one pass over the scene; smoothing before fusing
+    would make each modality over-confident, and the more confident one would decide.
     """
     tiling = plan.tiling
     smoothing = tiling.mode == "pixel" and tiling.smoothing > 0
