@@ -3,8 +3,9 @@
 The per-pixel decoder labels every pixel from the window of the patch size around it. Inside
 a parcel larger than that window, its evidence still varies from place to place (a
 ploughed field among green crops, a calm stretch of a river), and a single-sensor map shows
-it as blotches of other classes. Mode ``pixel`` therefore smooths each modality's
-probabilities by mean-field inference in a Potts conditional random field over a box
+it as blotches of other classes. Mode ``pixel`` therefore smooths the probabilities of a
+single modality's map (fused maps only when asked: smoothing lowered their accuracy) by
+mean-field inference in a Potts conditional random field over a box
 neighbourhood, the post-processing CNN segmentation has long used (Chen et al., 2015,
 DeepLab, with Krähenbühl & Koltun's dense CRF). Starting from the decoder's probabilities
 ``p``, each pass sets::
