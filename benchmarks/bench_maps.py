@@ -5,16 +5,20 @@ and each mode
   windows-s32  every 64 px window alone at stride 32 (the default without a decoder),
   windows-s8   the same at stride 8,
   dense-s16    dense mode at stride 16,
-  pixel        the per-pixel decoder (runs with one: ``model.decoder_epochs``,
-               ``discomkd-geo fit-decoder``, or ``model.decoder``; the default then),
+  pixel-raw    the per-pixel decoder alone (runs with one: ``model.decoder_epochs``,
+               ``discomkd-geo fit-decoder``, or ``model.decoder``), no smoothing,
+  pixel        the same with the mean-field smoothing's defaults (the default mode then),
 one fresh process maps, from SAR alone, the demo scene (``tiles/demo/sar.tif``) and
 ``--scenes`` synthetic scenes generated with seeds 101, 102, ... (no training saw them:
 the demo trains on patches of seed 0), and reports per scene the overall accuracy,
 weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
 ``score_map.py``; :mod:`discomkd_geo.inference.scoring` scores) and pixels/s, and the
 process's peak RSS. MS-only and fused (MS + SAR) maps of the held-out scenes follow for
-windows-s32 and pixel. One edge OA is checked against the reference scorer
-(``--score-map PATH``, e.g. the issues' ``score_map.py``).
+windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big SIZE`` adds the speed on one larger scene (seed 100), where
+pixel mode works in 1024 px blocks and the smoothing's reach around each block costs
+decoder passes (on the 512 px scenes one block holds the whole scene). One edge OA is
+checked against the reference scorer (``--score-map PATH``, e.g. the issues'
+``score_map.py``).
 
 Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
 under other labels are kept, so runs can be measured as they finish) and draws
@@ -38,9 +42,14 @@ from _results import load_results, merge_results
 
 HERE = Path(__file__).resolve().parent
 DEMO = HERE.parent / "tiles" / "demo"
-#: name: (mode, stride) of :func:`discomkd_geo.inference.engine.predict_to_file`.
-MODES = {"windows-s32": ("windows", 32), "windows-s8": ("windows", 8),
-         "dense-s16": ("dense", 16), "pixel": ("pixel", None)}
+#: name: settings of :func:`discomkd_geo.inference.engine.predict_to_file`.
+MODES = {"windows-s32": {"mode": "windows", "stride": 32},
+         "windows-s8": {"mode": "windows", "stride": 8},
+         "dense-s16": {"mode": "dense", "stride": 16},
+         "pixel-raw": {"mode": "pixel", "smoothing": 0.0},
+         "pixel": {"mode": "pixel"}}
+#: The modes that need a decoder.
+PIXEL = ("pixel-raw", "pixel")
 #: One intra-op thread, as bench_inference (OpenMP barriers stall on a shared machine).
 TORCH_THREADS = 1
 
@@ -63,7 +72,6 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
     from discomkd_geo.models.predictor import load_predictor
 
     torch.set_num_threads(TORCH_THREADS)
-    mode, stride = MODES[mode_name]
     names = ["ms", "sar"] if modality == "fused" else [modality]
     predictors = {m: load_predictor(run, m).eval() for m in names}
     rows = []
@@ -71,7 +79,7 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
         sources = {m: str(Path(scene) / f"{m}.tif") for m in names}
         target = Path(out) / f"{Path(scene).name}-{mode_name}-{modality}.tif"
         start = time.perf_counter()
-        settings = MapSettings.of(stride=stride, mode=mode, device="cpu", overwrite=True,
+        settings = MapSettings.of(**MODES[mode_name], device="cpu", overwrite=True,
                                   threads=TORCH_THREADS)
         summary = predict_to_file(predictors, sources, target, settings)
         seconds = time.perf_counter() - start
@@ -161,6 +169,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="held-out scene side (px)")
     parser.add_argument("--score-map", type=Path, help="reference scorer to cross-check")
     parser.add_argument("--key", default="maps", help="key in results.json")
+    parser.add_argument("--big", type=int, help="side (px) of a larger scene timed too")
     args = parser.parse_args()
     runs = dict(r.split("=", 1) for r in args.run) or {"today": "demo_out/run"}
     work = Path(tempfile.mkdtemp(prefix="bench_maps-"))
@@ -170,10 +179,16 @@ def main() -> None:
     for name in ("sar.tif", "truth.tif"):
         (demo / name).symlink_to(DEMO / name)
     results: dict = {}
+    big = None
+    if args.big:
+        from discomkd_geo.data.synthetic import make_scene
+
+        big = work / "big"
+        make_scene(big, size=args.big, seed=100)
     for label, run in runs.items():
-        run, out = Path(run), work / label  # each run's maps apart: the cross-check reads one
-        out.mkdir()
-        modes = [m for m in MODES if m != "pixel" or has_decoder(run)]
+        run, out = Path(run), work / "maps" / label  # each run's maps apart (cross-check)
+        out.mkdir(parents=True)
+        modes = [m for m in MODES if m not in PIXEL or has_decoder(run)]
         results[label] = {"run": str(run), "sar": {}, "ms": {}, "fused": {}}
         for mode in modes:
             found = in_subprocess(run, mode, [demo, *scenes], out, "sar")
@@ -186,8 +201,15 @@ def main() -> None:
                   f"{s['demo']['px_per_s']:>8} px/s RSS {found['peak_rss_mb']} MB | held-out "
                   f"OA {held.get('oa', {}).get('mean', float('nan')):.3f} "
                   f"edge {held.get('edge_oa', {}).get('mean', float('nan')):.3f}", flush=True)
+        for mode in (m for m in ("windows-s32", *PIXEL) if big and m in modes):
+            found = in_subprocess(run, mode, [big], out, "sar")
+            results[label].setdefault("big", {})[mode] = found
+            row = found["scenes"][0]
+            print(f"{label:>10} sar {mode:<12} {args.big} px scene: OA {row['oa']:.3f} edge "
+                  f"{row['edge_oa']:.3f} {row['px_per_s']:>8} px/s RSS {found['peak_rss_mb']} MB",
+                  flush=True)
         for modality in ("ms", "fused"):
-            for mode in (m for m in ("windows-s32", "pixel") if m in modes):
+            for mode in (m for m in ("windows-s32", *PIXEL) if m in modes):
                 found = in_subprocess(run, mode, scenes, out, modality)
                 rows = found["scenes"]
                 found["summary"] = {k: round(float(np.mean([r[k] for r in rows])), 4)
@@ -205,7 +227,7 @@ def main() -> None:
         results["cross_check"] = {"ours": {k: first[k] for k in ("oa", "edge_oa")},
                                   "score_map_py": ref}
     for run in results.values():
-        for modality in ("sar", "ms", "fused"):
+        for modality in ("sar", "ms", "fused", "big"):
             for found in run.get(modality, {}).values():
                 for row in found["scenes"]:
                     row.pop("map", None)
@@ -214,6 +236,7 @@ def main() -> None:
     figure({k: v for k, v in results.items() if k != "cross_check"}, HERE / "maps.png")
     earlier = load_results().get(args.key, {}).get("runs", {})
     merge_results(args.key, {"torch_threads": TORCH_THREADS, "scene_size": args.size,
+                             "big_scene": {"size": args.big, "seed": 100} if big else None,
                              "held_out_seeds": list(range(101, 101 + args.scenes)),
                              "runs": {**earlier, **results}})
     print(f"-> {HERE / 'results.json'} ({args.key}), {HERE / 'maps.png'}")

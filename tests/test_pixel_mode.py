@@ -7,29 +7,32 @@ import numpy as np
 import pytest
 import torch
 from shapely.geometry import box
-from test_inference import CRS, ORIGIN, make_predictor, read, texture, write_scene
+from test_inference import CRS, MS_BANDS, ORIGIN, make_predictor, read, texture, write_scene
 
 from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
 from discomkd_geo.errors import CheckpointError, SettingsError
 from discomkd_geo.inference import engine
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.settings import MapSettings
+from discomkd_geo.inference.smoothing import smooth_probabilities
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
 DATA = Path(__file__).parent / "data"
 
 
-def pixel_predictor(padding: str = "zeros") -> Predictor:
-    """A DisCoM-KD SAR branch with a decoder whose residual is not zero (untrained)."""
+def pixel_predictor(padding: str = "zeros", modality: str = "sar") -> Predictor:
+    """A DisCoM-KD branch with a decoder whose residual is not zero (untrained)."""
     torch.manual_seed(3)
-    spec = {"kind": "discomkd", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
+    bands = list(S1_BANDS) if modality == "sar" else MS_BANDS
+    spec = {"kind": "discomkd", "in_channels": len(bands), "num_classes": 10,
+            "backbone": "small_cnn",
             "width": 4, "decoder": True, **({"padding": padding} if padding != "zeros" else {})}
     branch = build_branch(**spec)
     with torch.no_grad():
         branch.task_cls.weight.mul_(8.0)
         branch.decoder.residual[-1].weight.normal_(0, 0.5)
-    predictor = make_predictor("sar", list(S1_BANDS), branch=branch)
+    predictor = make_predictor(modality, bands, branch=branch)
     predictor.info.branch_spec = spec  # what a saved file rebuilds the branch from
     return predictor
 
@@ -65,21 +68,50 @@ def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path, t
 
 
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
+@pytest.mark.parametrize("smoothing", [0.0, 8.0])
 def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path,
-                                                   padding: str) -> None:
-    """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices."""
+                                                   padding: str, smoothing: float) -> None:
+    """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices,
+    for the decoder and for the smoothing (32 px blocks, smoothing reaching 24 px)."""
     predictor = pixel_predictor(padding)
     predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
-        mode="pixel", block_size=32, probabilities=tmp_path / "p.p.tif"))
+        mode="pixel", block_size=32, smoothing=smoothing, smoothing_radius=4,
+        smoothing_passes=2, probabilities=tmp_path / "p.p.tif"))
     with torch.no_grad():
         raw = read(scene)
+        valid = torch.from_numpy(~np.isnan(raw).any(axis=0))
         raw = np.where(np.isnan(raw), 0.0, raw).astype(np.float32)
         halo = predictor.pixel_halo()
         padded = np.pad(raw, ((0, 0), (halo, halo), (halo, halo)), mode="reflect")
-        whole = predictor.pixels(torch.from_numpy(padded)[None], halo)[0].numpy()
+        unsmoothed = predictor.pixels(torch.from_numpy(padded)[None], halo)[0].double()
+        whole = smooth_probabilities(unsmoothed, valid, smoothing, 4, 2) if smoothing \
+            else unsmoothed
     probs = read(tmp_path / "p.p.tif")
-    # Away from the filled nodata corner, a pixel's context is real scene only.
-    np.testing.assert_allclose(probs[:, 60:, 60:], whole[:, 60:, 60:], atol=1e-5)
+    # Away from the filled nodata corner (and the smoothing's reach of it), a pixel's
+    # context is real scene only.
+    corner = (slice(None), slice(60 + 24 * (smoothing > 0), None), slice(60, None))
+    np.testing.assert_allclose(probs[corner], whole.numpy()[corner], atol=1e-5)
+    if smoothing:  # the smoothing changed the map: the comparison above is not vacuous
+        assert np.abs(unsmoothed.numpy()[corner] - probs[corner]).max() > 0.05
+
+
+def test_fused_pixel_maps_smooth_the_average_only_when_asked(tmp_path: Path) -> None:
+    predictors = {"ms": pixel_predictor(modality="ms"), "sar": pixel_predictor()}
+    scenes = {"ms": write_scene(tmp_path / "ms.tif", texture(len(MS_BANDS), 96, seed=5),
+                                MS_BANDS),
+              "sar": write_scene(tmp_path / "sar.tif", texture(2, 96, seed=6), list(S1_BANDS))}
+    probs = {}
+    runs = {"default": {}, "off": {"smoothing": 0.0}, "on": {"smoothing": 8.0}}
+    for name, kwargs in runs.items():
+        predict_to_file(predictors, scenes, tmp_path / f"{name}.tif", MapSettings.of(
+            mode="pixel", probabilities=tmp_path / f"{name}.p.tif", **kwargs))
+        probs[name] = read(tmp_path / f"{name}.p.tif")
+    np.testing.assert_array_equal(probs["default"], probs["off"])
+    # Asked for, the smoothing acts once on the averaged probabilities (one block here).
+    average = torch.from_numpy(probs["off"].astype(np.float64))
+    expected = smooth_probabilities(average, torch.ones(96, 96, dtype=torch.bool), 8.0, 32, 3)
+    np.testing.assert_allclose(probs["on"], expected.numpy(), atol=1e-5)
+    assert np.abs(probs["on"] - probs["off"]).max() > 0.05
 
 
 @pytest.mark.slow

@@ -169,7 +169,8 @@ def test_qgis_map_algorithm_equals_the_cli(qgis_profile: Path, demo_sar_model: P
     qgis_map = tmp_path / "qgis.tif"
     done = qgis_process(qgis_profile, "run", "discomkd_geo:map", "--",
                         f"SAR={scene}", f"CHECKPOINT={model}", "MODE=0",
-                        f"OUTPUT={qgis_map}")
+                        # passed on as --smoothing (no effect in windows mode)
+                        "SMOOTHING=0", f"OUTPUT={qgis_map}")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with rasterio.open(cli_map) as a, rasterio.open(qgis_map) as b:
         np.testing.assert_array_equal(a.read(), b.read())

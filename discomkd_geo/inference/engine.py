@@ -10,8 +10,10 @@ fusing modalities by averaging their probabilities. Three modes classify the pix
   blocks of whole patches; each block's encoders and per-pixel decoder
   (:mod:`discomkd_geo.models.decoder`) run once over the block plus a halo of the
   encoders' reach and half a patch of context (64 px for ``small_cnn``), giving every
-  input pixel its own probabilities. Byte-identical for any chunk size, number of workers
-  or scheduler, as dense mode.
+  input pixel its own probabilities, then smooths them (:mod:`.smoothing`: parcels keep
+  one class) with the smoothing's reach computed around the block too, so every pixel
+  has the value of one pass over the scene. Byte-identical for any chunk size, number of
+  workers or scheduler, as dense mode.
 
 - ``dense``: the chunk is cut into scene-anchored blocks; each block's
   encoders run once over the block's windows plus a halo of half the encoders' receptive
@@ -57,7 +59,7 @@ from .checks import SceneCheck, check_scenes
 from .io import Grid, SceneInput, SceneReader, as_input, open_readers
 from .outputs import MapOutputs, MapPaths, MapSummary
 from .runner import chunk_runner
-from .settings import DEFAULTS, Execution, MapSettings, Tiling
+from .settings import DEFAULTS, SMOOTHING, Execution, MapSettings, Tiling
 from .stac import ItemInputs
 from .tiling import (
     WindowGrid,
@@ -96,11 +98,11 @@ class Plan:
     Attributes:
         grid: the input grid (the first modality's).
         readers: how to read each modality on that grid.
-        tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` set,
-            and ``block_size`` (the unit of work of modes dense and pixel: the encoders run
-            on scene-anchored ``block x block`` areas with their halo, so a pixel's value
-            never depends on the chunking; chunks are whole blocks) a whole number of
-            strides (dense) or patches (pixel).
+        tiling: the tiling settings, resolved: ``mode`` never ``auto``, ``stride`` and
+            ``smoothing`` set, and ``block_size`` (the unit of work of modes dense and
+            pixel: the encoders run on scene-anchored ``block x block`` areas with their
+            halo, so a pixel's value never depends on the chunking; chunks are whole
+            blocks) a whole number of strides (dense) or patches (pixel).
         device: device the predictors run on (``cpu``, ``cuda``).
         probabilities: whether chunks return their class probabilities.
         threads: intra-op threads per worker (``None``: leave the runtime's setting).
@@ -256,6 +258,21 @@ def pixel_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan,
     return probs, ok
 
 
+def _smoothing_span(predictors: Mapping[str, Predictor], plan: Plan, area: Window) -> Window:
+    """``area`` with the smoothing's reach around it (:mod:`.smoothing`), inside the scene.
+
+    In whole cells of every encoder (the span must start a cell of each in the scene; the
+    encoders' cells, powers of two of at least the smoothing's cell, divide the largest
+    margin). Beyond the scene's edge no pixel takes part in the smoothing.
+    """
+    from .smoothing import smoothing_reach
+
+    tiling = plan.tiling
+    reach = smoothing_reach(tiling.smoothing_radius, tiling.smoothing_passes)
+    margin = max(p.pixel_halo(reach) - p.pixel_halo() for p in predictors.values())
+    return grow(area, margin).intersection(plan.grid.window)
+
+
 def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
     """One modality's per-pixel mean window probabilities ``(K, h, w)`` over ``area``.
@@ -279,24 +296,45 @@ def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
 
 def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Summed per-modality probabilities ``(K, h, w)`` and modality counts of ``area``.
+    """Per-pixel probabilities ``(K, h, w)`` of ``area``, fused, and modality counts.
 
     Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
-    over windows (:func:`_window_means`); pixels without a value add zero.
+    over windows (:func:`_window_means`); modalities are averaged where they have a value.
+    Mode ``pixel`` with smoothing on (by default for one modality) then smooths the fused
+    probabilities (:mod:`.smoothing`), computed with the smoothing's reach around ``area``
+    so that a pixel's value is that of one pass over the scene; smoothing before fusing
+    would make each modality over-confident, and the more confident one would decide.
     """
+    tiling = plan.tiling
+    smoothing = tiling.mode == "pixel" and tiling.smoothing > 0
+    span = _smoothing_span(predictors, plan, area) if smoothing else area
     classes = len(next(iter(predictors.values())).info.classes)
-    total = np.zeros((classes, area.height, area.width), dtype=np.float64)
-    mapped = np.zeros((area.height, area.width), dtype=np.int32)
+    total = np.zeros((classes, span.height, span.width), dtype=np.float64)
+    mapped = np.zeros((span.height, span.width), dtype=np.int32)
     for modality, reader in plan.readers.items():
         predictor = predictors[modality]
-        if plan.tiling.mode == "pixel":
-            mean, ok = pixel_probabilities(predictor, reader, plan, area)
+        if tiling.mode == "pixel":
+            mean, ok = pixel_probabilities(predictor, reader, plan, span)
         else:
-            mean, ok = _window_means(predictor, reader, plan, area)
+            mean, ok = _window_means(predictor, reader, plan, span)
         mean[:, ~ok] = 0.0
         total += mean
         mapped += ok
-    return total, mapped
+    if len(plan.readers) > 1:
+        total /= np.maximum(mapped, 1)
+    if not smoothing:
+        return total, mapped
+    # Here, not at the top: only torch models have a decoder, and a map made with an
+    # ONNX model imports no torch.
+    import torch
+
+    from .smoothing import smooth_probabilities
+
+    total = smooth_probabilities(torch.from_numpy(total), torch.from_numpy(mapped > 0),
+                                 tiling.smoothing, tiling.smoothing_radius,
+                                 tiling.smoothing_passes).numpy()
+    inner = relative_slices(area, span)
+    return total[(slice(None), *inner)], mapped[inner]
 
 
 def _blocks(plan: Plan, chunk: Window) -> list[Window]:
@@ -326,9 +364,10 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
 
     Each modality's per-pixel mean probability is computed over the windows covering the
     pixel (mode ``pixel``: given by the decoder); modalities are then averaged where they
-    have a value. In modes dense and pixel the chunk is computed block by block (see
-    :attr:`Plan.tiling`). With an area of interest, a chunk away from it is nodata without
-    a read, and pixels whose centre lies outside it are nodata.
+    have a value (mode ``pixel``: then smoothed). In modes dense and pixel the chunk is
+    computed block by block (see :attr:`Plan.tiling`). With an area of interest, a chunk
+    away from it is nodata without a read, and pixels whose centre lies outside it are
+    nodata.
     """
     if plan.threads is not None:
         # Per worker thread (OpenMP's thread count is a per-thread setting).
@@ -339,14 +378,13 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
         codes = np.full((chunk.height, chunk.width), CLASS_NODATA, dtype=np.uint8)
         return ChunkResult(codes, np.full((classes, *codes.shape), np.nan, dtype=np.float32)
                            if plan.probabilities else None)
-    total = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
+    probs = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
     for unit in _blocks(plan, chunk):
         where = (slice(None), *relative_slices(unit, chunk))
-        total[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
+        probs[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
     if plan.aoi is not None:
         mapped[~plan.aoi.mask(chunk)] = 0
-    probs = total / np.maximum(mapped, 1) if len(plan.readers) > 1 else total
     codes = probs.argmax(axis=0).astype(np.uint8)
     codes[mapped == 0] = CLASS_NODATA
     if not plan.probabilities:
@@ -418,7 +456,13 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     for predictor in predictors.values():
         predictor.check_device(device)
     outputs = settings.outputs
-    plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block), device,
+    # Smoothing the average of several modalities' probabilities lowered the fused maps'
+    # accuracy (README, "Maps against the truth"): by default only one modality's is.
+    smoothing = tiling.smoothing
+    if smoothing is None:
+        smoothing = SMOOTHING if len(predictors) == 1 else 0.0
+    plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block,
+                                       smoothing=smoothing), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
                 threads=execution.threads)
     region = None

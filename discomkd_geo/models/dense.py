@@ -50,15 +50,16 @@ def dense_halo(encoders: list[nn.Module]) -> int:
     return -(-reach // cell) * cell
 
 
-def pixel_halo(encoders: list[nn.Module], patch: int) -> int:
+def pixel_halo(encoders: list[nn.Module], patch: int, extra: int = 0) -> int:
     """Context the per-pixel mode needs around a block, in input pixels.
 
     The encoders' reach (:func:`dense_halo`), plus half a window for the context means
-    (:func:`context_means`), plus one cell for the decoder's upsampling and convolution;
-    whole cells of every encoder.
+    (:func:`context_means`), plus one cell for the decoder's upsampling and convolution,
+    plus ``extra`` pixels wanted beyond (e.g. for smoothing); whole cells of every encoder.
     """
     cell = math.lcm(*(output_stride(e) for e in encoders))
-    return dense_halo(encoders) + -(-(patch // 2) // cell) * cell + cell
+    need = dense_halo(encoders) + -(-(patch // 2) // cell) * cell + cell + extra
+    return -(-need // cell) * cell
 
 
 def stage_maps(encoder: nn.Module, x: Tensor) -> list[Tensor]:

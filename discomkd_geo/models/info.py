@@ -79,8 +79,11 @@ class BranchPredictor(Protocol):
     def has_decoder(self) -> bool:
         """Whether the classifier has a per-pixel decoder (mode ``pixel``)."""
 
-    def pixel_halo(self) -> int:
-        """Context pixel mode needs around a block; raises ``CheckpointError`` if none."""
+    def pixel_halo(self, extra: int = 0) -> int:
+        """Context pixel mode needs around a block, ``extra`` px more, in whole cells.
+
+        Raises ``CheckpointError`` if the classifier has no decoder.
+        """
 
     def predict_pixels(self, values: np.ndarray, halo: int, device: str) -> np.ndarray:
         """Probabilities ``(K, h - 2 halo, w - 2 halo)`` of raw ``(C, h, w)`` values' pixels."""

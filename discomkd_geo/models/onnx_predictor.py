@@ -145,7 +145,7 @@ class OnnxPredictor:
     #: The exported graph classifies windows; it holds no per-pixel decoder.
     has_decoder = False
 
-    def pixel_halo(self) -> int:
+    def pixel_halo(self, extra: int = 0) -> int:
         """Refuse pixel mode: the exported graph classifies windows only."""
         raise self._no_dense()
 

@@ -95,8 +95,11 @@ class Predictor(nn.Module):
         """Whether the branch has a per-pixel decoder (mode ``pixel``)."""
         return getattr(self.branch, "decoder", None) is not None
 
-    def pixel_halo(self) -> int:
+    def pixel_halo(self, extra: int = 0) -> int:
         """Context :meth:`pixels` needs around a block (see :func:`.dense.pixel_halo`).
+
+        Args:
+            extra: pixels of context wanted beyond it (the result stays in whole cells).
 
         Raises:
             CheckpointError: the branch has no decoder, or cannot run densely.
@@ -106,7 +109,7 @@ class Predictor(nn.Module):
                                   "(trained without model.decoder); use mode 'windows' or "
                                   "'dense'")
         self.dense_halo()  # the same conditions on the encoders
-        return pixel_halo(self.branch.encoders(), self.info.patch_size)
+        return pixel_halo(self.branch.encoders(), self.info.patch_size, extra)
 
     def pixels(self, x: Tensor, halo: int) -> Tensor:
         """Per-pixel probabilities ``(B, K, H - 2 halo, W - 2 halo)`` of raw images.

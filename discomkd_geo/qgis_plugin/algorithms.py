@@ -134,7 +134,8 @@ class MapLandCover(CliAlgorithm):
             "Mode 'auto' (default) maps per pixel with models given a decoder "
             "('discomkd-geo fit-decoder'), else as 'windows', which classifies each window "
             "alone (ONNX models only run this mode); 'dense' shares the encoders' work "
-            "(faster at small strides). "
+            "(faster at small strides). Per-pixel maps of one modality are smoothed so that "
+            "parcels keep one class (advanced: smoothing strength, 0 turns it off). "
             "An area of interest limits the map to its polygons.")
 
     def initAlgorithm(self, config=None):
@@ -151,6 +152,11 @@ class MapLandCover(CliAlgorithm):
         self.addParameter(QgsProcessingParameterNumber(
             "STRIDE", "Stride in pixels (empty: half the patch, a quarter in dense mode)",
             QgsProcessingParameterNumber.Integer, optional=True, minValue=1))
+        smoothing = QgsProcessingParameterNumber(
+            "SMOOTHING", "Smoothing strength of per-pixel maps (empty: the default; 0: off)",
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0)
+        smoothing.setFlags(smoothing.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(smoothing)
         self.addParameter(QgsProcessingParameterBoolean(
             "FUSE", "Fuse SAR and MS (average their probabilities)", defaultValue=False))
         self.addParameter(QgsProcessingParameterFeatureSource(
@@ -181,6 +187,8 @@ class MapLandCover(CliAlgorithm):
         args += [a for path in ms for a in ("--ms", path)]
         if parameters.get("STRIDE") not in (None, ""):
             args += ["--stride", self.parameterAsInt(parameters, "STRIDE", context)]
+        if parameters.get("SMOOTHING") not in (None, ""):
+            args += ["--smoothing", self.parameterAsDouble(parameters, "SMOOTHING", context)]
         for flag in ("FUSE", "FORCE"):
             if self.parameterAsBool(parameters, flag, context):
                 args.append(f"--{flag.lower()}")

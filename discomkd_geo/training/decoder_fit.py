@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..config import load_config
+from ..data.bandstats import BandStats
 from ..data.datamodule import MSSARDataModule
 from ..data.mosaic import PATCHES
 from ..errors import CheckpointError
@@ -145,7 +146,7 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
     Raises:
         OutputExistsError: a predictor file exists and ``overwrite`` is false (checked
             before any training).
-        CheckpointError: the data's normalisation statistics differ from the run's.
+        CheckpointError: the run's statistics file differs from its checkpoint's.
     """
     run_dir = Path(run_dir)
     out_dir = run_dir / RUN_DECODERS if out_dir is None else Path(out_dir)
@@ -153,10 +154,13 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
     for target in targets.values():
         check_writable(target, overwrite)
     config = load_config(run_dir / "config.yaml", ["data.mosaic=false"])
-    mosaics = MSSARDataModule(replace(config.data, mosaic=True), seed=config.seed)
+    # The run's own statistics (RUN/stats/<m>.json): the frozen branches learnt on data
+    # normalised with them, and a pass over the split to compute them again cost the demo
+    # half its decoder time.
+    stats = {p.stem: BandStats.load_json(p) for p in (run_dir / "stats").glob("*.json")}
+    mosaics = MSSARDataModule(replace(config.data, mosaic=True), seed=config.seed, stats=stats)
     mosaics.setup()
-    # One isolated patch per mosaic: a quarter of the batch (see _fit). The same split, so
-    # its statistics are not computed a second time.
+    # One isolated patch per mosaic: a quarter of the batch (see _fit).
     single = replace(config.data, batch_size=max(2, config.data.batch_size // PATCHES))
     patches = MSSARDataModule(single, seed=config.seed, stats=mosaics.stats)
     patches.setup()
@@ -165,8 +169,8 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
         best = run_dir / "checkpoints" / f"best-{modality}.ckpt"
         predictor = with_decoder(load_predictor(best, modality))
         if mosaics.stats[modality].to_dict() != predictor.stats.to_dict():
-            raise CheckpointError(f"{run_dir}: the {modality} statistics of its data differ "
-                                  "from the run's")
+            raise CheckpointError(f"{run_dir}: stats/{modality}.json differs from the "
+                                  f"statistics of checkpoints/best-{modality}.ckpt")
         start = time.perf_counter()
         loss = _fit(predictor, mosaics, patches, epochs, lr)
         log.info("%s decoder: %d epoch%s in %.0f s, final pixel loss %.4f", modality, epochs,
