@@ -184,6 +184,11 @@ def _parts(dataset_pairs: int, batch_size: int) -> dict:
     from discomkd_geo.training.module import DisCoMKDTask
     from discomkd_geo.training.train import data_info
 
+    try:  # what train() does on the CPU; the code before it did not
+        from discomkd_geo.training.memory import retain_freed_memory
+        retain_freed_memory()
+    except ImportError:
+        pass
     root = Path(tempfile.mkdtemp()) / "eurosat"
     make_eurosat(root, per_class=dataset_pairs // NUM_CLASSES, seed=0)
     config = load_config(None, (

@@ -1,6 +1,9 @@
 """Training runner, self-describing checkpoints, evaluate/export CLI, config errors."""
 
 import json
+import platform
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -78,6 +81,35 @@ def test_adam_is_fused_on_cpu(eurosat_root: Path) -> None:
     optimizer = task.configure_optimizers()
     assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == 0.003
     assert len(optimizer.param_groups[0]["params"]) == len(list(task.parameters()))
+
+
+#: Allocates and frees a 64 MiB tensor eight times; prints the minor page faults of each.
+_FAULTS = """
+import resource, sys, torch
+from discomkd_geo.training.memory import retain_freed_memory
+retained = sys.argv[1] == "retain" and retain_freed_memory()
+counts = []
+for _ in range(8):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.ones(16 * 2**20)
+    del x
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(retained, *counts)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_freed_training_memory_is_reused_not_faulted_in_again() -> None:
+    def faults(mode: str) -> tuple[bool, list[int]]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0] == "True", [int(c) for c in out[1:]]
+
+    pages = 64 * 2**20 // 4096
+    _, default = faults("default")
+    assert min(default[-3:]) > pages // 2  # glibc unmaps the block; every time is fresh
+    retained, kept = faults("retain")
+    assert retained and max(kept[-3:]) < pages // 100  # the freed block is reused
 
 
 @pytest.mark.slow
