@@ -184,11 +184,13 @@ def _parts(dataset_pairs: int, batch_size: int) -> dict:
     from discomkd_geo.training.module import DisCoMKDTask
     from discomkd_geo.training.train import data_info
 
-    try:  # what train() does on the CPU; the code before it did not
+    try:  # what train() and training_step do on the CPU; the code before them did not
         from discomkd_geo.training.memory import retain_freed_memory
+        from discomkd_geo.training.module import channels_last as layout
         retain_freed_memory()
     except ImportError:
-        pass
+        def layout(images: torch.Tensor) -> torch.Tensor:
+            return images
     root = Path(tempfile.mkdtemp()) / "eurosat"
     make_eurosat(root, per_class=dataset_pairs // NUM_CLASSES, seed=0)
     config = load_config(None, (
@@ -208,6 +210,7 @@ def _parts(dataset_pairs: int, batch_size: int) -> dict:
         pairs += len(batch["label_ms"])
         batch = _timed(timings, "normalise+augment", dm.preprocess, batch, True)
         images, labels = task.split_batch(batch, list(task.modalities))
+        images = {m: layout(x) for m, x in images.items()}
         optimizer.zero_grad(set_to_none=True)
         output = _timed(timings, "forward", partial(task.model, grl_lambda=1.0), images)
         losses = _timed(timings, "losses", task.criterion, output, labels)

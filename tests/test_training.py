@@ -18,7 +18,7 @@ from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.training.evaluate import evaluate
-from discomkd_geo.training.module import DisCoMKDTask
+from discomkd_geo.training.module import DisCoMKDTask, channels_last
 from discomkd_geo.training.train import data_info, log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -81,6 +81,28 @@ def test_adam_is_fused_on_cpu(eurosat_root: Path) -> None:
     optimizer = task.configure_optimizers()
     assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == 0.003
     assert len(optimizer.param_groups[0]["params"]) == len(list(task.parameters()))
+
+
+def test_training_batches_are_channels_last_weights_keep_their_layout(
+        eurosat_root: Path) -> None:
+    config = load_config(None, (*TINY, f"data.root={eurosat_root}"))
+    dm = MSSARDataModule(config.data)
+    dm.setup()
+    task = DisCoMKDTask(config.to_dict(), data_info(dm))
+    task.setup("fit")
+    batch = dm.preprocess(next(iter(dm.train_dataloader())), augment=False)
+    images, labels = task.split_batch(batch, list(task.modalities))
+    nhwc = {m: channels_last(x) for m, x in images.items()}
+    for m, x in nhwc.items():
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        assert torch.equal(x, images[m])
+    assert channels_last(labels["ms"]) is labels["ms"]  # not an image batch
+    nchw_loss = task.criterion(task.model(images), labels)["loss"]
+    loss = task.criterion(task.model(nhwc), labels)["loss"]
+    torch.testing.assert_close(loss, nchw_loss)  # float rounding apart, the same step
+    loss.backward()
+    for name, p in task.model.named_parameters():  # what Adam and checkpoints see
+        assert p.is_contiguous() and p.grad is not None and p.grad.stride() == p.stride(), name
 
 
 #: Allocates and frees a 64 MiB tensor eight times; prints the minor page faults of each.
