@@ -8,8 +8,8 @@ system beyond its trim threshold; every step then touches new pages, and the ker
 zeroes each on its first touch (a minor page fault, about 2.5 us per 4 KiB page on the
 project's machine): 100,000-500,000 faults a step, 0.3-1.4 s of system CPU time on a step
 of 10 s. :func:`retain_freed_memory` raises both thresholds, so freed blocks stay in the
-heap and are reused (a few thousand faults a step). The process's resident size then stays
-near its peak instead of shrinking between steps. Used by
+heap and are reused: from the third step on, a few thousand faults a step. The process's
+resident size then stays near its peak instead of shrinking between steps. Used by
 :func:`~discomkd_geo.training.train.train` when it trains on the CPU.
 """
 
