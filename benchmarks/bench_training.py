@@ -16,7 +16,8 @@ peak RSS. Results merge into ``benchmarks/results.json`` under the key ``trainin
 EuroSat-MS-SAR (``--pairs`` pairs, the 70% training split, ResNet-18, lr 1e-4) into its
 parts: reading the batches (DataLoader, GeoTIFFs), normalising and augmenting them
 (Kornia), the forward pass with the five losses, the adversarial diagnostics, the
-backward pass and the Adam step, each timed on its own; then the validation pass and
+backward pass and the Adam step, each timed on its own (on the CPU as ``train`` trains:
+channels-last batches, freed memory kept for the next step); then the validation pass and
 the end-of-epoch checkpoints (``last`` and one ``best-<m>`` per modality, saved as
 ``discomkd-geo train`` saves them: the time the training loop waits, and apart from it
 the background write, ``checkpoint_write_s``); then the same epoch through Lightning's
