@@ -23,7 +23,6 @@ import rasterio
 import rasterio.shutil
 import torch
 from click.testing import CliRunner
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from discomkd_geo.cli import main
 from discomkd_geo.config import load_config
@@ -158,12 +157,11 @@ def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous(
     last = tmp_path / "last.ckpt"
     last.write_bytes(b"previous epoch")
 
-    def save_checkpoint(self: TorchCheckpointIO, checkpoint: dict, path: str,
-                        storage_options: object = None) -> None:
-        Path(path).write_bytes(b"half")
+    def save(checkpoint: dict, path: Path) -> None:
+        path.write_bytes(b"half")
         raise KeyboardInterrupt  # what a kill in the middle of the write amounts to here
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", save_checkpoint)
+    monkeypatch.setattr(torch, "save", save)
     io = BackgroundCheckpointIO()
     io.save_checkpoint({"weights": torch.ones(3)}, last)
     with pytest.raises(KeyboardInterrupt):  # the writer's error reaches the trainer
@@ -173,15 +171,14 @@ def test_a_kill_while_a_checkpoint_is_written_keeps_the_previous(
 
 def test_a_checkpoint_holds_the_state_of_its_save_not_of_its_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    written = TorchCheckpointIO.save_checkpoint
+    written = torch.save
     trained = threading.Event()
 
-    def slow_save(self: TorchCheckpointIO, checkpoint: dict, path: str,
-                  storage_options: object = None) -> None:
+    def slow_save(checkpoint: dict, path: Path) -> None:
         trained.wait(10)  # the write starts after the next optimiser step
-        written(self, checkpoint, path, storage_options)
+        written(checkpoint, path)
 
-    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", slow_save)
+    monkeypatch.setattr(torch, "save", slow_save)
     weights = torch.zeros(1000)
     io = BackgroundCheckpointIO()
     io.save_checkpoint({"weights": weights}, tmp_path / "last.ckpt")
@@ -189,6 +186,14 @@ def test_a_checkpoint_holds_the_state_of_its_save_not_of_its_write(
     trained.set()
     assert torch.equal(io.load_checkpoint(tmp_path / "last.ckpt")["weights"], torch.zeros(1000))
     assert files(tmp_path) == {"last.ckpt"}
+
+
+def test_checkpoint_storage_options_are_refused_at_the_save(tmp_path: Path) -> None:
+    io = BackgroundCheckpointIO()
+    with pytest.raises(TypeError, match="storage_options"):
+        io.save_checkpoint({"step": torch.tensor(0)}, tmp_path / "last.ckpt", {"anon": True})
+    io.teardown()
+    assert files(tmp_path) == set()
 
 
 def test_checkpoints_are_written_in_the_order_saved(tmp_path: Path) -> None:

@@ -1,6 +1,9 @@
 """Training runner, self-describing checkpoints, evaluate/export CLI, config errors."""
 
 import json
+import platform
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,7 +18,7 @@ from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.training.evaluate import evaluate
-from discomkd_geo.training.module import DisCoMKDTask
+from discomkd_geo.training.module import DisCoMKDTask, channels_last
 from discomkd_geo.training.train import data_info, log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -78,6 +81,60 @@ def test_adam_is_fused_on_cpu(eurosat_root: Path) -> None:
     optimizer = task.configure_optimizers()
     assert optimizer.defaults["fused"] and optimizer.defaults["lr"] == 0.003
     assert len(optimizer.param_groups[0]["params"]) == len(list(task.parameters()))
+
+
+def test_training_batches_are_channels_last_weights_keep_their_layout(
+        eurosat_root: Path) -> None:
+    config = load_config(None, (*TINY, f"data.root={eurosat_root}"))
+    dm = MSSARDataModule(config.data)
+    dm.setup()
+    task = DisCoMKDTask(config.to_dict(), data_info(dm))
+    task.setup("fit")
+    batch = dm.preprocess(next(iter(dm.train_dataloader())), augment=False)
+    images, labels = task.split_batch(batch, list(task.modalities))
+    nhwc = {m: channels_last(x) for m, x in images.items()}
+    for m, x in nhwc.items():
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        assert torch.equal(x, images[m])
+    assert channels_last(labels["ms"]) is labels["ms"]  # not an image batch
+    nchw_loss = task.criterion(task.model(images), labels)["loss"]
+    loss = task.criterion(task.model(nhwc), labels)["loss"]
+    torch.testing.assert_close(loss, nchw_loss)  # float rounding apart, the same step
+    loss.backward()
+    for name, p in task.model.named_parameters():  # what Adam and checkpoints see
+        assert p.is_contiguous() and p.grad is not None and p.grad.stride() == p.stride(), name
+
+
+#: Eight "steps", each holding 192 MiB of tensors (and small ones between them) at once,
+#: then freeing them all; prints the minor page faults of each step.
+_FAULTS = """
+import resource, sys, torch
+from discomkd_geo.training.memory import retain_freed_memory
+retained = sys.argv[1] == "retain" and retain_freed_memory()
+def step():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    held = []
+    for mib in (40, 64, 48, 40):
+        held.append(torch.ones(mib * 2**18))
+        held.extend(torch.ones(256) for _ in range(50))
+    del held
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(retained, *[step() for _ in range(8)])
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="a glibc malloc setting")
+def test_freed_training_memory_is_reused_not_faulted_in_again() -> None:
+    def faults(mode: str) -> tuple[bool, list[int]]:
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0] == "True", [int(c) for c in out[1:]]
+
+    pages = 192 * 2**20 // 4096
+    _, default = faults("default")
+    assert min(default[-3:]) > pages // 2  # glibc unmaps the big blocks: every step is fresh
+    retained, kept = faults("retain")
+    assert retained and max(kept[-3:]) < pages // 100  # the heap keeps and reuses them
 
 
 @pytest.mark.slow

@@ -8,7 +8,10 @@ plugin) copies the checkpoint's tensors at the moment Lightning asks for the sav
 the copy while training goes on. Every file is written beside its target and moved
 into place (:func:`~discomkd_geo.files.atomic_path`), so a process killed at any
 moment leaves the previous checkpoint whole: a resumed run still ends bitwise equal
-to an uninterrupted one.
+to an uninterrupted one. The copy is streamed into that file by ``torch.save``:
+Lightning's own save serialises the whole checkpoint into memory first and copies it
+once more before writing (for ``last.ckpt``: 2 s of CPU time instead of 0.4, and 1 GiB of
+fresh memory), which the training steps of the next epoch, on the same cores, paid for.
 """
 
 from collections import deque
@@ -43,7 +46,14 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
                         storage_options: Any | None = None) -> None:
-        """Copy ``checkpoint``'s tensors (to the CPU) and write the copy in the background."""
+        """Copy ``checkpoint``'s tensors (to the CPU) and write the copy in the background.
+
+        Raises:
+            TypeError: ``storage_options`` given (local files only, as Lightning's plugin).
+        """
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} writes local files: storage_options "
+                            "are not supported")
         while self._pending and (self._pending[0].done() or len(self._pending) >= MAX_PENDING):
             self._pending.popleft().result()  # raises the write's error
         # A copy taken now: the optimiser changes the live weights in place.
@@ -51,12 +61,12 @@ class BackgroundCheckpointIO(TorchCheckpointIO):
                                    lambda t: t.detach().to("cpu", copy=True))
         if self._writer is None:  # one thread: writes in the order saved
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-        self._pending.append(self._writer.submit(self._write, copy, path, storage_options))
+        self._pending.append(self._writer.submit(self._write, copy, path))
 
-    def _write(self, checkpoint: dict[str, Any], path: str | Path,
-               storage_options: Any | None) -> None:
+    @staticmethod
+    def _write(checkpoint: dict[str, Any], path: str | Path) -> None:
         with atomic_path(path, overwrite=True) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+            torch.save(checkpoint, tmp)
 
     def wait(self) -> None:
         """Block until every pending write is done; raise the first error, if any."""

