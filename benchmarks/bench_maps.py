@@ -14,11 +14,11 @@ the demo trains on patches of seed 0), and reports per scene the overall accurac
 weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
 ``score_map.py``; :mod:`discomkd_geo.inference.scoring` scores) and pixels/s, and the
 process's peak RSS. MS-only and fused (MS + SAR) maps of the held-out scenes follow for
-windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big SIZE`` adds the speed on one larger scene (seed 100), where
-pixel mode works in 1024 px blocks and the smoothing's reach around each block costs
-decoder passes (on the 512 px scenes one block holds the whole scene). One edge OA is
-checked against the reference scorer (``--score-map PATH``, e.g. the issues'
-``score_map.py``).
+windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big
+SIZE`` adds the speed on one larger scene (seed 100), where pixel mode works in 1024 px
+blocks and the smoothing's reach around each block costs decoder passes (on the 512 px
+scenes one block holds the whole scene). One edge OA is checked against the reference
+scorer (``--score-map PATH``, e.g. the issues' ``score_map.py``).
 
 Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
 under other labels are kept, so runs can be measured as they finish) and draws
