@@ -163,6 +163,9 @@ class ModelConfig:
             decoder fitted for this many epochs on mosaics of the training split with the
             branch frozen (two-stage, ``discomkd_geo.training.decoder_fit``: the branch's
             patch scores stay those of the run); maps then use mode ``pixel``. 0: none.
+        decoder_modalities: the branches ``decoder_epochs`` gives a decoder (e.g.
+            ``[sar]`` where only SAR maps are wanted: each decoder costs its fitting
+            time); ``null``: every predictable branch.
         teacher: for the ``kd`` and ``dkd`` baselines, the trained late-fusion teacher:
             a ``teacher`` run directory or its ``best-fused.ckpt``.
     """
@@ -173,6 +176,7 @@ class ModelConfig:
     weights: str | None = None
     decoder: bool = False
     decoder_epochs: int = 0
+    decoder_modalities: list[str] | None = None
     teacher: str | None = None
 
 

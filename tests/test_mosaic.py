@@ -258,3 +258,14 @@ def test_fit_decoders_trains_only_the_decoder(eurosat_root: Path, scene_dir: Pat
                                      "--epochs", "1", "--overwrite"])
     assert done.exit_code == 0, done.output
     assert "sar branch with a per-pixel decoder" in done.output
+
+
+def test_decoder_modalities_picks_branches_and_refuses_unknown_ones() -> None:
+    from discomkd_geo.config import ModelConfig
+    from discomkd_geo.errors import ConfigError
+    from discomkd_geo.training.decoder_fit import decoder_modalities
+
+    assert decoder_modalities(ModelConfig(), ["ms", "sar"]) == ["ms", "sar"]
+    assert decoder_modalities(ModelConfig(decoder_modalities=["sar"]), ["ms", "sar"]) == ["sar"]
+    with pytest.raises(ConfigError, match="no single-modality branch for radar"):
+        decoder_modalities(ModelConfig(decoder_modalities=["radar"]), ["ms", "sar"])

@@ -36,11 +36,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..config import load_config
+from ..config import ModelConfig, load_config
 from ..data.bandstats import BandStats
 from ..data.datamodule import MSSARDataModule
 from ..data.mosaic import PATCHES
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..files import check_writable
 from ..logs import log
 from ..models.branches import build_branch, pixel_logits
@@ -108,6 +108,21 @@ def _fit(predictor: Predictor, mosaics: MSSARDataModule, patches: MSSARDataModul
         mean = total / max(steps, 1)
         log.info("%s decoder epoch %d/%d: pixel loss %.4f", m, epoch + 1, epochs, mean)
     return mean
+
+
+def decoder_modalities(model: ModelConfig, predictable: list[str]) -> list[str]:
+    """The branches ``model.decoder_epochs`` gives a decoder (``model.decoder_modalities``).
+
+    Raises:
+        ConfigError: a named modality has no branch that maps from it alone.
+    """
+    if model.decoder_modalities is None:
+        return predictable
+    if wrong := sorted(set(model.decoder_modalities) - set(predictable)):
+        raise ConfigError("model.decoder_modalities",
+                          f"no single-modality branch for {', '.join(wrong)}; choose from "
+                          f"{', '.join(predictable)}")
+    return [m for m in predictable if m in model.decoder_modalities]
 
 
 def run_modalities(run_dir: str | Path) -> list[str]:

@@ -45,7 +45,7 @@ from ..logs import log
 from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .checkpoint_io import BackgroundCheckpointIO
-from .decoder_fit import fit_decoders
+from .decoder_fit import decoder_modalities, fit_decoders
 from .memory import retain_freed_memory
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
@@ -283,6 +283,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         task = TASKS[config.method](config.to_dict(), info)
     else:
         task = build_task(config, info)
+    decoded = decoder_modalities(config.model, task.predictable_modalities)  # checked early
     tc = config.trainer
     callbacks = _callbacks(config, task, run_dir)
     if progress:
@@ -315,9 +316,9 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         metrics[m] = {k.rsplit("/", 1)[1]: float(v) for k, v in results.items()
                       if k.startswith(f"test/{m}/")}
         confusion[m] = task.test_confusion[m].compute().tolist()
-    if config.model.decoder_epochs and task.predictable_modalities:
-        fit_decoders(run_dir, None, task.predictable_modalities,
-                     epochs=config.model.decoder_epochs, overwrite=True)
+    if config.model.decoder_epochs and decoded:
+        fit_decoders(run_dir, None, decoded, epochs=config.model.decoder_epochs,
+                     overwrite=True)
     summary = {"method": config.method, "seconds": seconds,
                "parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad),
                "test": metrics, "confusion": confusion, "classes": info["classes"]}
