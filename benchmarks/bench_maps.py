@@ -50,6 +50,8 @@ MODES = {"windows-s32": {"mode": "windows", "stride": 32},
          "pixel": {"mode": "pixel"}}
 #: The modes that need a decoder.
 PIXEL = ("pixel-raw", "pixel")
+#: The branches each map uses.
+BRANCHES = {"sar": ["sar"], "ms": ["ms"], "fused": ["ms", "sar"]}
 #: One intra-op thread, as bench_inference (OpenMP barriers stall on a shared machine).
 TORCH_THREADS = 1
 
@@ -72,7 +74,7 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
     from discomkd_geo.models.predictor import load_predictor
 
     torch.set_num_threads(TORCH_THREADS)
-    names = ["ms", "sar"] if modality == "fused" else [modality]
+    names = BRANCHES[modality]
     predictors = {m: load_predictor(run, m).eval() for m in names}
     rows = []
     for scene in scenes:
@@ -107,10 +109,13 @@ def held_out(count: int, size: int, work: Path) -> list[Path]:
     return make_scenes(MapScore(count, size=size), work)
 
 
-def has_decoder(run: Path) -> bool:
+def run_modes(run: Path, modality: str) -> list[str]:
+    """The modes the run maps ``modality`` in: the pixel modes only if every branch the map
+    uses has a decoder (the demo gives its SAR branch one, not its MS branch)."""
     from discomkd_geo.models.predictor import load_predictor
 
-    return load_predictor(run, "sar").has_decoder
+    pixel = all(load_predictor(run, m).has_decoder for m in BRANCHES[modality])
+    return [m for m in MODES if m not in PIXEL or pixel]
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -188,7 +193,7 @@ def main() -> None:
     for label, run in runs.items():
         run, out = Path(run), work / "maps" / label  # each run's maps apart (cross-check)
         out.mkdir(parents=True)
-        modes = [m for m in MODES if m not in PIXEL or has_decoder(run)]
+        modes = run_modes(run, "sar")
         results[label] = {"run": str(run), "sar": {}, "ms": {}, "fused": {}}
         for mode in modes:
             found = in_subprocess(run, mode, [demo, *scenes], out, "sar")
@@ -209,7 +214,8 @@ def main() -> None:
                   f"{row['edge_oa']:.3f} {row['px_per_s']:>8} px/s RSS {found['peak_rss_mb']} MB",
                   flush=True)
         for modality in ("ms", "fused"):
-            for mode in (m for m in ("windows-s32", *PIXEL) if m in modes):
+            usable = run_modes(run, modality)
+            for mode in (m for m in ("windows-s32", *PIXEL) if m in usable):
                 found = in_subprocess(run, mode, scenes, out, modality)
                 rows = found["scenes"]
                 found["summary"] = {k: round(float(np.mean([r[k] for r in rows])), 4)
