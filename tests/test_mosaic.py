@@ -265,7 +265,11 @@ def test_decoder_modalities_picks_branches_and_refuses_unknown_ones() -> None:
     from discomkd_geo.errors import ConfigError
     from discomkd_geo.training.decoder_fit import decoder_modalities
 
-    assert decoder_modalities(ModelConfig(), ["ms", "sar"]) == ["ms", "sar"]
-    assert decoder_modalities(ModelConfig(decoder_modalities=["sar"]), ["ms", "sar"]) == ["sar"]
-    with pytest.raises(ConfigError, match="no single-modality branch for radar"):
-        decoder_modalities(ModelConfig(decoder_modalities=["radar"]), ["ms", "sar"])
+    both = ["ms", "sar"]
+    assert decoder_modalities(ModelConfig(), both, both) == both
+    assert decoder_modalities(ModelConfig(decoder_modalities=["sar"]), both, both) == ["sar"]
+    # A late-fusion teacher has no single-modality branch: no decoder, no error (compare
+    # trains one with the students' config).
+    assert decoder_modalities(ModelConfig(decoder_modalities=["sar"]), both, []) == []
+    with pytest.raises(ConfigError, match="no radar modality in this run"):
+        decoder_modalities(ModelConfig(decoder_modalities=["radar"]), both, both)

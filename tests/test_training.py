@@ -17,8 +17,9 @@ from discomkd_geo.config import load_config
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
+from discomkd_geo.models.layout import channels_last
 from discomkd_geo.training.evaluate import evaluate
-from discomkd_geo.training.module import DisCoMKDTask, channels_last
+from discomkd_geo.training.module import DisCoMKDTask
 from discomkd_geo.training.train import data_info, log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

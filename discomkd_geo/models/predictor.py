@@ -24,6 +24,7 @@ from ._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .branches import pixel_logits
 from .dense import dense_halo, output_stride, pixel_halo, window_features
 from .info import PredictorInfo
+from .layout import channels_last
 
 #: Identifies files written by :meth:`Predictor.save`.
 PREDICTOR_FORMAT = "discomkd_geo.predictor"
@@ -51,7 +52,7 @@ class Predictor(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Class probabilities ``(B, K)`` of raw images ``(B, C, H, W)``."""
-        return torch.softmax(self.branch(self.normalize(x)), dim=1)
+        return torch.softmax(self.branch(channels_last(self.normalize(x))), dim=1)
 
     def dense_halo(self) -> int:
         """Context :meth:`dense` needs around its windows (see :func:`.dense.dense_halo`).
@@ -83,7 +84,7 @@ class Predictor(nn.Module):
             ``(halo + i * stride, halo + j * stride)``
             (see :func:`~discomkd_geo.models.dense.window_features`).
         """
-        x = self.normalize(x)
+        x = channels_last(self.normalize(x))
         features = [window_features(e, x, self.info.patch_size, stride, halo)
                     for e in self.branch.encoders()]
         b, rows, cols, _ = features[0].shape
@@ -124,6 +125,7 @@ class Predictor(nn.Module):
         # Whole cells: the far side's extra pixels lie beyond the halo, out of every
         # kept pixel's reach.
         x = F.pad(self.normalize(x), (0, -w % cell, 0, -h % cell), mode="replicate")
+        x = channels_last(x)
         logits = pixel_logits(self.branch, x, self.info.patch_size)
         return torch.softmax(logits[..., halo:h - halo, halo:w - halo], dim=1)
 

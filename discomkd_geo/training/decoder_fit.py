@@ -44,6 +44,7 @@ from ..errors import CheckpointError, ConfigError
 from ..files import check_writable
 from ..logs import log
 from ..models.branches import build_branch, pixel_logits
+from ..models.layout import channels_last
 from ..models.predictor import RUN_DECODERS, Predictor, load_predictor
 from .baselines import FUSED
 
@@ -75,7 +76,7 @@ def _endless(loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
 
 def _pixel_loss(predictor: Predictor, images: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of the per-pixel logits against ``(B, H, W)`` labels."""
-    logits = pixel_logits(predictor.branch, images, predictor.info.patch_size)
+    logits = pixel_logits(predictor.branch, channels_last(images), predictor.info.patch_size)
     return F.cross_entropy(logits, labels)
 
 
@@ -110,18 +111,28 @@ def _fit(predictor: Predictor, mosaics: MSSARDataModule, patches: MSSARDataModul
     return mean
 
 
-def decoder_modalities(model: ModelConfig, predictable: list[str]) -> list[str]:
+def decoder_modalities(model: ModelConfig, modalities: list[str],
+                       predictable: list[str]) -> list[str]:
     """The branches ``model.decoder_epochs`` gives a decoder (``model.decoder_modalities``).
 
+    Those of the named modalities that have a single-modality branch: a method without
+    one (the late-fusion teacher a ``compare`` trains for ``kd``) gets none, so one
+    config serves every method.
+
+    Args:
+        model: the model settings.
+        modalities: the run's modalities (its data's).
+        predictable: those with a single-modality branch.
+
     Raises:
-        ConfigError: a named modality has no branch that maps from it alone.
+        ConfigError: a named modality is not one of the run's (a typo, say).
     """
     if model.decoder_modalities is None:
         return predictable
-    if wrong := sorted(set(model.decoder_modalities) - set(predictable)):
+    if wrong := sorted(set(model.decoder_modalities) - set(modalities)):
         raise ConfigError("model.decoder_modalities",
-                          f"no single-modality branch for {', '.join(wrong)}; choose from "
-                          f"{', '.join(predictable)}")
+                          f"no {', '.join(wrong)} modality in this run; choose from "
+                          f"{', '.join(modalities)}")
     return [m for m in predictable if m in model.decoder_modalities]
 
 

@@ -283,7 +283,8 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         task = TASKS[config.method](config.to_dict(), info)
     else:
         task = build_task(config, info)
-    decoded = decoder_modalities(config.model, task.predictable_modalities)  # checked early
+    decoded = decoder_modalities(config.model, list(task.modalities),  # checked early
+                                 task.predictable_modalities)
     tc = config.trainer
     callbacks = _callbacks(config, task, run_dir)
     if progress:
