@@ -38,9 +38,10 @@ it) and returns an :class:`xarray.DataArray` with its CRS, for use in other pipe
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -58,7 +59,7 @@ from .aoi import AreaOfInterest, aoi_on_grid, read_aoi
 from .checks import SceneCheck, check_scenes
 from .io import Grid, SceneInput, SceneReader, as_input, open_readers
 from .outputs import MapOutputs, MapPaths, MapSummary
-from .runner import chunk_runner
+from .runner import ChunkRunner, chunk_runner
 from .settings import DEFAULTS, SMOOTHING, Execution, MapSettings, Tiling
 from .stac import ItemInputs
 from .tiling import (
@@ -300,41 +301,23 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
 
     Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
     over windows (:func:`_window_means`); modalities are averaged where they have a value.
-    Mode ``pixel`` with smoothing on (by default for one modality) then smooths the fused
-    probabilities (:mod:`.smoothing`), computed with the smoothing's reach around ``area``
-    so that a pixel's value is that of one pass over the scene; smoothing before fusing
-    would make each modality over-confident, and the more confident one would decide.
+    Returns float64 probabilities (zero where no modality has one) and int32 counts.
     """
-    tiling = plan.tiling
-    smoothing = tiling.mode == "pixel" and tiling.smoothing > 0
-    span = _smoothing_span(predictors, plan, area) if smoothing else area
     classes = len(next(iter(predictors.values())).info.classes)
-    total = np.zeros((classes, span.height, span.width), dtype=np.float64)
-    mapped = np.zeros((span.height, span.width), dtype=np.int32)
+    total = np.zeros((classes, area.height, area.width), dtype=np.float64)
+    mapped = np.zeros((area.height, area.width), dtype=np.int32)
     for modality, reader in plan.readers.items():
         predictor = predictors[modality]
-        if tiling.mode == "pixel":
-            mean, ok = pixel_probabilities(predictor, reader, plan, span)
+        if plan.tiling.mode == "pixel":
+            mean, ok = pixel_probabilities(predictor, reader, plan, area)
         else:
-            mean, ok = _window_means(predictor, reader, plan, span)
+            mean, ok = _window_means(predictor, reader, plan, area)
         mean[:, ~ok] = 0.0
         total += mean
         mapped += ok
     if len(plan.readers) > 1:
         total /= np.maximum(mapped, 1)
-    if not smoothing:
-        return total, mapped
-    # Here, not at the top: only torch models have a decoder, and a map made with an
-    # ONNX model imports no torch.
-    import torch
-
-    from .smoothing import smooth_probabilities
-
-    total = smooth_probabilities(torch.from_numpy(total), torch.from_numpy(mapped > 0),
-                                 tiling.smoothing, tiling.smoothing_radius,
-                                 tiling.smoothing_passes).numpy()
-    inner = relative_slices(area, span)
-    return total[(slice(None), *inner)], mapped[inner]
+    return total, mapped
 
 
 def _blocks(plan: Plan, chunk: Window) -> list[Window]:
@@ -359,21 +342,38 @@ def _blocks(plan: Plan, chunk: Window) -> list[Window]:
     return [b.intersection(bounds) for b in blocks if intersect(b, bounds)]
 
 
+def _use_threads(predictors: Mapping[str, Predictor], plan: Plan) -> None:
+    """Give the calling worker thread ``plan.threads`` intra-op threads, if set.
+
+    Per worker thread: OpenMP's thread count is a per-thread setting.
+    """
+    if plan.threads is not None:
+        for predictor in predictors.values():
+            predictor.set_threads(plan.threads)
+
+
 def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window) -> ChunkResult:
-    """Classify one chunk of output pixels (a window of :attr:`Plan.output`).
+    """Classify one chunk of output pixels (a window of :attr:`Plan.output`) in one stage.
 
     Each modality's per-pixel mean probability is computed over the windows covering the
     pixel (mode ``pixel``: given by the decoder); modalities are then averaged where they
-    have a value (mode ``pixel``: then smoothed). In modes dense and pixel the chunk is
-    computed block by block (see :attr:`Plan.tiling`). With an area of interest, a chunk
-    away from it is nodata without a read, and pixels whose centre lies outside it are
-    nodata.
+    have a value. In modes dense and pixel the chunk is computed block by block (see
+    :attr:`Plan.tiling`). Mode pixel with smoothing takes two stages instead
+    (:func:`block_probabilities`, :func:`smooth_chunk`).
     """
-    if plan.threads is not None:
-        # Per worker thread (OpenMP's thread count is a per-thread setting).
-        for predictor in predictors.values():
-            predictor.set_threads(plan.threads)
-    classes = len(next(iter(predictors.values())).info.classes)
+    _use_threads(predictors, plan)
+    return _classify_chunk(plan, chunk, _classes(predictors),
+                           partial(_predict_area, predictors, plan))
+
+
+def _classify_chunk(plan: Plan, chunk: Window, classes: int,
+                    compute: Callable[[Window], tuple[np.ndarray, np.ndarray]]) -> ChunkResult:
+    """Class codes (and probabilities) of a chunk from ``compute(block)`` of its blocks.
+
+    ``compute`` gives a block's per-pixel probabilities and modality counts
+    (:func:`_predict_area`'s). With an area of interest, a chunk away from it is nodata
+    without a read, and pixels whose centre lies outside it are nodata.
+    """
     if not plan.computes(chunk):  # away from the area of interest: nothing to read
         codes = np.full((chunk.height, chunk.width), CLASS_NODATA, dtype=np.uint8)
         return ChunkResult(codes, np.full((classes, *codes.shape), np.nan, dtype=np.float32)
@@ -382,7 +382,7 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
     for unit in _blocks(plan, chunk):
         where = (slice(None), *relative_slices(unit, chunk))
-        probs[where], mapped[where[1:]] = _predict_area(predictors, plan, unit)
+        probs[where], mapped[where[1:]] = compute(unit)
     if plan.aoi is not None:
         mapped[~plan.aoi.mask(chunk)] = 0
     codes = probs.argmax(axis=0).astype(np.uint8)
@@ -392,6 +392,143 @@ def predict_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window
     probs = probs.astype(np.float32)
     probs[:, mapped == 0] = np.nan
     return ChunkResult(codes, probs)
+
+
+def _classes(predictors: Mapping[str, Predictor]) -> int:
+    """How many classes the (fused) predictors give."""
+    return len(next(iter(predictors.values())).info.classes)
+
+
+def _two_stage(plan: Plan) -> bool:
+    """Whether the map takes two stages: mode pixel with smoothing (:func:`smooth_chunk`)."""
+    return plan.tiling.mode == "pixel" and plan.tiling.smoothing > 0
+
+
+@dataclass
+class BlockProbabilities:
+    """Stage one of smoothed pixel mode: one block's fused probabilities, not smoothed.
+
+    Attributes:
+        window: the block, a window of :attr:`Plan.output`.
+        probs: float32 ``(K, h, w)`` probabilities, zero where no modality has one (float32:
+            the smoothing computes in it, and the blocks kept for it take half the memory).
+        mapped: int32 ``(h, w)`` how many modalities have a value.
+    """
+
+    window: Window
+    probs: np.ndarray
+    mapped: np.ndarray
+
+
+def block_probabilities(predictors: Mapping[str, Predictor], plan: Plan,
+                        block: Window) -> BlockProbabilities:
+    """Stage one of smoothed pixel mode: a block's probabilities, as unsmoothed pixel mode's.
+
+    The model runs over the block and its own halo only: the context the smoothing needs
+    around a block is its neighbours' stage-one results (:func:`smooth_chunk`), so the
+    model runs once per pixel of the scene instead of again over every block's reach.
+    """
+    _use_threads(predictors, plan)
+    probs, mapped = _predict_area(predictors, plan, block)
+    return BlockProbabilities(block, probs.astype(np.float32), mapped)
+
+
+def smoothing_blocks(predictors: Mapping[str, Predictor], plan: Plan,
+                     chunk: Window) -> list[Window]:
+    """The blocks whose stage-one results :func:`smooth_chunk` needs for ``chunk``, row-major.
+
+    Those within the smoothing's reach (:func:`_smoothing_span`) of the chunk's blocks that
+    are computed (with an area of interest, those touching it; none away from it).
+    """
+    out = plan.output
+    needed = {block for unit in _blocks(plan, chunk)
+              for block in chunk_layout(out.height, out.width, plan.output_block,
+                                        within=_smoothing_span(predictors, plan, unit))}
+    return sorted(needed, key=lambda block: (block.row_off, block.col_off))
+
+
+def smooth_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window,
+                 *parts: BlockProbabilities) -> ChunkResult:
+    """Stage two of smoothed pixel mode: a chunk's classes from stage one's blocks.
+
+    Each of the chunk's blocks is smoothed (:mod:`.smoothing`) over itself and the
+    smoothing's reach around it, assembled from ``parts`` (the results for
+    :func:`smoothing_blocks`), then cut to the block: a pixel's value is that of one pass
+    over the scene's probabilities. Block by block rather than over the whole chunk: the
+    smoothing then sees the same arrays whatever the chunk size (and the same as when one
+    stage computed each block with the reach around it), so the bytes of the map cannot
+    depend on the chunking; with the default chunk size (one block) it costs the same.
+    """
+    _use_threads(predictors, plan)
+    return _classify_chunk(plan, chunk, _classes(predictors),
+                           partial(_smoothed_block, predictors, plan, parts))
+
+
+def _smoothed_block(predictors: Mapping[str, Predictor], plan: Plan,
+                    parts: Sequence[BlockProbabilities],
+                    block: Window) -> tuple[np.ndarray, np.ndarray]:
+    """One block's smoothed probabilities and modality counts (see :func:`smooth_chunk`).
+
+    The smoothing's span is cut from ``parts``, which cover it; smoothing the fused
+    probabilities (not each modality's) keeps each modality from becoming over-confident
+    and the more confident one from deciding.
+    """
+    # Here, not at the top: only torch models have a decoder, and a map made with an
+    # ONNX model imports no torch.
+    import torch
+
+    from .smoothing import smooth_probabilities
+
+    span = _smoothing_span(predictors, plan, block)
+    probs = np.zeros((_classes(predictors), span.height, span.width), dtype=np.float32)
+    mapped = np.zeros((span.height, span.width), dtype=np.int32)
+    for part in parts:
+        if intersect(part.window, span):
+            common = part.window.intersection(span)
+            to, of = relative_slices(common, span), relative_slices(common, part.window)
+            probs[(slice(None), *to)] = part.probs[(slice(None), *of)]
+            mapped[to] = part.mapped[of]
+    tiling = plan.tiling
+    smoothed = smooth_probabilities(torch.from_numpy(probs), torch.from_numpy(mapped > 0),
+                                    tiling.smoothing, tiling.smoothing_radius,
+                                    tiling.smoothing_passes).numpy()
+    inner = relative_slices(block, span)
+    return smoothed[(slice(None), *inner)], mapped[inner]
+
+
+def _chunk_results(runner: ChunkRunner, predictors: Mapping[str, Predictor], plan: Plan,
+                   chunks: Sequence[Window]) -> Iterator[tuple[Window, ChunkResult]]:
+    """Every chunk's result, in order, in one stage or two (mode pixel with smoothing).
+
+    In two stages, a block's stage-one result is computed once, before the first chunk
+    that needs it, and freed after the last: with chunks in row-major order, about two
+    rows of chunks' blocks are held (:meth:`~.runner.ChunkRunner.map_with_parts`).
+    """
+    if not _two_stage(plan):
+        return runner.map(predict_chunk, chunks, plan)
+    return runner.map_with_parts(smooth_chunk, chunks, block_probabilities,
+                                 partial(smoothing_blocks, predictors, plan), plan)
+
+
+def _lazy_results(predictors: Mapping[str, Predictor], plan: Plan,
+                  chunks: Sequence[Window]) -> list[Any]:
+    """Every chunk's result as a Dask ``Delayed``, in one stage or two (see above).
+
+    In two stages, a chunk's node depends on the stage-one nodes of its
+    :func:`smoothing_blocks`, each one node however many chunks need it; Dask frees them
+    once their last chunk is computed. The predictors are one node of the graph.
+    """
+    import dask
+
+    model = dask.delayed(predictors, pure=True, traverse=False)
+    if not _two_stage(plan):
+        return [dask.delayed(predict_chunk, pure=True)(model, plan, chunk) for chunk in chunks]
+    needs = [smoothing_blocks(predictors, plan, chunk) for chunk in chunks]
+    stage_one = {block: dask.delayed(block_probabilities, pure=True)(model, plan, block)
+                 for need in needs for block in need}
+    return [dask.delayed(smooth_chunk, pure=True)(model, plan, chunk,
+                                                  *(stage_one[block] for block in need))
+            for chunk, need in zip(chunks, needs, strict=True)]
 
 
 def _as_dicts(predictors: Predictors, scenes: "Scenes"
@@ -567,7 +704,7 @@ def predict_to_file(predictors: Predictors, scenes: "Scenes",
         runner = stack.enter_context(chunk_runner(
             predictors, execution.workers, execution.scheduler,
             [f for files in inputs.values() for f in files], execution.scheduler_timeout))
-        for chunk, result in runner.map(predict_chunk, chunks, plan):
+        for chunk, result in _chunk_results(runner, predictors, plan, chunks):
             outputs.write(chunk, result.codes, result.probs)
             bar.update(chunk.width * chunk.height)
     if paths.polygons:
@@ -648,7 +785,6 @@ def predict_lazy(predictors: Predictors, scenes: "Scenes",
         what: ``classes`` (uint8 ``(y, x)``, nodata 255) or ``probabilities`` (float32
             ``(band, y, x)``, one band per class, NaN nodata).
     """
-    import dask
     import dask.array as da
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
@@ -656,13 +792,11 @@ def predict_lazy(predictors: Predictors, scenes: "Scenes",
     predictors, plan, _ = make_plan(predictors, scenes, settings)
     plan = replace(plan, probabilities=what == "probabilities")
     info = next(iter(predictors.values())).info
-    model = dask.delayed(predictors, pure=True, traverse=False)
     grid = plan.output
     chunks = _chunks(plan)
     columns = len(range(0, grid.width, chunks[0].width))
     blocks = []
-    for chunk in chunks:
-        result = dask.delayed(predict_chunk, pure=True)(model, plan, chunk)
+    for chunk, result in zip(chunks, _lazy_results(predictors, plan, chunks), strict=True):
         if what == "classes":
             block = da.from_delayed(result.codes, (chunk.height, chunk.width), np.uint8)
         else:

@@ -6,12 +6,15 @@ files); an object every task needs (the predictors) goes to the workers once (sh
 threads, scattered to a cluster). :meth:`ChunkRunner.map` then keeps at most two tasks
 per worker slot in flight and yields the results in submission order, so the caller can
 write them as they come with memory bounded by the number of slots, not the number of
-tasks. Nothing here knows about maps: the engine runs its chunks through it, and other
+tasks. :meth:`ChunkRunner.map_with_parts` does the same for tasks that share the results
+of smaller ones (parts), each computed once and kept only while a task still needs it.
+Nothing here knows about maps: the engine runs its chunks through it, and other
 commands can run theirs.
 """
 
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +24,7 @@ from typing import Any, TypeVar
 from ..errors import InputFileError, SchedulerError
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True)
@@ -28,7 +32,9 @@ class ChunkRunner:
     """Where tasks run.
 
     Attributes:
-        submit: ``submit(fn, *args)`` runs ``fn(shared, *args)`` and returns its future.
+        submit: ``submit(fn, *args)`` runs ``fn(shared, *args)`` and returns its future;
+            futures of this runner among ``args`` are awaited first and passed as their
+            results.
         slots: how many tasks run at once (threads, or the cluster's worker threads).
     """
 
@@ -42,15 +48,84 @@ class ChunkRunner:
         At most ``2 * slots`` tasks are in flight: the next is submitted as soon as the
         oldest result is taken.
         """
-        todo = iter(items)
-        pending = deque((item, self.submit(fn, *args, item))
-                        for item in islice(todo, 2 * self.slots))
+        return self._in_order((item, self.submit(fn, *args, item)) for item in items)
+
+    def map_with_parts(self, fn: Callable[..., Any], items: Sequence[T],
+                       part_fn: Callable[..., Any], parts: Callable[[T], Sequence[K]],
+                       *args: Any) -> Iterator[tuple[T, Any]]:
+        """``(item, fn(shared, *args, item, *results))`` for every item, in order.
+
+        ``results`` are ``part_fn(shared, *args, part)`` for each of ``parts(item)``, in
+        that order. A part is computed once however many items need it, submitted just
+        before the first of them, and let go once the last of them is submitted (it is
+        then freed when that task is done): memory holds the parts of the items in flight
+        and of those submitted before that share them with later ones. Items in flight are
+        bounded as in :meth:`map`.
+        """
+        needs = [list(parts(item)) for item in items]
+        last = {part: i for i, keys in enumerate(needs) for part in keys}
+
+        def submitted() -> Iterator[tuple[T, Future]]:
+            futures: dict[K, Future] = {}
+            for i, (item, keys) in enumerate(zip(items, needs, strict=True)):
+                for key in keys:
+                    if key not in futures:
+                        futures[key] = self.submit(part_fn, *args, key)
+                yield item, self.submit(fn, *args, item, *(futures[k] for k in keys))
+                for key in keys:
+                    if last[key] == i:
+                        del futures[key]
+
+        return self._in_order(submitted())
+
+    def _in_order(self, tasks: Iterator[tuple[T, Future]]) -> Iterator[tuple[T, Any]]:
+        """The results of lazily submitted ``(item, future)`` pairs, in order.
+
+        At most ``2 * slots`` are submitted ahead: the next one as soon as the oldest
+        result is taken.
+        """
+        pending = deque(islice(tasks, 2 * self.slots))
         while pending:
             item, future = pending.popleft()
             result = future.result()
-            if (following := next(todo, None)) is not None:
-                pending.append((following, self.submit(fn, *args, following)))
+            pending.extend(islice(tasks, 1))
             yield item, result
+
+
+def _submit_when_ready(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: Any) -> Future:
+    """``pool.submit(fn, *args)`` once the futures among ``args`` are done, with their results.
+
+    What a Dask cluster does with futures passed to a task: the task enters the pool's
+    queue only when its inputs exist, so it never holds a thread waiting for them (and
+    the tasks already queued keep the threads busy meanwhile). A failed input fails the
+    task with the same error.
+    """
+    inputs = [a for a in args if isinstance(a, Future)]
+    if not inputs:
+        return pool.submit(fn, *args)
+    out: Future = Future()
+    left = [len(inputs)]
+    lock = threading.Lock()
+
+    def run() -> None:
+        try:
+            out.set_result(fn(*(a.result() if isinstance(a, Future) else a for a in args)))
+        except BaseException as err:  # handed to whoever waits on ``out``
+            out.set_exception(err)
+
+    def ready(_: Future) -> None:
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        try:
+            pool.submit(run)
+        except RuntimeError as err:  # the pool was shut down: the map was abandoned
+            out.set_exception(err)
+
+    for future in inputs:
+        future.add_done_callback(ready)
+    return out
 
 
 def _unreadable(paths: Sequence[str]) -> dict[str, str]:
@@ -93,7 +168,8 @@ def chunk_runner(shared: Any, workers: int = 1, scheduler: str | None = None,
     if scheduler is None:
         pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="discomkd")
         try:
-            yield ChunkRunner(lambda fn, *args: pool.submit(fn, shared, *args), workers)
+            yield ChunkRunner(lambda fn, *args: _submit_when_ready(pool, fn, shared, *args),
+                              workers)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return

@@ -29,11 +29,17 @@ def relative_slices(inner: Window, outer: Window) -> tuple[slice, slice]:
     return shifted.toslices()
 
 
-def chunk_layout(height: int, width: int, size: int) -> list[Window]:
-    """Row-major ``size x size`` chunks tiling a ``height x width`` grid (edge ones cut)."""
+def chunk_layout(height: int, width: int, size: int,
+                 within: Window | None = None) -> list[Window]:
+    """Row-major ``size x size`` chunks tiling a ``height x width`` grid (edge ones cut).
+
+    With ``within`` (a window of the grid), only the chunks that overlap it.
+    """
     full = Window(0, 0, width, height)
+    area = full if within is None else within
     return [Window(col, row, size, size).intersection(full)
-            for row in range(0, height, size) for col in range(0, width, size)]
+            for row in range(area.row_off // size * size, area.row_off + area.height, size)
+            for col in range(area.col_off // size * size, area.col_off + area.width, size)]
 
 
 @dataclass(frozen=True)
