@@ -1,11 +1,13 @@
 """The per-pixel mode: decoder output written block by block, the same bytes however run."""
 
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
 import pytest
 import torch
+from rasterio.windows import Window
 from shapely.geometry import box
 from test_inference import CRS, MS_BANDS, ORIGIN, make_predictor, read, texture, write_scene
 
@@ -15,6 +17,7 @@ from discomkd_geo.inference import engine
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.inference.smoothing import smooth_probabilities
+from discomkd_geo.inference.tiling import chunk_layout
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
@@ -72,11 +75,14 @@ def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path, t
 def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path,
                                                    padding: str, smoothing: float) -> None:
     """A block's pixels are those of one pass over the (mirrored) scene: the halo suffices,
-    for the decoder and for the smoothing (32 px blocks, smoothing reaching 24 px)."""
+    for the decoder and for the smoothing (32 px blocks, smoothing reaching 24 px, 64 px
+    chunks: each chunk's smoothing assembles its blocks' reach from the neighbouring
+    blocks', in other chunks too; one misplaced would change the values near it)."""
     predictor = pixel_predictor(padding)
-    predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
-        mode="pixel", block_size=32, smoothing=smoothing, smoothing_radius=4,
+    summary = predict_to_file(predictor, scene, tmp_path / "p.tif", MapSettings.of(
+        mode="pixel", block_size=32, chunk_size=64, smoothing=smoothing, smoothing_radius=4,
         smoothing_passes=2, probabilities=tmp_path / "p.p.tif"))
+    assert summary.chunks == 4
     with torch.no_grad():
         raw = read(scene)
         valid = torch.from_numpy(~np.isnan(raw).any(axis=0))
@@ -129,23 +135,35 @@ def test_pixel_mode_same_bytes_on_a_distributed_cluster(scene: Path, tmp_path: P
     assert (tmp_path / "cluster.tif").read_bytes() == (tmp_path / "local.tif").read_bytes()
 
 
-def test_pixel_mode_computes_only_the_blocks_touching_the_area(
-        scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``--aoi``, pixel mode runs the 64 px blocks touching the area, as dense mode."""
-    predictor = pixel_predictor()
-    settings = MapSettings.of(mode="pixel", block_size=64, chunk_size=1024)
+def aoi_20_50(path: Path) -> Path:
+    """An area of interest holding the centres of pixel rows and columns 20-50."""
     x0, y0 = ORIGIN
-    area = tmp_path / "aoi.geojson"  # pixel rows and columns 20-50: in the first block only
     gpd.GeoDataFrame(geometry=[box(x0 + 200, y0 - 500, x0 + 500, y0 - 200)],
-                     crs=CRS).to_file(area)
-    blocks: list[object] = []
+                     crs=CRS).to_file(path)
+    return path
+
+
+def count_model_runs(monkeypatch: pytest.MonkeyPatch) -> list[Window]:
+    """The areas :func:`engine.pixel_probabilities` will run the model over, as it runs."""
+    areas: list[Window] = []
     real = engine.pixel_probabilities
 
-    def counted(*args: object) -> object:
-        blocks.append(args[-1])
+    def counted(*args: Any) -> Any:
+        areas.append(args[-1])
         return real(*args)
 
     monkeypatch.setattr(engine, "pixel_probabilities", counted)
+    return areas
+
+
+def test_pixel_mode_computes_only_the_blocks_touching_the_area(
+        scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``--aoi``, unsmoothed pixel mode runs the 64 px blocks touching the area, as
+    dense mode."""
+    predictor = pixel_predictor()
+    settings = MapSettings.of(mode="pixel", block_size=64, chunk_size=1024, smoothing=0.0)
+    area = aoi_20_50(tmp_path / "aoi.geojson")  # in the first block only
+    blocks = count_model_runs(monkeypatch)
     predict_to_file(predictor, scene, tmp_path / "whole.tif", settings)
     assert len(blocks) == 4  # 100 x 92 px in 64 px blocks
     blocks.clear()
@@ -156,6 +174,36 @@ def test_pixel_mode_computes_only_the_blocks_touching_the_area(
     inside = np.zeros_like(whole, dtype=bool)
     inside[20:50, 20:50] = True
     assert (part[inside] == whole[inside]).all() and (part[~inside] == CLASS_NODATA).all()
+
+
+def test_smoothed_pixel_mode_runs_the_model_once_per_block_within_reach_of_the_area(
+        scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Smoothed, the model runs once over each 32 px block (its own halo only), with an
+    area of interest over the blocks within the smoothing's reach (24 px) of the blocks
+    touching it; inside the area the map is the whole map's, in files (two workers) and in
+    a lazy array."""
+    predictor = pixel_predictor()
+    settings = MapSettings.of(mode="pixel", block_size=32, chunk_size=64, smoothing=8.0,
+                              smoothing_radius=4, smoothing_passes=2)
+    area = aoi_20_50(tmp_path / "aoi.geojson")  # blocks rows and columns 0-64
+    areas = count_model_runs(monkeypatch)
+    predict_to_file(predictor, scene, tmp_path / "whole.tif",
+                    settings.replace(probabilities=tmp_path / "whole.p.tif"))
+    blocks = chunk_layout(100, 92, 32)
+    assert sorted(areas, key=str) == sorted(blocks, key=str)  # 4 x 3 blocks, each once
+    areas.clear()
+    predict_to_file(predictor, scene, tmp_path / "aoi.tif", settings.replace(
+        aoi=area, workers=2, probabilities=tmp_path / "aoi.p.tif"))
+    # Rows and columns 0-64 grown by 24 px reach the third block row and column, not the 4th.
+    assert sorted(areas, key=str) == sorted((b for b in blocks if b.row_off < 96), key=str)
+    whole, part = read(tmp_path / "whole.p.tif"), read(tmp_path / "aoi.p.tif")
+    inside = np.zeros(whole.shape[1:], dtype=bool)
+    inside[20:50, 20:50] = True
+    np.testing.assert_array_equal(part[:, inside], whole[:, inside])
+    assert np.isnan(part[:, ~inside]).all()
+    lazy = engine.predict_lazy(predictor, scene, settings.replace(aoi=area),
+                               what="probabilities")
+    np.testing.assert_array_equal(lazy.values, part)
 
 
 def test_decoder_predictor_loads_weights_only(tmp_path: Path) -> None:
