@@ -10,10 +10,13 @@ fusing modalities by averaging their probabilities. Three modes classify the pix
   blocks of whole patches; each block's encoders and per-pixel decoder
   (:mod:`discomkd_geo.models.decoder`) run once over the block plus a halo of the
   encoders' reach and half a patch of context (64 px for ``small_cnn``), giving every
-  input pixel its own probabilities, then smooths them (:mod:`.smoothing`: parcels keep
-  one class) with the smoothing's reach computed around the block too, so every pixel
-  has the value of one pass over the scene. Byte-identical for any chunk size, number of
-  workers or scheduler, as dense mode.
+  input pixel its own probabilities. With smoothing (:mod:`.smoothing`: parcels keep one
+  class; on by default for one modality) that takes two stages: every block's
+  probabilities first (:func:`block_probabilities`), then each chunk's blocks are
+  smoothed over the smoothing's reach around them (120 px by default), assembled from
+  the neighbouring blocks' probabilities (:func:`smooth_chunk`), so every pixel has the
+  value of one pass over the scene while the model runs once per pixel. Byte-identical
+  for any chunk size, number of workers or scheduler, as dense mode.
 
 - ``dense``: the chunk is cut into scene-anchored blocks; each block's
   encoders run once over the block's windows plus a halo of half the encoders' receptive
@@ -29,11 +32,14 @@ fusing modalities by averaging their probabilities. Three modes classify the pix
 :func:`predict_to_file` streams the chunks through a local thread pool or an existing
 ``dask.distributed`` cluster with a bounded number in flight (:mod:`.runner`), and
 writes each result in chunk order into the map's files (:mod:`.outputs`), so memory
-follows the chunk size, not the scene size. The predictors go to the workers once
-(scattered to a cluster, shared by threads). How the map is made is one
+follows the chunk size, not the scene size (smoothed pixel mode also keeps the blocks'
+first-stage probabilities until the last chunk that needs them is submitted: about two
+rows of chunks). The predictors go to the workers once (scattered to a cluster, shared
+by threads). How the map is made is one
 :class:`~discomkd_geo.inference.settings.MapSettings`.
-:func:`predict_lazy` builds the same chunks as a Dask graph (the predictors one node of
-it) and returns an :class:`xarray.DataArray` with its CRS, for use in other pipelines.
+:func:`predict_lazy` builds the same chunks (and blocks, in two stages) as a Dask graph
+(the predictors one node of it) and returns an :class:`xarray.DataArray` with its CRS,
+for use in other pipelines.
 """
 
 import os
@@ -262,9 +268,11 @@ def pixel_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan,
 def _smoothing_span(predictors: Mapping[str, Predictor], plan: Plan, area: Window) -> Window:
     """``area`` with the smoothing's reach around it (:mod:`.smoothing`), inside the scene.
 
-    In whole cells of every encoder (the span must start a cell of each in the scene; the
-    encoders' cells, powers of two of at least the smoothing's cell, divide the largest
-    margin). Beyond the scene's edge no pixel takes part in the smoothing.
+    The span must start a cell of the smoothing's grid in the scene
+    (:func:`~.smoothing.smooth_probabilities`): the margin is the reach rounded up to
+    whole cells of every encoder (powers of two of at least the smoothing's cell), as when
+    the model itself ran over this span; the same spans keep the maps' bytes. Beyond the
+    scene's edge no pixel takes part in the smoothing.
     """
     from .smoothing import smoothing_reach
 
@@ -774,7 +782,8 @@ def predict_lazy(predictors: Predictors, scenes: "Scenes",
     """The map as a lazy, Dask-backed :class:`xarray.DataArray` with CRS and transform.
 
     Nothing is read or classified until the array is computed (with any Dask scheduler);
-    each Dask chunk is one engine chunk. The predictors are a single node of the graph.
+    each Dask chunk is one engine chunk (smoothed pixel mode: one node per chunk on one
+    node per block it needs). The predictors are a single node of the graph.
 
     Args:
         predictors: as in :func:`predict_to_file`.

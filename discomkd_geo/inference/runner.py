@@ -104,28 +104,33 @@ def _submit_when_ready(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: 
     if not inputs:
         return pool.submit(fn, *args)
     out: Future = Future()
-    left = [len(inputs)]
+    waiting = {"inputs": len(inputs), "args": args}
     lock = threading.Lock()
-
-    def run() -> None:
-        try:
-            out.set_result(fn(*(a.result() if isinstance(a, Future) else a for a in args)))
-        except BaseException as err:  # handed to whoever waits on ``out``
-            out.set_exception(err)
 
     def ready(_: Future) -> None:
         with lock:
-            left[0] -= 1
-            if left[0]:
+            waiting["inputs"] -= 1
+            if waiting["inputs"]:
                 return
+            # Let go of the inputs: a future keeps its callbacks, and this one holding them
+            # would be a cycle that keeps their results until the garbage collector runs.
+            ready_args = waiting.pop("args")
         try:
-            pool.submit(run)
+            pool.submit(_run_into, out, fn, ready_args)
         except RuntimeError as err:  # the pool was shut down: the map was abandoned
             out.set_exception(err)
 
     for future in inputs:
         future.add_done_callback(ready)
     return out
+
+
+def _run_into(out: Future, fn: Callable[..., Any], args: Sequence[Any]) -> None:
+    """``fn(*args)``, the futures among ``args`` replaced by their results, into ``out``."""
+    try:
+        out.set_result(fn(*(a.result() if isinstance(a, Future) else a for a in args)))
+    except BaseException as err:  # handed to whoever waits on ``out``
+        out.set_exception(err)
 
 
 def _unreadable(paths: Sequence[str]) -> dict[str, str]:

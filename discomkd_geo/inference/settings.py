@@ -214,7 +214,8 @@ class Tiling(_Group):
         "narrower than it with weak evidence can be absorbed).", minimum=1)
     smoothing_passes: int = setting(
         3, "Mode pixel: mean-field passes of the smoothing (each adds the radius to the "
-        "context read around a block).", minimum=1)
+        "neighbouring probabilities a block's smoothing uses; the model still runs once "
+        "per pixel).", minimum=1)
     min_valid: float = setting(
         0.5, "Windows with a smaller share of valid pixels are not classified (nodata).",
         minimum=0.0, maximum=1.0)
