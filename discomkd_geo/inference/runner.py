@@ -107,18 +107,26 @@ def _submit_when_ready(pool: ThreadPoolExecutor, fn: Callable[..., Any], *args: 
     waiting = {"inputs": len(inputs), "args": args}
     lock = threading.Lock()
 
-    def ready(_: Future) -> None:
+    def ready(done: Future) -> None:
+        failed = done.cancelled() or done.exception() is not None
         with lock:
             waiting["inputs"] -= 1
-            if waiting["inputs"]:
-                return
+            if "args" not in waiting or (waiting["inputs"] and not failed):
+                return  # inputs still missing, or ``out`` already failed
             # Let go of the inputs: a future keeps its callbacks, and this one holding them
             # would be a cycle that keeps their results until the garbage collector runs.
             ready_args = waiting.pop("args")
-        try:
-            pool.submit(_run_into, out, fn, ready_args)
-        except RuntimeError as err:  # the pool was shut down: the map was abandoned
-            out.set_exception(err)
+        # A failed input fails ``out`` here, not in the pool: the pool's shutdown cancels
+        # its queue holding a lock that submitting takes.
+        if done.cancelled():
+            out.cancel()
+        elif failed:
+            out.set_exception(done.exception())
+        else:
+            try:
+                pool.submit(_run_into, out, fn, ready_args)
+            except RuntimeError as err:  # the pool was shut down: the map was abandoned
+                out.set_exception(err)
 
     for future in inputs:
         future.add_done_callback(ready)
