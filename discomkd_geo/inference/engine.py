@@ -36,6 +36,7 @@ follows the chunk size, not the scene size. The predictors go to the workers onc
 it) and returns an :class:`xarray.DataArray` with its CRS, for use in other pipelines.
 """
 
+import importlib.util
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -324,8 +325,7 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
         total /= np.maximum(mapped, 1)
     if not smoothing:
         return total, mapped
-    # Here, not at the top: only torch models have a decoder, and a map made with an
-    # ONNX model imports no torch.
+    # Here, not at the top: a map made with an ONNX model imports torch only to smooth.
     import torch
 
     from .smoothing import smooth_probabilities
@@ -461,6 +461,10 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     smoothing = tiling.smoothing
     if smoothing is None:
         smoothing = SMOOTHING if len(predictors) == 1 else 0.0
+    if tiling.mode == "pixel" and smoothing > 0 and importlib.util.find_spec("torch") is None:
+        # ONNX models map without PyTorch; the smoothing is PyTorch code (:mod:`.smoothing`).
+        raise SettingsError("smoothing", "mode 'pixel' smooths with PyTorch, which is not "
+                                         "installed here: install it, or set smoothing=0")
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block,
                                        smoothing=smoothing), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
