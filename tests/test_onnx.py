@@ -137,9 +137,10 @@ def test_dense_mode_refused_in_one_line(sar_onnx: Path, tmp_path: Path) -> None:
                                        str(DEMO_TILES / "sar.tif"), "-o",
                                        str(tmp_path / "m.tif"), "--mode", "dense"])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {sar_onnx}: ONNX models run in mode 'windows' "
-                                     "only (modes dense and pixel need the encoders' feature "
-                                     "maps); use --mode windows or the torch checkpoint")
+    assert result.output.strip() == (f"Error: {sar_onnx}: ONNX models do not run in mode "
+                                     "'dense' (it pools the encoders' feature maps, which no "
+                                     "exported graph exposes); use --mode windows (or --mode "
+                                     "pixel with a decoder) or the torch checkpoint")
     assert not (tmp_path / "m.tif").exists()
 
 
@@ -159,3 +160,197 @@ def test_bad_onnx_files_are_one_line_errors(sar_onnx: Path, tmp_path: Path) -> N
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(CheckpointError, match=r"bare.onnx: not a discomkd_geo ONNX export"):
         load_predictor(tmp_path / "bare.onnx")
+
+
+# Mode pixel: the per-pixel graph of a branch with a decoder.
+
+DATA = Path(__file__).parent / "data"
+
+
+def pixel_branch(padding: str = "reflect"):
+    """``test_pixel_mode``'s tiny DisCoM-KD branch with an untrained, non-zero decoder."""
+    from test_pixel_mode import pixel_predictor
+
+    return pixel_predictor(padding)
+
+
+@pytest.fixture(scope="module")
+def pixel_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from discomkd_geo.models.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx_pixels") / "sar.onnx"
+    export_onnx(pixel_branch(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pixel_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 x 92 px SAR scene with a nodata corner (``test_pixel_mode``'s)."""
+    from test_inference import texture, write_scene
+
+    from discomkd_geo.constants import S1_BANDS
+
+    data = texture(2, 112, seed=5)[:, :100, :92]
+    data[:, :12, :20] = np.nan
+    return write_scene(tmp_path_factory.mktemp("onnx_scene") / "sar.tif", data, list(S1_BANDS))
+
+
+def test_pixel_graph_implements_pixel_mode_like_torch(pixel_onnx: Path) -> None:
+    from discomkd_geo.models.onnx_predictor import METADATA_KEY, PIXEL_GRAPH_KEY
+
+    torch_branch, onnx_branch = pixel_branch(), load_predictor(pixel_onnx)
+    assert onnx_branch.has_decoder and torch_branch.has_decoder
+    meta = {p.key: p.value for p in onnx.load(str(pixel_onnx)).metadata_props}
+    assert json.loads(meta[METADATA_KEY])["pixels"] == {"halo": torch_branch.pixel_halo(),
+                                                        "cell": 8}
+    assert PIXEL_GRAPH_KEY in meta
+    # The same halo for every extra context (the smoothing's reach asks for any).
+    assert [onnx_branch.pixel_halo(e) for e in range(50)] == \
+        [torch_branch.pixel_halo(e) for e in range(50)]
+    rng = np.random.default_rng(1)
+    halo = torch_branch.pixel_halo()
+    # Whole cells or not (the graph pads the far side), base halo or more (cropped here).
+    for (h, w), crop in [((2 * halo + 32, 2 * halo + 48), halo), ((2 * halo + 37, 2 * halo + 21),
+                                                                  halo + 8)]:
+        values = rng.uniform(-25, 5, (2, h, w)).astype(np.float32)
+        expected = torch_branch.predict_pixels(values, crop, "cpu")
+        got = onnx_branch.predict_pixels(values, crop, "cpu")
+        assert got.shape == expected.shape == (10, h - 2 * crop, w - 2 * crop)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+        assert (got.argmax(0) == expected.argmax(0)).mean() > 0.999
+    again = pickle.loads(pickle.dumps(onnx_branch))  # Dask workers: both graphs travel
+    np.testing.assert_array_equal(again.predict_pixels(values, crop, "cpu"), got)
+
+
+def test_onnx_pixel_map_same_bytes_for_any_chunk_size_and_workers(
+        pixel_onnx: Path, pixel_scene: Path, tmp_path: Path) -> None:
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+
+    onnx_branch = load_predictor(pixel_onnx)
+    runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
+            "c24w2": {"chunk_size": 24, "workers": 2}}
+    for name, kwargs in runs.items():
+        settings = MapSettings.of(mode="auto", block_size=32,
+                                  probabilities=tmp_path / f"{name}.p.tif", **kwargs)
+        summary = predict_to_file(onnx_branch, pixel_scene, tmp_path / f"{name}.tif", settings)
+        assert summary.mode == "pixel" and (summary.chunks > 1) == (name != "c1024w1")
+    for suffix in (".tif", ".p.tif"):
+        first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
+        assert all(other == first for other in others), suffix
+    # The torch branch's map: the same classes but for float rounding, smoothing included.
+    predict_to_file(pixel_branch(), pixel_scene, tmp_path / "torch.tif", MapSettings.of(
+        mode="pixel", block_size=32, probabilities=tmp_path / "torch.p.tif"))
+    codes, expected = read(tmp_path / "c40w1.tif"), read(tmp_path / "torch.tif")
+    assert len(np.unique(codes[codes != 255])) >= 2
+    assert (codes == expected).mean() >= 0.999
+    np.testing.assert_allclose(read(tmp_path / "c40w1.p.tif"), read(tmp_path / "torch.p.tif"),
+                               atol=1e-4, rtol=0)
+
+
+def test_export_without_decoder_refuses_pixel_mode_in_one_line(sar_onnx: Path,
+                                                               tmp_path: Path) -> None:
+    assert not load_predictor(sar_onnx).has_decoder
+    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(sar_onnx), "--sar",
+                                       str(DEMO_TILES / "sar.tif"), "-o",
+                                       str(tmp_path / "m.tif"), "--mode", "pixel"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: {sar_onnx}: this ONNX model has no per-pixel "
+                                     "decoder (its branch had none, or it was exported before "
+                                     "ONNX exports held one); use --mode windows")
+    assert not (tmp_path / "m.tif").exists()
+
+
+def test_export_from_before_pixel_graphs_maps_in_windows_mode(pixel_scene: Path,
+                                                              tmp_path: Path) -> None:
+    """``tests/data/main_decoder_branch.onnx`` is ``pixel_branch()`` exported by the code on
+    ``main`` before exports held the pixel graph: it loads, and auto maps in windows mode,
+    as the torch branch does in windows mode."""
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+
+    old = load_predictor(DATA / "main_decoder_branch.onnx")
+    assert not old.has_decoder
+    summary = predict_to_file(old, pixel_scene, tmp_path / "old.tif", MapSettings.of())
+    assert summary.mode == "windows"
+    predict_to_file(pixel_branch(), pixel_scene, tmp_path / "torch.tif",
+                    MapSettings.of(mode="windows"))
+    np.testing.assert_array_equal(read(tmp_path / "old.tif"), read(tmp_path / "torch.tif"))
+    with pytest.raises(CheckpointError, match="has no per-pixel decoder"):
+        predict_to_file(old, pixel_scene, tmp_path / "p.tif", MapSettings.of(mode="pixel"))
+
+
+def test_deepness_export_of_a_decoder_is_its_per_pixel_output(tmp_path: Path) -> None:
+    from discomkd_geo.models.onnx_export import export_onnx
+
+    torch_branch = pixel_branch()
+    path = tmp_path / "deepness.onnx"
+    export_onnx(torch_branch, path, per_pixel=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["model_type"]) == "Segmentor"
+    batch = raw_batch(torch_branch, n=3)
+    [out] = session.run(None, {"image": batch})
+    import torch
+
+    with torch.no_grad():
+        expected = torch_branch.pixels(torch.from_numpy(batch), 0).numpy()
+    assert out.shape == expected.shape == (3, 10, 16, 16)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+    assert not torch_branch.training  # the export leaves the branch in eval mode
+    # Its output is no window classification: this package does not map with it.
+    with pytest.raises(CheckpointError, match=r"deepness.onnx: a Deepness export of a "
+                                              r"per-pixel decoder"):
+        load_predictor(path)
+
+
+@pytest.mark.slow
+def test_pixel_map_of_the_demo_scene_matches_torch(demo_sar_model: Path,
+                                                   tmp_path: Path) -> None:
+    """The demo scene in mode pixel (auto, smoothed), a decoder on the demo SAR branch."""
+    import torch
+
+    from discomkd_geo.models.branches import build_branch
+    from discomkd_geo.models.predictor import Predictor
+
+    base = load_predictor(demo_sar_model, SAR)
+    spec = {**base.info.branch_spec, "decoder": True}
+    torch.manual_seed(4)
+    branch = build_branch(**spec)
+    branch.load_state_dict(base.branch.state_dict(), strict=False)
+    with torch.no_grad():
+        branch.decoder.residual[-1].weight.normal_(0, 0.3)
+    base.info.branch_spec = spec
+    Predictor(branch, base.stats, base.info).eval().save(tmp_path / "sar.pt")
+    sar_onnx = export(tmp_path / "sar.pt", tmp_path / "sar.onnx")
+    from_torch = predict(tmp_path / "sar.pt", tmp_path / "torch.tif")
+    from_onnx = predict(sar_onnx, tmp_path / "onnx.tif")
+    assert from_torch["mode"] == from_onnx["mode"] == "pixel"
+    codes, expected = read(tmp_path / "onnx.tif"), read(tmp_path / "torch.tif")
+    assert len(np.unique(codes[codes != 255])) > 1
+    assert (codes == expected).mean() >= 0.999
+    np.testing.assert_allclose(read(tmp_path / "onnx.p.tif"), read(tmp_path / "torch.p.tif"),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_onnx_pixel_mode_without_torch(pixel_onnx: Path, pixel_scene: Path,
+                                       tmp_path: Path) -> None:
+    """Where PyTorch is missing, unsmoothed pixel maps work; smoothing is a one-line error."""
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        code = ("import sys\nsys.modules['torch'] = None  # as if not installed\n"
+                "from discomkd_geo.cli import main\n"
+                f"main(['predict', '--checkpoint', {str(pixel_onnx)!r}, '--sar', "
+                f"{str(pixel_scene)!r}, '-o', {str(out)!r}, *{list(extra)!r}])\n")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300)
+
+    done = run(tmp_path / "unsmoothed.tif", "--smoothing", "0")
+    assert done.returncode == 0, done.stderr
+    assert read(tmp_path / "unsmoothed.tif").shape[0] == 1
+    done = run(tmp_path / "smoothed.tif")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: --smoothing: mode 'pixel' smooths with PyTorch, which is not installed here: "
+        "install it, or set --smoothing 0")
+    assert not (tmp_path / "smoothed.tif").exists()
