@@ -20,6 +20,8 @@ from discomkd_geo.models.loader import load_predictor
 onnx = pytest.importorskip("onnx", reason="not run: onnx not installed (pip install '.[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="not run: onnxruntime not installed")
 
+DATA = Path(__file__).parent / "data"
+
 
 def export(run: Path, out: Path, fmt: str = "onnx") -> Path:
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(run), "--modality", SAR,
@@ -132,15 +134,21 @@ def test_onnx_predict_imports_no_torch(sar_onnx: Path, tmp_path: Path) -> None:
     assert read(out).shape[0] == 1
 
 
-def test_dense_mode_refused_in_one_line(sar_onnx: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "problem"), [
+    ("dense", "ONNX models do not run in mode 'dense' (it pools the encoders' feature maps, "
+              "which no exported graph exposes); use --mode windows (or --mode pixel with a "
+              "decoder) or the torch checkpoint"),
+    # An export without the pixel graph (this one's branch has no decoder).
+    ("pixel", "this ONNX model has no per-pixel decoder (its branch had none, or it was "
+              "exported before ONNX exports held one); use --mode windows")])
+def test_modes_without_a_graph_refused_in_one_line(sar_onnx: Path, tmp_path: Path,
+                                                   mode: str, problem: str) -> None:
+    assert not load_predictor(sar_onnx).has_decoder
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(sar_onnx), "--sar",
                                        str(DEMO_TILES / "sar.tif"), "-o",
-                                       str(tmp_path / "m.tif"), "--mode", "dense"])
+                                       str(tmp_path / "m.tif"), "--mode", mode])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {sar_onnx}: ONNX models do not run in mode "
-                                     "'dense' (it pools the encoders' feature maps, which no "
-                                     "exported graph exposes); use --mode windows (or --mode "
-                                     "pixel with a decoder) or the torch checkpoint")
+    assert result.output.strip() == f"Error: {sar_onnx}: {problem}"
     assert not (tmp_path / "m.tif").exists()
 
 
@@ -162,9 +170,28 @@ def test_bad_onnx_files_are_one_line_errors(sar_onnx: Path, tmp_path: Path) -> N
         load_predictor(tmp_path / "bare.onnx")
 
 
-# Mode pixel: the per-pixel graph of a branch with a decoder.
+def test_damaged_pixel_graphs_are_one_line_errors_at_load(pixel_onnx: Path,
+                                                          tmp_path: Path) -> None:
+    import base64
 
-DATA = Path(__file__).parent / "data"
+    from discomkd_geo.models.onnx_predictor import PIXEL_GRAPH_KEY
+
+    for name, graph in [("missing", None), ("not_base64", "%%%"),
+                        ("not_a_graph", base64.b64encode(b"junk").decode())]:
+        model = onnx.load(str(pixel_onnx))
+        [entry] = [p for p in model.metadata_props if p.key == PIXEL_GRAPH_KEY]
+        if graph is None:
+            model.metadata_props.remove(entry)
+        else:
+            entry.value = graph
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        problem = ("cannot read its per-pixel graph: " if name == "not_a_graph" else
+                   f"its per-pixel graph \\('{PIXEL_GRAPH_KEY}' metadata\\) is missing")
+        with pytest.raises(CheckpointError, match=rf"^\S*{name}.onnx: {problem}"):
+            load_predictor(tmp_path / f"{name}.onnx")
+
+
+# Mode pixel: the per-pixel graph of a branch with a decoder.
 
 
 def pixel_branch(padding: str = "reflect"):
@@ -185,14 +212,9 @@ def pixel_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def pixel_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """100 x 92 px SAR scene with a nodata corner (``test_pixel_mode``'s)."""
-    from test_inference import texture, write_scene
+    from test_pixel_mode import write_pixel_scene
 
-    from discomkd_geo.constants import S1_BANDS
-
-    data = texture(2, 112, seed=5)[:, :100, :92]
-    data[:, :12, :20] = np.nan
-    return write_scene(tmp_path_factory.mktemp("onnx_scene") / "sar.tif", data, list(S1_BANDS))
+    return write_pixel_scene(tmp_path_factory.mktemp("onnx_scene") / "sar.tif")
 
 
 def test_pixel_graph_implements_pixel_mode_like_torch(pixel_onnx: Path) -> None:
@@ -224,20 +246,12 @@ def test_pixel_graph_implements_pixel_mode_like_torch(pixel_onnx: Path) -> None:
 
 def test_onnx_pixel_map_same_bytes_for_any_chunk_size_and_workers(
         pixel_onnx: Path, pixel_scene: Path, tmp_path: Path) -> None:
+    from test_pixel_mode import assert_same_bytes_however_chunked
+
     from discomkd_geo.inference.engine import predict_to_file
     from discomkd_geo.inference.settings import MapSettings
 
-    onnx_branch = load_predictor(pixel_onnx)
-    runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
-            "c24w2": {"chunk_size": 24, "workers": 2}}
-    for name, kwargs in runs.items():
-        settings = MapSettings.of(mode="auto", block_size=32,
-                                  probabilities=tmp_path / f"{name}.p.tif", **kwargs)
-        summary = predict_to_file(onnx_branch, pixel_scene, tmp_path / f"{name}.tif", settings)
-        assert summary.mode == "pixel" and (summary.chunks > 1) == (name != "c1024w1")
-    for suffix in (".tif", ".p.tif"):
-        first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
-        assert all(other == first for other in others), suffix
+    assert_same_bytes_however_chunked(load_predictor(pixel_onnx), pixel_scene, tmp_path)
     # The torch branch's map: the same classes but for float rounding, smoothing included.
     predict_to_file(pixel_branch(), pixel_scene, tmp_path / "torch.tif", MapSettings.of(
         mode="pixel", block_size=32, probabilities=tmp_path / "torch.p.tif"))
@@ -246,19 +260,6 @@ def test_onnx_pixel_map_same_bytes_for_any_chunk_size_and_workers(
     assert (codes == expected).mean() >= 0.999
     np.testing.assert_allclose(read(tmp_path / "c40w1.p.tif"), read(tmp_path / "torch.p.tif"),
                                atol=1e-4, rtol=0)
-
-
-def test_export_without_decoder_refuses_pixel_mode_in_one_line(sar_onnx: Path,
-                                                               tmp_path: Path) -> None:
-    assert not load_predictor(sar_onnx).has_decoder
-    result = CliRunner().invoke(main, ["predict", "--checkpoint", str(sar_onnx), "--sar",
-                                       str(DEMO_TILES / "sar.tif"), "-o",
-                                       str(tmp_path / "m.tif"), "--mode", "pixel"])
-    assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {sar_onnx}: this ONNX model has no per-pixel "
-                                     "decoder (its branch had none, or it was exported before "
-                                     "ONNX exports held one); use --mode windows")
-    assert not (tmp_path / "m.tif").exists()
 
 
 def test_export_from_before_pixel_graphs_maps_in_windows_mode(pixel_scene: Path,

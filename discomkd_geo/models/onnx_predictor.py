@@ -64,18 +64,18 @@ class OnnxPredictor:
         stats: its normalisation statistics (already inside the graph; the engine uses
             them for gap filling and the scene checks).
         source: the file it came from, for error messages.
-        pixels: the per-pixel graph, serialised, and its ``{"halo", "cell"}`` (the base
-            halo it crops and the encoders' cell), or ``None``: no decoder.
+        pixel_graph: the per-pixel graph, serialised, and its ``{"halo", "cell"}`` (the
+            base halo it crops and the encoders' cell), or ``None``: no decoder.
     """
 
     def __init__(self, model: bytes, info: PredictorInfo, stats: BandStats,
                  source: str = "<onnx>",
-                 pixels: tuple[bytes, dict[str, int]] | None = None) -> None:
+                 pixel_graph: tuple[bytes, dict[str, int]] | None = None) -> None:
         self.model = model
         self.info = info
         self.stats = stats
         self.source = source
-        self.pixels = pixels
+        self.pixel_graph = pixel_graph
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -84,7 +84,8 @@ class OnnxPredictor:
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("model", "info", "stats", "source", "pixels")}
+        return {k: self.__dict__[k] for k in ("model", "info", "stats", "source",
+                                                 "pixel_graph")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -103,13 +104,7 @@ class OnnxPredictor:
             raise CheckpointError(f"{source}: checkpoint not found")
         with open(source, "rb") as f:
             model = f.read()
-        ort = _onnxruntime(source)
-        try:
-            session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise CheckpointError(f"{source}: cannot read ONNX model: "
-                                  f"{type(err).__name__}: {first[:120]}") from err
+        session = _cpu_session(model, source, "ONNX model")
         meta = session.get_modelmeta().custom_metadata_map
         try:
             payload = json.loads(meta[METADATA_KEY])
@@ -130,7 +125,7 @@ class OnnxPredictor:
             raise CheckpointError(f"{source}: holds the {info.modality!r} branch, "
                                   f"not {modality!r}")
         return cls(model, info, BandStats.from_dict(payload["stats"]), source,
-                   _pixel_graph(meta, payload, source))
+                   _read_pixel_graph(meta, payload, source))
 
     def _session(self, device: str, pixels: bool = False) -> Any:
         """The session of the window (or pixel) graph for ``device`` and this thread."""
@@ -143,7 +138,7 @@ class OnnxPredictor:
                 options.intra_op_num_threads = key[2]
                 options.inter_op_num_threads = 1
                 provider = _PROVIDERS[device.split(":")[0]]
-                model = self.pixels[0] if pixels else self.model
+                model = self.pixel_graph[0] if pixels else self.model
                 self._sessions[key] = ort.InferenceSession(model, options,
                                                            providers=[provider])
             return self._sessions[key]
@@ -167,7 +162,7 @@ class OnnxPredictor:
     @property
     def has_decoder(self) -> bool:
         """Whether the export holds a per-pixel graph (mode ``pixel``)."""
-        return self.pixels is not None
+        return self.pixel_graph is not None
 
     def pixel_halo(self, extra: int = 0) -> int:
         """Context :meth:`predict_pixels` needs around a block, ``extra`` px more.
@@ -178,11 +173,11 @@ class OnnxPredictor:
         Raises:
             CheckpointError: the export holds no per-pixel graph.
         """
-        if self.pixels is None:
+        if self.pixel_graph is None:
             raise CheckpointError(f"{self.source}: this ONNX model has no per-pixel decoder "
                                   "(its branch had none, or it was exported before ONNX "
                                   "exports held one); use mode='windows'")
-        geometry = self.pixels[1]
+        geometry = self.pixel_graph[1]
         cell = geometry["cell"]
         return -(-(geometry["halo"] + extra) // cell) * cell
 
@@ -229,12 +224,24 @@ class OnnxPredictor:
         self._local.threads = threads
 
 
-def _pixel_graph(meta: dict[str, str], payload: dict[str, Any],
-                 source: str) -> tuple[bytes, dict[str, int]] | None:
+def _cpu_session(model: bytes, source: str, what: str) -> Any:
+    """An onnxruntime CPU session of ``model``; a one-line error if it cannot make one."""
+    ort = _onnxruntime(source)
+    try:
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{source}: cannot read {what}: "
+                              f"{type(err).__name__}: {first[:120]}") from err
+
+
+def _read_pixel_graph(meta: dict[str, str], payload: dict[str, Any],
+                      source: str) -> tuple[bytes, dict[str, int]] | None:
     """The per-pixel graph and its geometry an export's metadata holds, if any.
 
     Raises:
-        CheckpointError: the metadata announces a pixel graph it does not hold intact.
+        CheckpointError: the metadata announces a pixel graph it does not hold intact (a
+            graph onnxruntime cannot load fails here, not in the middle of a map).
     """
     geometry = payload.get("pixels")
     if geometry is None:
@@ -245,4 +252,5 @@ def _pixel_graph(meta: dict[str, str], payload: dict[str, Any],
     except (KeyError, TypeError, ValueError, binascii.Error) as err:
         raise CheckpointError(f"{source}: its per-pixel graph ({PIXEL_GRAPH_KEY!r} "
                               "metadata) is missing or damaged") from err
+    _cpu_session(graph, source, "its per-pixel graph")
     return graph, geometry
