@@ -337,7 +337,8 @@ def test_pixel_map_of_the_demo_scene_matches_torch(demo_sar_model: Path,
 @pytest.mark.slow
 def test_onnx_pixel_mode_without_torch(pixel_onnx: Path, pixel_scene: Path,
                                        tmp_path: Path) -> None:
-    """Where PyTorch is missing, unsmoothed pixel maps work; smoothing is a one-line error."""
+    """Where PyTorch is missing, pixel maps are unsmoothed by default (said in the log);
+    smoothing asked for is a one-line error."""
     def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
         code = ("import sys\nsys.modules['torch'] = None  # as if not installed\n"
                 "from discomkd_geo.cli import main\n"
@@ -346,10 +347,15 @@ def test_onnx_pixel_mode_without_torch(pixel_onnx: Path, pixel_scene: Path,
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               timeout=300)
 
+    done = run(tmp_path / "default.tif")
+    assert done.returncode == 0, done.stderr
+    assert "not smoothing the map (the smoothing needs PyTorch" in done.stderr
     done = run(tmp_path / "unsmoothed.tif", "--smoothing", "0")
     assert done.returncode == 0, done.stderr
-    assert read(tmp_path / "unsmoothed.tif").shape[0] == 1
-    done = run(tmp_path / "smoothed.tif")
+    assert "not smoothing" not in done.stderr
+    # The same map: the default resolved to no smoothing.
+    assert np.array_equal(read(tmp_path / "default.tif"), read(tmp_path / "unsmoothed.tif"))
+    done = run(tmp_path / "smoothed.tif", "--smoothing", "8")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "Error: --smoothing: mode 'pixel' smooths with PyTorch, which is not installed here: "

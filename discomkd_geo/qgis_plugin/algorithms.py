@@ -136,7 +136,7 @@ class MapLandCover(CliAlgorithm):
             "alone; 'dense' (not for ONNX models) shares the encoders' work "
             "(faster at small strides). Per-pixel maps of one modality are smoothed so that "
             "parcels keep one class (advanced: smoothing strength, 0 turns it off; the "
-            "smoothing needs PyTorch, even with an .onnx model). "
+            "smoothing needs PyTorch, even with an .onnx model: without it maps are unsmoothed). "
             "An area of interest limits the map to its polygons.")
 
     def initAlgorithm(self, config=None):
