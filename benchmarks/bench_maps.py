@@ -17,8 +17,9 @@ process's peak RSS. MS-only and fused (MS + SAR) maps of the held-out scenes fol
 windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big
 SIZE`` adds the speed on one larger scene (seed 100), where pixel mode works in 1024 px
 blocks and the smoothing's reach around each block is assembled from the neighbouring
-blocks' probabilities (on the 512 px scenes one block holds the whole scene). One edge OA is checked against the reference
-scorer (``--score-map PATH``, e.g. the issues' ``score_map.py``).
+blocks' probabilities (on the 512 px scenes one block holds the whole scene). One edge
+OA is checked against the reference scorer (``--score-map PATH``, e.g. the issues'
+``score_map.py``).
 
 Prints tables, merges key ``maps`` into benchmarks/results.json (runs measured earlier
 under other labels are kept, so runs can be measured as they finish) and draws

@@ -374,8 +374,11 @@ def evaluate(checkpoint: Path, trusted: bool, modality: str, data_root: Path | N
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["torch", "onnx", "deepness"]),
               help="torch: a .pt file for load_predictor; onnx: an ONNX graph taking raw "
-                   "patches (normalisation inside), runnable without PyTorch; deepness: "
-                   "ONNX with a per-pixel output for the QGIS plugin Deepness.  "
+                   "patches (normalisation inside), runnable without PyTorch, plus, for a "
+                   "branch with a per-pixel decoder, the graph of mode pixel (in the same "
+                   "file: predict then maps per pixel, as with the torch branch); deepness: "
+                   "ONNX with a per-pixel output for the QGIS plugin Deepness (the decoder's "
+                   "over each tile when the branch has one, else the window's).  "
                    "[default: onnx for an .onnx OUTPUT, else torch]")
 @_overwrite_option("Replace OUTPUT if it exists.")
 def export(checkpoint: Path, trusted: bool, modality: str, output: Path, fmt: str | None,

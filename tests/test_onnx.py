@@ -20,6 +20,8 @@ from discomkd_geo.models.loader import load_predictor
 onnx = pytest.importorskip("onnx", reason="not run: onnx not installed (pip install '.[onnx]')")
 ort = pytest.importorskip("onnxruntime", reason="not run: onnxruntime not installed")
 
+DATA = Path(__file__).parent / "data"
+
 
 def export(run: Path, out: Path, fmt: str = "onnx") -> Path:
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(run), "--modality", SAR,
@@ -132,14 +134,21 @@ def test_onnx_predict_imports_no_torch(sar_onnx: Path, tmp_path: Path) -> None:
     assert read(out).shape[0] == 1
 
 
-def test_dense_mode_refused_in_one_line(sar_onnx: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mode", "problem"), [
+    ("dense", "ONNX models do not run in mode 'dense' (it pools the encoders' feature maps, "
+              "which no exported graph exposes); use --mode windows (or --mode pixel with a "
+              "decoder) or the torch checkpoint"),
+    # An export without the pixel graph (this one's branch has no decoder).
+    ("pixel", "this ONNX model has no per-pixel decoder (its branch had none, or it was "
+              "exported before ONNX exports held one); use --mode windows")])
+def test_modes_without_a_graph_refused_in_one_line(sar_onnx: Path, tmp_path: Path,
+                                                   mode: str, problem: str) -> None:
+    assert not load_predictor(sar_onnx).has_decoder
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(sar_onnx), "--sar",
                                        str(DEMO_TILES / "sar.tif"), "-o",
-                                       str(tmp_path / "m.tif"), "--mode", "dense"])
+                                       str(tmp_path / "m.tif"), "--mode", mode])
     assert result.exit_code == 1
-    assert result.output.strip() == (f"Error: {sar_onnx}: ONNX models run in mode 'windows' "
-                                     "only (modes dense and pixel need the encoders' feature "
-                                     "maps); use --mode windows or the torch checkpoint")
+    assert result.output.strip() == f"Error: {sar_onnx}: {problem}"
     assert not (tmp_path / "m.tif").exists()
 
 
@@ -159,3 +168,196 @@ def test_bad_onnx_files_are_one_line_errors(sar_onnx: Path, tmp_path: Path) -> N
     onnx.save(bare, str(tmp_path / "bare.onnx"))
     with pytest.raises(CheckpointError, match=r"bare.onnx: not a discomkd_geo ONNX export"):
         load_predictor(tmp_path / "bare.onnx")
+
+
+def test_damaged_pixel_graphs_are_one_line_errors_at_load(pixel_onnx: Path,
+                                                          tmp_path: Path) -> None:
+    import base64
+
+    from discomkd_geo.models.onnx_predictor import PIXEL_GRAPH_KEY
+
+    for name, graph in [("missing", None), ("not_base64", "%%%"),
+                        ("not_a_graph", base64.b64encode(b"junk").decode())]:
+        model = onnx.load(str(pixel_onnx))
+        [entry] = [p for p in model.metadata_props if p.key == PIXEL_GRAPH_KEY]
+        if graph is None:
+            model.metadata_props.remove(entry)
+        else:
+            entry.value = graph
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        problem = ("cannot read its per-pixel graph: " if name == "not_a_graph" else
+                   f"its per-pixel graph \\('{PIXEL_GRAPH_KEY}' metadata\\) is missing")
+        with pytest.raises(CheckpointError, match=rf"^\S*{name}.onnx: {problem}"):
+            load_predictor(tmp_path / f"{name}.onnx")
+
+
+# Mode pixel: the per-pixel graph of a branch with a decoder.
+
+
+def pixel_branch(padding: str = "reflect"):
+    """``test_pixel_mode``'s tiny DisCoM-KD branch with an untrained, non-zero decoder."""
+    from test_pixel_mode import pixel_predictor
+
+    return pixel_predictor(padding)
+
+
+@pytest.fixture(scope="module")
+def pixel_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from discomkd_geo.models.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx_pixels") / "sar.onnx"
+    export_onnx(pixel_branch(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def pixel_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from test_pixel_mode import write_pixel_scene
+
+    return write_pixel_scene(tmp_path_factory.mktemp("onnx_scene") / "sar.tif")
+
+
+def test_pixel_graph_implements_pixel_mode_like_torch(pixel_onnx: Path) -> None:
+    from discomkd_geo.models.onnx_predictor import METADATA_KEY, PIXEL_GRAPH_KEY
+
+    torch_branch, onnx_branch = pixel_branch(), load_predictor(pixel_onnx)
+    assert onnx_branch.has_decoder and torch_branch.has_decoder
+    meta = {p.key: p.value for p in onnx.load(str(pixel_onnx)).metadata_props}
+    assert json.loads(meta[METADATA_KEY])["pixels"] == {"halo": torch_branch.pixel_halo(),
+                                                        "cell": 8}
+    assert PIXEL_GRAPH_KEY in meta
+    # The same halo for every extra context (the smoothing's reach asks for any).
+    assert [onnx_branch.pixel_halo(e) for e in range(50)] == \
+        [torch_branch.pixel_halo(e) for e in range(50)]
+    rng = np.random.default_rng(1)
+    halo = torch_branch.pixel_halo()
+    # Whole cells or not (the graph pads the far side), base halo or more (cropped here).
+    for (h, w), crop in [((2 * halo + 32, 2 * halo + 48), halo), ((2 * halo + 37, 2 * halo + 21),
+                                                                  halo + 8)]:
+        values = rng.uniform(-25, 5, (2, h, w)).astype(np.float32)
+        expected = torch_branch.predict_pixels(values, crop, "cpu")
+        got = onnx_branch.predict_pixels(values, crop, "cpu")
+        assert got.shape == expected.shape == (10, h - 2 * crop, w - 2 * crop)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+        assert (got.argmax(0) == expected.argmax(0)).mean() > 0.999
+    again = pickle.loads(pickle.dumps(onnx_branch))  # Dask workers: both graphs travel
+    np.testing.assert_array_equal(again.predict_pixels(values, crop, "cpu"), got)
+
+
+def test_onnx_pixel_map_same_bytes_for_any_chunk_size_and_workers(
+        pixel_onnx: Path, pixel_scene: Path, tmp_path: Path) -> None:
+    from test_pixel_mode import assert_same_bytes_however_chunked
+
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+
+    assert_same_bytes_however_chunked(load_predictor(pixel_onnx), pixel_scene, tmp_path)
+    # The torch branch's map: the same classes but for float rounding, smoothing included.
+    predict_to_file(pixel_branch(), pixel_scene, tmp_path / "torch.tif", MapSettings.of(
+        mode="pixel", block_size=32, probabilities=tmp_path / "torch.p.tif"))
+    codes, expected = read(tmp_path / "c40w1.tif"), read(tmp_path / "torch.tif")
+    assert len(np.unique(codes[codes != 255])) >= 2
+    assert (codes == expected).mean() >= 0.999
+    np.testing.assert_allclose(read(tmp_path / "c40w1.p.tif"), read(tmp_path / "torch.p.tif"),
+                               atol=1e-4, rtol=0)
+
+
+def test_export_from_before_pixel_graphs_maps_in_windows_mode(pixel_scene: Path,
+                                                              tmp_path: Path) -> None:
+    """``tests/data/main_decoder_branch.onnx`` is ``pixel_branch()`` exported by the code on
+    ``main`` before exports held the pixel graph: it loads, and auto maps in windows mode,
+    as the torch branch does in windows mode."""
+    from discomkd_geo.inference.engine import predict_to_file
+    from discomkd_geo.inference.settings import MapSettings
+
+    old = load_predictor(DATA / "main_decoder_branch.onnx")
+    assert not old.has_decoder
+    summary = predict_to_file(old, pixel_scene, tmp_path / "old.tif", MapSettings.of())
+    assert summary.mode == "windows"
+    predict_to_file(pixel_branch(), pixel_scene, tmp_path / "torch.tif",
+                    MapSettings.of(mode="windows"))
+    np.testing.assert_array_equal(read(tmp_path / "old.tif"), read(tmp_path / "torch.tif"))
+    with pytest.raises(CheckpointError, match="has no per-pixel decoder"):
+        predict_to_file(old, pixel_scene, tmp_path / "p.tif", MapSettings.of(mode="pixel"))
+
+
+def test_deepness_export_of_a_decoder_is_its_per_pixel_output(tmp_path: Path) -> None:
+    from discomkd_geo.models.onnx_export import export_onnx
+
+    torch_branch = pixel_branch()
+    path = tmp_path / "deepness.onnx"
+    export_onnx(torch_branch, path, per_pixel=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["model_type"]) == "Segmentor"
+    batch = raw_batch(torch_branch, n=3)
+    [out] = session.run(None, {"image": batch})
+    import torch
+
+    with torch.no_grad():
+        expected = torch_branch.pixels(torch.from_numpy(batch), 0).numpy()
+    assert out.shape == expected.shape == (3, 10, 16, 16)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=0)
+    assert not torch_branch.training  # the export leaves the branch in eval mode
+    # Its output is no window classification: this package does not map with it.
+    with pytest.raises(CheckpointError, match=r"deepness.onnx: a Deepness export of a "
+                                              r"per-pixel decoder"):
+        load_predictor(path)
+
+
+@pytest.mark.slow
+def test_pixel_map_of_the_demo_scene_matches_torch(demo_sar_model: Path,
+                                                   tmp_path: Path) -> None:
+    """The demo scene in mode pixel (auto, smoothed), a decoder on the demo SAR branch."""
+    import torch
+
+    from discomkd_geo.models.branches import build_branch
+    from discomkd_geo.models.predictor import Predictor
+
+    base = load_predictor(demo_sar_model, SAR)
+    spec = {**base.info.branch_spec, "decoder": True}
+    torch.manual_seed(4)
+    branch = build_branch(**spec)
+    branch.load_state_dict(base.branch.state_dict(), strict=False)
+    with torch.no_grad():
+        branch.decoder.residual[-1].weight.normal_(0, 0.3)
+    base.info.branch_spec = spec
+    Predictor(branch, base.stats, base.info).eval().save(tmp_path / "sar.pt")
+    sar_onnx = export(tmp_path / "sar.pt", tmp_path / "sar.onnx")
+    from_torch = predict(tmp_path / "sar.pt", tmp_path / "torch.tif")
+    from_onnx = predict(sar_onnx, tmp_path / "onnx.tif")
+    assert from_torch["mode"] == from_onnx["mode"] == "pixel"
+    codes, expected = read(tmp_path / "onnx.tif"), read(tmp_path / "torch.tif")
+    assert len(np.unique(codes[codes != 255])) > 1
+    assert (codes == expected).mean() >= 0.999
+    np.testing.assert_allclose(read(tmp_path / "onnx.p.tif"), read(tmp_path / "torch.p.tif"),
+                               atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+def test_onnx_pixel_mode_without_torch(pixel_onnx: Path, pixel_scene: Path,
+                                       tmp_path: Path) -> None:
+    """Where PyTorch is missing, pixel maps are unsmoothed by default (said in the log);
+    smoothing asked for is a one-line error."""
+    def run(out: Path, *extra: str) -> subprocess.CompletedProcess:
+        code = ("import sys\nsys.modules['torch'] = None  # as if not installed\n"
+                "from discomkd_geo.cli import main\n"
+                f"main(['predict', '--checkpoint', {str(pixel_onnx)!r}, '--sar', "
+                f"{str(pixel_scene)!r}, '-o', {str(out)!r}, *{list(extra)!r}])\n")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=300)
+
+    done = run(tmp_path / "default.tif")
+    assert done.returncode == 0, done.stderr
+    assert "not smoothing the map (the smoothing needs PyTorch" in done.stderr
+    done = run(tmp_path / "unsmoothed.tif", "--smoothing", "0")
+    assert done.returncode == 0, done.stderr
+    assert "not smoothing" not in done.stderr
+    # The same map: the default resolved to no smoothing.
+    assert np.array_equal(read(tmp_path / "default.tif"), read(tmp_path / "unsmoothed.tif"))
+    done = run(tmp_path / "smoothed.tif", "--smoothing", "8")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: --smoothing: mode 'pixel' smooths with PyTorch, which is not installed here: "
+        "install it, or set --smoothing 0")
+    assert not (tmp_path / "smoothed.tif").exists()

@@ -40,28 +40,38 @@ def pixel_predictor(padding: str = "zeros", modality: str = "sar") -> Predictor:
     return predictor
 
 
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """100 x 92 px SAR scene with a nodata corner (edges not on blocks or cells)."""
+def write_pixel_scene(path: Path) -> Path:
+    """A 100 x 92 px SAR scene with a nodata corner (edges not on blocks or cells)."""
     data = texture(2, 112, seed=5)[:, :100, :92]
     data[:, :12, :20] = np.nan
-    return write_scene(tmp_path_factory.mktemp("pixel") / "sar.tif", data, list(S1_BANDS))
+    return write_scene(path, data, list(S1_BANDS))
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_pixel_scene(tmp_path_factory.mktemp("pixel") / "sar.tif")
+
+
+def assert_same_bytes_however_chunked(predictor: object, scene: Path, out: Path) -> None:
+    """Map ``scene`` (mode auto, 32 px blocks) in 40 and 1024 px chunks on one worker and in
+    24 px chunks on two: the maps and probabilities (``out/c40w1.tif``, ``.p.tif``, ...)
+    must be the same bytes, in mode pixel."""
+    runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
+            "c24w2": {"chunk_size": 24, "workers": 2}}
+    for name, kwargs in runs.items():
+        settings = MapSettings.of(mode="auto", block_size=32,
+                                  probabilities=out / f"{name}.p.tif", **kwargs)
+        summary = predict_to_file(predictor, scene, out / f"{name}.tif", settings)
+        assert summary.mode == "pixel" and (summary.chunks > 1) == (name != "c1024w1")
+    for suffix in (".tif", ".p.tif"):
+        first, *others = [(out / f"{name}{suffix}").read_bytes() for name in runs]
+        assert all(other == first for other in others), suffix
 
 
 @pytest.mark.parametrize("padding", ["zeros", "reflect"])
 def test_pixel_mode_byte_identical_for_any_chunk_size_and_workers(scene: Path, tmp_path: Path,
                                                                   padding: str) -> None:
-    predictor = pixel_predictor(padding)
-    runs = {"c40w1": {"chunk_size": 40}, "c1024w1": {"chunk_size": 1024},
-            "c24w2": {"chunk_size": 24, "workers": 2}}
-    for name, kwargs in runs.items():
-        settings = MapSettings.of(mode="auto", block_size=32,
-                                  probabilities=tmp_path / f"{name}.p.tif", **kwargs)
-        summary = predict_to_file(predictor, scene, tmp_path / f"{name}.tif", settings)
-        assert summary.mode == "pixel" and (summary.chunks > 1) == (name != "c1024w1")
-    for suffix in (".tif", ".p.tif"):
-        first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
-        assert all(other == first for other in others), suffix
+    assert_same_bytes_however_chunked(pixel_predictor(padding), scene, tmp_path)
     codes = read(tmp_path / "c40w1.tif")[0]
     probs = read(tmp_path / "c40w1.p.tif")
     assert (codes[:12, :20] == CLASS_NODATA).all() and (codes[12:, 20:] != CLASS_NODATA).all()

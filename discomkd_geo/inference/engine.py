@@ -42,6 +42,7 @@ by threads). How the map is made is one
 for use in other pipelines.
 """
 
+import importlib.util
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,7 +59,7 @@ from rasterio.windows import Window, intersect
 from ..constants import CLASS_NODATA
 from ..errors import CheckpointError, SettingsError
 from ..files import check_outputs
-from ..logs import progress_disabled
+from ..logs import log, progress_disabled
 from ..models.info import BranchPredictor as Predictor
 from ..models.info import PredictorInfo
 from .aoi import AreaOfInterest, aoi_on_grid, read_aoi
@@ -481,8 +482,7 @@ def _smoothed_block(predictors: Mapping[str, Predictor], plan: Plan,
     probabilities (not each modality's) keeps each modality from becoming over-confident
     and the more confident one from deciding.
     """
-    # Here, not at the top: only torch models have a decoder, and a map made with an
-    # ONNX model imports no torch.
+    # Here, not at the top: a map made with an ONNX model imports torch only to smooth.
     import torch
 
     from .smoothing import smooth_probabilities
@@ -560,6 +560,29 @@ def _as_dicts(predictors: Predictors, scenes: "Scenes"
     return {m: predictors[m] for m in scenes}, scenes
 
 
+def _smoothing(tiling: Tiling, modalities: int) -> float:
+    """The smoothing strength of a plan: ``tiling.smoothing``, its default resolved.
+
+    Smoothing the average of several modalities' probabilities lowered the fused maps'
+    accuracy (README, "Maps against the truth"): by default only one modality's is. The
+    smoothing is PyTorch code (:mod:`.smoothing`) and ONNX models map without PyTorch:
+    there the default is off (said in the log), and asking for it is an error.
+
+    Raises:
+        SettingsError: smoothing asked for in mode ``pixel`` where PyTorch is missing.
+    """
+    smoothing = tiling.smoothing
+    if tiling.mode != "pixel" or importlib.util.find_spec("torch") is not None:
+        return smoothing if smoothing is not None else SMOOTHING if modalities == 1 else 0.0
+    if smoothing:
+        raise SettingsError("smoothing", "mode 'pixel' smooths with PyTorch, which is not "
+                                         "installed here: install it, or set smoothing=0")
+    if smoothing is None and modalities == 1:
+        log.warning("mode pixel: not smoothing the map (the smoothing needs PyTorch, which "
+                    "is not installed here)")
+    return 0.0
+
+
 def make_plan(predictors: Predictors, scenes: "Scenes",
               settings: MapSettings = DEFAULTS
               ) -> tuple[dict[str, Predictor], Plan, dict[str, SceneCheck]]:
@@ -601,11 +624,7 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     for predictor in predictors.values():
         predictor.check_device(device)
     outputs = settings.outputs
-    # Smoothing the average of several modalities' probabilities lowered the fused maps'
-    # accuracy (README, "Maps against the truth"): by default only one modality's is.
-    smoothing = tiling.smoothing
-    if smoothing is None:
-        smoothing = SMOOTHING if len(predictors) == 1 else 0.0
+    smoothing = _smoothing(tiling, len(predictors))
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block,
                                        smoothing=smoothing), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),

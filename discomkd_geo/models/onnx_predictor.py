@@ -5,10 +5,15 @@ in the units of the checkpoint (normalisation baked in) and returns class probab
 with the branch's :class:`~.info.PredictorInfo` and :class:`BandStats` in the model's
 metadata (key :data:`METADATA_KEY`). :class:`OnnxPredictor` reads both and implements
 :class:`~.info.BranchPredictor`, so ``predict --checkpoint model.onnx`` maps through the
-same engine, checks and writers as a torch branch, in ``windows`` mode: dense mode pools
-the encoders' feature maps, which the exported graph does not expose.
+same engine, checks and writers as a torch branch: in ``windows`` mode, and in ``pixel``
+mode when the export holds the per-pixel graph of a branch with a decoder (metadata key
+:data:`PIXEL_GRAPH_KEY`; files exported before it existed, or from branches without a
+decoder, have none). Dense mode pools the encoders' feature maps, which no exported graph
+exposes.
 """
 
+import base64
+import binascii
 import json
 import os
 import threading
@@ -24,6 +29,13 @@ from .info import PredictorInfo
 METADATA_KEY = "discomkd_geo"
 ONNX_FORMAT = "discomkd_geo.onnx"
 ONNX_FORMAT_VERSION = 1
+#: ``format`` of a Deepness export of a branch with a decoder: its per-pixel output is the
+#: decoder's, so it cannot classify windows, and this package does not map with it.
+DEEPNESS_PIXELS_FORMAT = "discomkd_geo.onnx.deepness_pixels"
+#: Metadata key holding the per-pixel graph (mode ``pixel``), a serialised ONNX model in
+#: base64 (see :mod:`.onnx_export`), beside ``pixels`` ``{"halo", "cell"}`` in
+#: :data:`METADATA_KEY`'s entry.
+PIXEL_GRAPH_KEY = "discomkd_geo.pixel_graph"
 #: onnxruntime's execution provider for each device type.
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -52,23 +64,28 @@ class OnnxPredictor:
         stats: its normalisation statistics (already inside the graph; the engine uses
             them for gap filling and the scene checks).
         source: the file it came from, for error messages.
+        pixel_graph: the per-pixel graph, serialised, and its ``{"halo", "cell"}`` (the
+            base halo it crops and the encoders' cell), or ``None``: no decoder.
     """
 
     def __init__(self, model: bytes, info: PredictorInfo, stats: BandStats,
-                 source: str = "<onnx>") -> None:
+                 source: str = "<onnx>",
+                 pixel_graph: tuple[bytes, dict[str, int]] | None = None) -> None:
         self.model = model
         self.info = info
         self.stats = stats
         self.source = source
+        self.pixel_graph = pixel_graph
         self._init_runtime()
 
     def _init_runtime(self) -> None:
-        self._sessions: dict[tuple[str, int], Any] = {}
+        self._sessions: dict[tuple[bool, str, int], Any] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("model", "info", "stats", "source")}
+        return {k: self.__dict__[k] for k in ("model", "info", "stats", "source",
+                                                 "pixel_graph")}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -87,21 +104,19 @@ class OnnxPredictor:
             raise CheckpointError(f"{source}: checkpoint not found")
         with open(source, "rb") as f:
             model = f.read()
-        ort = _onnxruntime(source)
-        try:
-            session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
-        except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail)
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise CheckpointError(f"{source}: cannot read ONNX model: "
-                                  f"{type(err).__name__}: {first[:120]}") from err
+        session = _cpu_session(model, source, "ONNX model")
         meta = session.get_modelmeta().custom_metadata_map
         try:
             payload = json.loads(meta[METADATA_KEY])
-            if payload.get("format") != ONNX_FORMAT:
+            fmt = payload.get("format")
+            if fmt not in (ONNX_FORMAT, DEEPNESS_PIXELS_FORMAT):
                 raise KeyError("format")
         except (KeyError, ValueError, AttributeError) as err:
             raise CheckpointError(f"{source}: not a discomkd_geo ONNX export (no "
                                   f"{METADATA_KEY!r} metadata)") from err
+        if fmt == DEEPNESS_PIXELS_FORMAT:
+            raise CheckpointError(f"{source}: a Deepness export of a per-pixel decoder (for "
+                                  "QGIS Deepness only); map with an export of --format onnx")
         if payload.get("version") != ONNX_FORMAT_VERSION:
             raise CheckpointError(f"{source}: ONNX export version {payload.get('version')} "
                                   f"is not supported (expected {ONNX_FORMAT_VERSION})")
@@ -109,20 +124,22 @@ class OnnxPredictor:
         if modality is not None and info.modality != modality:
             raise CheckpointError(f"{source}: holds the {info.modality!r} branch, "
                                   f"not {modality!r}")
-        return cls(model, info, BandStats.from_dict(payload["stats"]), source)
+        return cls(model, info, BandStats.from_dict(payload["stats"]), source,
+                   _read_pixel_graph(meta, payload, source))
 
-    def _session(self, device: str) -> Any:
-        """The session for ``device`` and the calling thread's thread count."""
-        key = (device, self.get_threads())
+    def _session(self, device: str, pixels: bool = False) -> Any:
+        """The session of the window (or pixel) graph for ``device`` and this thread."""
+        key = (pixels, device, self.get_threads())
         with self._lock:
             if key not in self._sessions:
                 ort = _onnxruntime(self.source)
                 self.check_device(device)
                 options = ort.SessionOptions()
-                options.intra_op_num_threads = key[1]
+                options.intra_op_num_threads = key[2]
                 options.inter_op_num_threads = 1
                 provider = _PROVIDERS[device.split(":")[0]]
-                self._sessions[key] = ort.InferenceSession(self.model, options,
+                model = self.pixel_graph[0] if pixels else self.model
+                self._sessions[key] = ort.InferenceSession(model, options,
                                                            providers=[provider])
             return self._sessions[key]
 
@@ -142,21 +159,47 @@ class OnnxPredictor:
         """Not available for ONNX models (see :meth:`dense_halo`)."""
         raise self._no_dense()
 
-    #: The exported graph classifies windows; it holds no per-pixel decoder.
-    has_decoder = False
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the export holds a per-pixel graph (mode ``pixel``)."""
+        return self.pixel_graph is not None
 
     def pixel_halo(self, extra: int = 0) -> int:
-        """Refuse pixel mode: the exported graph classifies windows only."""
-        raise self._no_dense()
+        """Context :meth:`predict_pixels` needs around a block, ``extra`` px more.
+
+        The same numbers as :meth:`.Predictor.pixel_halo`: the base halo plus ``extra``,
+        rounded up to whole cells (every term of the base is whole cells).
+
+        Raises:
+            CheckpointError: the export holds no per-pixel graph.
+        """
+        if self.pixel_graph is None:
+            raise CheckpointError(f"{self.source}: this ONNX model has no per-pixel decoder "
+                                  "(its branch had none, or it was exported before ONNX "
+                                  "exports held one); use mode='windows'")
+        geometry = self.pixel_graph[1]
+        cell = geometry["cell"]
+        return -(-(geometry["halo"] + extra) // cell) * cell
 
     def predict_pixels(self, values: np.ndarray, halo: int, device: str) -> np.ndarray:
-        """Not available for ONNX models (see :meth:`pixel_halo`)."""
-        raise self._no_dense()
+        """Probabilities ``(K, h - 2 halo, w - 2 halo)`` of raw ``(C, h, w)`` values' pixels.
+
+        ``halo`` is at least :meth:`pixel_halo`: the graph crops that, the rest here.
+        """
+        base = self.pixel_halo()
+        if halo < base:
+            raise ValueError(f"halo {halo} is less than the model's pixel halo {base}")
+        session = self._session(device, pixels=True)
+        block = np.ascontiguousarray(values[None], dtype=np.float32)
+        [probs] = session.run(None, {session.get_inputs()[0].name: block})
+        cut = halo - base
+        return probs[0, :, cut:probs.shape[2] - cut, cut:probs.shape[3] - cut]
 
     def _no_dense(self) -> CheckpointError:
-        return CheckpointError(f"{self.source}: ONNX models run in mode 'windows' only "
-                               "(modes dense and pixel need the encoders' feature maps); use "
-                               "mode='windows' or the torch checkpoint")
+        return CheckpointError(f"{self.source}: ONNX models do not run in mode 'dense' (it "
+                               "pools the encoders' feature maps, which no exported graph "
+                               "exposes); use mode='windows' (or mode='pixel' with a decoder) "
+                               "or the torch checkpoint")
 
     def default_device(self) -> str:
         """The CPU: onnxruntime's CUDA provider is used only when asked for."""
@@ -179,3 +222,35 @@ class OnnxPredictor:
     def set_threads(self, threads: int) -> None:
         """Set the intra-op threads of the calling thread's sessions."""
         self._local.threads = threads
+
+
+def _cpu_session(model: bytes, source: str, what: str) -> Any:
+    """An onnxruntime CPU session of ``model``; a one-line error if it cannot make one."""
+    ort = _onnxruntime(source)
+    try:
+        return ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime's own exception types (InvalidProtobuf, Fail)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise CheckpointError(f"{source}: cannot read {what}: "
+                              f"{type(err).__name__}: {first[:120]}") from err
+
+
+def _read_pixel_graph(meta: dict[str, str], payload: dict[str, Any],
+                      source: str) -> tuple[bytes, dict[str, int]] | None:
+    """The per-pixel graph and its geometry an export's metadata holds, if any.
+
+    Raises:
+        CheckpointError: the metadata announces a pixel graph it does not hold intact (a
+            graph onnxruntime cannot load fails here, not in the middle of a map).
+    """
+    geometry = payload.get("pixels")
+    if geometry is None:
+        return None
+    try:
+        graph = base64.b64decode(meta[PIXEL_GRAPH_KEY], validate=True)
+        geometry = {"halo": int(geometry["halo"]), "cell": int(geometry["cell"])}
+    except (KeyError, TypeError, ValueError, binascii.Error) as err:
+        raise CheckpointError(f"{source}: its per-pixel graph ({PIXEL_GRAPH_KEY!r} "
+                              "metadata) is missing or damaged") from err
+    _cpu_session(graph, source, "its per-pixel graph")
+    return graph, geometry

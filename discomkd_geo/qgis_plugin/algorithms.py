@@ -133,9 +133,10 @@ class MapLandCover(CliAlgorithm):
             "is checked against the model's training data first (units, band order). "
             "Mode 'auto' (default) maps per pixel with models given a decoder "
             "('discomkd-geo fit-decoder'), else as 'windows', which classifies each window "
-            "alone (ONNX models only run this mode); 'dense' shares the encoders' work "
+            "alone; 'dense' (not for ONNX models) shares the encoders' work "
             "(faster at small strides). Per-pixel maps of one modality are smoothed so that "
-            "parcels keep one class (advanced: smoothing strength, 0 turns it off). "
+            "parcels keep one class (advanced: smoothing strength, 0 turns it off; the "
+            "smoothing needs PyTorch, even with an .onnx model: without it maps are unsmoothed). "
             "An area of interest limits the map to its polygons.")
 
     def initAlgorithm(self, config=None):
