@@ -22,6 +22,7 @@ from discomkd_geo.data.samplers import PairedDataset, UnpairedDataset
 from discomkd_geo.data.transforms import MultiModalAugmentation
 from discomkd_geo.models.dense import window_features
 from discomkd_geo.models.discomkd import DisCoMKD
+from discomkd_geo.models.layout import channels_last
 from discomkd_geo.models.predictor import Predictor, PredictorInfo
 
 PATCH = 64
@@ -126,7 +127,8 @@ def test_region_pooling_equals_dense_window_pooling() -> None:
     torch.manual_seed(0)
     model = DisCoMKD({"ms": 3, "sar": 2}, 10, backbone="small_cnn", width=4,
                      decoder=True).eval()
-    x = torch.randn(2, 2, 96, 96)
+    # Channels-last, as training steps and the engine feed CPU convolutions.
+    x = channels_last(torch.randn(2, 2, 96, 96))
     with torch.no_grad():
         out = model({"sar": x}, regions=(64, 32)).modalities["sar"]
         branch = model.branch("sar")
