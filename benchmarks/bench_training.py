@@ -186,8 +186,8 @@ def _parts(dataset_pairs: int, batch_size: int) -> dict:
     from discomkd_geo.training.train import data_info
 
     try:  # what train() and training_step do on the CPU; the code before them did not
+        from discomkd_geo.memory import retain_freed_memory
         from discomkd_geo.models.layout import channels_last as layout
-        from discomkd_geo.training.memory import retain_freed_memory
         retain_freed_memory()
     except ImportError:
         def layout(images: torch.Tensor) -> torch.Tensor:

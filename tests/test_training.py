@@ -110,7 +110,7 @@ def test_training_batches_are_channels_last_weights_keep_their_layout(
 #: then freeing them all; prints the minor page faults of each step.
 _FAULTS = """
 import resource, sys, torch
-from discomkd_geo.training.memory import retain_freed_memory
+from discomkd_geo.memory import retain_freed_memory
 retained = sys.argv[1] == "retain" and retain_freed_memory()
 def step():
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

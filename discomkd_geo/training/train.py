@@ -42,11 +42,11 @@ from ..data.datamodule import MSSARDataModule
 from ..errors import ResumeError
 from ..files import check_writable
 from ..logs import log
+from ..memory import retain_freed_memory
 from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
 from .checkpoint_io import BackgroundCheckpointIO
 from .decoder_fit import decoder_modalities, fit_decoders
-from .memory import retain_freed_memory
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
 from .progress import TrainingProgress

@@ -1,20 +1,25 @@
-"""Keep the memory a CPU training step frees, so that the next step does not fault it in again.
+"""Keep the memory a CPU training step or map block frees, so the next does not fault it in.
 
 A training step on the CPU allocates and frees the same large tensors every step
-(activations and their gradients: a ResNet-18 DisCoM-KD at batch 128 has 32 MiB ones).
+(activations and their gradients: a ResNet-18 DisCoM-KD at batch 128 has 32 MiB ones), and
+so does every block the inference engine maps in mode ``pixel`` (feature maps, the
+decoder's input, the smoothing's ``(K, H, W)`` arrays: 64 MiB for a 1264 px span).
 glibc's ``malloc`` serves requests above its mmap threshold (at most 32 MiB) with fresh
 ``mmap`` regions and unmaps them when freed, and returns the free top of its heap to the
 system beyond its trim threshold; every step then touches new pages, and the kernel
 zeroes each on its first touch (a minor page fault, about 2.5 us per 4 KiB page on the
-project's machine): 100,000-500,000 faults a step, 0.3-1.4 s of system CPU time on a step
-of 10 s. :func:`retain_freed_memory` raises both thresholds, so freed blocks stay in the
-heap and are reused: from the third step on, a few thousand faults a step. The process's
-resident size then stays near its peak instead of shrinking between steps. Used by
-:func:`~discomkd_geo.training.train.train` when it trains on the CPU.
+project's machine): 100,000-500,000 faults a training step, 0.3-1.4 s of system CPU time
+on a step of 10 s; a smoothed pixel-mode map of a 2048 px scene took 13.5 s instead of
+8.5-9.0 s. :func:`retain_freed_memory` raises both thresholds, so freed blocks stay in
+the heap and are reused: from the third step on, a few thousand faults a step. The
+process's resident size then stays near its peak instead of shrinking between steps. Used
+by :func:`~discomkd_geo.training.train.train` when it trains on the CPU, and by the
+inference engine's tasks on the CPU (in every process that runs them: Dask workers too).
 """
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 #: ``mallopt`` parameters (glibc ``malloc.h``).
@@ -26,6 +31,7 @@ MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = (1 << 31) - 1
 
 
+@functools.cache  # once per process: finding the C library runs ldconfig
 def retain_freed_memory() -> bool:
     """Make glibc's ``malloc`` keep freed blocks of up to 1 GiB for reuse.
 
