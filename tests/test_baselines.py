@@ -17,6 +17,7 @@ from discomkd_geo.errors import CheckpointError, ConfigError
 from discomkd_geo.inference.scoring import score_map
 from discomkd_geo.models.discomkd import DisCoMKD
 from discomkd_geo.models.kd import dkd_loss, kd_loss
+from discomkd_geo.models.layout import channels_last
 from discomkd_geo.models.losses import DisCoMKDLoss
 from discomkd_geo.training.baselines import KDTask
 from discomkd_geo.training.compare import VARIANTS, _variant_config, compare
@@ -348,7 +349,9 @@ def test_students_are_loadable_predictors(comparison: tuple, dkd_run: Path, meth
     task = TASKS[method].load_from_checkpoint(ckpt, map_location="cpu").eval()
     raw = torch.rand(3, len(predictor.info.bands), 64, 64) * (3000 if modality == "ms" else -25)
     with torch.no_grad():
-        expected = torch.softmax(task.model.branch(modality)(Normalize(predictor.stats)(raw)), 1)
+        # Channels-last: the layout of training's steps and evaluation, and the predictor's.
+        normalized = channels_last(Normalize(predictor.stats)(raw))
+        expected = torch.softmax(task.model.branch(modality)(normalized), 1)
         assert torch.equal(predictor(raw), expected)
 
 

@@ -148,7 +148,9 @@ def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) 
     assert bands == task.modalities[modality]
     raw = torch.rand(4, len(bands), 64, 64) * (3000 if modality == "ms" else -25)
     with torch.no_grad():
-        expected = torch.softmax(task.model.branch(modality)(Normalize(predictor.stats)(raw)), 1)
+        # Channels-last: the layout of training's steps and evaluation, and the predictor's.
+        normalized = channels_last(Normalize(predictor.stats)(raw))
+        expected = torch.softmax(task.model.branch(modality)(normalized), 1)
         assert torch.equal(predictor(raw), expected)
     info = predictor.info
     assert info.patch_size == 64 and info.pixel_size == 10.0

@@ -133,6 +133,8 @@ class MultiModalTask(L.LightningModule):
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict,
                   confusion: nn.ModuleDict | None = None) -> None:
         images, labels = self.split_batch(batch, list(self.modalities))
+        # Channels-last as the predictor runs (so `evaluate` reproduces these scores).
+        images = {m: channels_last(x) for m, x in images.items()}
         # Evaluation batches are paired: every modality's labels are the same.
         target = next(iter(labels.values()))
         for h, logits in self.head_logits(images).items():
