@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.dense import context_means
+from ..models.layout import channels_last
 
 #: Side in pixels of the cells on which neighbourhood means are taken.
 CELL = 4
@@ -51,6 +52,16 @@ def smoothing_reach(radius: int, passes: int) -> int:
 def _cell_means(x: Tensor) -> Tensor:
     """Means over the :data:`CELL`-pixel cells of ``(1, C, H, W)`` (whole cells)."""
     return F.avg_pool2d(x, CELL)
+
+
+def _box_means(cells_map: Tensor, cells: int) -> Tensor:
+    """:func:`~discomkd_geo.models.dense.context_means` of a ``(1, C, h, w)`` cell map.
+
+    Computed channels-last, where PyTorch's CPU average pool is about three times faster
+    on these maps (the same means, bit for bit), and returned in the usual layout for the
+    pixel-sized arithmetic that follows.
+    """
+    return context_means(channels_last(cells_map), cells).contiguous()
 
 
 def smooth_probabilities(probs: Tensor, valid: Tensor, strength: float, radius: int,
@@ -81,11 +92,11 @@ def smooth_probabilities(probs: Tensor, valid: Tensor, strength: float, radius: 
     cells = 2 * math.ceil(radius / CELL) + 1
     # The valid share of every cell's neighbourhood, which normalises the means below, with
     # the strength folded in (on the cells, not the pixels).
-    scale = strength / context_means(_cell_means(weight), cells).clamp_min(FLOOR)
+    scale = strength / _box_means(_cell_means(weight), cells).clamp_min(FLOOR)
     q = p
     for _ in range(passes):
         sums = _cell_means(q[None] if everywhere else q[None] * weight)
-        means = F.interpolate(context_means(sums, cells) * scale, scale_factor=CELL,
+        means = F.interpolate(_box_means(sums, cells) * scale, scale_factor=CELL,
                               mode="bilinear", align_corners=False)
         q = torch.softmax(log_p + means[0], dim=0)
     return q[:, :h, :w].to(probs.dtype)
