@@ -207,7 +207,8 @@ class Tiling(_Group):
         "(a Potts model: a pixel takes the class most of its neighbourhood holds unless its "
         "own evidence is strong; parcels lose their blotches, boundaries stay); 0: off. "
         "Probability and confidence rasters hold the smoothed values. [default: "
-        f"{SMOOTHING:g} for one modality; off when fusing, where it lowered accuracy]",
+        f"{SMOOTHING:g} for one modality; off when fusing, where it lowered accuracy, and "
+        "without PyTorch, whose code it is]",
         minimum=0.0)
     smoothing_radius: int = setting(
         32, "Mode pixel: half-side in pixels of the smoothing's neighbourhood (features "
