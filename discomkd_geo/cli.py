@@ -9,6 +9,8 @@ traceback instead.
 
 import os
 import re
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar, get_args
@@ -123,6 +125,20 @@ def main(verbose: int, quiet: bool) -> None:
     from .logs import configure
 
     configure(-1 if quiet else verbose)
+    _interruptible()
+
+
+def _interruptible() -> None:
+    """Stop on SIGINT even when started with it ignored.
+
+    A shell script's background jobs, and the processes such jobs start, inherit SIGINT
+    ignored, and Python then never raises KeyboardInterrupt: an interrupt sent to this
+    process (the QGIS plugin's Cancel sends one) went unheeded, and the run finished and
+    wrote its outputs. Python's own handler stops it instead, its temporaries removed.
+    """
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 class _ConfigKeysCommand(click.Command):
@@ -850,6 +866,7 @@ def rio_discomkd(ctx: click.Context) -> None:
     from .logs import configure
 
     configure((ctx.obj or {}).get("verbosity", 0))  # rio's own -v/-q
+    _interruptible()
 
 
 rio_discomkd.add_command(predict)

@@ -5,6 +5,7 @@ import ast
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
@@ -129,6 +130,27 @@ def test_cancel_stops_the_run_and_leaves_no_output(sar_model: Path, big_scene: P
                 canceled=lambda: bool(seen), outputs=[out, tmp_path / "p.tif"])
     assert seen and seen[-1] < 100  # stopped mid-run
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # no output, no temporaries
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the runner interrupts with SIGINT on POSIX")
+def test_an_interrupt_stops_a_run_started_with_sigint_ignored(sar_model: Path, big_scene: Path,
+                                                              tmp_path: Path) -> None:
+    """A script's background jobs inherit SIGINT ignored: Cancel's interrupt still stops the
+    run, and nothing is written (without that, the run finished and wrote its outputs)."""
+    out = tmp_path / "map.tif"
+    proc = subprocess.Popen(
+        [EXECUTABLE, "predict", "--checkpoint", str(sar_model), "--sar", str(big_scene), "-o",
+         str(out), "--stride", "4", "--chunk-size", "128"], stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, env=dict(os.environ, DISCOMKD_GEO_PROGRESS="always"),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    with proc:
+        seen = b""
+        while b"%" not in seen and proc.poll() is None:  # mapping has started
+            seen += proc.stderr.read(1)
+        proc.send_signal(signal.SIGINT)
+        proc.stderr.read()
+        assert proc.wait(timeout=120) != 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------- under QGIS itself
