@@ -92,10 +92,12 @@ def test_training_batches_are_channels_last_weights_keep_their_layout(
     task = DisCoMKDTask(config.to_dict(), data_info(dm))
     task.setup("fit")
     batch = dm.preprocess(next(iter(dm.train_dataloader())), augment=False)
-    images, labels = task.split_batch(batch, list(task.modalities))
-    nhwc = {m: channels_last(x) for m, x in images.items()}
+    # What training and evaluation steps feed the model.
+    nhwc, labels = task.split_batch(batch, list(task.modalities))
+    images = {m: batch[f"image_{m}"] for m in task.modalities}  # as the DataModule gives
     for m, x in nhwc.items():
         assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        assert images[m].is_contiguous()
         assert torch.equal(x, images[m])
     assert channels_last(labels["ms"]) is labels["ms"]  # not an image batch
     nchw_loss = task.criterion(task.model(images), labels)["loss"]

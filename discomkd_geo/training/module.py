@@ -112,14 +112,18 @@ class MultiModalTask(L.LightningModule):
     @staticmethod
     def split_batch(batch: dict[str, Any],
                     modalities: list[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Images and labels per modality from a DataModule batch (see the data contract)."""
-        return ({m: batch[f"image_{m}"] for m in modalities},
+        """Images and labels per modality from a DataModule batch (see the data contract).
+
+        Images channels-last on the CPU (:mod:`discomkd_geo.models.layout`), for training
+        and evaluation steps alike: the layout the predictor runs in, so ``evaluate``
+        reproduces a run's scores.
+        """
+        return ({m: channels_last(batch[f"image_{m}"]) for m in modalities},
                 {m: batch[f"label_{m}"] for m in modalities})
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Optimise the method's loss; log every term."""
         images, labels = self.split_batch(batch, list(self.modalities))
-        images = {m: channels_last(x) for m, x in images.items()}
         if f"mask_{next(iter(self.modalities))}" in batch:
             masks = {m: batch[f"mask_{m}"] for m in self.modalities}
             losses = self.compute_mosaic_losses(images, labels, masks)
@@ -133,8 +137,6 @@ class MultiModalTask(L.LightningModule):
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict,
                   confusion: nn.ModuleDict | None = None) -> None:
         images, labels = self.split_batch(batch, list(self.modalities))
-        # Channels-last as the predictor runs (so `evaluate` reproduces these scores).
-        images = {m: channels_last(x) for m, x in images.items()}
         # Evaluation batches are paired: every modality's labels are the same.
         target = next(iter(labels.values()))
         for h, logits in self.head_logits(images).items():
