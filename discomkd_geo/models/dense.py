@@ -38,6 +38,11 @@ def output_stride(encoder: nn.Module) -> int:
     return encoder.stages()[-1][1]
 
 
+def common_cell(encoders: list[nn.Module]) -> int:
+    """The smallest whole number of every encoder's cells, in input pixels."""
+    return math.lcm(*(output_stride(e) for e in encoders))
+
+
 def dense_halo(encoders: list[nn.Module]) -> int:
     """Context around the windows, in input pixels, that the encoders' receptive fields need.
 
@@ -45,7 +50,7 @@ def dense_halo(encoders: list[nn.Module]) -> int:
     then see only real (or mirrored) pixels, never the encoder input's zero padding, so
     their values are those of a pass over the whole scene.
     """
-    cell = math.lcm(*(output_stride(e) for e in encoders))
+    cell = common_cell(encoders)
     reach = max(e.receptive_field // 2 for e in encoders)
     return -(-reach // cell) * cell
 
@@ -57,7 +62,7 @@ def pixel_halo(encoders: list[nn.Module], patch: int, extra: int = 0) -> int:
     (:func:`context_means`), plus one cell for the decoder's upsampling and convolution,
     plus ``extra`` pixels wanted beyond (e.g. for smoothing); whole cells of every encoder.
     """
-    cell = math.lcm(*(output_stride(e) for e in encoders))
+    cell = common_cell(encoders)
     need = dense_halo(encoders) + -(-(patch // 2) // cell) * cell + cell + extra
     return -(-need // cell) * cell
 

@@ -40,7 +40,6 @@ The model's metadata carries:
 import base64
 import io
 import json
-import math
 import os
 from typing import Any
 
@@ -48,7 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..files import atomic_path
-from .dense import output_stride
+from .dense import common_cell
 from .onnx_predictor import (
     DEEPNESS_PIXELS_FORMAT,
     METADATA_KEY,
@@ -99,8 +98,7 @@ class _Pixels(nn.Module):
 
 def _pixel_geometry(predictor: Predictor) -> dict[str, int]:
     """What ``pixel_halo(extra)`` needs: the base halo and the encoders' common cell."""
-    cells = [output_stride(e) for e in predictor.branch.encoders()]
-    return {"halo": predictor.pixel_halo(), "cell": math.lcm(*cells)}
+    return {"halo": predictor.pixel_halo(), "cell": common_cell(predictor.branch.encoders())}
 
 
 def _trace(module: nn.Module, example: Tensor, names: tuple[str, str],

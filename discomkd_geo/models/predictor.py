@@ -6,7 +6,6 @@ size). It is what ``discomkd_geo.load_predictor`` returns and what
 ``discomkd-geo export`` writes, and the only thing the inference engine relies on.
 """
 
-import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -22,7 +21,7 @@ from ..errors import CheckpointError, SettingsError
 from ..files import atomic_path
 from ._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .branches import pixel_logits
-from .dense import dense_halo, output_stride, pixel_halo, window_features
+from .dense import common_cell, dense_halo, output_stride, pixel_halo, window_features
 from .info import PredictorInfo
 from .layout import channels_last
 
@@ -121,7 +120,7 @@ class Predictor(nn.Module):
             halo: context cropped from every side (at least :meth:`pixel_halo`).
         """
         h, w = x.shape[-2:]
-        cell = math.lcm(*(output_stride(e) for e in self.branch.encoders()))
+        cell = common_cell(self.branch.encoders())
         # Whole cells: the far side's extra pixels lie beyond the halo, out of every
         # kept pixel's reach.
         x = F.pad(self.normalize(x), (0, -w % cell, 0, -h % cell), mode="replicate")
