@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import geopandas as gpd
@@ -72,13 +73,16 @@ def test_outside_is_nodata_inside_is_the_whole_map(scene: Path, tmp_path: Path) 
 def test_chunks_away_from_the_area_are_never_read(scene: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     reads: list[Window] = []
-    original = io.RasterReader.read_raw
+    original = io.RasterReader.read_raw_windows
 
-    def spy(self: io.RasterReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        reads.append(window)
-        return original(self, window)
+    def spy(self: io.RasterReader, windows: Iterable[Window]
+            ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        windows = list(windows)
+        reads.extend(windows)
+        return original(self, windows)
 
-    monkeypatch.setattr(io.RasterReader, "read_raw", spy)
+    # Every read goes through it: the map's blocks (read_raw) and the checks' sample.
+    monkeypatch.setattr(io.RasterReader, "read_raw_windows", spy)
     corner = aoi_file(tmp_path / "corner.gpkg", box(X0, Y0 - 300, X0 + 300, Y0))  # 30 px
     model = make_predictor("sar", list(S1_BANDS))
     summary = predict_to_file(model, scene, tmp_path / "aoi.tif", TILES.replace(aoi=corner))

@@ -24,6 +24,7 @@ from test_inference import ORIGIN, make_predictor, read, texture, write_scene
 from discomkd_geo.cli import main
 from discomkd_geo.constants import S1_BANDS, S2_BANDS
 from discomkd_geo.errors import InputFileError
+from discomkd_geo.inference.checks import sample_windows
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
 from discomkd_geo.inference.io import SceneInput, canonical_band, open_readers
 from discomkd_geo.inference.settings import MapSettings
@@ -388,3 +389,26 @@ def test_cli_nodata_option(tmp_path: Path) -> None:
     assert json.loads(result.output)["mapped_pixels"] < 96 * 66 + 96 * 8  # fill unmapped
     result = CliRunner().invoke(main, [*args, "--nodata", "ms=0"])
     assert result.exit_code == 2 and "no 'ms' scene given" in result.output
+
+
+def test_windows_read_together_open_each_file_once(sar: Predictor, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scene checks' 64 sampled windows: each file opened once, the values of read_raw."""
+    db = s1_db(128, seed=3)
+    vv = write_scene(tmp_path / "s1_VV.tif", db[:1], None)
+    coarse = db[1:].reshape(1, 64, 2, 64, 2).mean(axis=(2, 4))
+    vh = write_scene(tmp_path / "s1_VH.tif", coarse, None, res=20.0)  # warped onto VV's grid
+    reader = open_readers({"sar": SceneInput([vv, vh])}, {"sar": sar.info})[1]["sar"]
+    assert reader.warped == {str(vh)}
+    windows = sample_windows(reader.grid.height, reader.grid.width)
+    opened: list[str] = []
+    real_open = rasterio.open
+    monkeypatch.setattr(rasterio, "open",
+                        lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    together = list(reader.read_raw_windows(windows))
+    assert sorted(opened) == sorted([str(vv), str(vh)])
+    for window, (data, valid) in zip(windows, together, strict=True):
+        one, one_valid = reader.read_raw(window)
+        assert valid.any() and (valid == one_valid).all()
+        np.testing.assert_array_equal(data, one)
+    assert len(windows) == 64 and len(opened) == 2 + 2 * 64

@@ -137,10 +137,9 @@ def _sample(reader: SceneReader, region: Window | None = None) -> tuple[np.ndarr
                     chunk_layout(area.height, area.width, FULL_PASS_CHUNK)):
         read = 0  # of this pass only: the full pass replaces the sample
         values = []
-        for window in windows:
-            data, valid = reader.read_raw(Window(area.col_off + window.col_off,
-                                                 area.row_off + window.row_off,
-                                                 window.width, window.height))
+        for data, valid in reader.read_raw_windows(
+                Window(area.col_off + w.col_off, area.row_off + w.row_off, w.width, w.height)
+                for w in windows):
             read += valid.size
             values.append(data[:, valid])
         found = np.concatenate(values, axis=1)
