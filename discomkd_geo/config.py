@@ -240,6 +240,10 @@ class TrainerConfig:
         precision: Lightning precision string, e.g. ``32-true`` or ``bf16-mixed``.
         limit_train_batches: fraction or number of training batches per epoch.
         early_stopping_patience: epochs without improvement before stopping (``None``: off).
+        early_stopping_rule: what must improve. ``heads``: any head's own best validation
+            weighted F1, so no head is stopped while it still improves (each keeps its
+            best epoch); ``mean``: the mean over heads (before 2026-11-29), under which a
+            head saturated near 100% that dipped a few points hid another head's new best.
         log_every_n_steps: logging interval.
     """
 
@@ -249,6 +253,7 @@ class TrainerConfig:
     precision: str = "32-true"
     limit_train_batches: float | int = 1.0
     early_stopping_patience: int | None = None
+    early_stopping_rule: Literal["heads", "mean"] = "heads"
     log_every_n_steps: int = 50
 
 

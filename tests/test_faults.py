@@ -30,6 +30,7 @@ from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.synthetic import make_eurosat
 from discomkd_geo.files import atomic_path
 from discomkd_geo.training.checkpoint_io import BackgroundCheckpointIO
+from discomkd_geo.training.module import VAL_BEST_KEY
 from discomkd_geo.training.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -132,6 +133,8 @@ def test_killed_train_resumes_to_the_same_weights(data: Path, uninterrupted: Pat
         assert a["epoch"] == b["epoch"], name
         for key, value in a["state_dict"].items():
             assert torch.equal(value, b["state_dict"][key]), (name, key)
+        # Each head's best score so far, which early stopping watches, resumed too.
+        assert a[VAL_BEST_KEY] == b[VAL_BEST_KEY], name
     test = json.loads((out / "metrics.json").read_text())["test"]
     assert test == json.loads((uninterrupted / "metrics.json").read_text())["test"]
     assert not list(out.rglob(".*partial*"))

@@ -1,25 +1,28 @@
 """Training runner, self-describing checkpoints, evaluate/export CLI, config errors."""
 
+import csv
 import json
 import platform
 import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
+from torch import nn
 
 from discomkd_geo import load_predictor
 from discomkd_geo.cli import main
-from discomkd_geo.config import load_config
+from discomkd_geo.config import Config, load_config
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.normalization import Normalize
 from discomkd_geo.errors import CheckpointError
 from discomkd_geo.models.layout import channels_last
 from discomkd_geo.training.evaluate import evaluate
-from discomkd_geo.training.module import DisCoMKDTask
+from discomkd_geo.training.module import VAL_BEST_KEY, DisCoMKDTask
 from discomkd_geo.training.train import data_info, log_interval, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -256,3 +259,57 @@ def test_short_epochs_train_without_lightning_warning(eurosat_root: Path,
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "logging interval" in m], messages
     assert "train/cl" in (tmp_path / "run" / "logs" / "metrics.csv").read_text()
+
+
+
+@pytest.mark.slow
+def test_best_validation_scores_are_resumed(run_dir: Path) -> None:
+    """last.ckpt holds each head's best validation score so far; a resumed task has it."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    with next(run_dir.rglob("metrics.csv")).open() as f:
+        logged = [r for r in csv.DictReader(f) if r.get("val/sar/f1_weighted")]
+    best = [max(float(r[f"val/{h}/f1_weighted"]) for r in logged) for h in ("ms", "sar")]
+    saved = torch.load(last, weights_only=True)[VAL_BEST_KEY]
+    assert saved == pytest.approx(best)
+    task = DisCoMKDTask.load_from_checkpoint(last, map_location="cpu")
+    assert task.val_best is not None and task.val_best.tolist() == saved
+
+class ScriptedScore(nn.Module):
+    """A head's validation metric that reports a given weighted F1 per epoch."""
+
+    def __init__(self, head: str, scores: list[float]) -> None:
+        super().__init__()
+        self.head, self.scores, self.epoch = head, scores, 0
+
+    def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """The score is scripted: batches change nothing."""
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {f"val/{self.head}/f1_weighted": torch.tensor(self.scores[self.epoch])}
+
+    def reset(self) -> None:
+        self.epoch += 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rule", "epochs"), [("heads", 6), ("mean", 3)])
+def test_early_stopping_stops_no_head_that_still_improves(eurosat_root: Path, tmp_path: Path,
+                                                          rule: str, epochs: int) -> None:
+    """MS saturates then dips, SAR improves every epoch: the mean never beats epoch 1's."""
+    scripted = {"ms": [1.0, 0.8, 0.8, 0.8, 0.8, 0.8], "sar": [0.5, 0.6, 0.65, 0.68, 0.69, 0.7]}
+    config = load_config(None, (*TINY, "model.width=4", f"data.root={eurosat_root}",
+                                "trainer.max_epochs=6", "trainer.early_stopping_patience=2",
+                                f"trainer.early_stopping_rule={rule}"))
+
+    def build(config: Config, info: dict[str, Any]) -> DisCoMKDTask:
+        task = DisCoMKDTask(config.to_dict(), info)
+        for h in task.heads:
+            task.val_metrics[h] = ScriptedScore(h, scripted[h])
+        return task
+
+    train(config, tmp_path / "run", progress=False, build_task=build)
+    with (tmp_path / "run" / "logs" / "metrics.csv").open() as f:
+        logged = [r for r in csv.DictReader(f) if r.get("val/sar/f1_weighted")]
+    assert len(logged) == epochs
+    best = (1.0 + scripted["sar"][epochs - 1]) / 2  # MS's best is epoch 1's
+    assert float(logged[-1]["val/f1_best"]) == pytest.approx(best)

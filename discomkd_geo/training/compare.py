@@ -2,10 +2,10 @@
 
 Behind ``discomkd-geo compare``. The protocol is built to decide, not only to run:
 
-* **Same budget, converged**: every run trains until the mean over its heads of the
-  validation weighted F1 has not improved for ``patience`` epochs (at most
-  ``trainer.max_epochs``); each head keeps its best validation epoch, as the paper
-  selects. Validation curves are recorded so the plateau can be checked.
+* **Same budget, converged**: every run trains until none of its heads has improved its
+  validation weighted F1 for ``patience`` epochs (at most ``trainer.max_epochs``;
+  ``trainer.early_stopping_rule``); each head keeps its best validation epoch, as the
+  paper selects. Validation curves are recorded so the plateau can be checked.
 * **Same tuning**: a learning-rate grid (``lrs``) is searched per method on the first
   seed's *validation* split; each head of each method keeps the rate of its best
   validation score (a method whose heads prefer different rates trains once per rate;

@@ -24,6 +24,10 @@ from .comparison_results import (
 )
 from .map_score import MAP_METRICS
 
+#: ``trainer.early_stopping_rule``, in the report's words (older results: ``mean``).
+STOPPING = {"heads": "none of its heads has improved its validation weighted F1",
+            "mean": "the mean validation weighted F1 of its heads has not improved"}
+
 
 def _heads(summary: Summary) -> list[str]:
     heads: list[str] = []
@@ -60,8 +64,8 @@ def _protocol_lines(results: ComparisonResults) -> list[str]:
         f"initialisation, the same for every method); learning rate per method and head "
         f"chosen on the validation split of seed {results.seeds[0]} from "
         f"{results.lrs} (DisCoM-KD's ablations use DisCoM-KD's rates); every run stops "
-        f"when the mean validation weighted F1 of its "
-        f"heads has not improved for {results.patience} epochs (at most "
+        f"when {STOPPING[cfg['trainer'].get('early_stopping_rule', 'mean')]} for "
+        f"{results.patience} epochs (at most "
         f"{cfg['trainer']['max_epochs']}); each head keeps its best validation epoch. "
         f"Backbone `{cfg['model']['backbone']}` (width {cfg['model']['width']}), batch "
         f"{cfg['data']['batch_size']}. {len(results.runs)} runs, "

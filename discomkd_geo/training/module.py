@@ -32,6 +32,8 @@ from ..models.predictor import CHECKPOINT_KEY, PredictorInfo
 
 #: Devices with torch's fused Adam kernel (elsewhere Adam runs its per-tensor loop).
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+#: Checkpoint key of each head's best validation score so far.
+VAL_BEST_KEY = "discomkd_geo_val_best"
 
 
 def _metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -74,6 +76,8 @@ class MultiModalTask(L.LightningModule):
         self.test_metrics = nn.ModuleDict({h: _metrics(k, f"test/{h}/") for h in self.heads})
         self.test_confusion = nn.ModuleDict({h: MulticlassConfusionMatrix(k)
                                              for h in self.heads})
+        #: Each head's best validation weighted F1 so far (in last.ckpt, for resuming).
+        self.val_best: torch.Tensor | None = None
 
     # -- to implement ---------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -150,10 +154,13 @@ class MultiModalTask(L.LightningModule):
         self._evaluate(batch, self.val_metrics)
 
     def on_validation_epoch_end(self) -> None:
-        """Log and reset the per-head validation metrics, and their mean over heads.
+        """Log and reset the per-head validation metrics, and what early stopping watches.
 
-        The mean (``val/f1_weighted``) is what early stopping watches, so no head is
-        stopped while another still improves on average.
+        ``val/f1_weighted`` is the mean over heads; ``val/f1_best`` the mean over heads of
+        each head's best score so far, which rises whenever any head sets a new best, so
+        that early stopping on it (``trainer.early_stopping_rule: heads``) stops no head
+        that still improves. On the mean, a DisCoM-KD run whose MS head sat near 100%
+        stopped at epoch 9 with its SAR head at 0.76 and still rising.
         """
         scores = []
         for h in self.heads:
@@ -161,7 +168,11 @@ class MultiModalTask(L.LightningModule):
             self.log_dict(values)
             scores.append(values[f"val/{h}/f1_weighted"])
             self.val_metrics[h].reset()
-        self.log("val/f1_weighted", torch.stack(scores).mean())
+        current = torch.stack(scores)
+        self.log("val/f1_weighted", current.mean())
+        self.val_best = (current if self.val_best is None
+                         else torch.maximum(self.val_best.to(current), current))
+        self.log("val/f1_best", self.val_best.mean())
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Update test metrics and confusion matrices."""
@@ -204,8 +215,15 @@ class MultiModalTask(L.LightningModule):
             branch_spec=self.model.branch_spec(modality),
         )
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resume with each head's best validation score (none in older checkpoints)."""
+        best = checkpoint.get(VAL_BEST_KEY)
+        self.val_best = None if best is None else torch.tensor(best)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Make the checkpoint self-describing (see ``load_predictor``)."""
+        if self.val_best is not None:
+            checkpoint[VAL_BEST_KEY] = self.val_best.tolist()
         names = {id(mod): name for name, mod in self.named_modules()}
         checkpoint[CHECKPOINT_KEY] = {
             "version": 1,

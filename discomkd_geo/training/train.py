@@ -184,8 +184,10 @@ def _callbacks(config: Config, task: MultiModalTask, run_dir: Path) -> list[Call
     callbacks.append(AtomicCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1,
                                       enable_version_counter=False))
     patience = config.trainer.early_stopping_patience
-    if patience is not None:  # on the mean over heads (see MultiModalTask)
-        callbacks.append(EarlyStopping(monitor="val/f1_weighted", mode="max", patience=patience))
+    if patience is not None:  # see MultiModalTask.on_validation_epoch_end
+        monitor = {"heads": "val/f1_best",
+                   "mean": "val/f1_weighted"}[config.trainer.early_stopping_rule]
+        callbacks.append(EarlyStopping(monitor=monitor, mode="max", patience=patience))
     return callbacks
 
 
