@@ -241,9 +241,9 @@ class TrainerConfig:
         limit_train_batches: fraction or number of training batches per epoch.
         early_stopping_patience: epochs without improvement before stopping (``None``: off).
         early_stopping_rule: what must improve. ``heads``: any head's own best validation
-            weighted F1, so no head is stopped while it still improves (each keeps its
-            best epoch); ``mean``: the mean over heads (before 2026-11-29), under which a
-            head saturated near 100% that dipped a few points hid another head's new best.
+            weighted F1, the score each head's kept epoch is chosen by; ``mean``: the mean
+            over heads (before 2026-11-29), which can miss one head's new best while
+            another dips, and go on while no head improves.
         log_every_n_steps: logging interval.
     """
 

@@ -157,10 +157,11 @@ class MultiModalTask(L.LightningModule):
         """Log and reset the per-head validation metrics, and what early stopping watches.
 
         ``val/f1_weighted`` is the mean over heads; ``val/f1_best`` the mean over heads of
-        each head's best score so far, which rises whenever any head sets a new best, so
-        that early stopping on it (``trainer.early_stopping_rule: heads``) stops no head
-        that still improves. On the mean, a DisCoM-KD run whose MS head sat near 100%
-        stopped at epoch 9 with its SAR head at 0.76 and still rising.
+        each head's best score so far, which rises exactly when some head sets a new best:
+        early stopping on it (``trainer.early_stopping_rule: heads``) counts the patience
+        from the last change of any head's selected epoch. On the mean, a head's new best
+        could go unseen (a DisCoM-KD SAR head's 0.763 at epoch 5 of a run, while its MS
+        head dipped from 1.000 to 0.928), and a run could go on while no head improved.
         """
         scores = []
         for h in self.heads:
