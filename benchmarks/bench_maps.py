@@ -13,7 +13,7 @@ one fresh process maps, from SAR alone, the demo scene (``tiles/demo/sar.tif``) 
 the demo trains on patches of seed 0), and reports per scene the overall accuracy,
 weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
 ``score_map.py``; :mod:`discomkd_geo.inference.scoring` scores) and pixels/s (the demo
-scene's: the median of :data:`DEMO_REPEATS` maps), and the process's peak RSS. MS-only
+and ``--big`` scenes': the median of :data:`REPEATS` maps), and the process's peak RSS. MS-only
 and fused (MS + SAR) maps of the held-out scenes follow for
 windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big
 SIZE`` adds the speed on one larger scene (seed 100), where pixel mode works in 1024 px
@@ -56,10 +56,13 @@ PIXEL = ("pixel-raw", "pixel")
 BRANCHES = {"sar": ["sar"], "ms": ["ms"], "fused": ["ms", "sar"]}
 #: One intra-op thread, as bench_inference (OpenMP barriers stall on a shared machine).
 TORCH_THREADS = 1
-#: Maps of the demo scene per mode (px/s: their median; ``px_per_s_first``: the first,
-#: in a fresh process). One map of a 512 px scene takes about a second, a third of it the
-#: scene checks, and single timings of it varied by 30% from run to run.
-DEMO_REPEATS = 3
+#: Maps of the demo scene and of the ``--big`` scene per mode (px/s: their median;
+#: ``px_per_s_first``: the first, in a fresh process). Single timings varied by 30% from
+#: run to run on the demo scene, and by 13% on a 2048 px scene (between two runs of this
+#: script); each held-out scene is mapped once (their figures are summarised together).
+REPEATS = 3
+#: The scenes mapped :data:`REPEATS` times.
+REPEATED = ("demo", "big")
 
 
 def score(map_path: Path, truth_path: Path) -> dict:
@@ -89,7 +92,7 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
         sources = {m: str(Path(scene) / f"{m}.tif") for m in names}
         target = Path(out) / f"{Path(scene).name}-{mode_name}-{modality}.tif"
         seconds = []
-        for _ in range(DEMO_REPEATS if Path(scene).name == "demo" else 1):
+        for _ in range(REPEATS if Path(scene).name in REPEATED else 1):
             start = time.perf_counter()
             summary = predict_to_file(predictors, sources, target, settings)
             seconds.append(time.perf_counter() - start)
