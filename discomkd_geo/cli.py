@@ -180,8 +180,8 @@ def _overwrite_option(help: str) -> Callable[[F], F]:
     return click.option("--overwrite", is_flag=True, help=help)
 
 
-def _seed_option(command: F) -> F:
-    return click.option("--seed", type=int, default=0, show_default=True)(command)
+def _seed_option(help: str) -> Callable[[F], F]:
+    return click.option("--seed", type=int, default=0, show_default=True, help=help)
 
 
 def _checkpoint_option(help: str = "Training checkpoint, run directory or exported "
@@ -460,7 +460,7 @@ def synth() -> None:
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--per-class", type=click.IntRange(min=1), default=20, show_default=True,
               help="Images per class (the real dataset has 2,000-3,000).")
-@_seed_option
+@_seed_option("Random seed of the generated images.")
 @click.option("--layout", type=click.Choice(["eurosat", "copernicus"]), default="eurosat",
               show_default=True, help="On-disk layout to write.")
 @_overwrite_option("Replace OUT if it exists and is not empty.")
@@ -477,7 +477,7 @@ def synth_eurosat(out: Path, per_class: int, seed: int, layout: str, overwrite: 
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--size", type=click.IntRange(min=64), default=512, show_default=True,
               help="MS scene width and height in pixels (10 m).")
-@_seed_option
+@_seed_option("Random seed of the scene (parcels, classes, textures).")
 @_overwrite_option("Replace OUT if it exists and is not empty.")
 def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
     """Write a co-registered MS/SAR scene pair with its land-cover truth to OUT."""
@@ -493,7 +493,7 @@ def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
               default=Path("demo_out"), show_default=True, help="Output directory.")
 @click.option("--per-class", type=click.IntRange(min=4),
               help="Synthetic training images per class [150; --quick: 12].")
-@_seed_option
+@_seed_option("Seed of the synthetic training set and of training.")
 @_config_option("Training config (default: the packaged configs/demo.yaml).")
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with the demo sar.tif and truth.tif (default: the packaged "
