@@ -295,17 +295,20 @@ class RasterReader(_Reader):
         64 sampled windows paid 64 times.
         """
         with ExitStack() as stack:
-            sources = {path: self._open_on_grid(stack, path) for path in self.files}
+            # Per file: the open dataset, and where its bands go in the model's order.
+            sources = []
+            for path in self.files:
+                at = [i for i, layer in enumerate(self.layers) if layer.path == path]
+                sources.append((path, self._open_on_grid(stack, path), at,
+                                [self.layers[i].index for i in at]))
             for window in windows:
                 bands: list[np.ma.MaskedArray] = [np.ma.masked_array([])] * len(self.layers)
-                for path, src in sources.items():
-                    at = [i for i, layer in enumerate(self.layers) if layer.path == path]
-                    indexes = [self.layers[i].index for i in at]
-                    rows = f"reading rows {window.row_off}-{window.row_off + window.height}"
+                for path, src, at, indexes in sources:
                     try:
                         read = self._read_bands(src, path, indexes, window)
                     except RasterioIOError as err:
-                        raise _read_error(path, f"{rows} failed", err) from err
+                        rows = f"{window.row_off}-{window.row_off + window.height}"
+                        raise _read_error(path, f"reading rows {rows} failed", err) from err
                     for i, band in zip(at, read, strict=True):
                         bands[i] = band
                 masked = np.ma.stack(bands)
