@@ -19,6 +19,7 @@ from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.inference.smoothing import smooth_probabilities
 from discomkd_geo.inference.tiling import chunk_layout
 from discomkd_geo.models.branches import build_branch
+from discomkd_geo.models.layout import class_softmax
 from discomkd_geo.models.predictor import Predictor, load_predictor
 
 DATA = Path(__file__).parent / "data"
@@ -261,3 +262,22 @@ def test_checkpoint_from_before_the_decoder_loads_and_maps_as_before(tmp_path: P
     with pytest.raises(CheckpointError, match="no per-pixel decoder"):
         predict_to_file(predictor, DATA / "main_scene.tif", tmp_path / "p.tif",
                         MapSettings.of(mode="pixel"))
+
+
+def test_class_softmax_is_the_same_for_any_number_of_threads() -> None:
+    """Probabilities of channels-last pixel logits, as the decoder gives them: ATen's own
+    softmax over dim 1 gave other last bits on 2, 3 or 4 threads for a few pixels (AVX-512
+    kernels, or AVX2 on 3 and 4 threads); the class softmax never does."""
+    logits = torch.randn(1, 10, 4, 28, generator=torch.Generator().manual_seed(0)) * 4
+    logits = logits.contiguous(memory_format=torch.channels_last)
+    before = torch.get_num_threads()
+    try:
+        results = []
+        for threads in (1, 2, 3, 4):
+            torch.set_num_threads(threads)
+            results.append(class_softmax(logits, dim=1))
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(results[0], other) for other in results[1:])
+    torch.testing.assert_close(results[0], torch.softmax(logits, dim=1))
+    assert results[0].shape == logits.shape

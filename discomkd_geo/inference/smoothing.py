@@ -27,12 +27,11 @@ around a block, the engine's blocks give exactly the values of one pass over the
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.dense import context_means
-from ..models.layout import channels_last
+from ..models.layout import channels_last, class_softmax
 
 #: Side in pixels of the cells on which neighbourhood means are taken.
 CELL = 4
@@ -98,5 +97,5 @@ def smooth_probabilities(probs: Tensor, valid: Tensor, strength: float, radius: 
         sums = _cell_means(q[None] if everywhere else q[None] * weight)
         means = F.interpolate(_box_means(sums, cells) * scale, scale_factor=CELL,
                               mode="bilinear", align_corners=False)
-        q = torch.softmax(log_p + means[0], dim=0)
+        q = class_softmax(log_p + means[0], dim=0)
     return q[:, :h, :w].to(probs.dtype)

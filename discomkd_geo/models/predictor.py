@@ -23,7 +23,7 @@ from ._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .branches import pixel_logits
 from .dense import common_cell, dense_halo, output_stride, pixel_halo, window_features
 from .info import PredictorInfo
-from .layout import channels_last
+from .layout import channels_last, class_softmax
 
 #: Identifies files written by :meth:`Predictor.save`.
 PREDICTOR_FORMAT = "discomkd_geo.predictor"
@@ -126,7 +126,7 @@ class Predictor(nn.Module):
         x = F.pad(self.normalize(x), (0, -w % cell, 0, -h % cell), mode="replicate")
         x = channels_last(x)
         logits = pixel_logits(self.branch, x, self.info.patch_size)
-        return torch.softmax(logits[..., halo:h - halo, halo:w - halo], dim=1)
+        return class_softmax(logits[..., halo:h - halo, halo:w - halo], dim=1)
 
     # The engine's interface (:class:`~.info.BranchPredictor`): NumPy in and out.
 
