@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 DEMO_OUT ?= demo_out
 
-.PHONY: demo test test-fast lint bench clean qgis-deps
+.PHONY: demo test test-fast docs lint bench clean qgis-deps
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,7 +19,14 @@ demo: $(STAMP)
 
 test: $(STAMP) qgis-deps
 	$(BIN)/ruff check discomkd_geo tests benchmarks
+	$(MAKE) --no-print-directory docs
 	$(BIN)/python -m pytest
+
+# The documentation (Sphinx, docs/), warnings as errors; also built by `make test`.
+# Under a minute: the API pages are generated from the docstrings at each build.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
 
 # The edit loop's tier: everything but the tests marked slow (under a minute on 2 cores).
 test-fast: $(STAMP)
@@ -47,4 +54,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache docs/_build docs/api/generated

@@ -15,7 +15,8 @@ weighted F1, the OA within 3 px of a class boundary ("edge OA", the band of
 ``score_map.py``; :mod:`discomkd_geo.inference.scoring` scores) and pixels/s (the demo
 and ``--big`` scenes': the median of :data:`REPEATS` maps), and the process's peak RSS. MS-only
 and fused (MS + SAR) maps of the held-out scenes follow for
-windows-s32, pixel-raw and pixel (fused maps are not smoothed by default). ``--big
+windows-s32, pixel-raw and pixel (fused maps were not smoothed by default before the
+fusion rules; ``bench_fusion.py`` measures today's). ``--big
 SIZE`` adds the speed on one larger scene (seed 100), where pixel mode works in 1024 px
 blocks and the smoothing's reach around each block is assembled from the neighbouring
 blocks' probabilities (on the 512 px scenes one block holds the whole scene). One edge

@@ -260,6 +260,9 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=1050, help="--parts: dataset pairs")
     parser.add_argument("--label", default="after",
                         help="--parts: key of this run under training_parts (e.g. before)")
+    parser.add_argument("--key", default="training",
+                        help="key in results.json (gpu_check.sh: gpu_training, keeping the "
+                             "CPU figures)")
     args = parser.parse_args()
     if args.parts:
         result = _parts(args.pairs, args.batch_size)
@@ -300,7 +303,7 @@ def main() -> int:
     print(f"DisCoM-KD / mono: step time x{result['discomkd_over_mono_step_time']}, "
           f"peak RSS x{result['discomkd_over_mono_peak_rss']}")
 
-    merge_results("training", result)
+    merge_results(args.key, result)
     return 0
 
 

@@ -36,24 +36,32 @@ def _first_line(text: str) -> str:
 #: (:func:`_options_of_params`).
 _SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
                   "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata",
-                  "trusted": "--trust-checkpoint"}
+                  "mask": "--ms-mask", "mask_kind": "--ms-mask-kind",
+                  "mask_codes": "--ms-mask-codes", "trusted": "--trust-checkpoint"}
 
 
-def _options_of_params() -> dict[str, str]:
-    """Python parameter -> the option that sets it on the command line."""
+def _options_of_params(command: click.Command | None = None) -> dict[str, str]:
+    """Python parameter -> the option that sets it on the command line.
+
+    ``command``'s own options come first: each sets the library parameter of its name
+    (``compare``'s ``--map-scenes`` sets ``MapScore``'s ``scenes``).
+    """
     from .inference.settings import setting_fields
 
-    return {**_SCENE_OPTIONS, **{f.name: f.flag for f in setting_fields() if f.flag}}
+    own = {p.name: max(p.opts, key=len) for p in command.params
+           if isinstance(p, click.Option) and p.name} if command else {}
+    return {**_SCENE_OPTIONS, **{f.name: f.flag for f in setting_fields() if f.flag}, **own}
 
 
-def cli_words(text: str) -> str:
+def cli_words(text: str, command: click.Command | None = None) -> str:
     """``text`` with parameters written the Python way as the command line's options.
 
     ``scale=10000`` becomes ``--ms-scale 10000``, ``force=True`` and ``bands=`` become
     ``--force`` and ``--bands``, and a name with an underscore (``scheduler_timeout``)
-    becomes its option wherever it stands; dotted config keys are left alone.
+    becomes its option wherever it stands; dotted config keys are left alone. ``command``:
+    the command that ran, whose own options count too (:func:`_options_of_params`).
     """
-    options = _options_of_params()
+    options = _options_of_params(command)
     names = "|".join(sorted(map(re.escape, options), key=len, reverse=True))
 
     def option(match: re.Match[str]) -> str:
@@ -67,17 +75,19 @@ def cli_words(text: str) -> str:
                   lambda m: options[m.group(1)], text)
 
 
-def error_message(err: Exception) -> str | None:
+def error_message(err: Exception, command: click.Command | None = None) -> str | None:
     """The one-line message the CLI prints for ``err``; ``None``: not an error it reports.
 
     The package's errors carry their message, with the parameters they suggest written
-    as options (:func:`cli_words`); an ``OSError`` (rasterio's I/O errors are ones) is
-    told as ``<path>: <problem>``; other rasterio errors by their first line.
+    as options (:func:`cli_words`; ``command``: the command that raised it); an
+    ``OSError`` (rasterio's I/O errors are ones) is told as ``<path>: <problem>``; other
+    rasterio errors by their first line.
     """
     if isinstance(err, SettingsError):
-        return f"{_options_of_params().get(err.param, err.param)}: {cli_words(err.problem)}"
+        option = _options_of_params(command).get(err.param, err.param)
+        return f"{option}: {cli_words(err.problem, command)}"
     if isinstance(err, DiscomkdGeoError):
-        return cli_words(str(err))
+        return cli_words(str(err), command)
     if isinstance(err, OSError):
         if err.filename is not None and err.strerror:
             return f"{os.fsdecode(err.filename)}: {err.strerror}"
@@ -105,7 +115,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except Exception as err:
-            message = None if ctx.meta.get(_DEBUG) else error_message(err)
+            command = self.get_command(ctx, ctx.invoked_subcommand or "")
+            message = None if ctx.meta.get(_DEBUG) else error_message(err, command)
             if message is None:
                 raise
             raise click.ClickException(message) from err
@@ -200,32 +211,41 @@ def _json_option(help: str) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-#: ``click.Context.meta`` key: the deprecated ``--quiet`` of a command was given.
-_QUIET_ALIAS = "discomkd_geo.quiet"
+def _output_option(help: str | None = None, required: bool = True,
+                   directory: bool = False) -> Callable[[F], F]:
+    """``-o/--output``: a file, or with ``directory`` a directory."""
+    return click.option("-o", "--output", required=required,
+                        type=click.Path(dir_okay=directory, file_okay=not directory,
+                                        path_type=Path), help=help)
 
 
-def _quiet_alias(ctx: click.Context, param: click.Parameter, value: bool) -> None:
-    if value:
-        click.echo("warning: --quiet after the command is deprecated; use --no-progress "
-                   "(discomkd-geo -q means warnings only)", err=True)
-        ctx.meta[_QUIET_ALIAS] = True
+def _out_option(dest: str, help: str, **kwargs: Any) -> Callable[[F], F]:
+    """``--out``, a directory; ``dest`` names the command's parameter."""
+    return click.option("--out", dest, type=click.Path(file_okay=False, path_type=Path),
+                        help=help, **kwargs)
 
 
-def _no_progress(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    # Click handles the options given on the command line first: the alias's mark is set.
-    return value or ctx.meta.pop(_QUIET_ALIAS, False)
+def _modality_option(help: str, required: bool = False,
+                     multiple: bool = False) -> Callable[[F], F]:
+    """``--modality``: a branch, or with ``multiple`` the branches (``modalities``)."""
+    dest = ("modalities",) if multiple else ()
+    return click.option("--modality", *dest, required=required, multiple=multiple, help=help)
+
+
+def _resume_option(help: str) -> Callable[[F], F]:
+    return click.option("--resume", is_flag=True, help=help)
+
+
+def _quick_option(help: str) -> Callable[[F], F]:
+    return click.option("--quick", is_flag=True, help=help)
+
+
+def _per_class_option(help: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option("--per-class", help=help, **kwargs)
 
 
 def _no_progress_option(help: str) -> Callable[[F], F]:
-    """``--no-progress`` (and the deprecated, hidden ``--quiet`` it replaces)."""
-
-    def decorate(command: F) -> F:
-        command = click.option("--no-progress", is_flag=True, callback=_no_progress,
-                               help=help)(command)
-        return click.option("--quiet", is_flag=True, hidden=True, expose_value=False,
-                            callback=_quiet_alias)(command)
-
-    return decorate
+    return click.option("--no-progress", is_flag=True, help=help)
 
 
 # --------------------------------------------------------------------------- train
@@ -242,15 +262,13 @@ def _load(config_path: Path | None, overrides: tuple[str, ...], data_root: Path 
 @_config_option("YAML config (configs/eurosat_ms_sar.yaml: the paper's settings).")
 @_data_root_option()
 @_download_option
-@click.option("--out", "run_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory for checkpoints, logs, plots and metrics (required).")
+@_out_option("run_dir", "Run directory for checkpoints, logs, plots and metrics (required).")
 @_set_option()
 @click.option("--print-config", is_flag=True,
               help="Print the effective config (every key, as YAML) and exit.")
 @_overwrite_option("Replace a non-empty run directory.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted run from its latest epoch (RUN/checkpoints/"
-                   "last.ckpt); a finished run is reported as it is.")
+@_resume_option("Continue an interrupted run from its latest epoch (RUN/checkpoints/"
+                "last.ckpt); a finished run is reported as it is.")
 @_no_progress_option("No progress bar or epoch lines.")
 def train(config_path: Path | None, data_root: Path | None, download: bool,
           run_dir: Path | None, overrides: tuple[str, ...], print_config: bool, overwrite: bool,
@@ -268,6 +286,8 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
 
     result = run_training(config, run_dir, overwrite=overwrite, resume=resume,
                           progress=not no_progress, echo=click.echo)
+    if not result.reporter:  # another process of a distributed run: rank 0 reports
+        return
     for m, metrics in result.metrics.items():
         click.echo(f"{m}: test weighted F1 {metrics['f1_weighted']:.4f}, "
                    f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
@@ -287,39 +307,37 @@ def train(config_path: Path | None, data_root: Path | None, download: bool,
               help="Early stopping: epochs without validation improvement.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Runs trained at once, each in its own process with one torch thread.")
-@click.option("--out", "report_dir", required=True,
-              type=click.Path(file_okay=False, path_type=Path),
-              help="Report directory: report.md, results.json, plots and every run.")
+@_out_option("report_dir", "Report directory: report.md, results.json, plots and every run.",
+             required=True)
 @click.option("--methods", multiple=True, metavar="NAME[,NAME...]",
               help="Methods/ablations to train (default: all but dkd; kd/dkd add their "
                    "teacher), e.g. --methods mono,discomkd.")
 @_set_option("Dotted config override for every run (repeatable).")
-@click.option("--quick", is_flag=True,
-              help="Small end-to-end check: 2 seeds, 2 rates, 2 epochs, tiny CNN, "
-                   "mono and discomkd (explicit options still apply on top).")
-@click.option("--map-scenes", type=click.IntRange(min=0), default=MapScore.scenes,
+@_quick_option("Small end-to-end check: 2 seeds, 2 rates, 2 epochs, tiny CNN, mono and "
+               "discomkd (explicit options still apply on top).")
+@click.option("--map-scenes", "scenes", type=click.IntRange(min=0), default=MapScore.scenes,
               show_default=True,
               help="Also score every run's SAR-only map of this many held-out synthetic "
                    "scenes (seeds 101, 102, ...; made once under OUT/scenes): map OA and "
                    "edge OA per method and paired by seed (0: no map score).")
-@click.option("--map-mode", type=click.Choice(get_args(Mode)), default=MapScore.mode,
+@click.option("--map-mode", "mode", type=click.Choice(get_args(Mode)), default=MapScore.mode,
               show_default=True,
               help=f"How the map score maps: as predict does by default (auto: pixel for "
                    f"runs with decoders, else windows at stride {MapScore.stride}), windows, "
                    "dense, or pixel (a run without a per-pixel decoder is first given one, "
                    "trained on mosaics of its training split).")
-@click.option("--map-size", type=click.IntRange(min=64), default=MapScore.size, hidden=True,
+@click.option("--map-size", "size", type=click.IntRange(min=64), default=MapScore.size,
+              hidden=True,
               help="Side of the held-out scenes in pixels (tests use small ones).")
 @click.option("--regenerate", is_flag=True,
               help="Only rewrite OUT's report and plots from OUT/results.json.")
 @_overwrite_option("Replace a non-empty report directory.")
-@click.option("--resume", is_flag=True,
-              help="Keep the runs OUT/results.json records and train only the missing ones.")
+@_resume_option("Keep the runs OUT/results.json records and train only the missing ones.")
 @click.pass_context
 def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None,
             download: bool, seeds: int, lrs: str, patience: int, jobs: int, report_dir: Path,
             methods: tuple[str, ...], overrides: tuple[str, ...], quick: bool,
-            map_scenes: int, map_mode: Mode, map_size: int, regenerate: bool,
+            scenes: int, mode: Mode, size: int, regenerate: bool,
             overwrite: bool, resume: bool) -> None:
     """Train DisCoM-KD, the baselines and the ablations alike; write a comparison report.
 
@@ -334,8 +352,6 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
         comparison.regenerate(report_dir)
         click.echo(f"report: {report_dir / 'report.md'}")
         return
-    from .errors import ConfigError
-
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
 
@@ -343,7 +359,8 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
     try:
         grid = [float(v) for v in lrs.split(",") if v.strip()]
     except ValueError as err:
-        raise ConfigError("--lrs", f"expected comma-separated numbers, got {lrs!r}") from err
+        raise click.BadParameter(f"expected comma-separated numbers, got {lrs!r}",
+                                 param_hint="'--lrs'") from err
     if quick:
         q = comparison.QUICK
         overrides = (*q["overrides"], *overrides)
@@ -355,39 +372,62 @@ def compare(ctx: click.Context, config_path: Path | None, data_root: Path | None
     comparison.compare(config, report_dir, seeds=seeds, methods=names, lrs=grid,
                        patience=patience, jobs=jobs, overwrite=overwrite, resume=resume,
                        command=comparison.command_line(sys.argv[1:]),
-                       map_score=MapScore(map_scenes, map_mode, size=map_size),
+                       map_score=MapScore(scenes, mode, size=size),
                        echo=click.echo)
     click.echo(f"report: {report_dir / 'report.md'}")
 
 
 @main.command()
 @_checkpoint_option()
-@click.option("--modality", required=True, help="Branch to evaluate, e.g. sar.")
+@_modality_option("Branch to evaluate, e.g. sar.", required=True)
 @_data_root_option("Dataset root (default: the one recorded in the checkpoint).")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test",
               show_default=True)
 @_json_option("Print the metrics as JSON.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="Draw the reliability diagram (before and after calibration) into this "
+                   "PNG  [default: RUN/plots/reliability_<modality>_<split>.png for a run "
+                   "directory, else none].")
+@_overwrite_option("Replace the --plot file if it exists.")
 def evaluate(checkpoint: Path, trusted: bool, modality: str, data_root: Path | None,
-             split: str, as_json: bool) -> None:
-    """Score one modality's classifier on a dataset split, as deployed (raw input)."""
+             split: str, as_json: bool, plot: Path | None, overwrite: bool) -> None:
+    """Score one modality's classifier on a dataset split, as deployed (raw input).
+
+    Weighted and macro F1, overall accuracy, and the expected calibration error (ECE, 15
+    confidence bins) of its probabilities before and after its calibration temperature.
+    """
     import json
 
+    from .files import check_outputs
+
+    if plot is not None:
+        check_outputs({"plot": plot}, overwrite)
     from .training.evaluate import evaluate as run_evaluation
 
+    if plot is None and checkpoint.is_dir():  # the run's own figure: redrawn every time
+        from .training.temperature_fit import reliability_plot
+
+        plot, overwrite = reliability_plot(checkpoint, modality, split), True
+        plot.parent.mkdir(exist_ok=True)
     metrics = run_evaluation(checkpoint, modality, data_root=data_root, split=split,
-                             trusted=trusted)
+                             trusted=trusted, plot=plot, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
-    else:
-        click.echo(f"{modality} {split}: weighted F1 {metrics['f1_weighted']:.4f}, "
-                   f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
-                   f"on {metrics['samples']} samples")
+        return
+    click.echo(f"{modality} {split}: weighted F1 {metrics['f1_weighted']:.4f}, "
+               f"macro F1 {metrics['f1_macro']:.4f}, OA {metrics['oa']:.4f} "
+               f"on {metrics['samples']} samples")
+    t = metrics["temperature"]
+    calibrated = "not calibrated" if t is None else f"temperature {t:.4g}"
+    click.echo(f"calibration ({calibrated}): ECE {metrics['ece_before']:.4f} before, "
+               f"{metrics['ece_after']:.4f} after" + (f"; reliability diagram: {plot}"
+                                                       if plot is not None else ""))
 
 
 @main.command()
 @_checkpoint_option("Training checkpoint or run directory.")
-@click.option("--modality", required=True, help="Branch to export, e.g. sar.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_modality_option("Branch to export, e.g. sar.", required=True)
+@_output_option()
 @click.option("--format", "fmt", type=click.Choice(["torch", "onnx", "deepness"]),
               help="torch: a .pt file for load_predictor; onnx: an ONNX graph taking raw "
                    "patches (normalisation inside), runnable without PyTorch, plus, for a "
@@ -423,15 +463,14 @@ def export(checkpoint: Path, trusted: bool, modality: str, output: Path, fmt: st
 @click.option("--run", "run_dir", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Training run directory (train --out).")
-@click.option("--modality", "modalities", multiple=True,
-              help="Branch to give a decoder (repeatable) [default: every branch that maps "
-                   "from one modality].")
+@_modality_option("Branch to give a decoder (repeatable) [default: every branch that maps "
+                  "from one modality].", multiple=True)
 @click.option("--epochs", type=click.IntRange(min=1), default=8, show_default=True,
               help="Passes over the run's training split (as mosaics, and as patches). "
                    "More help less and less: on the demo's 1,050 training pairs an "
                    "earlier demo model's SAR map of the demo scene scored OA 0.770 (4), "
-                   "0.789 (8), 0.800 (24) and 0.814 (48); today's scores 0.798 (8) and "
-                   "0.799 (16).")
+                   "0.789 (8), 0.800 (24) and 0.814 (48); today's scores 0.798-0.815 (8; "
+                   "across machines and CPU capabilities) and 0.799 (16, one machine).")
 @_overwrite_option("Replace the run's existing decoders.")
 def fit_decoder(run_dir: Path, modalities: tuple[str, ...], epochs: int,
                 overwrite: bool) -> None:
@@ -450,6 +489,37 @@ def fit_decoder(run_dir: Path, modalities: tuple[str, ...], epochs: int,
         click.echo(f"{path}: {modality} branch with a per-pixel decoder ({epochs} epochs)")
 
 
+@main.command("fit-calibration")
+@click.argument("run_dir", metavar="RUN",
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_modality_option("Branch to calibrate (repeatable)  [default: every branch that maps from "
+                  "one modality].", multiple=True)
+@_data_root_option("Dataset root (default: the one recorded in the run).")
+@_overwrite_option("Fit again branches that are calibrated already.")
+@_json_option("Print each branch's calibration as JSON.")
+def fit_calibration(run_dir: Path, modalities: tuple[str, ...], data_root: Path | None,
+                    overwrite: bool, as_json: bool) -> None:
+    """Calibrate a trained run's branches: one temperature each, on the validation split.
+
+    Temperature scaling (Guo et al., 2017): each branch's logits are divided by one T > 0
+    that minimises the negative log-likelihood of the validation split; every class
+    stays the same, the confidences change. T is written into the run's checkpoints and
+    decoders, so predict, export and evaluate use it. What train does at the end of every
+    run; reliability diagrams go to RUN/plots/.
+    """
+    import json
+
+    from .training.temperature_fit import calibrate_run
+
+    results = calibrate_run(run_dir, list(modalities) or None, data_root, overwrite)
+    if as_json:
+        click.echo(json.dumps({m: r.to_dict() for m, r in results.items()}, indent=2))
+        return
+    for m, r in results.items():
+        click.echo(f"{m}: temperature {r.temperature:.4g}, validation ECE "
+                   f"{r.ece_before:.4f} -> {r.ece_after:.4f} ({r.samples} images)")
+
+
 # --------------------------------------------------------------------------- synth
 @main.group(cls=_Group)
 def synth() -> None:
@@ -458,8 +528,8 @@ def synth() -> None:
 
 @synth.command("eurosat")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--per-class", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Images per class (the real dataset has 2,000-3,000).")
+@_per_class_option("Images per class (the real dataset has 2,000-3,000).",
+                   type=click.IntRange(min=1), default=20, show_default=True)
 @_seed_option("Random seed of the generated images.")
 @click.option("--layout", type=click.Choice(["eurosat", "copernicus"]), default="eurosat",
               show_default=True, help="On-disk layout to write.")
@@ -478,30 +548,32 @@ def synth_eurosat(out: Path, per_class: int, seed: int, layout: str, overwrite: 
 @click.option("--size", type=click.IntRange(min=64), default=512, show_default=True,
               help="MS scene width and height in pixels (10 m).")
 @_seed_option("Random seed of the scene (parcels, classes, textures).")
+@click.option("--cloud-cover", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the MS scene under clouds and cirrus (with their shadows); "
+                   "their truth masks and an L2A-style scl.tif go beside it.")
 @_overwrite_option("Replace OUT if it exists and is not empty.")
-def synth_scene(out: Path, size: int, seed: int, overwrite: bool) -> None:
+def synth_scene(out: Path, size: int, seed: int, cloud_cover: float, overwrite: bool) -> None:
     """Write a co-registered MS/SAR scene pair with its land-cover truth to OUT."""
     from .data.synthetic import make_scene
 
-    summary = make_scene(out, size=size, seed=seed, overwrite=overwrite)
+    summary = make_scene(out, size=size, seed=seed, overwrite=overwrite,
+                         cloud_cover=cloud_cover)
     click.echo(summary)
 
 
 # --------------------------------------------------------------------------- demo
 @main.command()
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              default=Path("demo_out"), show_default=True, help="Output directory.")
-@click.option("--per-class", type=click.IntRange(min=4),
-              help="Synthetic training images per class [150; --quick: 12].")
+@_out_option("out", "Output directory.", default=Path("demo_out"), show_default=True)
+@_per_class_option("Synthetic training images per class [150; --quick: 12].",
+                   type=click.IntRange(min=4))
 @_seed_option("Seed of the synthetic training set and of training.")
 @_config_option("Training config (default: the packaged configs/demo.yaml).")
 @click.option("--tiles", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder with the demo sar.tif and truth.tif (default: the packaged "
                    "tiles/demo).")
 @_set_option()
-@click.option("--quick", is_flag=True,
-              help="Smoke run in well under a minute: 12 images per class, 1 epoch, a "
-                   "narrower CNN (--per-class and --set still apply).")
+@_quick_option("Smoke run in well under a minute: 12 images per class, 1 epoch, a narrower "
+               "CNN (--per-class and --set still apply).")
 @_overwrite_option("Replace the outputs of an earlier demo.")
 @_no_progress_option("No progress bars or epoch lines.")
 def demo(out: Path, per_class: int | None, seed: int, config_path: Path | None,
@@ -560,8 +632,6 @@ def _input_options(command: Any) -> Any:
                      help="How the SAR input stores backscatter [default: from ASF HyP3 RTC "
                           "file names, else db]. RTC products on public catalogues are "
                           "gamma0 linear power."),
-        click.option("--sar-db", is_flag=True, hidden=True,
-                     help="Deprecated: the SAR input holds linear power (--sar-units linear)."),
         click.option("--ms-scale", type=float, default=1.0, show_default=True,
                      help="Multiply the MS values by this: 10000 for reflectance 0-1."),
         click.option("--ms-offset", type=float, default=0.0, show_default=True,
@@ -574,25 +644,58 @@ def _input_options(command: Any) -> Any:
                           "instead of its files' nodata tags: for exports that fill outside "
                           "the swath without tagging it (SNAP, Earth Engine: --nodata 0); "
                           "repeatable per modality."),
+        click.option("--ms-mask", metavar="FILE|scl|auto",
+                     help="MS pixels to treat as nodata (clouds, shadows): a mask raster on "
+                          "any overlapping grid (Sentinel-2 SCL, Fmask codes, or 0/1 with 1 = "
+                          "unavailable), 'scl' for the SCL of the L2A .SAFE or STAC Item, or "
+                          "'auto' for cloud detection by s2cloudless on an L1C scene (the "
+                          "'clouds' extra)."),
+        click.option("--ms-mask-kind", type=click.Choice(["scl", "fmask", "binary"]),
+                     help="What --ms-mask FILE holds [default: scl or fmask when its name "
+                          "says so, else binary 0/1]."),
+        click.option("--ms-mask-codes", metavar="CODE,...",
+                     help="Codes of --ms-mask that mark unavailable pixels [default: SCL "
+                          "3,8,9,10 (shadow, cloud, cirrus); Fmask 2,4; binary 1]."),
+        click.option("--sar-mask", type=_SCENE, metavar="FILE",
+                     help="SAR pixels to treat as nodata: a 0/1 raster (1 = unavailable) on "
+                          "any overlapping grid."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
+def _scene_masks(ms_mask: str | None, ms_mask_kind: str | None, ms_mask_codes: str | None,
+                 sar_mask: Path | str | None) -> dict[str, dict[str, Any]]:
+    """The ``SceneInput`` mask fields of the mask options, per modality."""
+    from .constants import MS, SAR
+
+    codes = None
+    if ms_mask_codes is not None:
+        try:
+            codes = tuple(int(c) for c in ms_mask_codes.split(","))
+        except ValueError as err:
+            raise click.BadParameter(f"{ms_mask_codes!r} is not a list of integer codes",
+                                     param_hint="--ms-mask-codes") from err
+    masks = {}
+    if ms_mask is not None or ms_mask_kind is not None or codes is not None:
+        masks[MS] = {"mask": ms_mask, "mask_kind": ms_mask_kind, "mask_codes": codes}
+    if sar_mask is not None:
+        masks[SAR] = {"mask": sar_mask, "mask_kind": "binary"}
+    return masks
+
+
 def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
-                  sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-                  crs: str | None, nodata: tuple[str, ...]) -> dict[str, Any]:
+                  sar_units: str | None, ms_scale: float, ms_offset: float,
+                  crs: str | None, nodata: tuple[str, ...],
+                  masks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
     from .constants import MS, SAR
     from .inference.io import SceneInput
 
-    if sar_db:
-        if sar_units not in (None, "linear"):
-            raise click.UsageError("--sar-db (deprecated) means --sar-units linear; "
-                                   f"it contradicts --sar-units {sar_units}")
-        click.echo("warning: --sar-db is deprecated; use --sar-units linear", err=True)
-        sar_units = "linear"
+    masks = masks or {}
+    if missing := sorted(set(masks) - set(scenes)):
+        raise click.UsageError(f"--{missing[0]}-mask given without a {missing[0]} scene")
     names = _per_modality(bands, list(scenes), "--bands")
     fills = _per_modality(nodata, list(scenes), "--nodata")
     inputs = {}
@@ -605,7 +708,7 @@ def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
                                      param_hint="--nodata") from err
         listed = [b.strip() for b in names[modality].split(",")] if modality in names else None
         inputs[modality] = SceneInput(paths, listed, sar_units if modality == SAR else None,
-                                      scale, offset, crs, fill)
+                                      scale, offset, crs, fill, **masks.get(modality, {}))
     return inputs
 
 
@@ -685,12 +788,13 @@ def _map_settings(values: dict[str, Any]) -> Any:
 @click.option("--stac", "stac_item", type=click.Path(dir_okay=False, path_type=Path),
               help="Local STAC Item whose assets are the S1/S2 scenes (instead of --sar/--ms; "
                    "--modality picks one of them).")
-@click.option("--modality", help="Branch for --scene or --stac (or an ambiguous checkpoint).")
+@_modality_option("Branch for --scene or --stac (or an ambiguous checkpoint).")
 @click.option("--fuse", is_flag=True,
-              help="With several scenes: average the branches' class probabilities.")
+              help="Map from every scene given, each pixel from the best evidence there: "
+                   "the --fusion of the branches where all are valid, the one valid branch "
+                   "elsewhere (what several scenes do anyway; --modality maps one branch).")
 @_input_options
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Land-cover GeoTIFF to write (.qml and .legend.json go beside it).")
+@_output_option("Land-cover GeoTIFF to write (.qml and .legend.json go beside it).")
 @_setting_options
 @_no_progress_option("No progress bar.")
 @_json_option("Print the summary as JSON.")
@@ -698,13 +802,14 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
             sar_vv: Path | str | None, sar_vh: Path | str | None, ms: tuple[Path | str, ...],
             scene: tuple[Path | str, ...],
             stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
-            sar_units: str | None, sar_db: bool, ms_scale: float, ms_offset: float,
-            crs: str | None, nodata: tuple[str, ...], output: Path, no_progress: bool,
-            as_json: bool, **settings: Any) -> None:
+            sar_units: str | None, ms_scale: float, ms_offset: float,
+            crs: str | None, nodata: tuple[str, ...], ms_mask: str | None,
+            ms_mask_kind: str | None, ms_mask_codes: str | None, sar_mask: Path | str | None,
+            output: Path, no_progress: bool, as_json: bool, **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
     Every scene is first checked against the model's training data (units, scale, band
-    order; see the inspect command). Worked examples: "Your own scenes" in the README.
+    order; see the inspect command). Worked examples: docs/tutorials/03-sentinel1-scene.md.
     The mapping options are those of discomkd_geo.inference.settings.MapSettings.
     """
     from .constants import MS, SAR
@@ -723,6 +828,8 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
             raise click.UsageError(f"{stac_item} has no {modality} asset")
         # The Item names the bands; an explicit --bands still wins.
         bands = tuple(f"{m}={','.join(source.bands[m])}" for m in scenes) + bands
+        if ms_mask == "scl" and source.scl is not None:  # the Item's L2A classification
+            ms_mask, ms_mask_kind = source.scl, ms_mask_kind or "scl"
     if ms:
         scenes[MS] = list(ms)
     if sar_vv or sar_vh:
@@ -738,9 +845,14 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
         scenes[modality] = list(scene)
     if not scenes:
         raise click.UsageError("give a scene: --sar, --ms or --scene with --modality")
-    if len(scenes) > 1 and not fuse:
-        raise click.UsageError("several scenes given: add --fuse to average the branches")
-    inputs = _scene_inputs(scenes, bands, sar_units, sar_db, ms_scale, ms_offset, crs, nodata)
+    if modality is not None and not scene and len(scenes) > 1:
+        if fuse:
+            raise click.UsageError("--modality maps one branch; --fuse maps them all")
+        if modality not in scenes:
+            raise click.UsageError(f"no {modality} scene given")
+        scenes = {modality: scenes[modality]}
+    inputs = _scene_inputs(scenes, bands, sar_units, ms_scale, ms_offset, crs, nodata,
+                           _scene_masks(ms_mask, ms_mask_kind, ms_mask_codes, sar_mask))
     from .inference.engine import predict_to_file
     from .models.loader import load_predictor
 
@@ -765,6 +877,10 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
         if count:
             click.echo(f"  {name:<22} {count:>12,} px  {count / mapped:6.1%}")
     click.echo(f"  {'(nodata)':<22} {summary.pixels - summary.mapped_pixels:>12,} px")
+    if summary.fusion is not None:
+        shares = ", ".join(f"{name} {share:.1%}" for name, share in summary.sources.items()
+                           if share)
+        click.echo(f"decided by ({summary.fusion} fusion): {shares}")
     if summary.computed_chunks < summary.chunks:
         click.echo(f"area of interest: {summary.computed_chunks} of {summary.chunks} chunks "
                    "read and classified")
@@ -779,13 +895,15 @@ main.add_command(predict)
 @main.command()
 @click.argument("scene", nargs=-1, required=True, type=_SCENE)
 @_checkpoint_option(exists=True)
-@click.option("--modality", help="Branch the scene is for (needed for training checkpoints).")
+@_modality_option("Branch the scene is for (needed for training checkpoints).")
 @_input_options
 @_json_option("Print the figures as JSON.")
 def inspect(scene: tuple[Path | str, ...], checkpoint: Path, trusted: bool,
             modality: str | None,
-            bands: tuple[str, ...], sar_units: str | None, sar_db: bool, ms_scale: float,
-            ms_offset: float, crs: str | None, nodata: tuple[str, ...], as_json: bool) -> None:
+            bands: tuple[str, ...], sar_units: str | None, ms_scale: float,
+            ms_offset: float, crs: str | None, nodata: tuple[str, ...], ms_mask: str | None,
+            ms_mask_kind: str | None, ms_mask_codes: str | None, sar_mask: Path | str | None,
+            as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
 
     SCENE is one raster, one file per band or polarisation, or a directory of them.
@@ -798,8 +916,9 @@ def inspect(scene: tuple[Path | str, ...], checkpoint: Path, trusted: bool,
 
     predictor = load_predictor(checkpoint, modality, trusted=trusted)
     modality = predictor.info.modality
-    inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, sar_db, ms_scale,
-                           ms_offset, crs, nodata)
+    inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, ms_scale,
+                           ms_offset, crs, nodata,
+                           _scene_masks(ms_mask, ms_mask_kind, ms_mask_codes, sar_mask))
     _, readers = open_readers(inputs, {modality: predictor.info})
     check = check_scene(predictor, readers[modality], modality)
     if as_json:
@@ -834,21 +953,21 @@ _executable_option = click.option(
 
 
 @qgis.command("install")
-@click.option("--profile-dir", type=click.Path(file_okay=False, path_type=Path),
+@click.option("--profile-dir", type=click.Path(path_type=Path),
               help="QGIS profile [default: the 'default' profile of this system's QGIS 3].")
 @_executable_option
 @_overwrite_option("Replace an installed copy (upgrade).")
 def qgis_install(profile_dir: Path | None, executable: str | None, overwrite: bool) -> None:
     """Write the plugin into a QGIS profile and enable it (restart QGIS to load it)."""
-    from .qgis import find_executable, install
+    from .qgis import check_executable, find_executable, install
 
-    executable = executable or find_executable()
+    executable = check_executable(executable) if executable else find_executable()
     target = install(profile_dir, executable, overwrite=overwrite)
     click.echo(f"{target}: plugin installed and enabled; its algorithms run {executable}")
 
 
 @qgis.command("package")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path))
+@_output_option()
 @_executable_option
 @_overwrite_option("Replace OUTPUT if it exists.")
 def qgis_package(output: Path, executable: str | None, overwrite: bool) -> None:
@@ -897,11 +1016,11 @@ def _mmu_option(command: F) -> F:
 
 @main.command()
 @click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="GeoPackage to write (.gpkg; also .geojson, .fgb); OUTPUT_STEM.qml beside it.")
+@_output_option("GeoPackage to write (.gpkg; also .geojson, .fgb, .shp); OUTPUT_STEM.qml "
+                "beside it.")
 @_mmu_option
 @click.option("--layer", help="Layer name [default: the output's stem].")
-@click.option("--overwrite", is_flag=True, help="Replace existing outputs.")
+@_overwrite_option("Replace existing outputs.")
 def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None,
               overwrite: bool) -> None:
     """Polygons of a land-cover map: one feature per connected region.
@@ -919,9 +1038,8 @@ def vectorize(map_path: Path, output: Path, mmu: float | None, layer: str | None
 @main.command()
 @click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("zones", metavar="ZONES[:LAYER]")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Table to write: .csv, or .gpkg (with the zones' geometries).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@_output_option("Table to write: .csv, or .gpkg (with the zones' geometries).")
+@_overwrite_option("Replace an existing output.")
 @_no_progress_option("No progress bar.")
 def zonal(map_path: Path, zones: str, output: Path, overwrite: bool, no_progress: bool) -> None:
     """Area of each class per zone (ha and % of the zone), nodata share, zone attributes.
@@ -934,3 +1052,146 @@ def zonal(map_path: Path, zones: str, output: Path, overwrite: bool, no_progress
     table = zonal_to_file(map_path, zones, output, overwrite=overwrite,
                           progress=not no_progress)
     click.echo(f"{output}: {len(table):,} zones")
+
+
+# --------------------------------------------------------------------------- assessment
+def _aoi_option(help: str) -> Callable[[F], F]:
+    return click.option("--aoi", metavar="FILE[:LAYER]", help=help)
+
+
+def _expected_ua(ctx: click.Context, param: click.Parameter,
+                 values: tuple[str, ...]) -> tuple[float, dict[str, float]]:
+    """``--expected-ua [CLASS=]UA`` (repeatable): every class's value, and some classes'."""
+    default, by_class = 0.8, {}
+    for value in values:
+        name, _, number = value.rpartition("=")
+        try:
+            accuracy = float(number)
+        except ValueError as err:
+            raise click.BadParameter(f"{value!r} is not [CLASS=]UA, e.g. 0.8 or "
+                                     "Highway=0.6") from err
+        if name:
+            by_class[name] = accuracy
+        else:
+            default = accuracy
+    return default, by_class
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-n", "--sample-size", "size", type=click.IntRange(min=1),
+              help="Points to draw (or let --target-se set it).")
+@click.option("--target-se", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Standard error of the overall accuracy to aim for, e.g. 0.01: the "
+                   "sample size follows from the expected user's accuracies.")
+@click.option("--expected-ua", multiple=True, metavar="[CLASS=]UA", callback=_expected_ua,
+              help="User's accuracy expected, for --target-se: of every class (default "
+                   "0.8), or CLASS=UA of one class (repeatable).")
+@click.option("--allocation", type=click.Choice(["olofsson", "proportional", "equal"]),
+              default="olofsson", show_default=True,
+              help="Points per class: olofsson (at least --min-per-class each, the rest "
+                   "in proportion to the classes' areas), proportional, or equal.")
+@click.option("--min-per-class", type=click.IntRange(min=1), default=50, show_default=True,
+              help="The minimum per class of --allocation olofsson.")
+@_aoi_option("Draw only inside this area (polygons, any CRS; pixel centres inside).")
+@click.option("--truth", type=click.Path(dir_okay=False, path_type=Path),
+              help="Fill the reference column from this class raster (synthetic scenes).")
+@_seed_option("Random seed of the draw (the same seed draws the same points).")
+@_output_option("Points to write (.gpkg; also .geojson, .fgb), as a layer named after "
+                "the file; without it the design is printed and nothing drawn.",
+                required=False)
+@_overwrite_option("Replace OUTPUT if it exists.")
+@_json_option("Print the design as JSON.")
+def sample(map_path: Path, size: int | None, target_se: float | None,
+           expected_ua: tuple[float, dict[str, float]], allocation: str, min_per_class: int,
+           aoi: str | None, truth: Path | None, seed: int, output: Path | None,
+           overwrite: bool, as_json: bool) -> None:
+    """A stratified random sample of a map's pixels, to label and then `assess`.
+
+    The strata are the map's classes. Each point (a pixel centre) carries its stratum,
+    the stratum's area, its inclusion weight and an empty 'reference' column to fill in
+    (e.g. in QGIS). Give the size (-n) or a target standard error of the overall accuracy
+    (--target-se, Olofsson et al. 2014).
+    """
+    from .assessment.sampling import plan_sample, sample_to_file
+    from .files import check_outputs
+
+    if output is not None:
+        check_outputs({"sample": output}, overwrite, inputs={"map": map_path})
+    plan = plan_sample(map_path, size, target_se=target_se, expected_ua=expected_ua[0],
+                       class_ua=expected_ua[1], allocation=allocation,
+                       min_per_class=min_per_class, aoi=aoi)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({
+            "map": plan.path, "aoi": plan.region.aoi, "size": plan.size,
+            "allocation": plan.method, "target_se": target_se,
+            "strata": [{"code": code, "name": name, "pixels": int(pixels), "area_ha": float(ha),
+                        "points": int(points)} for code, (name, pixels, ha, points) in
+                       enumerate(zip(plan.classes, plan.pixels, plan.areas_ha,
+                                     plan.allocation, strict=True))]}, indent=2))
+    else:
+        why = f" for a standard error of {target_se:g} on overall accuracy" if target_se else ""
+        click.echo(f"{plan.path}: {plan.size:,} points{why}, {plan.method} allocation")
+        total = plan.areas_ha.sum()
+        for name, pixels, ha, points in zip(plan.classes, plan.pixels, plan.areas_ha,
+                                            plan.allocation, strict=True):
+            click.echo(f"  {name:<22} {pixels:>12,} px {ha:>12,.1f} ha {ha / total:6.1%}"
+                       f" {points:>6,} points")
+    if output is not None:
+        frame = sample_to_file(plan, output, seed=seed, truth=truth, overwrite=overwrite)
+        labelled = int(frame["reference"].notna().sum())
+        click.echo(f"{output}: {len(frame):,} points" + (
+            f", {labelled:,} labelled from {truth}" if truth is not None else
+            "; fill in their 'reference' column, then run discomkd-geo assess"), err=as_json)
+
+
+@main.command()
+@click.argument("map_path", metavar="MAP", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("reference", metavar="REFERENCE[:LAYER]")
+@click.option("--label-column", default="reference", show_default=True,
+              help="The points' column of reference labels (class names or codes).")
+@_aoi_option("Assess inside this area only (points outside are left out, counted).")
+@click.option("--zones", metavar="FILE[:LAYER]",
+              help="Polygons (any CRS) to give the figures of, one by one.")
+@click.option("--zone-field", help="The zones' column naming them [default: the first].")
+@_output_option("Directory to write: assessment.json, assessment.csv, report.md, "
+                "areas.png.", required=False, directory=True)
+@_overwrite_option("Replace OUTPUT if it exists and is not empty.")
+@_json_option("Print the assessment as JSON.")
+def assess(map_path: Path, reference: str, label_column: str, aoi: str | None,
+           zones: str | None, zone_field: str | None, output: Path | None, overwrite: bool,
+           as_json: bool) -> None:
+    """Accuracy and error-adjusted class areas of a map, with 95% intervals.
+
+    REFERENCE holds labelled points (any vector format and CRS), e.g. a sample drawn by
+    `discomkd-geo sample` and labelled. Prints overall accuracy, per class the mapped
+    and estimated areas and user's and producer's accuracies (Olofsson et al. 2014);
+    points off the map, on nodata or without a label are counted and left out.
+    """
+    from .assessment.assess import assess as assess_map
+    from .assessment.report import left_out_line, overall_line, text_table, write_report
+    from .files import check_writable
+
+    if output is not None:
+        check_writable(output, overwrite)
+    assessment = assess_map(map_path, reference, label_column, aoi=aoi, zones=zones,
+                            zone_field=zone_field)
+    if output is not None:
+        write_report(assessment, output, overwrite=overwrite)
+    result = assessment.to_dict()
+    if as_json:
+        import json
+
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{result['map']} against {result['reference']}: {result['design']}")
+    click.echo(left_out_line(result))
+    click.echo(overall_line(result))
+    for line in text_table(result):
+        click.echo(line)
+    for zone in result.get("zones", []):
+        click.echo(f"zone {zone['zone']}: {overall_line(zone)}")
+    if output is not None:
+        click.echo(f"{output}: assessment.json, assessment.csv, report.md, areas.png")

@@ -21,6 +21,10 @@ import yaml
 
 from .errors import ConfigError, InputFileError
 
+#: How L_perp penalises the cosine of two embeddings (``loss.orthogonality``); declared
+#: here, where no torch import is needed, for ``models/losses.py`` to share.
+Orthogonality = Literal["squared", "abs", "signed"]
+
 
 @dataclass
 class ModalityConfig:
@@ -206,7 +210,7 @@ class LossConfig:
     mod: float = 1.0
     aux: float = 1.0
     perp: float = 1.0
-    orthogonality: Literal["squared", "abs", "signed"] = "squared"
+    orthogonality: Orthogonality = "squared"
     grl_schedule: Literal["constant", "dann"] = "constant"
     grl_lambda: float = 1.0
     kd_temperature: float = 4.0
@@ -236,8 +240,15 @@ class TrainerConfig:
     Attributes:
         max_epochs: training epochs.
         accelerator: ``auto`` uses CUDA when present, else the CPU.
-        devices: device count or ``auto``.
-        precision: Lightning precision string, e.g. ``32-true`` or ``bf16-mixed``.
+        devices: device count (per node) or ``auto``.
+        strategy: how several devices train together: ``auto`` (one device: a single
+            process), ``ddp`` (one process per device, Lightning launching the others;
+            gradients averaged every step) or ``fsdp`` (parameters sharded too; for
+            models larger than ResNet-18 DisCoM-KD, not tested here). See
+            ``docs/guide/distributed-training.md``.
+        num_nodes: machines of a multi-node run (each with ``devices`` devices).
+        precision: ``32-true``; ``bf16-mixed`` (bfloat16 autocast: Ampere GPUs and
+            later, and CPUs) or ``16-mixed`` (float16 autocast with loss scaling).
         limit_train_batches: fraction or number of training batches per epoch.
         early_stopping_patience: epochs without improvement before stopping (``None``: off).
         early_stopping_rule: what must improve. ``heads``: any head's own best validation
@@ -250,7 +261,9 @@ class TrainerConfig:
     max_epochs: int = 300
     accelerator: str = "auto"
     devices: int | str = "auto"
-    precision: str = "32-true"
+    strategy: Literal["auto", "ddp", "fsdp"] = "auto"
+    num_nodes: int = 1
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = "32-true"
     limit_train_batches: float | int = 1.0
     early_stopping_patience: int | None = None
     early_stopping_rule: Literal["heads", "mean"] = "heads"

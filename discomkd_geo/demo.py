@@ -167,7 +167,7 @@ def run_demo(out: str | os.PathLike[str], overwrite: bool = False,
     for needed in (Path(config_path), tiles / "sar.tif", tiles / "truth.tif"):
         if not needed.exists():
             raise InputFileError(needed, "demo input missing; reinstall discomkd-geo, or "
-                                         "pass --config and --tiles")
+                                         "pass config_path= and tiles=")
     check_writable(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()

@@ -78,7 +78,7 @@ class DatasetNotFoundError(DiscomkdGeoError, FileNotFoundError):
         self.what = what
         super().__init__(
             f"{what} not found in root={self.root!r}; point root at the unpacked data, "
-            "download it (--download, config data.download: true, Python download=True) "
+            "download it (download=True, config data.download: true) "
             "or generate it (discomkd-geo synth eurosat DIR)"
         )
 

@@ -14,7 +14,7 @@ import zipfile
 from importlib.resources import files
 from pathlib import Path
 
-from .errors import InputFileError
+from .errors import InputFileError, OutputError
 from .files import atomic_dir, atomic_path
 
 #: The plugin's directory name under ``<profile>/python/plugins``.
@@ -50,8 +50,27 @@ def find_executable() -> str:
     found = shutil.which("discomkd-geo")
     if found is None:
         raise InputFileError("discomkd-geo", "executable not found beside "
-                             f"{sys.executable} or on the PATH; pass --executable")
+                             f"{sys.executable} or on the PATH; pass executable=",
+                             param="executable")
     return found
+
+
+def check_executable(executable: str) -> str:
+    """``executable`` as an absolute path, once it is a file that can run.
+
+    A bare name is looked up on the PATH, as a shell would. QGIS runs what is recorded
+    from its own directory, so it is recorded absolute.
+
+    Raises:
+        InputFileError: no such file, or not executable.
+    """
+    found = shutil.which(executable)
+    if found is None:
+        problem = "is not executable" if Path(executable).is_file() else "not found"
+        raise InputFileError(executable, f"{problem}; pass executable= the discomkd-geo the "
+                                         "plugin's algorithms should run",
+                             param="executable")
+    return os.path.abspath(found)
 
 
 def plugin_contents(executable: str | None = None) -> dict[str, bytes]:
@@ -100,10 +119,16 @@ def install(profile_dir: str | os.PathLike[str] | None = None, executable: str |
 
     Raises:
         OutputExistsError: the plugin is installed and ``overwrite`` is false.
-        InputFileError: no executable is found.
+        OutputError: the profile (or a directory above it) is a file.
+        InputFileError: the executable is missing or cannot run, or none is found.
     """
     profile = Path(profile_dir) if profile_dir else default_profile_dir()
-    executable = executable or find_executable()
+    executable = check_executable(executable) if executable else find_executable()
+    existing = next(p for p in (profile, *profile.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        where = "" if existing == profile else f" ({existing} is one)"
+        raise OutputError(profile, f"is a file{where}, not a QGIS profile directory; pass "
+                                   "profile_dir= a profile's directory", param="profile_dir")
     target = profile / "python" / "plugins" / PLUGIN_NAME
     with atomic_dir(target, overwrite=overwrite) as tmp:
         for name, content in plugin_contents(executable).items():

@@ -7,6 +7,15 @@ import pytest
 from discomkd_geo.data.synthetic import make_eurosat, make_scene
 
 
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip the ``cuda``-marked tests, saying why, where torch sees no CUDA GPU."""
+    if item.get_closest_marker("cuda") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU (benchmarks/gpu_check.sh runs these on one)")
+
+
 @pytest.fixture(scope="session")
 def eurosat_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Synthetic EuroSat-MS-SAR, EuroSAT + EuroSAT-SAR layout: 10 pairs per class, seed 0."""

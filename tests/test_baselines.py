@@ -351,7 +351,8 @@ def test_students_are_loadable_predictors(comparison: tuple, dkd_run: Path, meth
     with torch.no_grad():
         # Channels-last: the layout of training's steps and evaluation, and the predictor's.
         normalized = channels_last(Normalize(predictor.stats)(raw))
-        expected = torch.softmax(task.model.branch(modality)(normalized), 1)
+        logits = task.model.branch(modality)(normalized)  # calibrated by train:
+        expected = torch.softmax(logits / predictor.info.temperature, 1)
         assert torch.equal(predictor(raw), expected)
 
 

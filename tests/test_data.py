@@ -17,7 +17,7 @@ from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 from discomkd_geo.config import AugmentConfig, load_config
 from discomkd_geo.constants import EUROSAT_CLASSES, S2_BANDS
 from discomkd_geo.data.datamodule import MSSARDataModule
-from discomkd_geo.data.eurosat import EuroSATMSSAR
+from discomkd_geo.data.eurosat import EuroSATMSSAR, EuroSATOptions
 from discomkd_geo.data.normalization import compute_stats
 from discomkd_geo.data.samplers import ClassBalancedSampler, UnpairedSampler, ValidWindowSampler
 from discomkd_geo.data.scenes import (
@@ -102,30 +102,32 @@ def test_pairs_ms_and_sar_by_file_name(root: Path) -> None:
 
 
 def test_random_split_disjoint_stratified_reproducible(root: Path) -> None:
-    splits = {s: EuroSATMSSAR(root, s, split_seed=3) for s in ("train", "val", "test")}
+    seed3 = EuroSATOptions(split_seed=3)
+    splits = {s: EuroSATMSSAR(root, s, options=seed3) for s in ("train", "val", "test")}
     ids = {s: set(ds.ids) for s, ds in splits.items()}
     assert not ids["train"] & ids["val"] and not ids["train"] & ids["test"]
     assert not ids["val"] & ids["test"]
     assert len(set().union(*ids.values())) == 100
     for s, expected in {"train": 7, "val": 1, "test": 2}.items():
         assert Counter(splits[s].targets) == dict.fromkeys(range(10), expected)
-    assert EuroSATMSSAR(root, "train", split_seed=3).ids == splits["train"].ids
-    assert set(EuroSATMSSAR(root, "train", split_seed=4).ids) != ids["train"]
+    assert EuroSATMSSAR(root, "train", options=seed3).ids == splits["train"].ids
+    seed4 = EuroSATOptions(split_seed=4)
+    assert set(EuroSATMSSAR(root, "train", options=seed4).ids) != ids["train"]
 
 
 def test_published_split_lists(root: Path) -> None:
     lists = sorted(root.rglob("eurosat-val.txt"))
     assert lists
     listed = {line.removesuffix(".jpg") for line in lists[0].read_text().split()}
-    ds = EuroSATMSSAR(root, "val", split_mode="published")
+    ds = EuroSATMSSAR(root, "val", options=EuroSATOptions(split_mode="published"))
     assert set(ds.ids) == listed and len(ds) == 20
-    train = EuroSATMSSAR(root, "train", split_mode="published")
+    train = EuroSATMSSAR(root, "train", options=EuroSATOptions(split_mode="published"))
     assert not set(train.ids) & listed
 
 
 def test_published_lists_of_tiny_dataset(tiny: Path) -> None:
     names = [f"{c}_{n}" for c in CLASSES for n in range(1, PER_CLASS + 1)]
-    ds = EuroSATMSSAR(tiny, "val", split_mode="published")
+    ds = EuroSATMSSAR(tiny, "val", options=EuroSATOptions(split_mode="published"))
     assert sorted(ds.ids) == sorted(names[2::6])
 
 
@@ -161,12 +163,12 @@ def test_unpaired_files_counted_and_droppable(broken: Path) -> None:
         split[s] = set(EuroSATMSSAR(broken, s, modalities=("ms",)).ids)
     missing = {f"{CLASSES[1]}_1", f"{CLASSES[1]}_2"}
     s = next(s for s in split if missing & split[s])
-    with pytest.raises(InputFileError, match="--set data.drop_unpaired=true") as err:
+    with pytest.raises(InputFileError, match="pass drop_unpaired=True") as err:
         EuroSATMSSAR(broken, s)
     counts = ", ".join(f"{len(missing & split[t])} in {t}" for t in split)
     assert f"unpaired images: {counts};" in str(err.value)
     assert Path(err.value.path).stem in missing and err.value.path.endswith(".tif")
-    dropped = EuroSATMSSAR(broken, s, drop_unpaired=True)
+    dropped = EuroSATMSSAR(broken, s, options=EuroSATOptions(drop_unpaired=True))
     assert set(dropped.ids) == split[s] - missing
 
 

@@ -463,3 +463,74 @@ def test_a_scene_the_workers_cannot_open_is_named(checkpoint: Path, scene_dir: P
     assert err.startswith(f"Error: {vrt}: the Dask worker tcp://")
     assert "workers need the file at the same path" in err
     assert files(tmp_path) == {"sar.vrt"}
+
+
+@pytest.fixture
+def lone_workers(tmp_path: Path) -> Iterator[tuple[str, list[subprocess.Popen[bytes]]]]:
+    """A scheduler and two worker processes without nannies: a killed one stays dead."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=0, processes=True, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        workers = [subprocess.Popen(
+            [sys.executable, "-m", "distributed.cli.dask_worker", address, "--no-nanny",
+             "--nthreads", "1", "--no-dashboard", "--local-directory", str(tmp_path)],
+            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+        try:
+            with Client(address) as client:
+                client.wait_for_workers(2, timeout=120)
+            yield address, workers
+        finally:
+            for worker in workers:
+                worker.kill()
+                worker.wait()
+
+
+@pytest.mark.slow  # CLI subprocesses or a Dask cluster: seconds each
+def test_losing_dask_workers(lone_workers: tuple[str, list[subprocess.Popen[bytes]]],
+                             tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed while the cluster is set up: the map is made by the other, the same
+    bytes as a local map. Every worker killed mid-map: one line naming the scheduler, and
+    nothing left."""
+    import distributed.scheduler
+    from test_inference import saved_sar_model, texture, write_scene
+
+    address, workers = lone_workers
+    scene = write_scene(tmp_path / "sar.tif", texture(2, 96, seed=3) - 12, ["VV", "VH"])
+    model = saved_sar_model(tmp_path / "sar.pt")
+    args = ["predict", "--checkpoint", model, "--sar", scene, "--stride", 8, "--chunk-size",
+            16, "--no-progress"]
+    assert invoke(*args, "-o", tmp_path / "local.tif")[0] == 0
+    scatter = distributed.scheduler.scatter_to_workers
+
+    async def kill_first(*a: object, **k: object) -> object:
+        # The scheduler has listed its workers: the first dies before it gets the model.
+        monkeypatch.setattr(distributed.scheduler, "scatter_to_workers", scatter)
+        workers[0].kill()
+        workers[0].wait()
+        return await scatter(*a, **k)
+
+    monkeypatch.setattr(distributed.scheduler, "scatter_to_workers", kill_first)
+    code, _, err = invoke(*args, "-o", tmp_path / "cluster.tif", "--scheduler", address)
+    assert code == 0, err
+    assert workers[0].poll() is not None  # it was killed while the map was set up
+    with rasterio.open(tmp_path / "local.tif") as a, rasterio.open(tmp_path / "cluster.tif") as b:
+        assert (a.read() == b.read()).all()
+
+    def kill_all_once_mapping() -> None:
+        from distributed import Client
+
+        with Client(address) as client:
+            while not any(client.processing().values()):
+                time.sleep(0.005)
+        workers[1].kill()
+
+    killer = threading.Thread(target=kill_all_once_mapping)
+    killer.start()
+    before = files(tmp_path)
+    code, _, err = invoke(*args, "-o", tmp_path / "lost.tif", "--scheduler", address)
+    killer.join()
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"Error: {address}: the cluster lost its workers before the tasks "
+                          "were done (every worker left)")
+    assert files(tmp_path) == before

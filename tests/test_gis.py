@@ -175,6 +175,23 @@ def test_zonal_matches_hand_computation(tmp_path: Path) -> None:
     assert east["zone_ha"] == pytest.approx(48 * 28 / 1e4)
 
 
+def test_zonal_repairs_a_self_intersecting_zone(tmp_path: Path) -> None:
+    """A bow-tie over the 4 x 4 map: two triangles of 40 x 20 m meeting in the middle.
+
+    Its ring's signed area is 0; repaired (as ``--aoi`` repairs it), 800 m2. The centre
+    rule counts 8 px of 100 m2, repaired or not: column 0, and rows 1-2 of columns 1 and 3.
+    """
+    from shapely.geometry import Polygon
+
+    bowtie = Polygon([(X0, Y0), (X0 + 40, Y0 - 40), (X0 + 40, Y0), (X0, Y0 - 40)])
+    assert not bowtie.is_valid and bowtie.area == 0
+    zones = gpd.GeoDataFrame({"name": ["bow-tie"]}, geometry=[bowtie], crs=UTM)
+    table = zonal_areas(write_map(tmp_path / "map.tif", QUADRANTS), zones)
+    row = table.iloc[0]
+    assert row["zone_ha"] == pytest.approx(0.08) and row["pixels"] == 8
+    assert table.geometry.iloc[0].equals(bowtie)  # the zones as given
+
+
 def test_zonal_zones_in_another_crs(tmp_path: Path) -> None:
     path = write_map(tmp_path / "map.tif", QUADRANTS)
     utm = zonal_areas(path, zones_frame())

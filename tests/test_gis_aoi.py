@@ -144,6 +144,51 @@ def test_cli_aoi_and_vector(scene: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "m.tif").exists()
 
 
+def test_polygon_outputs_are_checked_before_the_map_and_may_be_shapefiles(
+        scene: Path, tmp_path: Path) -> None:
+    """An unknown vector format, and a minimum mapping unit larger than the scene, were
+    refused once the map was written (and left it there); a Shapefile is written whole."""
+    from discomkd_geo.errors import OutputError
+
+    model = make_predictor("sar", list(S1_BANDS))
+    with pytest.raises(OutputError, match=r"p.shx: unknown vector format .shx; use .gpkg, "
+                                          r".geojson, .fgb or .shp$"):
+        predict_to_file(model, scene, tmp_path / "m.tif", TILES.replace(vector=tmp_path /
+                                                                         "p.shx"))
+    with pytest.raises(InputFileError, match=rf"{scene}: is smaller \(36,864 px\) than the "
+                                             r"minimum mapping unit \(40,000 px\)$"):
+        predict_to_file(model, scene, tmp_path / "m.tif", TILES.replace(
+            vector=tmp_path / "p.gpkg", mmu="400ha"))
+    assert list(tmp_path.iterdir()) == []
+    summary = predict_to_file(model, scene, tmp_path / "m.tif", TILES.replace(
+        vector=tmp_path / "p.shp", mmu="0.1ha"))
+    polygons = gpd.read_file(tmp_path / "p.shp")
+    assert summary.vector == str(tmp_path / "p.shp") and polygons.crs == CRS
+    assert list(polygons.columns) == ["class_code", "class_name", "color", "area_m2",
+                                      "area_ha", "geometry"]
+    assert polygons["area_m2"].sum() == pytest.approx(SIZE * SIZE * 100)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.stem == "p") == [
+        "p.cpg", "p.dbf", "p.prj", "p.qml", "p.shp", "p.shx"]
+
+
+def test_an_area_drawn_across_the_antimeridian_is_warned_of(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """179 -> -179 in longitudes reads as -179..179: say so; split at 180, no warning."""
+    from shapely.geometry import MultiPolygon, Polygon
+
+    from discomkd_geo.inference.aoi import read_aoi
+
+    across = Polygon([(179, -17), (-179, -17), (-179, -16), (179, -16)])
+    split = MultiPolygon([box(179, -17, 180, -16), box(-180, -17, -179, -16)])
+    with caplog.at_level("WARNING", logger="discomkd_geo"):
+        read_aoi(aoi_file(tmp_path / "split.gpkg", split, crs="EPSG:4326"))
+        assert caplog.messages == []
+        read_aoi(aoi_file(tmp_path / "across.gpkg", across, crs="EPSG:4326"))
+    assert caplog.messages == [f"{tmp_path / 'across.gpkg'}: a polygon of the area of interest "
+                               "spans longitudes -179 to 179 (358 degrees), read the long way "
+                               "round; if it crosses the antimeridian, split it at 180 degrees"]
+
+
 def test_read_aoi_needs_polygons(tmp_path: Path) -> None:
     from shapely.geometry import Point
 

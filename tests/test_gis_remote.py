@@ -37,10 +37,13 @@ class RangeServer:
     Args:
         root: the folder served.
         delay: seconds to wait before answering (to provoke timeouts).
+        stall: answer the header (ranges from byte 0) but never send data (the headers of
+            other ranges, then nothing until closed).
     """
 
-    def __init__(self, root: Path, delay: float = 0.0) -> None:
-        self.root, self.delay = root, delay
+    def __init__(self, root: Path, delay: float = 0.0, stall: bool = False) -> None:
+        self.root, self.delay, self.stall = root, delay, stall
+        self.closed = threading.Event()
         self.sent = 0
         self.requests: list[tuple[str, str, str | None]] = []
         self.lock = threading.Lock()
@@ -78,6 +81,11 @@ class RangeServer:
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{end}/"
                                                       f"{path.stat().st_size}")
+                    if server.stall and start > 0:
+                        self.send_header("Content-Length", str(len(data)))
+                        self.end_headers()
+                        server.closed.wait()
+                        return
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes")
@@ -91,6 +99,7 @@ class RangeServer:
         return Handler
 
     def close(self) -> None:
+        self.closed.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -148,6 +157,36 @@ def test_remote_errors_are_one_line(server: RangeServer, monkeypatch: pytest.Mon
             open_url(f"{slow.url}/sar.tif")
     finally:
         slow.close()
+
+
+def test_a_server_stalling_on_the_data_fails_within_timeout_and_retries(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The header is served, the tiles never: GDAL alone asked 8 times (1 s each, a retry
+    each) for the first window's tile; the map gives up after 1 request and 1 retry."""
+    scene = tmp_path / "cog" / "sar.tif"
+    scene.parent.mkdir()
+    with rasterio.open(scene, "w", driver="COG", width=512, height=512, count=2,
+                       dtype="float32", crs="EPSG:32631", transform=from_origin(5e5, 5e6, 10, 10),
+                       blocksize=256) as dst:
+        dst.write(texture(2, 512, seed=2) - 12)
+        dst.descriptions = tuple(S1_BANDS)
+    for name, value in {"GDAL_HTTP_TIMEOUT": "1", "GDAL_HTTP_MAX_RETRY": "1",
+                        "GDAL_HTTP_RETRY_DELAY": "0.5"}.items():
+        monkeypatch.setenv(name, value)
+    stalled = RangeServer(scene.parent, stall=True)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(InputFileError, match=r"sar.tif: reading rows 0-64 failed: no "
+                                                 r"answer within 2.5 s \(GDAL_HTTP_TIMEOUT 1 "
+                                                 r"s, 1 retries; raise GDAL_HTTP_TIMEOUT for "
+                                                 r"slow servers\)$"):
+            predict_to_file(make_predictor("sar", list(S1_BANDS)), f"{stalled.url}/sar.tif",
+                            tmp_path / "map.tif")
+        waited = time.perf_counter() - start
+    finally:
+        stalled.close()
+    assert waited < 2.5 + 2.0, f"{waited:.1f} s"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cog"]
 
 
 def test_read_fails_in_one_line_when_the_server_goes(server: RangeServer) -> None:

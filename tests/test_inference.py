@@ -245,7 +245,7 @@ def test_generated_scene_pair_fuses_identically_for_any_chunking(tmp_path: Path)
 def test_linear_sar_converted_to_db_and_band_mapping(sar: Predictor, tmp_path: Path) -> None:
     db = texture(2, 64, seed=7)
     in_db = write_scene(tmp_path / "db.tif", db, list(S1_BANDS))
-    # Linear power, bands swapped and unnamed: --sar-db and an explicit band list.
+    # Linear power, bands swapped and unnamed: sar_units and an explicit band list.
     linear = write_scene(tmp_path / "lin.tif", (10.0 ** (db[::-1] / 10.0)).astype(np.float32),
                          None)
     predict_to_file(sar, in_db, tmp_path / "a.tif",

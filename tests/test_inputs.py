@@ -333,11 +333,6 @@ def test_cli_inspect_and_predict_options(ms4_run: Path, s2_subset: np.ndarray,
     assert json.loads(result.output)["checks"]["ms"]["problems"] == []
     result = runner.invoke(main, [*args, "--force", "--overwrite"])
     assert result.exit_code == 0 and "warning: mapped with --force" in result.output
-    # Deprecated --sar-db still means linear power; contradicting --sar-units is an error.
-    sar_args = ["predict", "--checkpoint", str(ms4_run), "--sar", str(unit), "-o",
-                str(tmp_path / "s.tif"), "--sar-db", "--sar-units", "db"]
-    result = runner.invoke(main, sar_args)
-    assert result.exit_code == 2 and "contradicts --sar-units db" in result.output
 
 
 def test_summary_is_json_serialisable_with_checks(sar: Predictor, tmp_path: Path) -> None:
@@ -389,6 +384,35 @@ def test_cli_nodata_option(tmp_path: Path) -> None:
     assert json.loads(result.output)["mapped_pixels"] < 96 * 66 + 96 * 8  # fill unmapped
     result = CliRunner().invoke(main, [*args, "--nodata", "ms=0"])
     assert result.exit_code == 2 and "no 'ms' scene given" in result.output
+
+
+def test_impossible_values_are_refused_whatever_their_share(sar: Predictor, tmp_path: Path
+                                                            ) -> None:
+    """dB with an int16 export's untagged -32768 fill (NaN elsewhere): no backscatter is
+    -32768 dB. A block too small for the fill-share check, or between the sampled windows
+    (found while mapping), is refused with the nodata fix; named, it is nodata."""
+    data = s1_db(576)[:, :32]
+    data[:, :, :8] = np.nan
+    sampled, missed = data.copy(), data.copy()
+    sampled[:, 4:12, 300:308] = -32768  # 0.3% of the scene, inside a sampled window
+    missed[0, 10:12, 66:70] = -32768  # one band, between the windows at 0-64 and 73-137
+    assert not any(w.col_off <= 66 < w.col_off + w.width for w in sample_windows(32, 576))
+    for where, scene, block in (("of the sample", sampled, np.s_[4:12, 300:308]),
+                                ("in rows 0-32", missed, np.s_[10:12, 66:70])):
+        out = tmp_path / "map.tif"
+        path = write_scene(tmp_path / "s1.tif", scene, list(S1_BANDS))
+        with pytest.raises(InputFileError, match=rf"s1.tif: \d+ pixels {where} hold values "
+                                                 r"that no SAR backscatter .* most often "
+                                                 r"-32768 \(band VV\); .*pass nodata=-32768 "
+                                                 r"\(or force=True to map anyway\)$"):
+            predict_to_file(sar, path, out)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["s1.tif"]  # nothing left
+        named = predict_to_file(sar, SceneInput(path, nodata=-32768), out)
+        assert named.checks["sar"].problems == [] and (read(out)[0][block] == 255).all()
+        forced = predict_to_file(sar, path, out, MapSettings.of(overwrite=True, force=True))
+        assert forced.mapped_pixels > named.mapped_pixels  # --force maps them, as asked
+        for written in tmp_path.iterdir():
+            written.unlink()
 
 
 def test_windows_read_together_open_each_file_once(sar: Predictor, tmp_path: Path,

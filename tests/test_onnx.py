@@ -46,6 +46,27 @@ def raw_batch(predictor, n: int = 24, seed: int = 0) -> np.ndarray:
     return (low + unit * spread).astype(np.float32)
 
 
+def deepness_reads(path: Path) -> dict:
+    """What the QGIS plugin Deepness reads of a Segmentor, read its way.
+
+    ``processing/models/model_base.py`` and ``segmentor.py``: the ``get_inputs()[0]`` and
+    ``get_outputs()[0]`` shapes from onnxruntime, the output checked 4-D and square, the
+    class count its ``shape[-3]``, counted with ``range()`` (which a symbolic dimension,
+    a string, fails); class names consecutive from 0.
+    """
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    [image], [output] = session.get_inputs(), session.get_outputs()
+    meta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
+    shape = output.shape
+    assert len(shape) == 4 and shape[2] == shape[3], shape
+    classes = list(range(shape[-3]))
+    names = sorted(meta["class_names"].items(), key=lambda kv: int(kv[0]))
+    assert [int(k) for k, _ in names] == classes
+    return {"model_type": str(meta["model_type"]).capitalize(), "classes": len(classes),
+            "channels": image.shape[-3], "tile": (*image.shape[-2:], *shape[-2:]),
+            "tile_size": int(meta["tile_size"]), "resolution": float(meta["resolution"])}
+
+
 def test_probabilities_match_torch(demo_sar_model: Path, sar_onnx: Path) -> None:
     torch_branch = load_predictor(demo_sar_model, SAR)
     onnx_branch = load_predictor(sar_onnx, SAR)
@@ -78,6 +99,10 @@ def test_metadata_for_people_and_deepness(demo_sar_model: Path, sar_onnx: Path,
     # (x - mean) / std) hands the graph the raw values, and every pixel of a tile gets
     # the window's probabilities.
     deepness = export(demo_sar_model, tmp_path / "sar_deepness.onnx", "deepness")
+    patch = info.patch_size
+    assert deepness_reads(deepness) == {
+        "model_type": "Segmentor", "classes": len(info.classes), "channels": len(info.bands),
+        "tile": (patch,) * 4, "tile_size": patch, "resolution": info.pixel_size * 100}
     session = ort.InferenceSession(str(deepness), providers=["CPUExecutionProvider"])
     dmeta = {k: json.loads(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     assert dmeta["model_type"] == "Segmentor"
@@ -132,6 +157,18 @@ def test_onnx_predict_imports_no_torch(sar_onnx: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "no torch"
     assert read(out).shape[0] == 1
+
+
+@pytest.mark.slow
+def test_export_prints_only_its_result(tmp_path: Path) -> None:
+    """A decoder's pixel graph made the exporter print 6 lines of constant-folding warnings."""
+    pixel_branch().save(tmp_path / "sar.pt")
+    result = subprocess.run([sys.executable, "-m", "discomkd_geo", "export", "--checkpoint",
+                             str(tmp_path / "sar.pt"), "--modality", SAR, "-o",
+                             str(tmp_path / "sar.onnx")], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout.startswith(f"{tmp_path / 'sar.onnx'}: sar predictor (onnx)")
+    assert result.stdout.count("\n") == 1
 
 
 @pytest.mark.parametrize(("mode", "problem"), [
@@ -287,6 +324,8 @@ def test_deepness_export_of_a_decoder_is_its_per_pixel_output(tmp_path: Path) ->
     torch_branch = pixel_branch()
     path = tmp_path / "deepness.onnx"
     export_onnx(torch_branch, path, per_pixel=True)
+    read = deepness_reads(path)
+    assert (read["classes"], read["tile"]) == (10, (16, 16, 16, 16))
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["model_type"]) == "Segmentor"

@@ -112,7 +112,7 @@ def test_pixel_mode_equals_one_pass_over_the_scene(scene: Path, tmp_path: Path,
         assert np.abs(unsmoothed.numpy()[corner] - probs[corner]).max() > 0.05
 
 
-def test_fused_pixel_maps_smooth_the_average_only_when_asked(tmp_path: Path) -> None:
+def test_fused_pixel_maps_smooth_the_fused_probabilities(tmp_path: Path) -> None:
     predictors = {"ms": pixel_predictor(modality="ms"), "sar": pixel_predictor()}
     scenes = {"ms": write_scene(tmp_path / "ms.tif", texture(len(MS_BANDS), 96, seed=5),
                                 MS_BANDS),
@@ -121,10 +121,11 @@ def test_fused_pixel_maps_smooth_the_average_only_when_asked(tmp_path: Path) -> 
     runs = {"default": {}, "off": {"smoothing": 0.0}, "on": {"smoothing": 8.0}}
     for name, kwargs in runs.items():
         predict_to_file(predictors, scenes, tmp_path / f"{name}.tif", MapSettings.of(
-            mode="pixel", probabilities=tmp_path / f"{name}.p.tif", **kwargs))
+            mode="pixel", fusion="average", probabilities=tmp_path / f"{name}.p.tif",
+            **kwargs))
         probs[name] = read(tmp_path / f"{name}.p.tif")
-    np.testing.assert_array_equal(probs["default"], probs["off"])
-    # Asked for, the smoothing acts once on the averaged probabilities (one block here).
+    np.testing.assert_array_equal(probs["default"], probs["on"])
+    # The smoothing acts once on the averaged probabilities (one block here).
     average = torch.from_numpy(probs["off"].astype(np.float64))
     expected = smooth_probabilities(average, torch.ones(96, 96, dtype=torch.bool), 8.0, 32, 3)
     np.testing.assert_allclose(probs["on"], expected.numpy(), atol=1e-5)
@@ -281,3 +282,53 @@ def test_class_softmax_is_the_same_for_any_number_of_threads() -> None:
     assert all(torch.equal(results[0], other) for other in results[1:])
     torch.testing.assert_close(results[0], torch.softmax(logits, dim=1))
     assert results[0].shape == logits.shape
+
+
+def test_a_runs_best_checkpoint_alone_maps_with_its_decoder(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``RUN/checkpoints/best-sar.ckpt`` named alone: mode auto meant windows where the run
+    directory maps per pixel. It now takes the run's decoder, unless fit on other weights,
+    which the log says."""
+    from discomkd_geo.models.loader import load_predictor as load_any
+    from discomkd_geo.models.predictor import CHECKPOINT_KEY
+    from discomkd_geo.training.decoder_fit import with_decoder
+
+    decoded = pixel_predictor()
+    spec = {k: v for k, v in decoded.info.branch_spec.items() if k != "decoder"}
+    plain = make_predictor("sar", list(S1_BANDS), branch=build_branch(**spec))
+    plain.info.branch_spec = spec
+    plain.branch.load_state_dict(decoded.branch.state_dict(), strict=False)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "decoders").mkdir()
+    best = run / "checkpoints" / "best-sar.ckpt"
+
+    def write_checkpoint(branch: torch.nn.Module) -> None:
+        entry = {"info": plain.info.to_dict(), "stats": plain.stats.to_dict(),
+                 "prefix": "branches.sar."}
+        torch.save({CHECKPOINT_KEY: {"predictors": {"sar": entry}},
+                    "state_dict": {f"branches.sar.{k}": v
+                                   for k, v in branch.state_dict().items()}}, best)
+
+    write_checkpoint(plain.branch)
+    decoded.save(run / "decoders" / "sar.pt")
+    assert not load_predictor(best, "sar").has_decoder  # the checkpoint itself has none
+    with caplog.at_level("DEBUG", logger="discomkd_geo"):
+        alone = load_any(best, "sar")
+    assert alone.has_decoder and caplog.messages == [
+        f"{best}: with its run's per-pixel decoder ({run / 'decoders' / 'sar.pt'}), as the "
+        "run directory loads it"]
+    x = torch.rand(1, 2, 48, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(alone.pixels(x, 0), load_any(run, "sar").pixels(x, 0),
+                                   rtol=0, atol=0)
+    # Trained on after fit-decoder: the decoder is not this checkpoint's.
+    with torch.no_grad():
+        plain.branch.task_cls.weight.add_(1.0)
+    write_checkpoint(plain.branch)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="discomkd_geo"):
+        assert not load_any(best, "sar").has_decoder
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "was fit on other weights, so it is left out" in caplog.messages[0]
+    assert with_decoder(load_predictor(best, "sar")).has_decoder  # fit-decoder still can

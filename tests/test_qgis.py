@@ -58,6 +58,33 @@ def test_install_writes_an_enabled_plugin_and_package_zips_it(tmp_path: Path) ->
     assert sorted(names) == sorted(f"{PLUGIN_NAME}/{n}" for n in PLUGIN_FILES)
 
 
+def test_install_refuses_a_missing_executable_and_a_file_for_profile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each in one line, nothing installed; a name on the PATH is recorded absolute."""
+    profile = tmp_path / "profile"
+    (tmp_path / "afile").write_text("")
+    cases = {
+        ("--executable", "/nonexistent"): "Error: /nonexistent: not found; pass --executable",
+        ("--executable", str(tmp_path / "afile")): f"Error: {tmp_path / 'afile'}: is not "
+                                                   "executable; pass --executable",
+        ("--profile-dir", str(tmp_path / "afile")): f"Error: {tmp_path / 'afile'}: is a "
+                                                    "file, not a QGIS profile directory; "
+                                                    "pass --profile-dir",
+    }
+    for args, message in cases.items():
+        result = CliRunner().invoke(main, ["qgis", "install", "--profile-dir", str(profile),
+                                           *args])
+        assert result.exit_code == 1 and result.output.count("\n") == 1, result.output
+        assert result.output.startswith(message), result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+    monkeypatch.setenv("PATH", f"{Path(EXECUTABLE).parent}{os.pathsep}{os.environ['PATH']}")
+    result = CliRunner().invoke(main, ["qgis", "install", "--profile-dir", str(profile),
+                                       "--executable", Path(EXECUTABLE).name])
+    assert result.exit_code == 0, result.output
+    recorded = profile / "python" / "plugins" / PLUGIN_NAME / "install.json"
+    assert json.loads(recorded.read_text()) == {"executable": EXECUTABLE}
+
+
 def test_default_profile_per_system(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from discomkd_geo.qgis import default_profile_dir
 
@@ -175,8 +202,35 @@ def qgis_profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_qgis_process_lists_the_algorithms(qgis_profile: Path) -> None:
     done = qgis_process(qgis_profile, "list")
     assert done.returncode == 0, done.stderr
-    for name in ("map", "inspect", "vectorize", "zonal"):
+    for name in ("map", "inspect", "vectorize", "zonal", "sample", "assess"):
         assert f"discomkd_geo:{name}" in done.stdout, done.stdout[-2000:]
+
+
+@needs_qgis
+def test_qgis_assessment_chain_equals_the_cli(qgis_profile: Path, tmp_path: Path) -> None:
+    """Sample the demo map (labels from the truth through the CLI), assess it in QGIS."""
+    demo_map = Path(__file__).parent / "data" / "demo_sar_map.tif"
+    gui_points = tmp_path / "gui_points.gpkg"
+    done = qgis_process(qgis_profile, "run", "discomkd_geo:sample", "--", f"INPUT={demo_map}",
+                        "SIZE=300", "MIN_PER_CLASS=25", "SEED=4", f"OUTPUT={gui_points}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    cli_points = tmp_path / "cli_points.gpkg"
+    result = CliRunner().invoke(main, ["sample", str(demo_map), "-n", "300", "--min-per-class",
+                                       "25", "--seed", "4", "--truth",
+                                       str(DEMO_TILES / "truth.tif"), "-o", str(cli_points)])
+    assert result.exit_code == 0, result.output
+    import geopandas as gpd
+
+    assert gpd.read_file(gui_points).geometry.equals(gpd.read_file(cli_points).geometry)
+    result = CliRunner().invoke(main, ["assess", str(demo_map), str(cli_points), "-o",
+                                       str(tmp_path / "cli")])
+    assert result.exit_code == 0, result.output
+    done = qgis_process(qgis_profile, "run", "discomkd_geo:assess", "--", f"INPUT={demo_map}",
+                        f"REFERENCE={cli_points}", "LABEL_COLUMN=reference",
+                        f"OUTPUT={tmp_path / 'gui'}")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert ((tmp_path / "gui" / "assessment.csv").read_text()
+            == (tmp_path / "cli" / "assessment.csv").read_text())
 
 
 @needs_qgis

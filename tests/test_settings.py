@@ -61,20 +61,12 @@ def test_predict_options_are_generated_from_the_settings() -> None:
     for flag in ("--pad", "--min-valid", "--batch-size", "--device", "--block-size",
                  "--threads", "--no-progress"):
         assert flag in help_text
-    assert "--quiet" not in help_text  # the deprecated alias is hidden
 
 
 def test_cli_range_errors_name_the_option(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(tmp_path), "--sar", "x",
                                        "-o", str(tmp_path / "m.tif"), "--min-valid", "2"])
     assert result.exit_code == 2 and "'--min-valid'" in result.output
-
-
-def test_quiet_is_a_deprecated_alias_of_no_progress() -> None:
-    result = CliRunner().invoke(main, ["train", "--print-config", "--quiet"])
-    assert result.exit_code == 0
-    assert "--quiet after the command is deprecated; use --no-progress" in result.stderr
-    assert "method:" in result.stdout
 
 
 @pytest.mark.parametrize(("python", "cli"), [

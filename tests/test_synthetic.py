@@ -14,7 +14,7 @@ from rasterio.warp import transform_bounds
 
 from discomkd_geo.cli import main
 from discomkd_geo.constants import CLASS_NODATA, EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS, S2_BANDS
-from discomkd_geo.data.eurosat import EuroSATMSSAR
+from discomkd_geo.data.eurosat import EuroSATMSSAR, EuroSATOptions
 from discomkd_geo.data.synthetic import (
     land_surface,
     make_eurosat,
@@ -40,7 +40,8 @@ def test_published_layout_is_read_by_the_dataset(fixture: str, layout: str,
     root = request.getfixturevalue(fixture)
     seen: dict[str, set[str]] = {}
     for split in SPLITS:
-        ds = EuroSATMSSAR(root, split=split, layout="auto", split_mode="published")
+        ds = EuroSATMSSAR(root, split=split,
+                          options=EuroSATOptions(layout="auto", split_mode="published"))
         assert ds.layout == layout
         # stratified 60/20/20 of 10 per class
         assert np.bincount(ds.targets, minlength=10).tolist() == [{"train": 6}.get(split, 2)] * 10
@@ -55,7 +56,8 @@ def test_published_layout_is_read_by_the_dataset(fixture: str, layout: str,
         assert sample["image_sar"].shape == (2, 64, 64)
         seen[split] = set(ds.ids)
     assert sum(map(len, seen.values())) == len(set().union(*seen.values())) == 100
-    random = [len(EuroSATMSSAR(root, split=s, split_mode="random")) for s in SPLITS]
+    options = EuroSATOptions(split_mode="random")
+    random = [len(EuroSATMSSAR(root, split=s, options=options)) for s in SPLITS]
     assert sum(random) == 100
 
 
@@ -71,7 +73,7 @@ def test_split_lists_use_the_published_format(eurosat_root: Path,
 
 
 def test_patches_are_georeferenced_twins(eurosat_root: Path) -> None:
-    ds = EuroSATMSSAR(eurosat_root, split="train", split_mode="published")
+    ds = EuroSATMSSAR(eurosat_root, split="train", options=EuroSATOptions(split_mode="published"))
     zones = set()
     for ms_path, sar_path in list(zip(ds.paths["ms"], ds.paths["sar"], strict=True))[::6]:
         with rasterio.open(ms_path) as ms, rasterio.open(sar_path) as sar:
@@ -142,7 +144,8 @@ def test_bad_arguments_and_existing_output(tmp_path: Path) -> None:
     with pytest.raises(OutputExistsError, match="already exists"):
         make_eurosat(tmp_path / "empty", per_class=2)
     make_eurosat(tmp_path / "empty", per_class=2, overwrite=True)
-    assert len(EuroSATMSSAR(tmp_path / "empty", split="train", split_mode="published")) == 10
+    published = EuroSATOptions(split_mode="published")
+    assert len(EuroSATMSSAR(tmp_path / "empty", split="train", options=published)) == 10
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 

@@ -155,7 +155,8 @@ def test_load_predictor_reproduces_training_model(run_dir: Path, modality: str) 
     with torch.no_grad():
         # Channels-last: the layout of training's steps and evaluation, and the predictor's.
         normalized = channels_last(Normalize(predictor.stats)(raw))
-        expected = torch.softmax(task.model.branch(modality)(normalized), 1)
+        logits = task.model.branch(modality)(normalized)  # calibrated by train:
+        expected = torch.softmax(logits / predictor.info.temperature, 1)
         assert torch.equal(predictor(raw), expected)
     info = predictor.info
     assert info.patch_size == 64 and info.pixel_size == 10.0

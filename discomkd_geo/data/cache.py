@@ -3,48 +3,117 @@
 A small dataset (the synthetic EuroSat-MS-SAR of the demo, a few thousand patches)
 is decoded again every epoch otherwise: GeoTIFF reading competes with training for
 the CPU. :class:`SharedImageCache` holds one modality's images of a split in one
-tensor in shared memory, filled on first read: the DataLoader's worker processes
-(forked or spawned) all fill and read the same memory, so each image is decoded once
-per run, whichever worker reads it first.
+file-backed shared memory map, filled on first read: the DataLoader's worker
+processes (forked, Linux's default) all fill and read the same memory, so each image
+is decoded once per run, whichever worker reads it first.
+
+The map lives in ``/dev/shm`` (RAM) when it fits there. The whole EuroSat-MS-SAR
+(27,000 pairs of 13 + 2 bands) takes 6.6 GB as float32, more than a container's
+``/dev/shm`` often holds (Docker's default: 64 MB), and a process writing to a full
+``/dev/shm`` dies of SIGBUS: the cache then maps a file of the temporary directory
+(``TMPDIR``) instead, with one log line; the page cache keeps it in RAM when there is
+room. Either file has its blocks reserved at creation (``posix_fallocate``), so a
+full file system fails there, and is unlinked at once, so no file outlives the
+processes using it, even killed ones.
 """
 
+import contextlib
+import functools
+import math
 import os
-import shutil
+import tempfile
 from collections.abc import Callable
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ..logs import log
 
 #: Where Linux keeps shared memory; writing to a full one kills the process (SIGBUS).
 SHM = "/dev/shm"
 
 
+def shm_free_bytes() -> int:
+    """Bytes free in :data:`SHM` (``os.statvfs``); 0 where there is none (macOS)."""
+    try:
+        stat = os.statvfs(SHM)
+    except OSError:
+        return 0
+    return stat.f_bavail * stat.f_frsize
+
+
+def mapped_zeros(count: int, directory: str) -> Tensor:
+    """``count`` float32 zeros in a shared map of a file of ``directory``, blocks reserved.
+
+    Raises:
+        OSError: ``directory`` cannot hold them (no space: ENOSPC).
+    """
+    fd, path = tempfile.mkstemp(prefix="discomkd-cache-", suffix=".f32", dir=directory)
+    try:
+        size = 4 * count
+        if hasattr(os, "posix_fallocate"):  # reserve now: no SIGBUS on a later write
+            os.posix_fallocate(fd, 0, size)
+        else:
+            os.ftruncate(fd, size)
+        array = np.memmap(path, dtype=np.float32, mode="r+", shape=(count,))
+    finally:
+        os.close(fd)
+        os.unlink(path)  # the map keeps the data; the space returns with the last process
+    return torch.from_numpy(array)
+
+
+@functools.cache
+def _report_spill(directory: str) -> None:
+    """Say once per process that the caches map files of ``directory``."""
+    log.info("image cache: %s cannot hold the decoded images (%.2f GiB free); mapping "
+             "files of %s instead", SHM, shm_free_bytes() / 2**30, directory)
+
+
 class SharedImageCache:
-    """Equal-shaped float32 images by index, in shared memory, each filled once.
+    """Equal-shaped float32 images by index, in a shared memory map, each filled once.
 
     Args:
         count: number of images.
         shape: ``(C, H, W)`` of every image.
+
+    Attributes:
+        location: the directory of the mapped file: :data:`SHM`, or the temporary
+            directory when shared memory cannot hold the images.
     """
 
     def __init__(self, count: int, shape: tuple[int, int, int]) -> None:
-        self.images = torch.zeros((count, *shape), dtype=torch.float32).share_memory_()
+        numel = count * math.prod(shape)
+        self.location = SHM
+        flat = None
+        if 4 * numel <= shm_free_bytes():
+            with contextlib.suppress(OSError):  # filled meanwhile (another rank's cache)
+                flat = mapped_zeros(numel, SHM)
+        if flat is None:
+            self.location = tempfile.gettempdir()
+            _report_spill(self.location)
+            flat = mapped_zeros(numel, self.location)
+        self.images: Tensor | None = flat.view(count, *shape)
         self.filled = torch.zeros(count, dtype=torch.bool).share_memory_()
 
     @staticmethod
     def fits(size: int, max_bytes: int) -> bool:
-        """Whether ``size`` bytes are at most ``max_bytes`` and fit in shared memory.
+        """Whether a cache of ``size`` bytes is wanted: some, and at most ``max_bytes``."""
+        return 0 < size <= max_bytes
 
-        A full ``/dev/shm`` kills the writer, so its free space is checked where it exists.
-        """
-        free = shutil.disk_usage(SHM).free if os.path.isdir(SHM) else size
-        return 0 < size <= min(max_bytes, free)
+    def __getstate__(self) -> dict[str, Any]:
+        """Without the images: a spawned process cannot share the map, and reads the files."""
+        return {**self.__dict__, "images": None}
 
     def get(self, index: int, load: Callable[[], Tensor]) -> Tensor:
         """The image at ``index``: a copy from the cache, or ``load()`` (then cached).
 
-        An image of another shape than the cache's is returned as loaded, uncached.
+        An image of another shape than the cache's is returned as loaded, uncached, and
+        so is every image in a process the cache was pickled into.
         """
+        if self.images is None:
+            return load()
         if bool(self.filled[index]):
             return self.images[index].clone()
         image = load()

@@ -15,6 +15,11 @@ class-balanced, as the authors train); validation and test batches are paired. W
 ``mask_<m>`` label maps and ``label_<m>`` ``(B, 4)``. Loaders
 return raw values; :meth:`MSSARDataModule.on_after_batch_transfer` normalises on the
 batch's device and, while training, augments.
+
+Distributed training: the loaders shard every split themselves
+(:class:`~.samplers.RankShard`: each rank a disjoint, class-stratified share of the same
+seeded epoch), so the trainer runs with Lightning's ``use_distributed_sampler=False``.
+Loaders pin their batches' memory when the trainer runs on CUDA.
 """
 
 import os
@@ -24,16 +29,23 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
 
 from ..config import DataConfig
 from ..constants import EUROSAT_COLORS
 from ..errors import ConfigError, DatasetSplitError
-from .eurosat import SPLIT_FRACTIONS, EuroSATMSSAR, stratified_split
+from .eurosat import SPLIT_FRACTIONS, EuroSATMSSAR, EuroSATOptions, stratified_split
 from .mosaic import PATCHES, MosaicDataset, MosaicSampler
 from .normalization import BandStats, Normalize, compute_stats
-from .samplers import ClassBalancedSampler, PairedDataset, UnpairedDataset, UnpairedSampler
+from .samplers import (
+    ClassBalancedSampler,
+    PairedDataset,
+    RankShard,
+    UnpairedDataset,
+    UnpairedSampler,
+)
 from .transforms import MultiModalAugmentation
 
 
@@ -90,12 +102,14 @@ class MSSARDataModule(L.LightningDataModule):
         """The split's dataset; its images held in memory if ``cache`` and it is small."""
         c = self.config
         if c.root is None:
-            raise ConfigError("data.root", "no dataset root given; pass --data-root")
+            raise ConfigError("data.root", "no dataset root given; set it to the directory "
+                                           "of the dataset")
         dataset = EuroSATMSSAR(
             c.root, split=split, modalities=modalities,  # type: ignore[arg-type]
-            bands={m: c.modalities[m].bands for m in modalities}, layout=c.layout,
-            split_mode=c.split, split_seed=c.split_seed, drop_unpaired=c.drop_unpaired,
-            pair_with=list(c.modalities), download=c.download)
+            bands={m: c.modalities[m].bands for m in modalities},
+            options=EuroSATOptions(c.layout, c.split, c.split_seed,
+                                   drop_unpaired=c.drop_unpaired, pair_with=list(c.modalities)),
+            download=c.download)
         if cache:
             dataset.cache_in_memory(c.cache_mib * 2**20)
         return dataset
@@ -232,10 +246,25 @@ class MSSARDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset[dict[str, Any]], **kwargs: Any) -> DataLoader[Any]:
         workers = self._workers()
         kwargs.setdefault("batch_size", self.config.batch_size)
+        # Pinned (page-locked) batches copy to a GPU asynchronously; on the CPU pinning
+        # only costs a copy.
+        cuda = self.trainer is not None and isinstance(self.trainer.accelerator,
+                                                       CUDAAccelerator)
         # Persistent workers keep their open datasets across epochs: re-forking them each
         # epoch costs more than an epoch of these small patches on a 2-core machine.
         return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
-                          **kwargs)
+                          pin_memory=cuda, **kwargs)
+
+    def replicas(self) -> tuple[int, int]:
+        """``(world size, global rank)`` of the trainer using this DataModule; alone ``(1, 0)``."""
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def _shard(self, sampler: Sampler[Any], targets: list[int] | None) -> Sampler[Any]:
+        """The rank's share of ``sampler`` (the sampler itself in a single process)."""
+        world, rank = self.replicas()
+        return sampler if world == 1 else RankShard(sampler, world, rank, targets)
 
     def _generator(self, offset: int) -> torch.Generator:
         generator = torch.Generator().manual_seed(self.seed * 1000 + offset)
@@ -263,8 +292,11 @@ class MSSARDataModule(L.LightningDataModule):
         return max(len(ds) for ds in self.train_datasets.values())  # type: ignore[arg-type]
 
     def train_batching(self) -> tuple[int, int]:
-        """Items per epoch and per training batch: patches, or mosaics (``data.mosaic``)."""
-        size = self.epoch_size()
+        """Items per epoch and per training batch: patches, or mosaics (``data.mosaic``).
+
+        Per rank under distributed training: the epoch divided by the ranks, rounded up.
+        """
+        size = -(-self.epoch_size() // self.replicas()[0])
         if not self.config.mosaic:
             return size, self.config.batch_size
         return size // PATCHES, max(1, self.config.batch_size // PATCHES)
@@ -287,11 +319,14 @@ class MSSARDataModule(L.LightningDataModule):
         size = self.epoch_size()
         items, batch = self.train_batching()
         if self.config.paired:
-            sampler: Sampler[Any] = RandomSampler(self.train_dataset, num_samples=size,
-                                                  generator=self._generator(0))
+            pairs = getattr(self.train_dataset, "dataset", self.train_dataset)
+            sampler: Sampler[Any] = self._shard(
+                RandomSampler(self.train_dataset, num_samples=size, generator=self._generator(0)),
+                _targets(pairs))
         else:
             sampler = UnpairedSampler({
-                m: ClassBalancedSampler(_targets(ds), size, self._generator(i + 1))
+                m: self._shard(ClassBalancedSampler(_targets(ds), size, self._generator(i + 1)),
+                               _targets(ds))
                 for i, (m, ds) in enumerate(self.train_datasets.items())})
         if not self.config.mosaic:
             return self._loader(self.train_dataset, sampler=sampler, batch_size=batch,
@@ -306,14 +341,23 @@ class MSSARDataModule(L.LightningDataModule):
         if self.val_dataset is None:
             self.setup("validate")
         assert self.val_dataset is not None
-        return self._loader(self.val_dataset)
+        return self._eval_loader(self.val_dataset)
 
     def test_dataloader(self) -> DataLoader[Any]:
         """Paired test batches in a fixed order."""
         if self.test_dataset is None:
             self.setup("test")
         assert self.test_dataset is not None
-        return self._loader(self.test_dataset)
+        return self._eval_loader(self.test_dataset)
+
+    def _eval_loader(self, dataset: Dataset[dict[str, Any]]) -> DataLoader[Any]:
+        """Evaluation batches in order; under DDP each rank a share, the last few padded.
+
+        Every rank must run the same number of batches (DDP synchronises the batch-norm
+        buffers at every forward), so up to ``world size - 1`` images are evaluated twice,
+        as with Lightning's own ``DistributedSampler``.
+        """
+        return self._loader(dataset, sampler=self._shard(SequentialSampler(dataset), None))
 
     # -- on the device --------------------------------------------------------------
     def preprocess(self, batch: dict[str, Any], augment: bool) -> dict[str, Any]:

@@ -19,6 +19,7 @@ normalisation and augmentation happen on batches in the DataModule
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, NamedTuple
 
 import matplotlib.pyplot as plt
@@ -51,6 +52,44 @@ class Download(NamedTuple):
     md5: str | None
 
 
+@dataclass(frozen=True)
+class EuroSATOptions:
+    """Which images make a split of :class:`EuroSATMSSAR`: the layout, the split, the pairing.
+
+    Args:
+        layout: ``eurosat``, ``copernicus`` or ``auto`` (detected from the directories).
+        split_mode: ``random`` (seeded stratified) or ``published`` (the split lists).
+        split_seed: seed of the random split.
+        split_fractions: train/val/test fractions of the random split.
+        drop_unpaired: skip images whose twin in another modality of ``pair_with`` is
+            missing, instead of raising.
+        pair_with: modalities every image must have a twin in (default: the dataset's
+            ``modalities``); a single-modality view of a paired dataset passes all of
+            them, so it holds the same images as the paired view.
+
+    Raises:
+        ValueError: unknown split mode.
+    """
+
+    layout: Literal["auto", "eurosat", "copernicus"] = "auto"
+    split_mode: Literal["random", "published"] = "random"
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS
+    drop_unpaired: bool = False
+    pair_with: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.split_mode not in ("random", "published"):
+            raise ValueError(f"split_mode must be 'random' or 'published', "
+                             f"got {self.split_mode!r}")
+        if self.pair_with is not None:  # a tuple: the options stay hashable
+            object.__setattr__(self, "pair_with", tuple(self.pair_with))
+
+
+#: The paper's options (a default argument value: the object is frozen).
+DEFAULT_OPTIONS = EuroSATOptions()
+
+
 class EuroSATMSSAR(NonGeoDataset):
     """EuroSat-MS-SAR: paired Sentinel-2 MS and Sentinel-1 SAR land-cover patches.
 
@@ -77,23 +116,16 @@ class EuroSATMSSAR(NonGeoDataset):
         modalities: modalities to load, e.g. ``("sar",)`` for a SAR-only view (no pairing
             is then required).
         bands: band names to keep per modality, in output channel order (default: all).
-        layout: ``eurosat``, ``copernicus`` or ``auto`` (detected from the directories).
-        split_mode: ``random`` (seeded stratified) or ``published`` (the split lists).
-        split_seed: seed of the random split.
-        split_fractions: train/val/test fractions of the random split.
-        drop_unpaired: skip images whose twin in another modality of ``pair_with`` is
-            missing, instead of raising.
-        pair_with: modalities every image must have a twin in (default: ``modalities``);
-            a single-modality view of a paired dataset passes all of them, so it holds
-            the same images as the paired view.
+        options: the layout, how the split is drawn and how images are paired
+            (default: :class:`EuroSATOptions`'s, the paper's random 70/10/20 split).
         transforms: function applied to each sample dict.
         download: download the data into ``root`` if it is missing.
         checksum: verify the MD5 of downloaded archives where one is published.
 
     Raises:
         DatasetNotFoundError: ``root``, an image directory or a split list is missing.
-        InputFileError: unpaired images (without ``drop_unpaired``), or an image with
-            the wrong band count or dtype, or unreadable.
+        InputFileError: unpaired images (without ``options.drop_unpaired``), or an image
+            with the wrong band count or dtype, or unreadable.
         ValueError: unknown split, layout, modality or band name.
     """
 
@@ -175,21 +207,14 @@ class EuroSATMSSAR(NonGeoDataset):
         split: Split = "train",
         modalities: Sequence[str] = (MS, SAR),
         bands: Mapping[str, Sequence[str] | None] | None = None,
-        layout: Literal["auto", "eurosat", "copernicus"] = "auto",
-        split_mode: Literal["random", "published"] = "random",
-        split_seed: int = 0,
-        split_fractions: tuple[float, float, float] = SPLIT_FRACTIONS,
-        drop_unpaired: bool = False,
-        pair_with: Sequence[str] | None = None,
+        options: EuroSATOptions = DEFAULT_OPTIONS,
         transforms: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
         download: bool = False,
         checksum: bool = False,
     ) -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
-        if split_mode not in ("random", "published"):
-            raise ValueError(f"split_mode must be 'random' or 'published', got {split_mode!r}")
-        self.pair_with = list(pair_with or modalities)
+        self.pair_with = list(options.pair_with or modalities)
         unknown = [m for m in (*modalities, *self.pair_with) if m not in self.all_bands]
         if unknown or not modalities:
             raise ValueError(f"modalities must be a non-empty subset of "
@@ -198,25 +223,25 @@ class EuroSATMSSAR(NonGeoDataset):
         self.split = split
         self.modalities = list(modalities)
         self.bands = {m: self._validate_bands(m, (bands or {}).get(m)) for m in self.modalities}
-        self.split_mode = split_mode
+        self.split_mode = options.split_mode
         self.transforms = transforms
         self.download = download
         self.checksum = checksum
 
-        self.layout = self._verify(layout)
+        self.layout = self._verify(options.layout)
         found = {m: self._scan(m) for m in self.all_bands
                  if os.path.isdir(self._directory(m))}
         every = {i: label for f in found.values() for i, (label, _) in f.items()}
 
         def members(name: str) -> set[str]:
-            if split_mode == "published":
+            if options.split_mode == "published":
                 return self._published_ids(name)
-            return stratified_split(every, split_fractions, split_seed)[name]
+            return stratified_split(every, options.split_fractions, options.split_seed)[name]
 
         needed = dict.fromkeys([*self.modalities, *self.pair_with])
         in_split = members(split)
         files = {m: {i: v for i, v in found[m].items() if i in in_split} for m in needed}
-        self.ids = self._pair(files, drop_unpaired, found, members)
+        self.ids = self._pair(files, options.drop_unpaired, found, members)
         first = self.modalities[0]
         #: Label of every sample, for samplers.
         self.targets: list[int] = [files[first][i][0] for i in self.ids]
@@ -335,8 +360,8 @@ class EuroSATMSSAR(NonGeoDataset):
             raise InputFileError(
                 files[have][example][1],
                 f"has no {'/'.join(lacking)} twin; unpaired images: "
-                f"{', '.join(counts)}; pass --set data.drop_unpaired=true "
-                "(drop_unpaired=True in Python) to skip them")
+                f"{', '.join(counts)}; pass drop_unpaired=True (config key "
+                "data.drop_unpaired) to skip them", param="drop_unpaired")
         return sorted(paired)
 
     # -- reading --------------------------------------------------------------------

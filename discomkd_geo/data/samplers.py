@@ -13,7 +13,10 @@ DataLoaders (workers included):
   typically a :class:`ClassBalancedSampler`.
 
 Both produce the DataModule batch contract: ``image_<m>`` and ``label_<m>`` for every
-modality ``m``. For scene rasters, :class:`ValidWindowSampler` wraps a TorchGeo
+modality ``m``. Under distributed training (DDP, one process per device) each of these
+samplers is wrapped in a :class:`RankShard`: every rank draws the same epoch from the same
+seeded generator and keeps a disjoint, class-stratified share of it, so the class balance
+of the draw holds on every rank. For scene rasters, :class:`ValidWindowSampler` wraps a TorchGeo
 ``GeoSampler`` and skips windows that are mostly nodata.
 """
 
@@ -162,6 +165,53 @@ class UnpairedSampler(Sampler[tuple[Any, ...]]):
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         """Yield one index per modality, drawn independently."""
         yield from zip(*self.samplers.values(), strict=True)
+
+
+class RankShard(Sampler[Any]):
+    """One rank's share of every epoch of a sampler, each class dealt evenly to the ranks.
+
+    Every rank iterates the same ``sampler``, whose generator is seeded alike on every
+    rank (and advanced alike, since every rank draws whole epochs), so all ranks see the
+    same epoch; the draws sorted (stably) by class are dealt round robin to the ranks, and
+    each rank keeps its own in the order drawn. The shares are disjoint, their union is
+    the epoch, and each rank holds every class's draws to within one of an equal split:
+    the class balance of a :class:`ClassBalancedSampler`, or the class mix of a shuffle,
+    holds per rank. A rank short of ``len(self)`` repeats the epoch's first draws, so
+    every rank runs the same number of batches (DDP synchronises every step).
+
+    Args:
+        sampler: draws the whole epoch (the same on every rank).
+        num_replicas: number of ranks.
+        rank: this process's rank, in ``[0, num_replicas)``.
+        targets: class label of every dataset index, to stratify by; ``None`` deals the
+            draws in order (evaluation).
+
+    Raises:
+        ValueError: ``rank`` is not in ``[0, num_replicas)``.
+    """
+
+    def __init__(self, sampler: Sampler[Any], num_replicas: int, rank: int,
+                 targets: Sequence[int] | None = None) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank must be in [0, {num_replicas}), got {rank}")
+        self.sampler = sampler
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.targets = None if targets is None else list(targets)
+
+    def __len__(self) -> int:
+        """Draws per rank and epoch: the epoch divided by the ranks, rounded up."""
+        return -(-len(self.sampler) // self.num_replicas)  # type: ignore[arg-type]
+
+    def __iter__(self) -> Iterator[Any]:
+        """Yield this rank's share of one epoch, in the order drawn."""
+        drawn = list(self.sampler)
+        positions: list[int] = list(range(len(drawn)))
+        if self.targets is not None:
+            targets = self.targets
+            positions.sort(key=lambda i: targets[drawn[i]])
+        share = [drawn[i] for i in sorted(positions[self.rank::self.num_replicas])]
+        yield from share + drawn[: len(self) - len(share)]
 
 
 class ValidWindowSampler(Sampler[GeoSlice]):

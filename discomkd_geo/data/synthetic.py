@@ -26,18 +26,36 @@ from ..files import atomic_dir
 from .eurosat import EuroSATMSSAR
 from .synthetic_physics import (
     MATERIALS,
+    Sky,
     Surface,
+    cloudy_sky,
+    cloudy_toa,
+    digital_numbers,
     land_surface,
     ms_digital_numbers,
+    ms_toa_terms,
     render_class,
     sar_decibels,
     sar_sigma0,
+    scene_class,
+    sensor_noise,
 )
 
 __all__ = [
-    "GENERATOR_VERSION", "MATERIALS", "Surface", "land_surface", "make_eurosat", "make_scene",
-    "ms_digital_numbers", "render_class", "sar_decibels", "sar_sigma0",
+    "CLOUD_FILES", "GENERATOR_VERSION", "MATERIALS", "SCL", "Sky", "Surface", "land_surface",
+    "make_eurosat", "make_scene", "ms_digital_numbers", "render_class", "sar_decibels",
+    "sar_sigma0",
 ]
+
+#: Sentinel-2 L2A scene classification (SCL) codes the scenes' ``scl.tif`` uses (ESA,
+#: Sentinel-2 L2A Product Specification / Sen2Cor scene classification).
+SCL = {"no_data": 0, "shadow": 3, "vegetation": 4, "not_vegetated": 5, "water": 6,
+       "cloud": 8, "opaque": 9, "cirrus": 10}
+
+#: Truth masks (uint8, 1 = that condition) a cloudy scene holds, by file name, each the
+#: union of the :meth:`Sky.masks` it names.
+CLOUD_FILES = {"cloud.tif": ("opaque", "cloud"), "cirrus.tif": ("cirrus",),
+               "shadow.tif": ("shadow",)}
 
 #: Changes whenever the generator draws other data for the same seed: caches of generated
 #: datasets (the demo's) are keyed by it, so a cache never serves an older model's data.
@@ -174,7 +192,7 @@ def _margins(shape: tuple[int, int], strip: str, corner: str) -> np.ndarray:
 
 
 def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
-               overwrite: bool = False) -> str:
+               overwrite: bool = False, cloud_cover: float = 0.0) -> str:
     """Write a co-registered MS/SAR scene pair of land-cover regions with its truth.
 
     Random Voronoi regions (each at least about 90 px across) get EuroSAT classes and are
@@ -189,17 +207,31 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
       east edge and the north-west corner);
     * ``regions.gpkg``: the region polygons with ``class_code`` and ``class_name``.
 
+    With ``cloud_cover`` > 0 the MS scene is seen under clouds (thick low clouds, thin
+    cirrus and the low clouds' shadows, :func:`~.synthetic_physics.cloudy_sky`; the SAR
+    scene and the truth are those of the clear scene of the same seed), and the truth of
+    the sky goes beside it on the truth grid:
+
+    * ``cloud.tif``, ``cirrus.tif``, ``shadow.tif``: uint8 masks, 1 where a pixel is under
+      a thick cloud, under thin cirrus only, or in a cloud's shadow (each pixel in at most
+      one, in that order);
+    * ``scl.tif``: uint8 Sentinel-2 L2A scene classification codes (:data:`SCL`): 0 no
+      data, 3 cloud shadow, 4 vegetation, 5 not vegetated, 6 water, 8 and 9 cloud of medium
+      and high probability, 10 thin cirrus.
+
     Args:
         out: output directory.
         size: MS/truth side in pixels (at least 64).
         seed: the same seed gives the same rasters.
         overwrite: replace ``out`` if it exists and is not empty.
+        cloud_cover: share of the scene under clouds or cirrus, 0-1 (0: a clear
+            acquisition, the same bytes as before clouds existed).
 
     Returns:
         A one-line summary.
 
     Raises:
-        ValueError: ``size`` < 64.
+        ValueError: ``size`` < 64 or ``cloud_cover`` outside 0-1.
         OutputExistsError: ``out`` exists, is not empty, and ``overwrite`` is false.
     """
     import geopandas as gpd
@@ -208,6 +240,8 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
 
     if size < 64:
         raise ValueError(f"size must be at least 64 px, got {size}")
+    if not 0.0 <= cloud_cover <= 1.0:
+        raise ValueError(f"cloud_cover must be in [0, 1], got {cloud_cover}")
     rng = np.random.default_rng([seed, 1_000_003])
     crs, x0, y0 = _random_utm(rng)
     transform = _north_up(x0, y0, EuroSATMSSAR.pixel_size, EuroSATMSSAR.pixel_size)
@@ -219,19 +253,27 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
                        fill=len(cells), dtype="uint16")
     truth = np.asarray(codes + [CLASS_NODATA], dtype=np.uint8)[region]
 
+    # Per region clouds would follow the region outlines: one sky spans the scene, drawn
+    # from its own generator so the surfaces and the SAR scene stay those of a clear day.
+    sky = cloudy_sky(shape, cloud_cover, np.random.default_rng([seed, 2_000_003])) \
+        if cloud_cover > 0 else None
     ms = np.zeros((len(S2_BANDS), *shape), dtype=np.uint16)
     sigma0 = np.zeros((len(S1_BANDS), *shape), dtype=np.float32)
+    scl = np.zeros(shape, dtype=np.uint8)
     for i, code in enumerate(codes):
         x0, y0, x1, y1 = np.asarray(cells[i].bounds).round().astype(int)
         box = (slice(y0, y1), slice(x0, x1))
         mask = region[box] == i
         region_rng = np.random.default_rng([seed, 1_000_003, i])
         surface = land_surface(code, mask.shape, region_rng)
-        # clouds would follow the region outlines: the scene is a clear acquisition
-        ms[(slice(None), *box)][:, mask] = ms_digital_numbers(surface, region_rng,
-                                                              clouds=False)[:, mask]
+        path, ground = ms_toa_terms(surface, region_rng)
+        toa = path + ground if sky is None else cloudy_toa(path, ground, sky[box])
+        dn = digital_numbers(toa, sensor_noise(toa.shape, region_rng))
+        ms[(slice(None), *box)][:, mask] = dn[:, mask]
         sigma0[(slice(None), *box)][:, mask] = sar_sigma0(surface, region_rng)[:, mask]
-    ms[:, _margins(shape, "north", "se")] = 0
+        scl[box][mask] = scene_class(surface.cover)[mask]
+    margins = _margins(shape, "north", "se")
+    ms[:, margins] = 0
 
     sar_crs, sar_transform, width, height = _sar_grid(crs, transform, size)
     warped = np.full((len(S1_BANDS), height, width), np.nan, dtype=np.float32)
@@ -256,6 +298,26 @@ def make_scene(out: str | os.PathLike[str], size: int = 512, seed: int = 0,
                           "class_name": [EUROSAT_CLASSES[c] for c in codes]},
                          geometry=polygons, crs=crs).to_file(tmp / "regions.gpkg",
                                                              driver="GPKG")
-    return (f"{out}: synthetic scene {size}x{size} px at 10 m ({crs}), {len(cells)} regions of "
-            f"{len(set(codes))} classes; ms.tif (13 bands), truth.tif, regions.gpkg on that grid;"
-            f" sar.tif (VV/VH dB) on EPSG:4326, {width}x{height} px; seed {seed}")
+        if sky is not None:
+            _write_sky(tmp, sky, scl, margins, crs, transform, **tiled)
+    summary = (f"{out}: synthetic scene {size}x{size} px at 10 m ({crs}), {len(cells)} regions "
+               f"of {len(set(codes))} classes; ms.tif (13 bands), truth.tif, regions.gpkg on "
+               f"that grid; sar.tif (VV/VH dB) on EPSG:4326, {width}x{height} px; seed {seed}")
+    if sky is None:
+        return summary
+    return (f"{summary}; {cloud_cover:.0%} cloud cover (tops {sky.cloud_top:.1f} km, sun "
+            f"{sky.sun_zenith:.0f} deg from zenith): cloud.tif, cirrus.tif, shadow.tif, scl.tif")
+
+
+def _write_sky(folder: Path, sky: Sky, scl: np.ndarray, margins: np.ndarray, crs: CRS,
+               transform: Affine, **profile: object) -> None:
+    """Write a cloudy scene's truth masks and scene classification (see :func:`make_scene`)."""
+    masks = sky.masks()
+    for name in ("shadow", "cirrus", "cloud", "opaque"):  # the one on top last
+        scl[masks[name]] = SCL[name]
+    scl[margins] = SCL["no_data"]
+    for file, parts in CLOUD_FILES.items():
+        truth = np.logical_or.reduce([masks[p] for p in parts]) & ~margins
+        _write(folder / file, truth.astype(np.uint8)[None], crs, transform,
+               (f"{' or '.join(parts)} (1)",), **profile)
+    _write(folder / "scl.tif", scl[None], crs, transform, ("SCL",), **profile)

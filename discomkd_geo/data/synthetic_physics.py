@@ -27,7 +27,9 @@ about what the other sees of the *same* sample (not only of its class):
    illumination, water-vapour/cirrus absorption in B09/B10), **thin clouds** on 30% of
    the images (a smooth optical-thickness field blending a flat bright cloud spectrum
    over the surface: MS-only, SAR sees through) and sensor noise give digital numbers
-   (reflectance x 10,000).
+   (reflectance x 10,000). Whole scenes may instead be seen under a **cloudy sky**
+   (:func:`cloudy_sky`, :func:`cloudy_toa`): thick low clouds, thin cirrus bright in
+   B10, and the low clouds' shadows cast away from the sun, lit by skylight only.
 
 3. **SAR (Sentinel-1 GRD, VV/VH)**: fractions mix per-material backscatter (linear
    power). Soil backscatter rises with moisture (dielectric constant: about 0.25 dB per
@@ -49,7 +51,7 @@ Everything is deterministic for a seed: each image has its own seeded generator.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -108,6 +110,7 @@ _M = {name: i for i, name in enumerate(MATERIALS)}
 _VEGETATION = [_M["crop"], _M["forest"], _M["grass"], _M["dry_vegetation"]]
 _BUILT = [_M["concrete"], _M["tile_roof"]]
 _WATER = [_M["water"], _M["turbid_water"]]
+_GREEN = [_M["crop"], _M["forest"], _M["grass"]]  # green vegetation (NDVI high)
 _LOOKS = 4.0  # equivalent number of looks of the speckle (Sentinel-1 GRD IW: about 4.4)
 _NOISE_FLOOR = 10 ** (-27 / 10)  # thermal noise equivalent sigma0, linear
 _LINE_SPACING = (56, 80)  # px between repeated roads / river reaches: one per 64 px patch
@@ -143,11 +146,19 @@ class Surface:
 
 
 # --------------------------------------------------------------------------- textures
-def _noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian-smoothed white noise (``sigma`` in px), zero mean and unit std."""
+def _noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator,
+           stretch: float = 1.0, angle: float = 0.0) -> np.ndarray:
+    """Gaussian-smoothed white noise (``sigma`` in px), zero mean and unit std.
+
+    ``stretch`` > 1 smooths ``stretch`` times more along the direction ``angle`` (radians
+    from the column axis): streaks, such as cirrus drawn out by the wind.
+    """
     white = rng.standard_normal(shape)
     fy = np.fft.fftfreq(shape[0])[:, None]
     fx = np.fft.rfftfreq(shape[1])[None, :]
+    if stretch != 1.0:
+        c, s = np.cos(angle), np.sin(angle)
+        fx, fy = (fx * c + fy * s) * stretch, -fx * s + fy * c
     kernel = np.exp(-2 * (np.pi * sigma) ** 2 * (fx**2 + fy**2))
     field = np.fft.irfft2(np.fft.rfft2(white) * kernel, s=shape)
     return ((field - field.mean()) / (field.std() + 1e-12)).astype(np.float32)
@@ -386,16 +397,18 @@ def _thin_clouds(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray
     return (1 - np.exp(-tau)).astype(np.float32)
 
 
-def ms_digital_numbers(surface: Surface, rng: np.random.Generator,
-                       clouds: bool = True) -> np.ndarray:
-    """Sentinel-2 L1C digital numbers (reflectance x 10,000) of a surface.
+def ms_toa_terms(surface: Surface, rng: np.random.Generator
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The two terms of a surface's clear-sky Sentinel-2 L1C top-of-atmosphere reflectance.
 
-    Per image: material spectra jitter (phenology, soil colour); per pixel: wet and rough
-    soil darkening; then illumination gain, haze, thin clouds on some images (when
-    ``clouds``) and sensor noise.
+    Per image: material spectra jitter (phenology, soil colour), illumination gain and
+    haze; per pixel: wet and rough soil darkening.
 
     Returns:
-        uint16 ``(13, H, W)``, never 0 (0 is the scenes' nodata).
+        ``(path, ground)``: the path reflectance of the haze, float32 ``(13, 1, 1)``, and
+        the surface's reflectance as seen through the atmosphere, float32 ``(13, H, W)``;
+        the top-of-atmosphere reflectance is their sum. Kept apart because a cloud's
+        shadow dims the ground term only.
     """
     cover = surface.cover
     jitter = 1 + rng.normal(0, 0.04, size=(len(MATERIALS), 1)) \
@@ -410,12 +423,39 @@ def ms_digital_numbers(surface: Surface, rng: np.random.Generator,
                                            cover[_SOIL_LIKE])
     gain = rng.uniform(0.92, 1.08)
     haze = rng.uniform(0.8, 1.3)
-    toa = _PATH[:, None, None] * haze + gain * _TRANSMITTANCE[:, None, None] * surface_bands
+    return _PATH[:, None, None] * haze, gain * _TRANSMITTANCE[:, None, None] * surface_bands
+
+
+def sensor_noise(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Radiometric noise of the digital numbers (float32, 12 DN rms)."""
+    return rng.normal(0, 12, size=shape).astype(np.float32)
+
+
+def digital_numbers(toa: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Top-of-atmosphere reflectance plus noise as L1C digital numbers (reflectance x 10,000).
+
+    Returns:
+        uint16, never 0 (0 is the scenes' nodata).
+    """
+    return np.clip(np.rint(toa * 10_000 + noise), 1, 65535).astype(np.uint16)
+
+
+def ms_digital_numbers(surface: Surface, rng: np.random.Generator,
+                       clouds: bool = True) -> np.ndarray:
+    """Sentinel-2 L1C digital numbers (reflectance x 10,000) of a surface.
+
+    The clear-sky terms of :func:`ms_toa_terms`, then thin clouds on some images (when
+    ``clouds``) and sensor noise.
+
+    Returns:
+        uint16 ``(13, H, W)``, never 0 (0 is the scenes' nodata).
+    """
+    path, ground = ms_toa_terms(surface, rng)
+    toa = path + ground
     if clouds and rng.random() < _CLOUDY:
-        fraction = _thin_clouds(cover.shape[1:], rng)[None]
+        fraction = _thin_clouds(surface.cover.shape[1:], rng)[None]
         toa = (1 - fraction) * toa + fraction * _CLOUD[:, None, None]
-    dn = toa * 10_000 + rng.normal(0, 12, size=toa.shape).astype(np.float32)
-    return np.clip(np.rint(dn), 1, 65535).astype(np.uint16)
+    return digital_numbers(toa, sensor_noise(toa.shape, rng))
 
 
 def sar_sigma0(surface: Surface, rng: np.random.Generator) -> np.ndarray:
@@ -456,6 +496,200 @@ def sar_decibels(sigma0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     speckle = rng.gamma(_LOOKS, 1 / _LOOKS, size=sigma0.shape).astype(np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
         return (10 * np.log10(sigma0 * speckle)).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- clouds
+# Reflectance of a cloud layer relative to the visible, in S2_BANDS order: flat across the
+# VNIR (droplets and crystals scatter without absorbing there), lower in the SWIR where
+# liquid water (B11, more in B12) and, more strongly, ice absorb. The water vapour above
+# the cloud top (B09, B10) is applied separately, by height.
+_WATER_CLOUD = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, 1, .80, .55, 1], dtype=np.float32)
+_ICE_CLOUD = np.array([1, 1, 1, 1, 1, 1, 1, 1, 1, .95, .60, .35, 1], dtype=np.float32)
+# Diffuse (skylight) share of the clear-sky irradiance at the ground for a sun about 40 deg
+# from the zenith and rural aerosol: Rayleigh scattering makes the sky bluest. In a
+# cloud's shadow only this share lights the ground.
+_DIFFUSE = np.array([.35, .28, .20, .14, .12, .11, .10, .09, .08, .08, .05, .03, .085],
+                    dtype=np.float32)
+_ABSORBER_HEIGHT_KM = 2.0  # scale height of water vapour and aerosol
+_RAYLEIGH_HEIGHT_KM = 8.0  # scale height of the air (path reflectance above a cloud)
+_ASYMMETRY = {"water": 0.85, "ice": 0.75}  # forward-scattering of droplets and crystals
+_CLOUD_SIGMAS = (40.0, 12.0, 4.0)  # px: cloud fields from 400 m cells down to 40 m turrets
+_CLOUD_EDGE = 0.07  # field units over which thickness grows e-fold: edges of 20-40 m
+_THICK_SHARE = 0.75  # of the cloud cover: low water clouds; the rest thin cirrus alone
+
+#: Optical thickness from which a pixel is cloud (SCL 8, medium probability): its cloud
+#: reflects about 13% and hides the ground's texture.
+TAU_CLOUD = 2.0
+#: ... cloud of high probability (SCL 9): it reflects more than a third of the light.
+TAU_OPAQUE = 8.0
+#: Cirrus optical thickness from which a pixel is thin cirrus (SCL 10): its B10 top-of-
+#: atmosphere reflectance exceeds 0.012, Sen2Cor's thin-cirrus threshold.
+TAU_CIRRUS = 0.1
+
+
+@dataclass
+class Sky:
+    """Clouds over a scene, and where their shadows fall (see :func:`cloudy_sky`).
+
+    Attributes:
+        cloud: ``(H, W)`` optical thickness of the low water-cloud layer.
+        cirrus: ``(H, W)`` optical thickness of the cirrus layer.
+        shade: ``(H, W)`` optical thickness of the low layer on each pixel's path to the sun.
+        cloud_top: height of the low layer's top (km).
+        cirrus_height: height of the cirrus (km).
+        sun_zenith: solar zenith angle (degrees).
+        shadow_offset: ``(rows, cols)`` from a cloud to its shadow, in pixels.
+    """
+
+    cloud: np.ndarray
+    cirrus: np.ndarray
+    shade: np.ndarray
+    cloud_top: float
+    cirrus_height: float
+    sun_zenith: float
+    shadow_offset: tuple[int, int]
+
+    def __getitem__(self, box: tuple[slice, slice]) -> "Sky":
+        """The sky over a window ``(rows, cols)`` of the scene."""
+        return replace(self, cloud=self.cloud[box], cirrus=self.cirrus[box],
+                       shade=self.shade[box])
+
+    def masks(self) -> dict[str, np.ndarray]:
+        """Bool ``(H, W)`` truth masks; each pixel is in at most one.
+
+        In the order seen from above: ``opaque`` (SCL 9), ``cloud`` (SCL 8), ``cirrus``
+        (SCL 10), ``shadow`` (SCL 3: the low layer blocks the direct sun).
+        """
+        cloud = self.cloud >= TAU_CLOUD
+        cirrus = (self.cirrus >= TAU_CIRRUS) & ~cloud
+        shadow = (self.shade >= TAU_CLOUD) & ~cloud & ~cirrus
+        opaque = self.cloud >= TAU_OPAQUE
+        return {"opaque": opaque, "cloud": cloud & ~opaque, "cirrus": cirrus,
+                "shadow": shadow}
+
+
+def _above(height_km: float) -> tuple[np.ndarray, np.ndarray]:
+    """Two-way transmittance and path reflectance of the atmosphere above ``height_km``.
+
+    Water vapour (B09, B10) and aerosol thin out with a 2 km scale height, so a cloud top
+    at 1-3 km already lies above most of the vapour that hides the ground in B10 (the
+    cirrus band): clouds are bright there, clear ground is not.
+    """
+    transmittance = _TRANSMITTANCE ** np.float32(np.exp(-height_km / _ABSORBER_HEIGHT_KM))
+    return transmittance, _PATH * np.float32(np.exp(-height_km / _RAYLEIGH_HEIGHT_KM))
+
+
+def _albedo(tau: np.ndarray, phase: str) -> np.ndarray:
+    """Two-stream reflectance of a non-absorbing layer: ``(1-g) tau / (2 + (1-g) tau)``."""
+    scaled = (1 - _ASYMMETRY[phase]) * tau
+    return (scaled / (2 + scaled)).astype(np.float32)
+
+
+def _layer(field: np.ndarray, inside: np.ndarray, share: float, edge: float,
+           base: float, top: np.ndarray) -> np.ndarray:
+    """Optical thickness of a cloud layer from a random field.
+
+    The ``share`` of the ``inside`` pixels where the field is highest gets thickness
+    ``base`` or more, growing e-fold every ``edge`` of the field up to ``top``; outside
+    it decays as fast (the cloud's rim).
+    """
+    if share <= 0:
+        return np.zeros_like(field)
+    level = np.quantile(field[inside], 1 - min(share, 1.0)) if share < 1 else -np.inf
+    return np.minimum(base * np.exp(np.clip((field - level) / edge, None, 30.0)),
+                      top).astype(np.float32)
+
+
+def cloudy_sky(shape: tuple[int, int], cover: float, rng: np.random.Generator,
+               pixel_size: float = 10.0) -> Sky:
+    """Draw clouds, cirrus and the sun over a scene of ``shape`` pixels.
+
+    A low layer of water clouds (tops at 1-3 km, optical thickness 20-60 at the cores,
+    rims of a few pixels) covers three quarters of ``cover``, and thin cirrus (8-12 km,
+    streaks drawn out by the wind) the rest of it outside the low clouds, so ``cover`` is
+    the cloudy share (SCL 8, 9, 10) of the scene. The sun stands 25-55 deg from the zenith
+    at azimuth 135-165 deg (Sentinel-2's 10:30 descending pass over Europe): each low
+    cloud's shadow falls ``top x tan(zenith)`` away, towards the north-north-west,
+    including the shadows of clouds just outside the scene. Cirrus shadows are not drawn:
+    crystals scatter forward, so they dim the ground by a few per cent only.
+
+    Args:
+        shape: ``(height, width)`` of the scene in pixels.
+        cover: cloudy share of the scene, 0-1.
+        rng: the sky's generator.
+        pixel_size: metres per pixel.
+    """
+    top = rng.uniform(1.0, 3.0)
+    zenith = rng.uniform(25.0, 55.0)
+    azimuth = np.radians(rng.uniform(135.0, 165.0))
+    reach = top * 1000 * np.tan(np.radians(zenith)) / pixel_size
+    # shadows lie away from the sun: east = -sin(azimuth), north = -cos(azimuth); rows run south
+    offset = (int(round(reach * np.cos(azimuth))), int(round(-reach * np.sin(azimuth))))
+    # the clouds over the scene and those whose shadows reach into it
+    h, w = shape
+    grown = (h + abs(offset[0]), w + abs(offset[1]))
+    r0, c0 = max(offset[0], 0), max(offset[1], 0)
+    scene = (slice(r0, r0 + h), slice(c0, c0 + w))
+    field = sum(weight * _noise(grown, sigma, rng)
+                for weight, sigma in zip((1.0, 0.5, 0.25), _CLOUD_SIGMAS, strict=True))
+    inside = np.zeros(grown, dtype=bool)
+    inside[scene] = True
+    cores = rng.uniform(20.0, 60.0) * np.exp(0.3 * _noise(grown, 8.0, rng))
+    low = _layer(field, inside, _THICK_SHARE * cover, _CLOUD_EDGE, TAU_CLOUD, cores)
+    streaks = _noise(shape, 25.0, rng, stretch=rng.uniform(3.0, 6.0),
+                     angle=rng.uniform(0, np.pi))
+    clear = low[scene] < TAU_CLOUD
+    thin_share = (1 - _THICK_SHARE) * cover / max(clear.mean(), 1e-6)
+    cirrus = _layer(streaks, clear, thin_share, 0.3, TAU_CIRRUS,
+                    np.float32(rng.uniform(0.4, 1.0)))
+    shade = low[r0 - offset[0]:r0 - offset[0] + h, c0 - offset[1]:c0 - offset[1] + w]
+    return Sky(low[scene], cirrus, shade, float(top), float(rng.uniform(8.0, 12.0)),
+               float(zenith), offset)
+
+
+def cloudy_toa(path: np.ndarray, ground: np.ndarray, sky: Sky) -> np.ndarray:
+    """Sentinel-2 L1C top-of-atmosphere reflectance of a scene under ``sky``.
+
+    Shadows first: where the low layer blocks the sun, the ground is lit by the
+    diffuse skylight and the direct beam that gets through the cloud
+    (``exp(-tau / cos(zenith))``), so shadows are darkest in the NIR and SWIR and keep
+    some blue. Then each layer, lowest first, reflects its albedo ``R(tau)`` of the light
+    (its spectrum seen through the air above it, plus that air's path reflectance) and
+    passes ``1 - R`` of what lies below: thick clouds are bright and nearly flat across
+    the bands, cirrus adds little except in B10, where the ground is hidden by vapour.
+
+    Args:
+        path: path reflectance, float32 broadcastable to ``(13, H, W)``.
+        ground: the ground term, float32 ``(13, H, W)`` (see :func:`ms_toa_terms`).
+        sky: the clouds.
+
+    Returns:
+        float32 ``(13, H, W)`` reflectance.
+    """
+    direct = np.exp(-sky.shade / np.float32(np.cos(np.radians(sky.sun_zenith))))[None]
+    diffuse = _DIFFUSE[:, None, None]
+    toa = path + ground * (diffuse + (1 - diffuse) * direct)
+    for tau, height, phase, spectrum in ((sky.cloud, sky.cloud_top, "water", _WATER_CLOUD),
+                                         (sky.cirrus, sky.cirrus_height, "ice", _ICE_CLOUD)):
+        transmittance, above = _above(height)
+        albedo = _albedo(tau, phase)[None]
+        layer = (spectrum * transmittance + above)[:, None, None]
+        toa = (1 - albedo) * toa + albedo * layer
+    return toa.astype(np.float32)
+
+
+def scene_class(cover: Cover) -> np.ndarray:
+    """Sentinel-2 L2A scene classification (ESA's SCL codes) of clear pixels.
+
+    4 vegetation, 5 not vegetated, 6 water: the material making up at least half of each
+    pixel.
+
+    Returns:
+        uint8 ``(H, W)``.
+    """
+    water = cover[_WATER].sum(0) >= 0.5
+    green = cover[_GREEN].sum(0) >= 0.5
+    return np.where(water, 6, np.where(green, 4, 5)).astype(np.uint8)
 
 
 def render_class(class_index: int, size: int | tuple[int, int],

@@ -21,6 +21,7 @@ from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
 from ..errors import InputFileError
+from ..logs import log
 from .vectors import read_layer
 
 if TYPE_CHECKING:
@@ -96,9 +97,25 @@ def aoi_on_grid(frame: "gpd.GeoDataFrame", crs: Any, transform: Affine, width: i
 
 
 def read_aoi(spec: str | os.PathLike[str]) -> "gpd.GeoDataFrame":
-    """The layer of an area of interest (``FILE[:LAYER]``), with one-line errors."""
+    """The layer of an area of interest (``FILE[:LAYER]``), with one-line errors.
+
+    A polygon in longitude and latitude spanning more than 180 degrees is mapped as it
+    reads, with a warning: it is most likely a ring drawn across the antimeridian
+    (179 to -179), which every GIS reads the long way round, over the rest of the globe.
+    """
     frame = read_layer(spec)
     if not frame.geom_type.isin(["Polygon", "MultiPolygon"]).any():
         raise InputFileError(os.fspath(spec), "holds no polygon; an area of interest is "
                                               "made of polygons")
+    if frame.crs is not None and frame.crs.is_geographic:
+        # Per part: an area split at the antimeridian (RFC 7946) is one feature whose
+        # parts lie at both ends of the longitudes.
+        parts = frame.geometry.explode(index_parts=False).bounds
+        spans = parts["maxx"] - parts["minx"]
+        if (spans > 180).any():
+            widest = parts.iloc[int(np.argmax(spans.to_numpy()))]
+            log.warning("%s: a polygon of the area of interest spans longitudes %g to %g "
+                        "(%.0f degrees), read the long way round; if it crosses the "
+                        "antimeridian, split it at 180 degrees", os.fspath(spec),
+                        widest["minx"], widest["maxx"], spans.max())
     return frame

@@ -49,6 +49,15 @@ FULL_PASS_CHUNK = 1024
 #: taken for an untagged fill value (SNAP and Earth Engine exports fill outside the swath
 #: with 0 in every band and do not always tag it as nodata).
 FILL_SHARE = 0.05
+#: What the sensors can produce, in the predictor's units: a value outside is a fill value
+#: or a conversion gone wrong, refused whatever its share (a fill block of 2% of a scene
+#: mapped as land). SAR: backscatter in dB, from below any noise floor to beyond the
+#: brightest corner reflector; MS: reflectance x 10000 from the slight negatives of
+#: atmospheric correction to beyond bright clouds at low sun (DN 65535 marks saturation).
+POSSIBLE: Mapping[str, tuple[float, float, str]] = {
+    "dB": (-100.0, 60.0, "SAR backscatter (-100 to 60 dB)"),
+    "dn": (-2000.0, 40000.0, "reflectance (-0.2 to 4, x 10000)"),
+}
 
 
 @dataclass(frozen=True)
@@ -210,12 +219,17 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
         check.problems.append(problem)
     bands = predictor.info.bands
     converted, valid = reader.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
+    # Checked whatever the checkpoint holds, and reported after the units check: values
+    # out of range because of a wrong scale are better named by their units.
+    impossible = impossible_problem(converted, valid, predictor.info.units, reader.units,
+                                    bands, "of the sample")
     scene = np.percentile(converted[:, valid], [2, 50, 98], axis=1).T if valid.any() else (
         np.full((len(bands), 3), np.nan))
     profile = predictor.stats.profile
     if profile is None:
         check.bands = [BandCheck(b, "", tuple(map(float, s)), None, None, None, "not checked")
                        for b, s in zip(bands, scene, strict=True)]
+        check.problems.extend([impossible] if impossible else [])
         return check
     training = np.array([profile["p2"], profile["p50"], profile["p98"]]).T
     db = predictor.info.units == "dB"
@@ -251,6 +265,7 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
                              float(c), v)
                    for b, g, s, t, d, c, v in zip(bands, guesses, scene, training, declared,
                                                   clipped, verdicts, strict=True)]
+    check.problems.extend([impossible] if impossible else [])
     return check
 
 
@@ -274,6 +289,45 @@ def _fill_problem(raw: np.ndarray) -> str | None:
             "looks like a fill value not tagged as nodata (SNAP and Earth Engine exports "
             f"fill outside the swath so); if it marks missing pixels, pass nodata={value:g} "
             "(or force=True to map anyway)")
+
+
+def impossible_problem(data: np.ndarray, valid: np.ndarray, units: str, storage: Units,
+                       bands: Sequence[str], where: str) -> str | None:
+    """The refusal of values no sensor produces among the valid pixels, or ``None``.
+
+    Any share is refused: a fill block too small for :func:`_fill_problem` (or in one
+    band only) would otherwise be mapped as land.
+
+    Args:
+        data: ``(C, ...)`` values in the predictor's units (``storage`` applied).
+        valid: which pixels hold a value in every band.
+        units: the predictor's units (a key of :data:`POSSIBLE`; others are not checked).
+        storage: the conversion that was applied: the message names the value as stored,
+            which is what ``nodata=`` compares.
+        bands: the band names, in order.
+        where: where they were found, for the message (``in rows 10-20``).
+    """
+    if units not in POSSIBLE:
+        return None
+    low, high, what = POSSIBLE[units]
+    values = data[:, valid]
+    out = (values < low) | (values > high)
+    if not out.any():
+        return None
+    band = int(out.sum(axis=1).argmax())
+    found, counts = np.unique(values[band, out[band]], return_counts=True)
+    value = _as_stored(storage, float(found[counts.argmax()]))
+    return (f"{int(out.any(axis=0).sum()):,} pixels {where} hold values that no {what} can "
+            f"be, most often {value:g} (band {bands[band]}); if it marks missing pixels, pass "
+            f"nodata={value:g} (or force=True to map anyway)")
+
+
+def _as_stored(storage: Units, value: float) -> float:
+    """A value in the predictor's units as the file stores it (``storage`` undone)."""
+    value = (value - storage.offset) / storage.scale
+    if storage.sar in ("linear", "amplitude"):
+        value = 10.0 ** (value / (10.0 if storage.sar == "linear" else 20.0))
+    return float(np.float32(value))  # the stored precision: -32768, not -32767.99999
 
 
 def _units_problem(band: str, median: float, training: float, decades: float,

@@ -3,19 +3,25 @@
 Centre of the inference flow (io -> tiling -> engine -> writers), called by the CLI
 (``discomkd-geo predict``, ``rio discomkd predict``) and the demo. The output grid is cut
 into chunks of output pixels; :func:`predict_chunk` reads one chunk's windows with their
-halo through windowed reads, classifies them and averages them per pixel (:mod:`.tiling`),
-fusing modalities by averaging their probabilities. Three modes classify the pixels:
+halo through windowed reads, classifies them and averages them per pixel (:mod:`.tiling`);
+several modalities are combined per pixel by a fusion rule (:mod:`.fusion`: where all are
+valid their fusion, elsewhere the one valid branch), which also says which evidence
+decided each pixel (the ``source`` raster). Three modes classify the pixels; the
+default, ``auto``, is ``pixel`` when every model has a per-pixel decoder, ``windows``
+when none has, and otherwise ``pixel`` with the branches without a decoder classified
+window by window inside its blocks (:attr:`Plan.windowed`):
 
 - ``pixel`` (models trained with ``model.decoder``): the chunk is cut into scene-anchored
   blocks of whole patches; each block's encoders and per-pixel decoder
   (:mod:`discomkd_geo.models.decoder`) run once over the block plus a halo of the
   encoders' reach and half a patch of context (64 px for ``small_cnn``), giving every
   input pixel its own probabilities. With smoothing (:mod:`.smoothing`: parcels keep one
-  class; on by default for one modality) that takes two stages: every block's
-  probabilities first (:func:`block_probabilities`), then each chunk's blocks are
-  smoothed over the smoothing's reach around them (120 px by default), assembled from
-  the neighbouring blocks' probabilities (:func:`smooth_chunk`), so every pixel has the
-  value of one pass over the scene while the model runs once per pixel. Byte-identical
+  class; on by default, on the fused probabilities of several modalities) that takes
+  two stages: every block's probabilities first (:func:`block_probabilities`), then each
+  chunk's blocks are smoothed over the smoothing's reach around them (120 px by default),
+  assembled from the neighbouring blocks' probabilities (:func:`smooth_chunk`), so every
+  pixel has the value of one pass over the scene while the model runs once per pixel.
+  Byte-identical
   for any chunk size, number of workers or scheduler, as dense mode.
 
 - ``dense``: the chunk is cut into scene-anchored blocks; each block's
@@ -24,15 +30,17 @@ fusing modalities by averaging their probabilities. Three modes classify the pix
   are box means of the feature maps (:mod:`discomkd_geo.models.dense`). A block's
   computation depends only on the scene, so the output is byte-identical for any chunk
   size, number of workers or scheduler.
-- ``windows`` (default: with the demo model dense mode is 15 points less accurate on the
-  demo scene and 12 on the synthetic test patches, see ``benchmarks/results.json``): each
-  window alone, as a model sees a training patch, in fixed-size batches (a window's
-  probabilities then never depend on its batch companions).
+- ``windows`` (the default without a decoder, rather than dense: with the demo model
+  dense mode is 15 points less accurate on the demo scene and 12 on the synthetic test
+  patches, see ``benchmarks/results.json``): each window alone, as a model sees a
+  training patch, in fixed-size batches (a window's probabilities then never depend on
+  its batch companions).
 
 :func:`predict_to_file` streams the chunks through a local thread pool or an existing
-``dask.distributed`` cluster with a bounded number in flight (:mod:`.runner`), and
-writes each result in chunk order into the map's files (:mod:`.outputs`), so memory
-follows the chunk size, not the scene size (smoothed pixel mode also keeps the blocks'
+``dask.distributed`` cluster with a bounded number in flight
+(:mod:`discomkd_geo.inference.runner`), and writes each result in chunk order into the
+map's files (:mod:`.outputs`), so memory follows the chunk size, not the scene size
+(smoothed pixel mode also keeps the blocks'
 first-stage probabilities until the last chunk that needs them is submitted: about two
 rows of chunks). The predictors go to the workers once (scattered to a cluster, shared
 by threads). How the map is made is one
@@ -43,11 +51,12 @@ for use in other pipelines.
 """
 
 import importlib.util
+import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -57,15 +66,26 @@ from affine import Affine
 from rasterio.windows import Window, intersect
 
 from ..constants import CLASS_NODATA
-from ..errors import CheckpointError, SettingsError
+from ..errors import CheckpointError, InputFileError, SettingsError
 from ..files import check_outputs
 from ..logs import log, progress_disabled
 from ..memory import retain_freed_memory
 from ..models.info import BranchPredictor as Predictor
 from ..models.info import PredictorInfo
 from .aoi import AreaOfInterest, aoi_on_grid, read_aoi
-from .checks import SceneCheck, check_scenes
+from .checks import SceneCheck, check_scenes, impossible_problem
+from .classmap import ClassMap
+from .fusion import (
+    NONE,
+    SOURCE_NODATA,
+    FusionRule,
+    Product,
+    fusion_rule,
+    parse_accuracy,
+    source_names,
+)
 from .io import Grid, SceneInput, SceneReader, as_input, open_readers
+from .masks import mask_records
 from .outputs import MapOutputs, MapPaths, MapSummary
 from .runner import ChunkRunner, chunk_runner
 from .settings import DEFAULTS, SMOOTHING, Execution, MapSettings, Tiling
@@ -81,7 +101,7 @@ from .tiling import (
     valid_fraction,
     window_views,
 )
-from .vectorize import vectorize_to_file
+from .vectorize import check_mmu, vector_driver, vectorize_to_file
 
 if TYPE_CHECKING:
     import xarray
@@ -116,6 +136,12 @@ class Plan:
         probabilities: whether chunks return their class probabilities.
         threads: intra-op threads per worker (``None``: leave the runtime's setting).
         aoi: the area of interest on the output grid (``None``: the whole scene).
+        force: map values no sensor produces (the ``force`` setting); otherwise a chunk
+            holding one is refused (the statistics check only samples the scene).
+        fusion: how the modalities combine at each pixel.
+        windowed: modalities that mode ``pixel`` classifies window by window (their
+            models have no decoder; mode ``auto`` only), each pixel the mean of its
+            windows as in mode ``windows``.
     """
 
     grid: Grid
@@ -125,6 +151,9 @@ class Plan:
     probabilities: bool
     threads: int | None = None
     aoi: AreaOfInterest | None = None
+    force: bool = False
+    fusion: FusionRule = field(default_factory=Product)
+    windowed: frozenset[str] = frozenset()
 
     def computes(self, chunk: Window) -> bool:
         """Whether ``chunk`` is read and classified (it touches the area of interest)."""
@@ -157,10 +186,12 @@ class ChunkResult:
     Attributes:
         codes: uint8 ``(h, w)`` class codes, :data:`CLASS_NODATA` where nothing was mapped.
         probs: float32 ``(K, h, w)`` mean probabilities (NaN where nodata), if asked for.
+        source: uint8 ``(h, w)`` source codes (:mod:`.fusion`): which evidence decided.
     """
 
     codes: np.ndarray
     probs: np.ndarray | None
+    source: np.ndarray
 
 
 def classify(predictor: Predictor, windows: np.ndarray, which: np.ndarray, batch_size: int,
@@ -239,6 +270,11 @@ def read_values(predictor: Predictor, reader: SceneReader, plan: Plan, span: Win
     inside = area.intersection(plan.grid.window)
     reach = grow(inside, FILL_RADIUS).intersection(plan.grid.window)
     data, valid = reader.read(reach)
+    info = predictor.info
+    if not plan.force and (problem := impossible_problem(
+            data, valid, info.units, reader.units, info.bands,
+            f"in rows {reach.row_off}-{reach.row_off + reach.height}")):
+        raise InputFileError(reader.name, problem)
     fill = typical_values(predictor)
     data = fill_invalid(data, valid, fill, FILL_RADIUS)
     values = extend(data[(slice(None), *relative_slices(inside, reach))], inside, area, fill,
@@ -280,7 +316,8 @@ def _smoothing_span(predictors: Mapping[str, Predictor], plan: Plan, area: Windo
 
     tiling = plan.tiling
     reach = smoothing_reach(tiling.smoothing_radius, tiling.smoothing_passes)
-    margin = max(p.pixel_halo(reach) - p.pixel_halo() for p in predictors.values())
+    margin = max(p.pixel_halo(reach) - p.pixel_halo() for m, p in predictors.items()
+                 if m not in plan.windowed)
     return grow(area, margin).intersection(plan.grid.window)
 
 
@@ -307,27 +344,21 @@ def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
 
 def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel probabilities ``(K, h, w)`` of ``area``, fused, and modality counts.
+    """Per-pixel probabilities ``(K, h, w)`` of ``area``, fused, and their source codes.
 
     Each modality's per-pixel probability is its decoder's (mode ``pixel``) or its mean
-    over windows (:func:`_window_means`); modalities are averaged where they have a value.
-    Returns float64 probabilities (zero where no modality has one) and int32 counts.
+    over windows (:func:`_window_means`; also a windowed branch in mode ``pixel``); the
+    plan's fusion rule combines them (:meth:`~.fusion.FusionRule.fuse`). Returns float64
+    probabilities (zero where no modality has one) and uint8 source codes.
     """
-    classes = len(next(iter(predictors.values())).info.classes)
-    total = np.zeros((classes, area.height, area.width), dtype=np.float64)
-    mapped = np.zeros((area.height, area.width), dtype=np.int32)
+    branches = {}
     for modality, reader in plan.readers.items():
         predictor = predictors[modality]
-        if plan.tiling.mode == "pixel":
-            mean, ok = pixel_probabilities(predictor, reader, plan, area)
+        if plan.tiling.mode == "pixel" and modality not in plan.windowed:
+            branches[modality] = pixel_probabilities(predictor, reader, plan, area)
         else:
-            mean, ok = _window_means(predictor, reader, plan, area)
-        mean[:, ~ok] = 0.0
-        total += mean
-        mapped += ok
-    if len(plan.readers) > 1:
-        total /= np.maximum(mapped, 1)
-    return total, mapped
+            branches[modality] = _window_means(predictor, reader, plan, area)
+    return plan.fusion.fuse(branches)
 
 
 def _blocks(plan: Plan, chunk: Window) -> list[Window]:
@@ -385,28 +416,32 @@ def _classify_chunk(plan: Plan, chunk: Window, classes: int,
                     compute: Callable[[Window], tuple[np.ndarray, np.ndarray]]) -> ChunkResult:
     """Class codes (and probabilities) of a chunk from ``compute(block)`` of its blocks.
 
-    ``compute`` gives a block's per-pixel probabilities and modality counts
+    ``compute`` gives a block's per-pixel probabilities and source codes
     (:func:`_predict_area`'s). With an area of interest, a chunk away from it is nodata
-    without a read, and pixels whose centre lies outside it are nodata.
+    without a read, and pixels whose centre lies outside it are nodata (and their source
+    :data:`~.fusion.SOURCE_NODATA`).
     """
+    shape = (chunk.height, chunk.width)
     if not plan.computes(chunk):  # away from the area of interest: nothing to read
-        codes = np.full((chunk.height, chunk.width), CLASS_NODATA, dtype=np.uint8)
-        return ChunkResult(codes, np.full((classes, *codes.shape), np.nan, dtype=np.float32)
-                           if plan.probabilities else None)
-    probs = np.zeros((classes, chunk.height, chunk.width), dtype=np.float64)
-    mapped = np.zeros((chunk.height, chunk.width), dtype=np.int32)
+        codes = np.full(shape, CLASS_NODATA, dtype=np.uint8)
+        return ChunkResult(codes, np.full((classes, *shape), np.nan, dtype=np.float32)
+                           if plan.probabilities else None,
+                           np.full(shape, SOURCE_NODATA, dtype=np.uint8))
+    probs = np.zeros((classes, *shape), dtype=np.float64)
+    source = np.full(shape, SOURCE_NODATA, dtype=np.uint8)
     for unit in _blocks(plan, chunk):
         where = (slice(None), *relative_slices(unit, chunk))
-        probs[where], mapped[where[1:]] = compute(unit)
+        probs[where], source[where[1:]] = compute(unit)
     if plan.aoi is not None:
-        mapped[~plan.aoi.mask(chunk)] = 0
+        source[~plan.aoi.mask(chunk)] = SOURCE_NODATA
+    unmapped = (source == NONE) | (source == SOURCE_NODATA)
     codes = probs.argmax(axis=0).astype(np.uint8)
-    codes[mapped == 0] = CLASS_NODATA
+    codes[unmapped] = CLASS_NODATA
     if not plan.probabilities:
-        return ChunkResult(codes, None)
+        return ChunkResult(codes, None, source)
     probs = probs.astype(np.float32)
-    probs[:, mapped == 0] = np.nan
-    return ChunkResult(codes, probs)
+    probs[:, unmapped] = np.nan
+    return ChunkResult(codes, probs, source)
 
 
 def _classes(predictors: Mapping[str, Predictor]) -> int:
@@ -427,12 +462,13 @@ class BlockProbabilities:
         window: the block, a window of :attr:`Plan.output`.
         probs: float32 ``(K, h, w)`` probabilities, zero where no modality has one (float32:
             the smoothing computes in it, and the blocks kept for it take half the memory).
-        mapped: int32 ``(h, w)`` how many modalities have a value.
+        source: uint8 ``(h, w)`` source codes (:mod:`.fusion`; :data:`~.fusion.NONE`
+            where no modality has a value).
     """
 
     window: Window
     probs: np.ndarray
-    mapped: np.ndarray
+    source: np.ndarray
 
 
 def block_probabilities(predictors: Mapping[str, Predictor], plan: Plan,
@@ -444,8 +480,8 @@ def block_probabilities(predictors: Mapping[str, Predictor], plan: Plan,
     model runs once per pixel of the scene instead of again over every block's reach.
     """
     _prepare_worker(predictors, plan)
-    probs, mapped = _predict_area(predictors, plan, block)
-    return BlockProbabilities(block, probs.astype(np.float32), mapped)
+    probs, source = _predict_area(predictors, plan, block)
+    return BlockProbabilities(block, probs.astype(np.float32), source)
 
 
 def smoothing_blocks(predictors: Mapping[str, Predictor], plan: Plan,
@@ -482,11 +518,12 @@ def smooth_chunk(predictors: Mapping[str, Predictor], plan: Plan, chunk: Window,
 def _smoothed_block(predictors: Mapping[str, Predictor], plan: Plan,
                     parts: Sequence[BlockProbabilities],
                     block: Window) -> tuple[np.ndarray, np.ndarray]:
-    """One block's smoothed probabilities and modality counts (see :func:`smooth_chunk`).
+    """One block's smoothed probabilities and source codes (see :func:`smooth_chunk`).
 
     The smoothing's span is cut from ``parts``, which cover it; smoothing the fused
     probabilities (not each modality's) keeps each modality from becoming over-confident
-    and the more confident one from deciding.
+    and the more confident one from deciding. The source codes are stage one's: which
+    evidence the pixel's own probabilities came from.
     """
     # Here, not at the top: a map made with an ONNX model imports torch only to smooth.
     import torch
@@ -495,19 +532,19 @@ def _smoothed_block(predictors: Mapping[str, Predictor], plan: Plan,
 
     span = _smoothing_span(predictors, plan, block)
     probs = np.zeros((_classes(predictors), span.height, span.width), dtype=np.float32)
-    mapped = np.zeros((span.height, span.width), dtype=np.int32)
+    source = np.full((span.height, span.width), NONE, dtype=np.uint8)
     for part in parts:
         if intersect(part.window, span):
             common = part.window.intersection(span)
             to, of = relative_slices(common, span), relative_slices(common, part.window)
             probs[(slice(None), *to)] = part.probs[(slice(None), *of)]
-            mapped[to] = part.mapped[of]
+            source[to] = part.source[of]
     tiling = plan.tiling
-    smoothed = smooth_probabilities(torch.from_numpy(probs), torch.from_numpy(mapped > 0),
+    smoothed = smooth_probabilities(torch.from_numpy(probs), torch.from_numpy(source != NONE),
                                     tiling.smoothing, tiling.smoothing_radius,
                                     tiling.smoothing_passes).numpy()
     inner = relative_slices(block, span)
-    return smoothed[(slice(None), *inner)], mapped[inner]
+    return smoothed[(slice(None), *inner)], source[inner]
 
 
 def _chunk_results(runner: ChunkRunner, predictors: Mapping[str, Predictor], plan: Plan,
@@ -566,11 +603,13 @@ def _as_dicts(predictors: Predictors, scenes: "Scenes"
     return {m: predictors[m] for m in scenes}, scenes
 
 
-def _smoothing(tiling: Tiling, modalities: int) -> float:
+def _smoothing(tiling: Tiling) -> float:
     """The smoothing strength of a plan: ``tiling.smoothing``, its default resolved.
 
-    Smoothing the average of several modalities' probabilities lowered the fused maps'
-    accuracy (README, "Maps against the truth"): by default only one modality's is. The
+    The default smooths maps of one modality and fused maps alike: it smooths the fused
+    probabilities, and raised the product fusion's OA on validation scenes by 2.5 points
+    (docs/guide/per-pixel-fusion.md; it had been off for fused maps, when SAR warped
+    bilinearly made the average of the branches worse than either). The
     smoothing is PyTorch code (:mod:`.smoothing`) and ONNX models map without PyTorch:
     there the default is off (said in the log), and asking for it is an error.
 
@@ -579,11 +618,11 @@ def _smoothing(tiling: Tiling, modalities: int) -> float:
     """
     smoothing = tiling.smoothing
     if tiling.mode != "pixel" or importlib.util.find_spec("torch") is not None:
-        return smoothing if smoothing is not None else SMOOTHING if modalities == 1 else 0.0
+        return SMOOTHING if smoothing is None else smoothing
     if smoothing:
         raise SettingsError("smoothing", "mode 'pixel' smooths with PyTorch, which is not "
                                          "installed here: install it, or set smoothing=0")
-    if smoothing is None and modalities == 1:
+    if smoothing is None:
         log.warning("mode pixel: not smoothing the map (the smoothing needs PyTorch, which "
                     "is not installed here)")
     return 0.0
@@ -602,9 +641,14 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     """
     tiling, execution = settings.tiling, settings.execution
     predictors, inputs = _as_dicts(predictors, scenes)
+    windowed: frozenset[str] = frozenset()
     if tiling.mode == "auto":
-        decoders = all(p.has_decoder for p in predictors.values())
-        tiling = replace(tiling, mode="pixel" if decoders else "windows")
+        # Each branch in its best mode: a fused map is no worse for a branch without a
+        # decoder (the demo's MS branch) than that branch's own map.
+        windowed = frozenset(m for m, p in predictors.items() if not p.has_decoder)
+        tiling = replace(tiling, mode="windows" if len(windowed) == len(predictors)
+                         else "pixel")
+        windowed = windowed if tiling.mode == "pixel" else frozenset()
     inputs = {m: _absolute(s) for m, s in inputs.items()}
     area = read_aoi(tiling.aoi) if tiling.aoi is not None else None  # fail before the scenes
     grid, readers = open_readers(inputs, {m: p.info for m, p in predictors.items()})
@@ -618,8 +662,9 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
         for predictor in predictors.values():
             predictor.dense_halo()  # raises for a branch that cannot run densely
     if tiling.mode == "pixel":
-        for predictor in predictors.values():
-            predictor.pixel_halo()  # raises for a branch without a decoder
+        for modality, predictor in predictors.items():
+            if modality not in windowed:
+                predictor.pixel_halo()  # raises for a branch without a decoder
         if tiling.coarse:
             raise SettingsError("coarse", "mode 'pixel' maps every input pixel; coarse "
                                           "output is for modes 'windows' and 'dense'")
@@ -629,12 +674,15 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     device = execution.device or next(iter(predictors.values())).default_device()
     for predictor in predictors.values():
         predictor.check_device(device)
-    outputs = settings.outputs
-    smoothing = _smoothing(tiling, len(predictors))
+    outputs, fusing = settings.outputs, settings.fusing
+    smoothing = _smoothing(tiling)
+    accuracy = parse_accuracy(fusing.branch_accuracy) if fusing.branch_accuracy else None
+    rule = fusion_rule(fusing.fusion, list(predictors), _classes(predictors), accuracy)
     plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block,
                                        smoothing=smoothing), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
-                threads=execution.threads)
+                threads=execution.threads, force=settings.checks.force, fusion=rule,
+                windowed=windowed)
     region = None
     if area is not None:
         out = plan.output
@@ -662,8 +710,11 @@ def _input_files(scenes: "Scenes") -> dict[str, str]:
     named = scenes if isinstance(scenes, Mapping) else {"scene": scenes}
     files = {}
     for m, scene in named.items():
-        paths = as_input(scene).paths
+        scene = as_input(scene)
+        paths = scene.paths
         files.update({m if len(paths) == 1 else f"{m} {i + 1}": p for i, p in enumerate(paths)})
+        if scene.mask not in (None, "auto", "scl"):  # "auto", "scl": no file of its own
+            files[f"{m} mask"] = str(scene.mask)
     return files
 
 
@@ -723,29 +774,37 @@ def predict_to_file(predictors: Predictors, scenes: "Scenes",
     start = time.perf_counter()
     paths = MapPaths.of(output, settings.outputs)
     check_outputs(paths.labelled(), settings.outputs.overwrite, inputs=_input_files(scenes))
+    if paths.polygons:
+        vector_driver(paths.polygons)
     predictors, plan, checks = make_plan(predictors, scenes, settings)
     first = next(iter(predictors.values()))
     info = first.info
+    if settings.outputs.mmu:  # on the map's grid, before the map is made
+        grid = plan.output
+        check_mmu(ClassMap(next(iter(plan.readers.values())).name, tuple(info.classes),
+                           tuple(info.colors), CLASS_NODATA, grid.crs, grid.transform,
+                           grid.width, grid.height), settings.outputs.mmu)
     chunks = _chunks(plan)
     inputs = {m: reader.files for m, reader in plan.readers.items()}
     execution = settings.execution
     with ExitStack() as stack:
         plan = stack.enter_context(_thread_budget(plan, execution, first))
         outputs = stack.enter_context(MapOutputs(paths, plan.output, info, _facts(plan),
-                                                 settings.outputs, inputs, stac_source))
+                                                 settings.outputs, inputs, stac_source,
+                                                 masks=mask_records(plan.readers),
+                                                 sources=source_names(list(plan.readers))))
         bar = stack.enter_context(_progress_bar(plan.output, paths.map, progress))
         runner = stack.enter_context(chunk_runner(
             predictors, execution.workers, execution.scheduler,
             [f for files in inputs.values() for f in files], execution.scheduler_timeout))
         for chunk, result in _chunk_results(runner, predictors, plan, chunks):
-            outputs.write(chunk, result.codes, result.probs)
+            outputs.write(chunk, result.codes, result.probs, result.source)
             bar.update(chunk.width * chunk.height)
     if paths.polygons:
         # From the finished map: its tags give the classes and colours.
         vectorize_to_file(paths.map, paths.polygons, mmu=settings.outputs.mmu,
                           overwrite=settings.outputs.overwrite)
-    return _summary(paths, plan, info, chunks, outputs.histogram, checks,
-                    time.perf_counter() - start)
+    return _summary(paths, plan, info, chunks, outputs, checks, time.perf_counter() - start)
 
 
 @contextmanager
@@ -768,8 +827,15 @@ def _thread_budget(plan: Plan, execution: Execution,
 
 def _facts(plan: Plan) -> dict[str, Any]:
     """How the map was made, as the rasters' metadata tags say it."""
-    return {"modalities": ",".join(plan.readers), "stride": plan.tiling.stride,
-            "coarse": plan.tiling.coarse, "mode": plan.tiling.mode, "software": "discomkd_geo"}
+    facts = {"modalities": ",".join(plan.readers), "stride": plan.tiling.stride,
+             "coarse": plan.tiling.coarse, "mode": plan.tiling.mode, "software": "discomkd_geo"}
+    if len(plan.readers) > 1:
+        facts["fusion"] = plan.fusion.name
+    if plan.windowed:
+        facts["windowed"] = ",".join(m for m in plan.readers if m in plan.windowed)
+    if masks := mask_records(plan.readers):
+        facts["masks"] = json.dumps(masks)
+    return facts
 
 
 def _progress_bar(grid: Grid, output: Path, progress: bool) -> Any:
@@ -781,11 +847,13 @@ def _progress_bar(grid: Grid, output: Path, progress: bool) -> Any:
 
 
 def _summary(paths: MapPaths, plan: Plan, info: PredictorInfo, chunks: Sequence[Window],
-             histogram: np.ndarray, checks: Mapping[str, SceneCheck],
+             outputs: MapOutputs, checks: Mapping[str, SceneCheck],
              seconds: float) -> MapSummary:
     """The :class:`MapSummary` of a finished map."""
     grid, tiling = plan.output, plan.tiling
     pixels = grid.width * grid.height
+    histogram, counts = outputs.histogram, outputs.source_histogram
+    computed = max(1, int(counts[:SOURCE_NODATA].sum()))
     return MapSummary(
         output=str(paths.map),
         probabilities=str(paths.probabilities) if paths.probabilities else None,
@@ -798,7 +866,11 @@ def _summary(paths: MapPaths, plan: Plan, info: PredictorInfo, chunks: Sequence[
         mapped_pixels=int(histogram[:-1].sum()), seconds=round(seconds, 3),
         pixels_per_s=round(pixels / max(seconds, 1e-9), 1),
         histogram={name: int(n) for name, n in zip(info.classes, histogram, strict=False)},
-        checks=dict(checks))
+        checks=dict(checks), source=str(paths.source) if paths.source else None,
+        fusion=plan.fusion.name if len(plan.readers) > 1 else None,
+        windowed=tuple(m for m in plan.readers if m in plan.windowed),
+        sources={name: round(int(counts[code]) / computed, 6)
+                 for code, name in source_names(list(plan.readers)).items()})
 
 
 def predict_lazy(predictors: Predictors, scenes: "Scenes",

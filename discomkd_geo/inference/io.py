@@ -20,7 +20,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -36,13 +36,15 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from ..errors import InputFileError
+from ..errors import InputFileError, SettingsError
 from ..models.info import PredictorInfo
-from .remote import is_remote, remote_env
+from .remote import bounded_reads, is_remote, remote_env
 from .remote import problem as remote_problem
 
 if TYPE_CHECKING:
     import xarray
+
+    from .masks import MaskReader
 
 #: How a SAR input stores backscatter: dB, linear power (sigma0/gamma0) or amplitude.
 SarUnits = Literal["db", "linear", "amplitude"]
@@ -118,6 +120,14 @@ class SceneInput:
         nodata: the value that marks missing pixels (a pixel is missing when any band
             holds it), instead of the files' own nodata tags: for exports that fill
             outside the swath without saying so (SNAP, Earth Engine: 0 in every band).
+        mask: pixels declared unavailable, like nodata (:mod:`.masks`): a raster on any
+            grid that overlaps the scene (a Sentinel-2 SCL, Fmask codes, or 0/1 with
+            1 = unavailable), ``"scl"`` for the SCL raster of the scene's Level-2A
+            ``.SAFE``, or ``"auto"`` for cloud detection by s2cloudless on a Level-1C scene.
+        mask_kind: ``scl``, ``fmask`` or ``binary`` (default: ``scl``/``fmask`` when the
+            file name says so, else ``binary``).
+        mask_codes: the codes that mark unavailable pixels (default: SCL 3, 8, 9, 10;
+            Fmask 2, 4; binary 1).
     """
 
     source: "str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | xarray.DataArray"
@@ -127,6 +137,9 @@ class SceneInput:
     offset: float = 0.0
     crs: str | None = None
     nodata: float | None = None
+    mask: str | os.PathLike[str] | None = None
+    mask_kind: str | None = None
+    mask_codes: Sequence[int] | None = None
 
     def __post_init__(self) -> None:
         # Normalise to hashable, picklable tuples; the dataclass is frozen.
@@ -139,6 +152,13 @@ class SceneInput:
         if self.sar_units is not None and self.sar_units not in get_args(SarUnits):
             raise ValueError(f"sar_units must be one of {get_args(SarUnits)}, "
                              f"got {self.sar_units!r}")
+        if self.mask is not None:
+            object.__setattr__(self, "mask", os.fspath(self.mask))
+        if self.mask_codes is not None:
+            object.__setattr__(self, "mask_codes", tuple(int(c) for c in self.mask_codes))
+        if self.mask is None and (self.mask_kind or self.mask_codes) is not None:
+            raise SettingsError("mask_kind" if self.mask_kind else "mask_codes",
+                                "given without a mask")
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -214,10 +234,17 @@ class Grid:
 
 
 class _Reader:
-    """What every scene reader offers: raw values of a window, and values in model units."""
+    """What every scene reader offers: raw values of a window, and values in model units.
+
+    Validity is computed here for every consumer (scene checks, engine, statistics): a
+    pixel is valid where every band holds data and the scene's mask, if any, does not
+    declare it unavailable.
+    """
 
     grid: Grid
     units: Units
+    #: Pixels declared unavailable besides nodata (:mod:`.masks`; ``None``: no mask).
+    mask: "MaskReader | None"
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -226,12 +253,24 @@ class _Reader:
 
     def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
-        raise NotImplementedError
+        (read,) = self.read_raw_windows([window])
+        return read
 
     def read_raw_windows(self, windows: Iterable[Window]
                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`read_raw` of each window in turn."""
-        return (self.read_raw(window) for window in windows)
+        """:meth:`read_raw` of each window in turn; masked pixels are invalid."""
+        if self.mask is None:
+            yield from self._read_stored(windows)
+            return
+        windows = list(windows)
+        for (data, valid), unavailable in zip(self._read_stored(windows),
+                                              self.mask.read_windows(windows), strict=True):
+            yield data, valid & ~unavailable
+
+    def _read_stored(self, windows: Iterable[Window]
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Values as stored, and where every band holds data, of each window in turn."""
+        raise NotImplementedError
 
     def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
         """Values and validity of a window of the output grid (inside the grid).
@@ -270,6 +309,7 @@ class RasterReader(_Reader):
     warped: frozenset[str] = frozenset()
     units: Units = Units()
     nodata: float | None = None
+    mask: "MaskReader | None" = None
 
     @property
     def name(self) -> str:
@@ -281,14 +321,10 @@ class RasterReader(_Reader):
         """The files this reader reads."""
         return tuple(dict.fromkeys(layer.path for layer in self.layers))
 
-    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
-        (read,) = self.read_raw_windows([window])
-        return read
-
-    def read_raw_windows(self, windows: Iterable[Window]
-                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`read_raw` of each window in turn, every file opened once for them all.
+    @bounded_reads  # URLs: a stalled server fails the read within GDAL's timeout
+    def _read_stored(self, windows: Iterable[Window]
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Values as stored of each window in turn, every file opened once for them all.
 
         Opening costs far more than reading a small window (a local GeoTIFF: milliseconds
         against a tenth of one; a URL: requests to its server), which the scene checks'
@@ -329,7 +365,11 @@ class RasterReader(_Reader):
         # A negligible approximation tolerance: each pixel is transformed (almost)
         # exactly, so its value does not depend on the window it is read through
         # (byte-identical output for any chunking).
-        warp = {"resampling": Resampling.bilinear, "dtype": "float32", "nodata": np.nan,
+        # SAR by nearest neighbour: its classes show in its speckle texture, which
+        # interpolation averages away (bilinear onto the demo MS grid: the SAR branch's OA
+        # fell from 0.86 to 0.36, mode pixel; docs/guide/per-pixel-fusion.md).
+        resampling = Resampling.nearest if self.units.sar is not None else Resampling.bilinear
+        warp = {"resampling": resampling, "dtype": "float32", "nodata": np.nan,
                 "tolerance": 1e-9}
         if src.crs is None:
             # GCPs or RPCs only: a WarpedVRT given an explicit grid ignores them and
@@ -383,16 +423,19 @@ class ArrayReader(_Reader):
     nodata: float | None = None
     units: Units = Units()
     name: str = "xarray input"
+    mask: "MaskReader | None" = None
 
-    def read_raw(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
-        """Values as stored (float32 ``(C, h, w)``, model band order) and validity."""
-        rows, cols = window.toslices()
-        data = np.asarray(self.array.isel(band=list(self.positions), y=rows, x=cols).values,
-                          dtype=np.float32)
-        valid = np.isfinite(data).all(axis=0)
-        if self.nodata is not None and not np.isnan(self.nodata):
-            valid &= (data != np.float32(self.nodata)).all(axis=0)
-        return data, valid
+    def _read_stored(self, windows: Iterable[Window]
+                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Values as stored of each window in turn."""
+        for window in windows:
+            rows, cols = window.toslices()
+            data = np.asarray(self.array.isel(band=list(self.positions), y=rows,
+                                              x=cols).values, dtype=np.float32)
+            valid = np.isfinite(data).all(axis=0)
+            if self.nodata is not None and not np.isnan(self.nodata):
+                valid &= (data != np.float32(self.nodata)).all(axis=0)
+            yield data, valid
 
 
 #: How one modality's scene is read on the output grid: from files or from an array.
@@ -674,9 +717,14 @@ def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
         inputs: scene per modality, the grid-defining one first.
         infos: what each modality's predictor reads (bands, units, pixel size).
 
+    A scene's ``mask`` (:mod:`.masks`) is checked here too and read with it: the pixels
+    it declares unavailable are invalid like nodata.
+
     Raises:
         InputFileError: a file is missing or unreadable, a raw Sentinel-1 product, not
-            georeferenced, lacks or repeats bands, or does not overlap the first scene.
+            georeferenced, lacks or repeats bands, or does not overlap the first scene; a
+            mask does not overlap, holds unknown codes or masks every pixel.
+        SettingsError: a mask's kind or codes do not fit it.
     """
     grid: Grid | None = None
     first = ""
@@ -688,6 +736,11 @@ def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
                              "not read SAR in dB")
         opener = _open_files if scene.paths else _open_array
         own_grid, readers[modality] = opener(scene, info, modality, grid, first)
+        if scene.mask is not None:
+            from .masks import open_mask  # masks builds on this module's readers
+
+            reader = readers[modality]
+            readers[modality] = replace(reader, mask=open_mask(scene, reader.grid, reader.name))
         grid, first = grid or own_grid, first or readers[modality].name
     if grid is None:
         raise ValueError("no scene given")

@@ -28,6 +28,7 @@ from ..errors import OutputError
 from ..files import atomic_path
 from ..models.info import PredictorInfo
 from .checks import SceneCheck
+from .fusion import SOURCE_COLORS, SOURCE_NODATA
 from .io import Grid
 from .settings import Outputs
 from .stac import ItemInputs, item_path, map_item
@@ -50,6 +51,7 @@ class MapPaths:
         confidence: the winning-probability raster, if asked for.
         polygons: the map's polygons (a vector file), if asked for.
         polygons_style: their QGIS style (``<polygons stem>.qml``).
+        source: which evidence decided each pixel (:mod:`.fusion`), if asked for.
     """
 
     map: Path
@@ -60,6 +62,7 @@ class MapPaths:
     confidence: Path | None = None
     polygons: Path | None = None
     polygons_style: Path | None = None
+    source: Path | None = None
 
     @classmethod
     def of(cls, output: str | os.PathLike[str], settings: Outputs) -> "MapPaths":
@@ -73,20 +76,22 @@ class MapPaths:
         return cls(output, style, legend_path, item_path(output),
                    Path(settings.probabilities) if settings.probabilities else None,
                    Path(confidence) if confidence else None, polygons,
-                   polygons.with_suffix(".qml") if polygons else None)
+                   polygons.with_suffix(".qml") if polygons else None,
+                   Path(settings.source) if settings.source else None)
 
     def labelled(self) -> dict[str, Path]:
         """Every path by what it is (``map``, ``QGIS style``, ...), as errors name them."""
         named = {"map": self.map, "QGIS style": self.style, "legend": self.legend,
                  "STAC Item": self.stac, "probabilities": self.probabilities,
                  "confidence": self.confidence, "polygons": self.polygons,
-                 "polygons' QGIS style": self.polygons_style}
+                 "polygons' QGIS style": self.polygons_style, "source": self.source}
         return {name: path for name, path in named.items() if path is not None}
 
     def extras(self) -> dict[str, Path]:
         """The files beside the map, by STAC asset key."""
         named = {"style": self.style, "legend": self.legend,
-                 "probabilities": self.probabilities, "confidence": self.confidence}
+                 "probabilities": self.probabilities, "confidence": self.confidence,
+                 "source": self.source}
         return {key: path for key, path in named.items() if path is not None}
 
 
@@ -106,19 +111,29 @@ class MapOutputs:
         settings: the output settings (probability dtype, overwrite).
         inputs: the files each modality was read from (the STAC Item links them).
         stac_source: the STAC Item the scenes came from, if any.
+        masks: the mask of each masked modality (:func:`.masks.mask_records`), recorded
+            in the STAC Item.
+        sources: the name of each source code (:func:`.fusion.source_names`), the
+            legend of the source raster.
 
     Attributes:
         histogram: pixels per class code so far; the last bin counts nodata.
+        source_histogram: pixels per source code so far (256 bins).
     """
 
     def __init__(self, paths: MapPaths, grid: Grid, info: PredictorInfo,
                  facts: Mapping[str, Any], settings: Outputs,
                  inputs: Mapping[str, Sequence[str]],
-                 stac_source: ItemInputs | None = None) -> None:
+                 stac_source: ItemInputs | None = None,
+                 masks: Mapping[str, Mapping[str, Any]] | None = None,
+                 sources: Mapping[int, str] | None = None) -> None:
         self.paths, self.grid, self.settings = paths, grid, settings
         self.classes, self.colors = list(info.classes), [tuple(c) for c in info.colors]
         self.facts, self.inputs, self.stac_source = dict(facts), inputs, stac_source
+        self.masks = masks or {}
         self.histogram = np.zeros(len(self.classes) + 1, dtype=np.int64)
+        self.sources = dict(sources or {})
+        self.source_histogram = np.zeros(SOURCE_NODATA + 1, dtype=np.int64)
         self.scaled = settings.probabilities_dtype == "uint8"
         self._stack = ExitStack()
         self._rasters: dict[str, CogWriter] = {}
@@ -130,6 +145,15 @@ class MapOutputs:
                 self.paths.map, count=1, dtype="uint8", nodata=CLASS_NODATA,
                 resampling=Resampling.mode, descriptions=[class_description(classes)],
                 tags=class_tags(classes, colors, facts), colormap=colors)
+            if self.paths.source:
+                names = [self.sources.get(code, "") for code in range(max(self.sources) + 1)]
+                colors = [SOURCE_COLORS.get(code, (0, 0, 0)) for code in range(len(names))]
+                self._rasters["source"] = self._raster(
+                    self.paths.source, count=1, dtype="uint8", nodata=SOURCE_NODATA,
+                    resampling=Resampling.mode, colormap=colors,
+                    descriptions=["evidence: " + ", ".join(
+                        f"{code}={name}" for code, name in self.sources.items())],
+                    tags={**class_tags(names, colors, facts), "NODATA_CLASS": str(SOURCE_NODATA)})
             scale = {"SCALE": f"1/{UINT8_SCALE}" if self.scaled else "1"}
             if self.paths.probabilities:
                 self._rasters["probabilities"] = self._raster(
@@ -155,9 +179,20 @@ class MapOutputs:
         self._stack.callback(cog.close, keep=False)  # on failure; a finished one is closed
         return cog
 
-    def write(self, chunk: Window, codes: np.ndarray, probs: np.ndarray | None) -> None:
-        """Store one chunk: uint8 ``(h, w)`` codes and, if computed, ``(K, h, w)`` probabilities."""
+    def write(self, chunk: Window, codes: np.ndarray, probs: np.ndarray | None,
+              source: np.ndarray) -> None:
+        """Store one chunk: class codes, probabilities and source codes.
+
+        Args:
+            chunk: where the chunk lies on the map's grid.
+            codes: uint8 ``(h, w)`` class codes.
+            probs: float32 ``(K, h, w)`` probabilities, if computed.
+            source: uint8 ``(h, w)`` source codes (:mod:`.fusion`).
+        """
         self._rasters["classes"].write(chunk, codes)
+        self.source_histogram += np.bincount(source.ravel(), minlength=SOURCE_NODATA + 1)
+        if "source" in self._rasters:
+            self._rasters["source"].write(chunk, source)
         self.histogram += np.bincount(np.minimum(codes, len(self.classes)).ravel(),
                                       minlength=len(self.classes) + 1)
         if probs is None:
@@ -175,7 +210,7 @@ class MapOutputs:
         for cog in self._rasters.values():
             cog.close(keep=True)
         item = map_item(self.paths.map, self.grid, self.classes, self.colors, self.inputs,
-                        self.paths.extras(), source=self.stac_source)
+                        self.paths.extras(), source=self.stac_source, masks=self.masks)
         for path, text in ((self.paths.style, qgis_style(self.classes, self.colors)),
                            (self.paths.legend,
                             json.dumps(legend(self.classes, self.colors), indent=2)),
@@ -222,6 +257,11 @@ class MapSummary:
         pixels_per_s: map pixels per second of wall time.
         histogram: pixels per class name.
         checks: per modality, the statistics check of its scene.
+        source: the source raster, if one was written.
+        fusion: the fusion rule of a map of several modalities (``None``: one).
+        windowed: the modalities mode ``pixel`` classified window by window (no decoder).
+        sources: share of each source (``none``, ``ms``, ``sar``, ``fused``) among the
+            pixels computed (inside the area of interest): which evidence decided them.
     """
 
     output: str
@@ -244,9 +284,14 @@ class MapSummary:
     pixels_per_s: float
     histogram: Mapping[str, int]
     checks: Mapping[str, SceneCheck] = field(default_factory=dict)
+    source: str | None = None
+    fusion: str | None = None
+    windowed: tuple[str, ...] = ()
+    sources: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (what ``predict --json`` prints)."""
         return {**{f.name: getattr(self, f.name) for f in fields(self)},
                 "modalities": list(self.modalities), "histogram": dict(self.histogram),
+                "windowed": list(self.windowed), "sources": dict(self.sources),
                 "checks": {m: check.to_dict() for m, check in self.checks.items()}}

@@ -15,16 +15,22 @@ commands can run theirs.
 import threading
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InputFileError, SchedulerError
 
+if TYPE_CHECKING:
+    from distributed import Client
+
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
+#: Attempts at setting a cluster up (the open check, the scatter): a worker that leaves
+#: between the scheduler's list and its use fails one.
+SETUP_TRIES = 3
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,9 @@ def chunk_runner(shared: Any, workers: int = 1, scheduler: str | None = None,
         timeout: seconds to wait for the scheduler to answer.
 
     Raises:
-        SchedulerError: no scheduler answers at ``scheduler`` within ``timeout`` seconds.
+        SchedulerError: no scheduler answers at ``scheduler`` within ``timeout`` seconds,
+            no worker is connected to it, or the workers were lost before the tasks were
+            done (losing some is fine: Dask reruns their tasks on the others).
         InputFileError: a worker cannot open one of ``paths``.
     """
     if scheduler is None:
@@ -195,12 +203,61 @@ def chunk_runner(shared: Any, workers: int = 1, scheduler: str | None = None,
                                         f"({str(err).splitlines()[0]}); check the address "
                                         "or raise scheduler_timeout",
                              param="scheduler_timeout") from err
+    from distributed import KilledWorker
+
     with client:
-        for worker, problems in client.run(_unreadable, list(paths)).items():
-            for path, problem in problems.items():
-                raise InputFileError(path, f"the Dask worker {worker} cannot open it "
-                                           f"({problem}); workers need the file at the "
-                                           "same path")
-        [remote] = client.scatter([shared], broadcast=True, hash=False)
-        slots = max(1, sum(client.nthreads().values()))
-        yield ChunkRunner(lambda fn, *args: client.submit(fn, remote, *args, pure=False), slots)
+        remote, slots = _set_up(client, shared, paths, scheduler, timeout)
+        try:
+            yield ChunkRunner(lambda fn, *args: client.submit(fn, remote, *args, pure=False),
+                              slots)
+        except (CancelledError, KilledWorker) as err:
+            # Dask reruns a lost worker's tasks on the others; these say it cannot: every
+            # worker (and the scattered ``shared``) gone, or tasks that kill their workers.
+            raise SchedulerError(scheduler, f"the cluster lost its workers before the tasks "
+                                            f"were done ({_lost(client, err)}); check the "
+                                            "workers and run again") from err
+
+
+def _set_up(client: "Client", shared: Any, paths: Sequence[str], scheduler: str,
+            timeout: float) -> tuple[Any, int]:
+    """``shared`` scattered to every worker once each can open ``paths``; and the slots.
+
+    A worker that dies meanwhile (without a nanny to restart it) stays in the scheduler's
+    list for a moment, and the open check or the scatter fails on it (a ``KeyError`` from
+    the scheduler, a closed connection): both are tried again on the workers left.
+
+    Raises:
+        SchedulerError: no worker is left, or they keep leaving.
+        InputFileError: a worker cannot open one of ``paths``.
+    """
+    for _ in range(SETUP_TRIES):
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError as err:
+            raise SchedulerError(scheduler, f"no Dask worker is connected to it (waited "
+                                            f"{timeout:g} s); start workers or raise "
+                                            "scheduler_timeout",
+                                 param="scheduler_timeout") from err
+        try:
+            for worker, problems in client.run(_unreadable, list(paths)).items():
+                for path, problem in problems.items():
+                    raise InputFileError(path, f"the Dask worker {worker} cannot open it "
+                                               f"({problem}); workers need the file at the "
+                                               "same path")
+            [remote] = client.scatter([shared], broadcast=True, hash=False)
+            return remote, max(1, sum(client.nthreads().values()))
+        except (KeyError, OSError) as err:  # OSError: closed connections, no valid workers
+            failure = err
+    raise SchedulerError(scheduler, f"its workers kept leaving while the tasks were set up "
+                                    f"({type(failure).__name__}: {failure}); check the workers")
+
+
+def _lost(client: "Client", err: Exception) -> str:
+    """What was lost, in words: every worker, the scheduler, or Dask's reason."""
+    try:
+        left = len(client.scheduler_info()["workers"])
+    except OSError:
+        return "the scheduler is gone too"
+    if left == 0:
+        return "every worker left"
+    return f"{left} left; {type(err).__name__}: {str(err).splitlines()[0]}"

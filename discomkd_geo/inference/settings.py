@@ -57,10 +57,12 @@ Mode = Literal["auto", "pixel", "windows", "dense"]
 PadMode = Literal["reflect", "constant"]
 #: How probability and confidence rasters store values.
 ProbabilityDtype = Literal["float32", "uint8"]
+#: How a map combines its modalities at each pixel (:mod:`.fusion`, one class each).
+FusionName = Literal["product", "weighted", "confident", "average"]
 #: An output path.
 PathLike = str | os.PathLike[str]
 #: Mode pixel's smoothing strength for one modality's map (chosen on validation scenes:
-#: README, "Maps at the sensor's pixel size").
+#: docs/tutorials/04-pixel-size.md).
 SMOOTHING = 8.0
 
 
@@ -206,9 +208,9 @@ class Tiling(_Group):
         None, "Mode pixel: strength of the mean-field smoothing of the class probabilities "
         "(a Potts model: a pixel takes the class most of its neighbourhood holds unless its "
         "own evidence is strong; parcels lose their blotches, boundaries stay); 0: off. "
-        "Probability and confidence rasters hold the smoothed values. [default: "
-        f"{SMOOTHING:g} for one modality; off when fusing, where it lowered accuracy, and "
-        "without PyTorch, whose code it is]",
+        "Probability and confidence rasters hold the smoothed values; several modalities' "
+        f"are smoothed once fused. [default: {SMOOTHING:g}; off without PyTorch, whose code "
+        "it is]",
         minimum=0.0)
     smoothing_radius: int = setting(
         32, "Mode pixel: half-side in pixels of the smoothing's neighbourhood (features "
@@ -281,6 +283,10 @@ class Outputs(_Group):
         None, "Minimum mapping unit of the polygons: smaller regions are first merged into "
         "their largest mapped neighbour, e.g. 0.5ha, 5000m2 or 5000 (m2).", minimum=0.0,
         metavar="AREA")
+    source: PathLike | None = setting(
+        None, "Also write which evidence decided each pixel here: a uint8 raster with a "
+        "colour table, 0 none, 1 MS, 2 SAR, 3 fused (255: outside the area of interest).",
+        metavar="FILE")
     overwrite: bool = setting(False, "Replace existing outputs.")
 
     def __post_init__(self) -> None:
@@ -292,7 +298,32 @@ class Outputs(_Group):
         super().__post_init__()
         if self.mmu is not None and self.vector is None:
             raise SettingsError("mmu", "applies to the polygons: give a vector output too "
-                                       "(--vector)")
+                                       "(vector=FILE)")
+
+
+@dataclass(frozen=True)
+class Fusion(_Group):
+    """How several modalities make one map (one modality's map is that branch's)."""
+
+    fusion: FusionName = setting(
+        "product",
+        "Where several modalities are valid, how their class probabilities combine: "
+        "product (naive Bayes, chosen on validation scenes), weighted (product, each branch "
+        "weighted by its --branch-accuracy), confident (the branch with the higher winning "
+        "probability) or average. Elsewhere the one valid branch decides.")
+    branch_accuracy: str | None = setting(
+        None, "Fusion weighted: each branch's measured accuracy, e.g. ms=0.86,sar=0.81.",
+        metavar="MODALITY=OA,...")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.branch_accuracy is not None:
+            from .fusion import parse_accuracy
+
+            try:
+                parse_accuracy(self.branch_accuracy)
+            except ValueError as err:
+                raise SettingsError("branch_accuracy", str(err)) from err
 
 
 @dataclass(frozen=True)
@@ -315,12 +346,14 @@ class MapSettings:
         tiling: which windows are classified, and how the work is cut.
         execution: where and how the chunks run.
         outputs: what is written besides the map.
+        fusing: how several modalities make one map.
         checks: what the input checks let through.
     """
 
     tiling: Tiling = field(default_factory=Tiling)
     execution: Execution = field(default_factory=Execution)
     outputs: Outputs = field(default_factory=Outputs)
+    fusing: Fusion = field(default_factory=Fusion)
     checks: Checks = field(default_factory=Checks)
 
     #: Field name -> the group holding it (filled below the class).

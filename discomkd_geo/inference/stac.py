@@ -43,12 +43,15 @@ class ItemInputs:
         paths: files per modality (``ms``, ``sar``), in the Item's asset order.
         bands: band names per modality, in raster order across its files.
         datetime: the Item's acquisition time (``datetime`` or ``start_datetime``).
+        scl: the Sentinel-2 Level-2A scene classification asset (key ``scl``), if any:
+            the MS mask of ``mask='scl'`` (:mod:`.masks`).
     """
 
     item: str
     paths: dict[str, list[str]]
     bands: dict[str, list[str]]
     datetime: dt.datetime | None
+    scl: str | None = None
 
 
 def _band_name(name: str) -> str:
@@ -119,17 +122,21 @@ def read_item(path: str | os.PathLike[str]) -> ItemInputs:
     folder = os.path.dirname(os.path.abspath(path))
     paths: dict[str, list[str]] = {}
     bands: dict[str, list[str]] = {}
+    scl = None
     for key, asset in item.assets.items():
         fields = {"type": asset.media_type, "roles": asset.roles, **asset.extra_fields}
         if not _is_raster(fields):
+            continue
+        href = asset.href
+        if not is_remote(href):  # URLs stay as given (normpath would fold their "//")
+            href = os.path.normpath(href if os.path.isabs(href) else os.path.join(folder, href))
+        if key.lower() == "scl":  # Earth Search's and Planetary Computer's L2A key
+            scl = href
             continue
         names = _asset_bands(key, fields)
         modality = _modality(names)
         if modality is None:
             continue
-        href = asset.href
-        if not is_remote(href):  # URLs stay as given (normpath would fold their "//")
-            href = os.path.normpath(href if os.path.isabs(href) else os.path.join(folder, href))
         paths.setdefault(modality, []).append(href)
         bands.setdefault(modality, []).extend(names)
     if not paths:
@@ -137,7 +144,7 @@ def read_item(path: str | os.PathLike[str]) -> ItemInputs:
                                    f"{sorted(item.assets)}; name their bands (eo:bands, "
                                    "bands or sar:polarizations)")
     when = item.datetime or item.common_metadata.start_datetime
-    return ItemInputs(path, paths, bands, when)
+    return ItemInputs(path, paths, bands, when, scl)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -163,7 +170,8 @@ def map_item(output: str | os.PathLike[str], grid: Grid, classes: Sequence[str],
              inputs: Mapping[str, Sequence[str | os.PathLike[str]]],
              extras: Mapping[str, str | os.PathLike[str]] | None = None,
              source: ItemInputs | None = None,
-             created: dt.datetime | None = None) -> dict[str, Any]:
+             created: dt.datetime | None = None,
+             masks: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """The STAC Item (as a JSON-able dict) of a land-cover map written at ``output``.
 
     Args:
@@ -174,10 +182,14 @@ def map_item(output: str | os.PathLike[str], grid: Grid, classes: Sequence[str],
         inputs: the files each modality was read from (``derived_from`` links; none
             for an in-memory array).
         extras: other files written beside the map, by asset key (``probabilities``,
-            ``confidence``, ``style``, ``legend``).
+            ``confidence``, ``style``, ``legend``, ``source``: which evidence decided
+            each pixel).
         source: the STAC Item the scenes came from: linked, and its acquisition time is
             the map's.
         created: production time (default: now, UTC).
+        masks: per modality, the mask its unavailable pixels came from
+            (:func:`.masks.mask_records`): listed under the property ``discomkd:masks``,
+            and a mask file is linked (``derived_from``).
 
     Returns:
         The Item's dict; asset hrefs are relative to the Item's folder.
@@ -217,15 +229,25 @@ def map_item(output: str | os.PathLike[str], grid: Grid, classes: Sequence[str],
         for code, (name, rgb) in enumerate(zip(classes, colors, strict=True))]
     media = {"style": "application/xml", "legend": pystac.MediaType.JSON}
     roles = {"style": ["style"], "legend": ["metadata"]}
+    titles = {"source": "evidence that decided each pixel (0 none, 1 MS, 2 SAR, 3 fused)"}
     for key, path in (extras or {}).items():
-        item.add_asset(key, pystac.Asset(relative(path), media_type=media.get(
-            key, pystac.MediaType.COG), roles=roles.get(key, ["data"])))
+        item.add_asset(key, pystac.Asset(relative(path), title=titles.get(key),
+                                         media_type=media.get(key, pystac.MediaType.COG),
+                                         roles=roles.get(key, ["data"])))
     for modality, paths in inputs.items():
         for i, path in enumerate(paths):
             title = f"{modality} scene" + (f" file {i + 1}" if len(paths) > 1 else "")
             href = path if is_remote(path) else Path(path).resolve().as_uri()
             item.add_link(pystac.Link("derived_from", href,
                                       media_type=pystac.MediaType.GEOTIFF, title=title))
+    for modality, mask in (masks or {}).items():
+        item.properties.setdefault("discomkd:masks", {})[modality] = dict(mask)
+        if mask["kind"] != "s2cloudless":  # a detector's source is the scene, linked above
+            href = str(mask["source"])
+            item.add_link(pystac.Link(
+                "derived_from", href if is_remote(href) else Path(href).resolve().as_uri(),
+                media_type=pystac.MediaType.GEOTIFF,
+                title=f"{modality} mask ({mask['kind']}: {mask['meaning']})"))
     if source is not None:
         item.add_link(pystac.Link("derived_from", Path(source.item).resolve().as_uri(),
                                   media_type=pystac.MediaType.GEOJSON, title="input STAC Item"))

@@ -10,7 +10,9 @@ GDAL's rings are not) and in the map's CRS. Areas follow
 :mod:`discomkd_geo.inference.classmap`: planar on a projected CRS, on a local Lambert
 azimuthal equal-area projection on a geographic one. The GeoPackage is written to a
 temporary sibling and renamed; a QGIS style (``<stem>.qml``, categorised by class with the
-map's colours) goes beside it and into the GeoPackage's ``layer_styles`` table.
+map's colours) goes beside it and into the GeoPackage's ``layer_styles`` table. A
+Shapefile's parts (``.shx``, ``.dbf``, ...) are written beside a temporary ``.shp`` and
+renamed before it.
 
 The whole map is held in memory (one byte per pixel, plus GDAL's polygon work).
 """
@@ -27,19 +29,41 @@ import rasterio
 from rasterio.features import shapes, sieve
 
 from ..errors import InputFileError, OutputError
-from ..files import atomic_path, check_outputs
+from ..files import atomic_path, check_outputs, check_writable
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas
 
 if TYPE_CHECKING:
     import geopandas as gpd
+
+#: The files of a Shapefile besides the ``.shp`` (GDAL's), renamed with it.
+SHAPEFILE_PARTS = (".shx", ".dbf", ".prj", ".cpg")
+
 
 def sieve_size(classmap: ClassMap, mmu: float) -> int:
     """Pixels a region needs to cover ``mmu`` m2 (on the map's smallest pixels)."""
     return max(1, math.ceil(mmu / float(row_areas(classmap).min()) - 1e-9))
 
 
-def _valid(geometry: Any) -> Any:
-    """``geometry`` itself if valid, else its polygonal part made valid."""
+def check_mmu(classmap: ClassMap, mmu: float) -> int:
+    """The sieve size of ``mmu`` on the map's grid (also a map yet to be made).
+
+    Raises:
+        InputFileError: the whole grid is no larger than ``mmu`` (named ``classmap.path``).
+    """
+    size = sieve_size(classmap, mmu)
+    pixels = classmap.width * classmap.height
+    if size >= pixels:
+        raise InputFileError(classmap.path, f"is smaller ({pixels:,} px) than the minimum "
+                                            f"mapping unit ({size:,} px)")
+    return size
+
+
+def valid_polygons(geometry: Any) -> Any:
+    """``geometry`` itself if valid, else its polygonal part made valid.
+
+    A self-intersecting ring (a bow-tie) becomes its two lobes: its signed area as drawn
+    is their difference (0 for a symmetric one).
+    """
     import shapely
 
     if geometry.is_valid:
@@ -81,12 +105,8 @@ def vectorize(path: str | os.PathLike[str], mmu: float | None = None) -> "gpd.Ge
         raise InputFileError(classmap.path, f"holds code {unknown[0]}, which has no class "
                                             f"(classes: {len(classmap.classes)})")
     if mmu:
-        size = sieve_size(classmap, mmu)
-        if size >= codes.size:
-            raise InputFileError(classmap.path, f"is smaller ({codes.size:,} px) than the "
-                                                f"minimum mapping unit ({size:,} px)")
-        codes = sieve(codes, size=size, mask=mapped, connectivity=4)
-    records = [(int(value), _valid(shape(geometry))) for geometry, value in
+        codes = sieve(codes, size=check_mmu(classmap, mmu), mask=mapped, connectivity=4)
+    records = [(int(value), valid_polygons(shape(geometry))) for geometry, value in
                shapes(codes, mask=mapped, connectivity=4, transform=classmap.transform)]
     frame = gpd.GeoDataFrame({"class_code": np.array([c for c, _ in records], dtype=np.int32)},
                              geometry=[g for _, g in records], crs=classmap.crs)
@@ -181,10 +201,33 @@ def write_layer(frame: "gpd.GeoDataFrame", output: str | os.PathLike[str], layer
     ``layer_styles`` table, where QGIS looks first when it opens the layer.
     """
     driver = vector_driver(output)
+    if driver == "ESRI Shapefile":
+        _write_shapefile(frame, Path(output), overwrite)
+        return
     with atomic_path(output, overwrite=overwrite) as tmp:
         frame.to_file(tmp, layer=layer, driver=driver)
         if style is not None and driver == "GPKG":
             _embed_style(tmp, layer, style)
+
+
+def _write_shapefile(frame: "gpd.GeoDataFrame", output: Path, overwrite: bool) -> None:
+    """A Shapefile (one layer, named after the file): its parts renamed before the ``.shp``.
+
+    Each rename is atomic, and a reader looks for the ``.shp`` first: it never finds one
+    without its parts. A failed write leaves none of them.
+    """
+    parts = {suffix: output.with_suffix(suffix) for suffix in SHAPEFILE_PARTS}
+    for part in parts.values():
+        check_writable(part, overwrite)
+    with atomic_path(output, overwrite=overwrite) as tmp:
+        try:
+            frame.to_file(tmp, driver="ESRI Shapefile", encoding="UTF-8")
+            for suffix, part in parts.items():
+                if tmp.with_suffix(suffix).exists():
+                    os.replace(tmp.with_suffix(suffix), part)
+        finally:
+            for suffix in SHAPEFILE_PARTS:
+                tmp.with_suffix(suffix).unlink(missing_ok=True)
 
 
 def _embed_style(path: Path, layer: str, qml: str) -> None:
@@ -212,12 +255,12 @@ def vector_driver(output: str | os.PathLike[str]) -> str:
     """The OGR driver of a vector output, by extension.
 
     Raises:
-        OutputError: an extension other than ``.gpkg``, ``.geojson``, ``.fgb``.
+        OutputError: an extension other than ``.gpkg``, ``.geojson``, ``.fgb``, ``.shp``.
     """
     suffix = Path(output).suffix.lower()
-    # Single-file formats only: a shapefile's sidecars would not follow the rename.
-    drivers = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".fgb": "FlatGeobuf"}
+    drivers = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".fgb": "FlatGeobuf",
+               ".shp": "ESRI Shapefile"}
     if suffix not in drivers:
         raise OutputError(output, f"unknown vector format {suffix or '(no suffix)'}; use "
-                                  ".gpkg, .geojson or .fgb")
+                                  ".gpkg, .geojson, .fgb or .shp")
     return drivers[suffix]

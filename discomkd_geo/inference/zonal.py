@@ -32,7 +32,7 @@ from ..logs import progress_disabled
 from .aoi import covering_window
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas
 from .tiling import chunk_layout, relative_slices
-from .vectorize import write_layer
+from .vectorize import valid_polygons, write_layer
 from .vectors import read_layer
 
 if TYPE_CHECKING:
@@ -106,7 +106,11 @@ def zonal_areas(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame",
     if clash := sorted(set(columns) & set(zones.columns)):
         raise InputFileError(classmap.path, f"a zone attribute is named {clash[0]!r}, like a "
                                             "result column; rename it")
+    # Repaired, as areas of interest and polygons are: a self-intersecting zone would
+    # count its pixels but measure the signed area of its ring (0 ha for a bow-tie).
     local = zones.to_crs(classmap.crs)
+    local = local.set_geometry([None if g is None else valid_polygons(g)
+                                for g in local.geometry], crs=local.crs)
     sums = np.zeros((len(zones), len(names)))
     counts = np.zeros(len(zones), dtype=np.int64)
     from tqdm.auto import tqdm

@@ -29,6 +29,11 @@ class PredictorInfo:
             L1C digital numbers, reflectance x 10000).
         method: training method that produced the branch (``discomkd``, ``mono``, ...).
         branch_spec: keyword arguments of :func:`discomkd_geo.models.branches.build_branch`.
+        temperature: the calibration temperature ``T`` of the window classifier, whose
+            probabilities are ``softmax(logits / T)`` (Guo et al., 2017; fitted on the
+            validation split by :mod:`discomkd_geo.training.temperature_fit`), or
+            ``None``: not calibrated, the plain softmax (files written before
+            calibration existed). Mode pixel's decoder keeps its own probabilities.
     """
 
     modality: str
@@ -40,6 +45,7 @@ class PredictorInfo:
     units: str = "dn"
     method: str = "discomkd"
     branch_spec: dict[str, Any] = field(default_factory=dict)
+    temperature: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""
@@ -55,6 +61,10 @@ class PredictorInfo:
 
 class BranchPredictor(Protocol):
     """One modality's classifier as the inference engine uses it: raw patches in, probabilities out.
+
+    Window probabilities (windows and dense mode) are already calibrated with
+    ``info.temperature`` when the branch has one; callers never apply it again. Mode
+    pixel's are the decoder's own (see ``Predictor.probabilities``).
 
     Attributes:
         info: what the classifier expects and produces.

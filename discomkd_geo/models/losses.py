@@ -34,16 +34,15 @@ add ``pixel``, the per-pixel cross-entropy against the mosaics' label maps (weig
 ``pixel``; not part of the paper).
 """
 
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import Orthogonality
 from ..errors import ConfigError
 from .discomkd import DisCoMKDOutput
-
-Orthogonality = Literal["squared", "abs", "signed"]
 
 #: Names of the loss terms, in the order they are summed.
 TERMS = ("cl", "adv", "mod", "aux", "perp")
@@ -58,7 +57,7 @@ def orthogonality_penalty(a: Tensor, b: Tensor, mode: Orthogonality = "squared")
         a: ``(B, E)`` embeddings.
         b: ``(B, E)`` embeddings.
         mode: ``squared`` (mean cos^2, zero only at orthogonality; the default),
-            ``abs`` (mean |cos|), or ``signed`` (mean cos, the public code's variant,
+            ``abs`` (mean ``|cos|``), or ``signed`` (mean cos, the public code's variant,
             which can go negative and is minimised by anti-correlated embeddings).
 
     Returns:

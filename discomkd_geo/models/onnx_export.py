@@ -41,6 +41,7 @@ import base64
 import io
 import json
 import os
+import warnings
 from typing import Any
 
 import torch
@@ -76,12 +77,17 @@ class _PerPixel(nn.Module):
         super().__init__()
         self.predictor = predictor
         self.patch = predictor.info.patch_size
+        self.classes = len(predictor.info.classes)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.predictor.has_decoder:
-            return self.predictor.pixels(x, 0)
-        probs = self.predictor(x)
-        return probs[:, :, None, None].expand(-1, -1, self.patch, self.patch)
+            out = self.predictor.pixels(x, 0)
+        else:
+            out = self.predictor(x)[:, :, None, None].expand(-1, -1, self.patch, self.patch)
+        # A reshape to constants makes the class and tile dimensions static in the graph:
+        # Deepness takes the class count from the output's shape[-3] and counts with it
+        # (through expand and the decoder's padding they were symbolic).
+        return out.reshape(-1, self.classes, self.patch, self.patch)
 
 
 class _Pixels(nn.Module):
@@ -111,9 +117,14 @@ def _trace(module: nn.Module, example: Tensor, names: tuple[str, str],
     # traced layout is the plain one: channels-last is a runtime choice of torch's CPU path.
     # On exit the exporter sets the whole module tree to the mode the module had: a wrapper
     # in training mode (a new module's) would leave the predictor's batch norms training.
-    torch.onnx.export(module.eval(), (example,), buffer, input_names=[names[0]],
-                      output_names=[names[1]], opset_version=OPSET, dynamo=False,
-                      dynamic_axes=dynamic)
+    with warnings.catch_warnings():
+        # The pixel graph's strided slices (the decoder's cells) are left unfolded, as
+        # they must be: the exporter says so in a UserWarning per pass, with its paths.
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1",
+                                category=UserWarning)
+        torch.onnx.export(module.eval(), (example,), buffer, input_names=[names[0]],
+                          output_names=[names[1]], opset_version=OPSET, dynamo=False,
+                          dynamic_axes=dynamic)
     return onnx.load_from_string(buffer.getvalue())
 
 

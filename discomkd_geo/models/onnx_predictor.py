@@ -10,6 +10,12 @@ mode when the export holds the per-pixel graph of a branch with a decoder (metad
 :data:`PIXEL_GRAPH_KEY`; files exported before it existed, or from branches without a
 decoder, have none). Dense mode pools the encoders' feature maps, which no exported graph
 exposes.
+
+A calibrated branch's temperature (``info.temperature``) is inside the window graph, traced
+from :meth:`~.predictor.Predictor.probabilities` like the normalisation, so every tool
+running the graph (Deepness too) gets the calibrated probabilities, and :class:`OnnxPredictor`
+applies nothing more; the metadata's ``info`` records it. The pixel graph gives the
+decoder's own probabilities, as the torch predictor does.
 """
 
 import base64
@@ -116,7 +122,8 @@ class OnnxPredictor:
                                   f"{METADATA_KEY!r} metadata)") from err
         if fmt == DEEPNESS_PIXELS_FORMAT:
             raise CheckpointError(f"{source}: a Deepness export of a per-pixel decoder (for "
-                                  "QGIS Deepness only); map with an export of --format onnx")
+                                  "QGIS Deepness only); map with a plain ONNX export "
+                                  "(per_pixel=False)")
         if payload.get("version") != ONNX_FORMAT_VERSION:
             raise CheckpointError(f"{source}: ONNX export version {payload.get('version')} "
                                   f"is not supported (expected {ONNX_FORMAT_VERSION})")

@@ -19,8 +19,10 @@ from qgis.core import (
     QgsProcessingParameterDefinition,
     QgsProcessingParameterEnum,
     QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterField,
     QgsProcessingParameterFile,
     QgsProcessingParameterFileDestination,
+    QgsProcessingParameterFolderDestination,
     QgsProcessingParameterMultipleLayers,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterDestination,
@@ -29,9 +31,11 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
-from .runner import Cancelled, CliError, run_cli
+from .runner import EXECUTABLE_SETTING, Cancelled, CliError, run_cli
 
 MODES = ["auto", "pixel", "windows", "dense"]
+#: ``predict --fusion`` choices (``inference/settings.py``'s ``FusionName``), default first.
+FUSIONS = ["product", "weighted", "confident", "average"]
 MODALITIES = ["sar", "ms"]
 VECTOR_FORMATS = ["gpkg", "shp", "geojson", "fgb"]
 
@@ -92,8 +96,6 @@ class CliAlgorithm(QgsProcessingAlgorithm):
         """Run ``discomkd-geo args...`` with QGIS's feedback; return its stdout."""
         from processing.core.ProcessingConfig import ProcessingConfig
 
-        from .provider import EXECUTABLE_SETTING
-
         executable = ProcessingConfig.getSetting(EXECUTABLE_SETTING) or None
         feedback.pushCommandInfo(" ".join([executable or "discomkd-geo", *map(str, args)]))
         try:
@@ -127,7 +129,7 @@ class MapLandCover(CliAlgorithm):
     NAME = "map"
     DISPLAY = "Map land cover"
     HELP = ("Classifies a Sentinel-1 SAR scene (VV/VH in dB, one raster or one per "
-            "polarisation), a Sentinel-2 scene, or both fused, with a discomkd_geo "
+            "polarisation), a Sentinel-2 scene, or both, with a discomkd_geo "
             "checkpoint (.ckpt, exported .pt, or .onnx, which needs no PyTorch), through "
             "'discomkd-geo predict'. The map is loaded with its class colours; the scene "
             "is checked against the model's training data first (units, band order). "
@@ -137,7 +139,12 @@ class MapLandCover(CliAlgorithm):
             "(faster at small strides). Per-pixel maps of one modality are smoothed so that "
             "parcels keep one class (advanced: smoothing strength, 0 turns it off; the "
             "smoothing needs PyTorch, even with an .onnx model: without it maps are unsmoothed). "
-            "An area of interest limits the map to its polygons.")
+            "An area of interest limits the map to its polygons. A cloud mask (Sentinel-2 "
+            "scene classification, Fmask, or 0/1) makes the masked MS pixels nodata. "
+            "Given both scenes, each pixel takes the best evidence there: where both are "
+            "valid their fusion (rule 'product' by default: the branches' probabilities "
+            "multiplied), elsewhere the one valid scene; the optional evidence raster says "
+            "which decided each pixel (0 none, 1 MS, 2 SAR, 3 fused).")
 
     def initAlgorithm(self, config=None):
         self.addParameter(QgsProcessingParameterMultipleLayers(
@@ -158,8 +165,18 @@ class MapLandCover(CliAlgorithm):
             QgsProcessingParameterNumber.Double, optional=True, minValue=0)
         smoothing.setFlags(smoothing.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(smoothing)
-        self.addParameter(QgsProcessingParameterBoolean(
-            "FUSE", "Fuse SAR and MS (average their probabilities)", defaultValue=False))
+        self.addParameter(QgsProcessingParameterEnum(
+            "FUSION", "With both scenes: how their probabilities combine where both are valid",
+            FUSIONS, defaultValue=0))
+        accuracy = QgsProcessingParameterString(
+            "BRANCH_ACCURACY", "Fusion 'weighted': each branch's measured accuracy, e.g. "
+            "ms=0.86,sar=0.81", optional=True)
+        accuracy.setFlags(accuracy.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+        self.addParameter(accuracy)
+        for name, title in (("MS_MASK", "Sentinel-2 cloud mask (SCL, Fmask or 0/1 with "
+                                        "1 = unavailable): masked pixels are nodata"),
+                            ("SAR_MASK", "SAR mask (0/1, 1 = unavailable)")):
+            self.addParameter(QgsProcessingParameterRasterLayer(name, title, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(
             "AOI", "Area of interest (pixels outside are nodata)",
             [QgsProcessing.TypeVectorPolygon], optional=True))
@@ -173,6 +190,9 @@ class MapLandCover(CliAlgorithm):
             "PROBABILITIES", "Class probabilities", optional=True, createByDefault=False))
         self.addParameter(QgsProcessingParameterVectorDestination(
             "VECTOR", "Land-cover polygons", optional=True, createByDefault=False))
+        self.addParameter(QgsProcessingParameterRasterDestination(
+            "SOURCE", "Evidence that decided each pixel (0 none, 1 MS, 2 SAR, 3 fused)",
+            optional=True, createByDefault=False))
 
     def processAlgorithm(self, parameters, context, feedback):
         sar = self.raster_paths(parameters, "SAR", context)
@@ -190,13 +210,20 @@ class MapLandCover(CliAlgorithm):
             args += ["--stride", self.parameterAsInt(parameters, "STRIDE", context)]
         if parameters.get("SMOOTHING") not in (None, ""):
             args += ["--smoothing", self.parameterAsDouble(parameters, "SMOOTHING", context)]
-        for flag in ("FUSE", "FORCE"):
-            if self.parameterAsBool(parameters, flag, context):
-                args.append(f"--{flag.lower()}")
+        if sar and ms:
+            args += ["--fusion", FUSIONS[self.parameterAsEnum(parameters, "FUSION", context)]]
+            if accuracy := self.parameterAsString(parameters, "BRANCH_ACCURACY", context):
+                args += ["--branch-accuracy", accuracy]
+        if self.parameterAsBool(parameters, "FORCE", context):
+            args.append("--force")
+        for name, flag in (("MS_MASK", "--ms-mask"), ("SAR_MASK", "--sar-mask")):
+            if parameters.get(name) is not None:
+                args += [flag, self.raster_path(parameters, name, context)]
         if parameters.get("AOI") is not None:
             args += ["--aoi", self.vector_path(parameters, "AOI", context, feedback)]
         results = {"OUTPUT": output}
-        for name, flag in (("PROBABILITIES", "--probabilities"), ("VECTOR", "--vector")):
+        for name, flag in (("PROBABILITIES", "--probabilities"), ("VECTOR", "--vector"),
+                           ("SOURCE", "--source")):
             path = self.parameterAsOutputLayer(parameters, name, context)
             if path:
                 args += [flag, path]
@@ -291,4 +318,110 @@ class ZonalAreas(CliAlgorithm):
         return {"OUTPUT": output}
 
 
-ALGORITHMS = [MapLandCover, InspectScene, Vectorize, ZonalAreas]
+
+ALLOCATIONS = ["olofsson", "proportional", "equal"]
+
+
+class SampleForAssessment(CliAlgorithm):
+    """``discomkd-geo sample``: a stratified random sample of a map to label."""
+
+    NAME = "sample"
+    DISPLAY = "Sample for accuracy assessment"
+    HELP = ("Draws a stratified random sample of a land-cover map's pixel centres (the "
+            "strata are its classes) through 'discomkd-geo sample'. Give the number of "
+            "points, or a target standard error of the overall accuracy (e.g. 0.01) and the "
+            "user's accuracy you expect: the number then follows (Olofsson et al. 2014). "
+            "Allocation 'olofsson' gives each class at least the minimum and the rest in "
+            "proportion to its area. Fill in the points' 'reference' column (the class you "
+            "see on imagery), then run 'Assess accuracy and areas'.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Land-cover map"))
+        self.addParameter(QgsProcessingParameterNumber(
+            "SIZE", "Number of points (empty: from the target standard error)",
+            QgsProcessingParameterNumber.Integer, optional=True, minValue=1))
+        self.addParameter(QgsProcessingParameterNumber(
+            "TARGET_SE", "Target standard error of overall accuracy (e.g. 0.01)",
+            QgsProcessingParameterNumber.Double, optional=True, minValue=0.0001,
+            maxValue=0.5))
+        self.addParameter(QgsProcessingParameterNumber(
+            "EXPECTED_UA", "Expected user's accuracy (for the target standard error)",
+            QgsProcessingParameterNumber.Double, defaultValue=0.8, minValue=0.01,
+            maxValue=0.99))
+        self.addParameter(QgsProcessingParameterEnum(
+            "ALLOCATION", "Allocation", ALLOCATIONS, defaultValue=0))
+        self.addParameter(QgsProcessingParameterNumber(
+            "MIN_PER_CLASS", "Minimum points per class (allocation 'olofsson')",
+            QgsProcessingParameterNumber.Integer, defaultValue=50, minValue=1))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "AOI", "Area of interest", [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterNumber(
+            "SEED", "Random seed", QgsProcessingParameterNumber.Integer, defaultValue=0))
+        self.addParameter(QgsProcessingParameterVectorDestination(
+            "OUTPUT", "Sample points", QgsProcessing.TypeVectorPoint))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        output = self.parameterAsOutputLayer(parameters, "OUTPUT", context)
+        args = ["sample", self.raster_path(parameters, "INPUT", context), "-o", output,
+                "--allocation", ALLOCATIONS[self.parameterAsEnum(parameters, "ALLOCATION",
+                                                                 context)],
+                "--min-per-class", self.parameterAsInt(parameters, "MIN_PER_CLASS", context),
+                "--seed", self.parameterAsInt(parameters, "SEED", context), "--overwrite"]
+        if parameters.get("SIZE") not in (None, ""):
+            args += ["-n", self.parameterAsInt(parameters, "SIZE", context)]
+        elif parameters.get("TARGET_SE") not in (None, ""):
+            args += ["--target-se", self.parameterAsDouble(parameters, "TARGET_SE", context),
+                     "--expected-ua", self.parameterAsDouble(parameters, "EXPECTED_UA",
+                                                             context)]
+        else:
+            raise QgsProcessingException("give a number of points or a target standard error")
+        if parameters.get("AOI") is not None:
+            args += ["--aoi", self.vector_path(parameters, "AOI", context, feedback)]
+        feedback.pushInfo(self.run(args, feedback, outputs=[output]))
+        return {"OUTPUT": output}
+
+
+class AssessAccuracy(CliAlgorithm):
+    """``discomkd-geo assess``: accuracy and error-adjusted areas from labelled points."""
+
+    NAME = "assess"
+    DISPLAY = "Assess accuracy and areas"
+    HELP = ("Estimates a land-cover map's overall, user's and producer's accuracies and "
+            "each class's area, adjusted for the map's errors, with 95% confidence "
+            "intervals, from labelled reference points (e.g. those of 'Sample for accuracy "
+            "assessment'), through 'discomkd-geo assess' (Olofsson et al. 2014). Writes "
+            "assessment.json, assessment.csv, report.md and areas.png into the folder; "
+            "points off the map, on nodata or without a label are counted and left out.")
+
+    def initAlgorithm(self, config=None):
+        self.addParameter(QgsProcessingParameterRasterLayer("INPUT", "Land-cover map"))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "REFERENCE", "Labelled reference points", [QgsProcessing.TypeVectorPoint]))
+        self.addParameter(QgsProcessingParameterField(
+            "LABEL_COLUMN", "Column of reference labels (class names or codes)",
+            defaultValue="reference", parentLayerParameterName="REFERENCE"))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "AOI", "Area of interest", [QgsProcessing.TypeVectorPolygon], optional=True))
+        self.addParameter(QgsProcessingParameterFeatureSource(
+            "ZONES", "Zones (figures per zone)", [QgsProcessing.TypeVectorPolygon],
+            optional=True))
+        self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
+        self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
+
+    def processAlgorithm(self, parameters, context, feedback):
+        output = self.parameterAsString(parameters, "OUTPUT", context)
+        [column] = self.parameterAsFields(parameters, "LABEL_COLUMN", context)
+        args = ["assess", self.raster_path(parameters, "INPUT", context),
+                self.vector_path(parameters, "REFERENCE", context, feedback),
+                "--label-column", column, "-o", output, "--overwrite"]
+        for name in ("AOI", "ZONES"):
+            if parameters.get(name) is not None:
+                args += [f"--{name.lower()}", self.vector_path(parameters, name, context,
+                                                               feedback)]
+        report = self.run(args, feedback, outputs=[output])
+        feedback.pushInfo(report)
+        return {"OUTPUT": output, "REPORT": report}
+
+
+ALGORITHMS = [MapLandCover, InspectScene, Vectorize, ZonalAreas, SampleForAssessment,
+              AssessAccuracy]

@@ -3,10 +3,7 @@
 from qgis.core import QgsProcessingProvider
 
 from .algorithms import ALGORITHMS
-from .runner import default_executable
-
-#: Processing setting holding the path of the ``discomkd-geo`` executable.
-EXECUTABLE_SETTING = "DISCOMKD_GEO_EXECUTABLE"
+from .runner import EXECUTABLE_SETTING, default_executable
 
 
 class DiscomkdGeoProvider(QgsProcessingProvider):

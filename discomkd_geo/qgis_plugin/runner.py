@@ -20,8 +20,10 @@ import sys
 import threading
 from pathlib import Path
 
-#: Environment variable overriding the executable (tests, CI).
-EXECUTABLE_ENV = "DISCOMKD_GEO_EXECUTABLE"
+#: Name of the Processing setting holding the ``discomkd-geo`` executable (declared here,
+#: where the provider and the algorithms both import it), and of the environment
+#: variable overriding it (tests, CI).
+EXECUTABLE_SETTING = "DISCOMKD_GEO_EXECUTABLE"
 #: Written by ``discomkd-geo qgis install`` beside the plugin: ``{"executable": path}``.
 SETTINGS_FILE = "install.json"
 #: Seconds a cancelled process gets to clean up after SIGINT before it is killed.
@@ -93,7 +95,7 @@ def run_cli(args, executable=None, progress=None, log=None, canceled=None, outpu
         Cancelled: ``canceled()`` became true.
         CliError: the command exited non-zero, or could not be started.
     """
-    executable = executable or os.environ.get(EXECUTABLE_ENV) or default_executable()
+    executable = executable or os.environ.get(EXECUTABLE_SETTING) or default_executable()
     env = dict(os.environ, DISCOMKD_GEO_PROGRESS="always")
     try:
         proc = subprocess.Popen([executable, *map(str, args)], stdout=subprocess.PIPE,

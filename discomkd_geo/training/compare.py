@@ -67,7 +67,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, apply_override, from_dict
-from ..errors import ConfigError
+from ..errors import ResumeError, SettingsError
 from ..files import check_writable
 from ..logs import log
 from .baselines import FUSED
@@ -149,12 +149,12 @@ def select_variants(names: Sequence[str] | None) -> list[Variant]:
             :data:`DEFAULT_METHODS`. An ablation brings in the variant it is tuned by.
 
     Raises:
-        ConfigError: an unknown name.
+        SettingsError: an unknown name (``param``: ``methods``).
     """
     wanted = set(names or DEFAULT_METHODS)
     unknown = sorted(wanted - set(_BY_NAME))
     if unknown:
-        raise ConfigError("--methods", f"unknown method(s) {unknown}; "
+        raise SettingsError("methods", f"unknown method(s) {unknown}; "
                                        f"expected some of {list(_BY_NAME)}")
     if wanted & STUDENT_METHODS:
         wanted.add("teacher")
@@ -305,8 +305,8 @@ def _start(results: ComparisonResults, out: Path, overwrite: bool,
         previous = ComparisonResults.load(out / "results.json")
         for key in ("config", "seeds", "lrs", "patience", "map_score"):
             if getattr(previous, key) != getattr(results, key):
-                raise ConfigError("--resume", f"{out / 'results.json'} was made with another "
-                                              f"{key}; resume needs the same protocol")
+                raise ResumeError(out / "results.json", f"made with another {key}; "
+                                  "resume=True needs the same protocol", param="resume")
         runs = tuple(r for r in previous.runs if r.variant in results.variants)
         return replace(results, runs=runs), previous.wall_seconds
     out = check_writable(out, overwrite)
@@ -347,14 +347,15 @@ def compare(config: Config, out: str | Path, seeds: int = 5,
 
     Raises:
         OutputExistsError: ``out`` is not empty and neither ``overwrite`` nor ``resume``.
-        ConfigError: unknown method name, seeds, jobs or patience < 1, an empty grid, or
-            ``resume`` with another protocol than the recorded one.
+        SettingsError: unknown method name, seeds, jobs or patience < 1, or an empty
+            grid (``param`` names the argument).
+        ResumeError: ``resume`` with another protocol than the recorded one.
     """
-    for name, value in (("--seeds", seeds), ("--jobs", jobs), ("--patience", patience)):
+    for name, value in (("seeds", seeds), ("jobs", jobs), ("patience", patience)):
         if value < 1:
-            raise ConfigError(name, f"expected at least 1, got {value}")
+            raise SettingsError(name, f"expected at least 1, got {value}")
     if not lrs:
-        raise ConfigError("--lrs", "expected at least one learning rate")
+        raise SettingsError("lrs", "expected at least one learning rate")
     variants = select_variants(methods)
     grid = sorted(float(lr) for lr in lrs)
     results = ComparisonResults(

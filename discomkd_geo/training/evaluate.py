@@ -4,13 +4,16 @@ Sits beside :mod:`~discomkd_geo.training.train`: where training tests the Lightn
 model, this goes through exactly what a user deploys, :func:`~discomkd_geo.load_predictor`
 on raw images, so it also checks that the checkpoint is self-describing (bands,
 normalisation, classes). The split settings are read from the training config the
-checkpoint carries, so ``test`` means the same images as during training.
+checkpoint carries, so ``test`` means the same images as during training. Besides the
+scores, the expected calibration error of the branch's probabilities before and after its
+temperature (:mod:`.calibration`), and their reliability diagram.
 """
 
 import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from torch.utils.data import DataLoader
@@ -22,11 +25,13 @@ from torchmetrics.functional.classification import (
 from tqdm.auto import tqdm
 
 from ..config import Config, DataConfig, from_dict
-from ..data.eurosat import EuroSATMSSAR
-from ..errors import CheckpointError, ConfigError
+from ..data.eurosat import EuroSATMSSAR, EuroSATOptions
+from ..errors import CheckpointError, SettingsError
 from ..logs import progress_disabled
 from ..models._files import load_torch_file
 from ..models.predictor import CHECKPOINT_KEY, Predictor, load_predictor
+from .calibration import calibration_of
+from .plots import plot_reliability
 
 
 def training_config(checkpoint: str | os.PathLike[str], trusted: bool = False) -> Config | None:
@@ -56,19 +61,56 @@ def dataset_for(predictor: Predictor, data: DataConfig, split: str,
     m = predictor.info.modality
     try:
         return EuroSATMSSAR(data.root or "data", split=split, modalities=(m,),
-                            bands={m: predictor.info.bands}, layout=data.layout,
-                            split_mode=data.split, split_seed=data.split_seed)
+                            bands={m: predictor.info.bands},
+                            options=EuroSATOptions(data.layout, data.split, data.split_seed))
     except ValueError as err:
         raise CheckpointError(f"{source}: the {m} branch does not fit the dataset at "
                               f"{data.root}: {err}") from err
 
 
-@torch.inference_mode()
+def split_logits(predictor: Predictor, data: DataConfig, split: str, source: str,
+                 batch_size: int = 256, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Uncalibrated logits ``(N, K)`` and labels ``(N,)`` of a split, through the predictor.
+
+    The dataset's raw images go through exactly what is deployed (normalisation,
+    channels-last branch), on the predictor's device.
+
+    Args:
+        predictor: the branch.
+        data: the run's data settings (root, layout, split).
+        split: ``train``, ``val`` or ``test``.
+        source: the checkpoint, for error messages.
+        batch_size: images per forward pass.
+        progress: show a progress bar.
+
+    Raises:
+        CheckpointError: the dataset lacks the branch's modality, bands or classes.
+    """
+    m = predictor.info.modality
+    dataset = dataset_for(predictor, data, split, source)
+    if list(dataset.classes) != list(predictor.info.classes):
+        raise CheckpointError(f"{source}: classes {predictor.info.classes} differ from "
+                              f"the dataset's {list(dataset.classes)}")
+    device = next(predictor.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
+    logits, labels = [], []
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc=f"{split} {m}", disable=progress_disabled(progress)):
+            logits.append(predictor.eval().logits(batch[f"image_{m}"].to(device)).float().cpu())
+            labels.append(batch["label"])
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy()
+
+
 def evaluate(checkpoint: str | os.PathLike[str], modality: str,
              data_root: str | os.PathLike[str] | None = None, split: str = "test",
-             batch_size: int = 256, progress: bool = False,
-             trusted: bool = False) -> dict[str, Any]:
-    """Weighted F1 (the paper's metric), macro F1 and overall accuracy of one branch.
+             batch_size: int = 256, progress: bool = False, trusted: bool = False,
+             plot: str | os.PathLike[str] | None = None,
+             overwrite: bool = False) -> dict[str, Any]:
+    """Weighted F1 (the paper's metric), macro F1, overall accuracy and calibration of a branch.
+
+    The calibration is the expected calibration error (ECE, 15 confidence bins; Guo et
+    al., 2017) of the plain softmax (``ece_before``) and of the probabilities the branch
+    gives, with its temperature (``ece_after``; the same when it has none).
 
     Args:
         checkpoint: run directory, training checkpoint or exported predictor.
@@ -79,14 +121,18 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
         progress: show a progress bar.
         trusted: read a checkpoint that would run code on load (see
             :func:`~discomkd_geo.models.predictor.load_predictor`).
+        plot: draw the reliability diagram, before and after, into this PNG.
+        overwrite: replace an existing ``plot``.
 
     Returns:
         ``modality``, ``split``, ``samples``, ``f1_weighted``, ``f1_macro``, ``oa``,
-        ``confusion`` (rows: true class, columns: predicted) and ``classes``.
+        ``confusion`` (rows: true class, columns: predicted), ``classes``,
+        ``temperature`` (``None``: not calibrated), ``ece_before``, ``ece_after``,
+        ``nll_before`` and ``nll_after`` (mean negative log-likelihood).
 
     Raises:
         CheckpointError: unreadable checkpoint, missing modality, or bands the data lacks.
-        ConfigError: no data root given and none recorded.
+        SettingsError: no ``data_root`` given and none recorded.
         UntrustedFileError: the checkpoint would run code on load and ``trusted`` is false.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -96,17 +142,17 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
     if data_root is not None:
         data.root = os.fspath(data_root)
     if data.root is None:
-        raise ConfigError("data.root", "no dataset root recorded; pass --data-root")
-    dataset = dataset_for(predictor, data, split, os.fspath(checkpoint))
-    if list(dataset.classes) != list(predictor.info.classes):
-        raise CheckpointError(f"{checkpoint}: classes {predictor.info.classes} differ from "
-                              f"the dataset's {list(dataset.classes)}")
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=data.num_workers)
-    preds, targets = [], []
-    for batch in tqdm(loader, desc=f"evaluate {modality}", disable=progress_disabled(progress)):
-        preds.append(predictor(batch[f"image_{modality}"].to(device)).argmax(dim=1).cpu())
-        targets.append(batch["label"])
-    pred, target = torch.cat(preds), torch.cat(targets)
+        raise SettingsError("data_root", "no dataset root given, and the checkpoint "
+                                         "records none")
+    logits, labels = split_logits(predictor, data, split, os.fspath(checkpoint), batch_size,
+                                  progress)
+    calibration, before, after = calibration_of(logits, labels, modality,
+                                                predictor.info.temperature)
+    if plot is not None:
+        plot_reliability(before, after, f"{modality} branch, {split} split", plot,
+                         predictor.info.temperature, overwrite)
+    # The argmax of the logits: that of the probabilities, whatever the temperature.
+    pred, target = torch.from_numpy(logits).argmax(dim=1), torch.from_numpy(labels)
     k = len(predictor.info.classes)
     return {
         "modality": modality,
@@ -117,4 +163,6 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
         "oa": float(multiclass_accuracy(pred, target, k, average="micro")),
         "confusion": multiclass_confusion_matrix(pred, target, k).tolist(),
         "classes": list(predictor.info.classes),
+        **{key: getattr(calibration, key) for key in
+           ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")},
     }

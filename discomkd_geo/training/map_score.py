@@ -22,12 +22,12 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 from ..constants import SAR
-from ..errors import ConfigError
+from ..errors import SettingsError
 from ..files import atomic_path
-from ..inference.settings import Mode
+from ..inference.settings import MapSettings, Mode
 
 if TYPE_CHECKING:
     from ..models.predictor import Predictor
@@ -52,6 +52,10 @@ class MapScore:
             the run's training split, its branch frozen).
         stride: window step in pixels (``windows`` mode, and ``auto`` without decoder).
         size: side of the scenes in pixels (tests use small ones).
+
+    Raises:
+        SettingsError: a value out of range (``param`` names the field); ``mode`` and
+            ``stride`` are checked as ``predict`` checks them (:class:`MapSettings`).
     """
 
     scenes: int = 0
@@ -61,14 +65,18 @@ class MapScore:
 
     def __post_init__(self) -> None:
         if self.scenes < 0:
-            raise ConfigError("--map-scenes", f"expected 0 or more, got {self.scenes}")
-        if self.mode not in get_args(Mode):
-            raise ConfigError("--map-mode", f"expected one of {', '.join(get_args(Mode))}, "
-                                            f"got {self.mode!r}")
-        if self.stride < 1:
-            raise ConfigError("map_score.stride", f"expected at least 1, got {self.stride}")
+            raise SettingsError("scenes", f"expected 0 or more, got {self.scenes}")
         if self.size < 64:
-            raise ConfigError("--map-size", f"expected at least 64, got {self.size}")
+            raise SettingsError("size", f"expected at least 64, got {self.size}")
+        self.map_settings()
+
+    def map_settings(self, threads: int | None = None) -> MapSettings:
+        """The engine's settings of the maps (on the CPU, ``threads`` torch threads)."""
+        # Pixel mode ignores the stride (auto maps in it or in windows mode): only dense
+        # mode keeps its own default.
+        return MapSettings.of(mode=self.mode,
+                              stride=None if self.mode == "dense" else self.stride,
+                              device="cpu", threads=threads, overwrite=True)
 
     @property
     def seeds(self) -> list[int]:
@@ -132,12 +140,8 @@ def score_scenes(predictor: "Predictor", scenes: list[Path], maps: Path, spec: M
     """
     from ..inference.engine import predict_to_file
     from ..inference.scoring import score_map
-    from ..inference.settings import MapSettings
 
-    # Pixel mode ignores the stride (auto maps in it or in windows mode): only dense mode
-    # keeps its own default.
-    settings = MapSettings.of(mode=spec.mode, stride=None if spec.mode == "dense" else spec.stride,
-                              device="cpu", threads=threads, overwrite=True)
+    settings = spec.map_settings(threads)
     maps.mkdir(parents=True, exist_ok=True)
     per_scene: dict[str, dict[str, float]] = {}
     for scene in scenes:

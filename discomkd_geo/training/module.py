@@ -134,8 +134,10 @@ class MultiModalTask(L.LightningModule):
         else:
             losses = self.compute_losses(images, labels)
         batch_size = next(iter(labels.values())).shape[0]
+        # sync_dist: under DDP the epoch means are over every rank's batches (one
+        # all-reduce per value at the epoch's end; nothing in a single process).
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()},
-                      on_step=False, on_epoch=True, batch_size=batch_size)
+                      on_step=False, on_epoch=True, batch_size=batch_size, sync_dist=True)
         return losses["loss"]
 
     def _evaluate(self, batch: dict[str, Any], metrics: nn.ModuleDict,
@@ -165,15 +167,18 @@ class MultiModalTask(L.LightningModule):
         """
         scores = []
         for h in self.heads:
+            # Under DDP, compute() gathers every rank's counts first: every rank holds the
+            # same scores, so the checkpoint and early-stopping decisions agree (sync_dist
+            # then averages equal values, and tells Lightning they are the run's).
             values = self.val_metrics[h].compute()
-            self.log_dict(values)
+            self.log_dict(values, sync_dist=True)
             scores.append(values[f"val/{h}/f1_weighted"])
             self.val_metrics[h].reset()
         current = torch.stack(scores)
-        self.log("val/f1_weighted", current.mean())
+        self.log("val/f1_weighted", current.mean(), sync_dist=True)
         self.val_best = (current if self.val_best is None
                          else torch.maximum(self.val_best.to(current), current))
-        self.log("val/f1_best", self.val_best.mean())
+        self.log("val/f1_best", self.val_best.mean(), sync_dist=True)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Update test metrics and confusion matrices."""
@@ -182,7 +187,7 @@ class MultiModalTask(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         """Log and reset the per-head test metrics (confusion kept for plotting)."""
         for h in self.heads:
-            self.log_dict(self.test_metrics[h].compute())
+            self.log_dict(self.test_metrics[h].compute(), sync_dist=True)  # as validation
             self.test_metrics[h].reset()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -292,7 +297,7 @@ class DisCoMKDTask(MultiModalTask):
         output = self.model(images, grl_lambda=lam, regions=regions)
         losses = self.criterion(output, labels, masks)
         self.log_dict({"train/grl_lambda": lam, **self.adversarial_diagnostics(output, losses)},
-                      on_step=False, on_epoch=True,
+                      on_step=False, on_epoch=True, sync_dist=True,
                       batch_size=next(iter(labels.values())).shape[0])
         return losses
 

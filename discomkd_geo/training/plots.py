@@ -2,19 +2,26 @@
 
 Read from the run directory's ``logs/metrics.csv`` and ``metrics.json`` (written by
 :func:`discomkd_geo.training.train.train`), so they can be redrawn for any past run.
+Figures are made with matplotlib's object API (:class:`~matplotlib.figure.Figure`), not
+pyplot: they are only written to files, so no display backend is chosen or needed, and
+nothing is left open in pyplot's figure registry.
 """
 
 import csv
 import json
+import os
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; never needs a display
+from ..files import atomic_path
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    from .calibration import Reliability
 
 
 def read_epoch_log(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
@@ -31,7 +38,7 @@ def read_epoch_log(csv_path: Path) -> dict[str, list[tuple[int, float]]]:
     return series
 
 
-def _plot_series(ax: plt.Axes, series: dict[str, list[tuple[int, float]]], keys: list[str],
+def _plot_series(ax: Axes, series: dict[str, list[tuple[int, float]]], keys: list[str],
                  strip: str) -> None:
     for key in keys:
         epochs, values = zip(*series[key], strict=True)
@@ -46,7 +53,8 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str,
     """Row-normalised confusion matrix (rows: truth) with counts in the cells."""
     counts = np.asarray(matrix)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    fig, ax = plt.subplots(figsize=(7, 6))
+    fig = Figure(figsize=(7, 6))
+    ax = fig.subplots()
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes, rotation=60, ha="right", fontsize=8)
@@ -59,7 +67,54 @@ def plot_confusion(matrix: list[list[int]], classes: list[str], title: str,
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+
+
+def plot_reliability(before: "Reliability", after: "Reliability", title: str,
+                     path: str | os.PathLike[str], temperature: float | None,
+                     overwrite: bool = True) -> None:
+    """Reliability diagrams (Guo et al., 2017, figure 1) of a branch before and after calibration.
+
+    Each panel shows every confidence bin's accuracy as a bar against the diagonal of
+    perfect calibration, the gap to the bin's mean confidence hatched in red, the share
+    of the predictions per bin as a line, and the ECE.
+
+    Args:
+        before: the bins of the plain softmax.
+        after: the bins with the temperature.
+        title: what was binned (branch and split).
+        path: the PNG to write (atomically).
+        temperature: the branch's ``T`` (``None``: not calibrated).
+        overwrite: replace an existing ``path``.
+    """
+    edges = np.linspace(0, 1, len(before.counts) + 1)
+    width = edges[1] - edges[0]
+    fig = Figure(figsize=(9, 4.4))
+    axes = fig.subplots(1, 2, sharey=True)
+    panels = (("softmax(z)", before), (f"softmax(z / {temperature:.3g})"
+                                       if temperature is not None else "not calibrated", after))
+    for ax, (name, bins) in zip(axes, panels, strict=True):
+        used = bins.counts > 0
+        left = edges[:-1][used]
+        ax.bar(left, bins.accuracy[used], width, align="edge", color="tab:blue",
+               edgecolor="black", linewidth=0.5, label="accuracy")
+        # Hatched, not filled: an under-confident bin's gap lies over its accuracy bar.
+        ax.bar(left, bins.confidence[used] - bins.accuracy[used], width,
+               bottom=bins.accuracy[used], align="edge", fill=False, hatch="///",
+               edgecolor="tab:red", linewidth=0.5, label="gap to mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="gray", linewidth=1)
+        ax.plot(edges[:-1] + width / 2, bins.counts / bins.counts.sum(), ".-", color="black",
+                linewidth=0.8, markersize=3, label="share of predictions")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_title(f"{name}: ECE {bins.ece:.3f}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(loc="upper left", fontsize="small")
+    fig.suptitle(f"{title} ({int(before.counts.sum())} images)", fontsize=11)
+    fig.tight_layout()
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        fig.savefig(tmp, dpi=120)
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
@@ -79,12 +134,12 @@ def plot_run(run_dir: str | Path) -> list[Path]:
                                       ("f1", f1_keys, "val/", "validation weighted F1")):
         if not keys:
             continue
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig = Figure(figsize=(7, 4))
+        ax = fig.subplots()
         _plot_series(ax, series, keys, strip)
         ax.set_ylabel(ylabel)
         fig.tight_layout()
         fig.savefig(out / f"{name}.png", dpi=120)
-        plt.close(fig)
         written.append(out / f"{name}.png")
     summary = json.loads((run_dir / "metrics.json").read_text())
     for m, matrix in summary["confusion"].items():

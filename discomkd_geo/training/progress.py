@@ -50,9 +50,9 @@ class TrainingProgress(Callback):
         self.start = 0.0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Open the bar over every training batch of the fit."""
+        """Open the bar over every training batch of the fit (rank 0 reports, under DDP)."""
         self.start = time.perf_counter()
-        if self.terminal:
+        if self.terminal and trainer.is_global_zero:
             from tqdm.auto import tqdm
 
             batches = int(trainer.num_training_batches)
@@ -68,6 +68,8 @@ class TrainingProgress(Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Show the epoch's losses and validation scores."""
+        if not trainer.is_global_zero:
+            return
         epoch, last = trainer.current_epoch + 1, trainer.max_epochs
         summary = epoch_summary(dict(trainer.callback_metrics), self.heads)
         if self.bar is not None:

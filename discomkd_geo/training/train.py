@@ -16,8 +16,10 @@ same weights as an uninterrupted one. A run directory holds::
     RUN/decoders/<m>.pt         with model.decoder_epochs: the best branch plus a per-pixel
                                 decoder (loaded in its place; see decoder_fit.py)
     RUN/logs/metrics.csv        every logged value (TensorBoard too when installed)
-    RUN/metrics.json            test metrics per modality, each with its best checkpoint
-    RUN/plots/*.png             loss terms, F1 curves, confusion matrices
+    RUN/metrics.json            test metrics per modality, each with its best checkpoint,
+                                and each branch's calibration (temperature_fit.py)
+    RUN/plots/*.png             loss terms, F1 curves, confusion matrices, reliability
+                                diagrams (validation split, before and after calibration)
 """
 
 import csv
@@ -36,6 +38,7 @@ import torch
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from ..config import Config, to_yaml
 from ..data.datamodule import MSSARDataModule
@@ -45,11 +48,13 @@ from ..logs import log
 from ..memory import retain_freed_memory
 from ..models._files import LOAD_ERRORS, load_error_message, load_torch_file
 from .baselines import DKDTask, KDTask, MonoTask, TeacherTask
+from .calibration import BranchCalibration
 from .checkpoint_io import BackgroundCheckpointIO
 from .decoder_fit import decoder_modalities, fit_decoders
 from .module import DisCoMKDTask, MultiModalTask
 from .plots import plot_run
 from .progress import TrainingProgress
+from .temperature_fit import calibrate_run
 
 #: Training method name -> task class (``kd``/``dkd`` need a teacher: see ``build_task``).
 TASKS: dict[str, type[MultiModalTask]] = {
@@ -69,6 +74,8 @@ class TrainResult:
         metrics: test metrics per head (``f1_weighted``, ``f1_macro``, ``oa``).
         seconds: wall-clock training time (fit only).
         parameters: trainable parameter count of the trained network.
+        reporter: whether this process wrote the run's files and reports it: always in
+            a single process, rank 0 only in a distributed run.
     """
 
     run_dir: Path
@@ -76,6 +83,7 @@ class TrainResult:
     metrics: dict[str, dict[str, float]]
     seconds: float
     parameters: int
+    reporter: bool = True
 
 
 def data_info(dm: MSSARDataModule) -> dict[str, Any]:
@@ -131,11 +139,9 @@ class AtomicCheckpoint(ModelCheckpoint):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def _loggers(run_dir: Path, epochs_done: int | None) -> list[Logger]:
-    csv_logger = CSVLogger(run_dir, name="logs", version="")
-    if epochs_done is not None:
-        _continue_log(csv_logger, epochs_done)
-    loggers: list[Logger] = [csv_logger]
+def _loggers(run_dir: Path) -> list[Logger]:
+    """The CSV logger (first) and TensorBoard's when installed; they write on rank 0 only."""
+    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version="")]
     try:  # TensorBoard is optional (pip install discomkd-geo[tensorboard])
         from lightning.pytorch.loggers import TensorBoardLogger
 
@@ -224,7 +230,8 @@ def epochs_done(run_dir: Path) -> int:
     last = run_dir / "checkpoints" / "last.ckpt"
     if not last.is_file():
         raise ResumeError(run_dir, "nothing to resume: no checkpoints/last.ckpt (a run "
-                                   "writes it after its first epoch); run without --resume")
+                                   "writes it after its first epoch); run without "
+                                   "resume=True", param="resume")
     try:  # weights-only, like Lightning's own load of it (see train)
         checkpoint = load_torch_file(last)
     except LOAD_ERRORS as err:  # torch raises several kinds for a damaged file
@@ -238,6 +245,22 @@ def _finished(run_dir: Path) -> TrainResult:
     checkpoints = {m: run_dir / "checkpoints" / f"best-{m}.ckpt" for m in summary["test"]}
     return TrainResult(run_dir, checkpoints, summary["test"], summary["seconds"],
                        summary["parameters"])
+
+
+def _calibrate(config: Config, run_dir: Path,
+               modalities: list[str]) -> dict[str, BranchCalibration]:
+    """Fit every branch's temperature on the validation patches (see ``temperature_fit``).
+
+    Runs trained from whole scenes (``data.dataset: scenes``) are left uncalibrated: the
+    deployed predictor is scored on EuroSat-MS-SAR patches (:func:`.evaluate.dataset_for`).
+    """
+    if config.data.dataset != "eurosat" or not modalities:
+        return {}
+    results = calibrate_run(run_dir, modalities, overwrite=True)
+    for m, r in results.items():
+        log.info("%s calibration: temperature %.4g, validation ECE %.4f -> %.4f (%d images)",
+                 m, r.temperature, r.ece_before, r.ece_after, r.samples)
+    return results
 
 
 def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: bool = False,
@@ -269,17 +292,15 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     if done is not None and (run_dir / "metrics.json").is_file():
         echo(f"{run_dir}: finished ({done} epochs) before; nothing to resume")
         return _finished(run_dir)
-    if done is None:
+    # Under DDP every process runs this function; the others start once rank 0 has
+    # prepared the run directory (Lightning's launcher) or beside it (SLURM, torchrun),
+    # and must neither refuse nor replace it. Their rank is in their environment.
+    if done is None and rank_zero_only.rank == 0:
         check_writable(run_dir, overwrite)
     L.seed_everything(config.seed, workers=True, verbose=False)
     dm = MSSARDataModule(config.data, seed=config.seed)
     dm.setup()  # every split, checked before the run directory is touched
-    _prepare_run_dir(run_dir, resume)
     info = data_info(dm)
-    (run_dir / "stats").mkdir(exist_ok=True)
-    for m, stats in dm.stats.items():
-        stats.save_json(run_dir / "stats" / f"{m}.json")
-    (run_dir / "config.yaml").write_text(to_yaml(config))
 
     if build_task is None:
         task = TASKS[config.method](config.to_dict(), info)
@@ -295,18 +316,32 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
         log_every_n_steps=log_interval(config, dm.train_batches()), default_root_dir=run_dir,
-        callbacks=callbacks, logger=_loggers(run_dir, done),
+        callbacks=callbacks, logger=_loggers(run_dir),
         enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, plugins=[BackgroundCheckpointIO()],
+        strategy=tc.strategy, num_nodes=tc.num_nodes,
+        # The DataModule shards every split per rank itself (class-stratified, see
+        # RankShard): Lightning's DistributedSampler would replace those samplers.
+        use_distributed_sampler=False,
     )
-    if done is not None:
-        echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
+    if trainer.is_global_zero:  # the files of the run are rank 0's to write
+        _prepare_run_dir(run_dir, resume)
+        (run_dir / "stats").mkdir(exist_ok=True)
+        for m, stats in dm.stats.items():
+            stats.save_json(run_dir / "stats" / f"{m}.json")
+        (run_dir / "config.yaml").write_text(to_yaml(config))
+        if done is not None:
+            _continue_log(trainer.loggers[0], done)  # type: ignore[arg-type]
+            echo(f"resuming from epoch {done} ({done} of {tc.max_epochs} epochs done)")
     if isinstance(trainer.accelerator, CPUAccelerator):
         retain_freed_memory()  # every step allocates the same tensors (see memory.py)
     start = time.perf_counter()
     trainer.fit(task, datamodule=dm, weights_only=True,  # files cannot run code (_files.py)
                 ckpt_path=run_dir / "checkpoints" / "last.ckpt" if done is not None else None)
     seconds = time.perf_counter() - start
+    # Rank 0 arrives once its checkpoint writes are done (the end of fit waits for them):
+    # every rank then tests the same best checkpoints.
+    trainer.strategy.barrier("checkpoints written")
 
     checkpoints: dict[str, Path] = {}
     metrics: dict[str, dict[str, float]] = {}
@@ -319,12 +354,18 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         metrics[m] = {k.rsplit("/", 1)[1]: float(v) for k, v in results.items()
                       if k.startswith(f"test/{m}/")}
         confusion[m] = task.test_confusion[m].compute().tolist()
+    parameters = sum(p.numel() for p in task.model.parameters() if p.requires_grad)
+    if not trainer.is_global_zero:  # calibration, decoders, metrics and plots: rank 0's
+        return TrainResult(run_dir, checkpoints, metrics, seconds, parameters, reporter=False)
+    calibration = _calibrate(config, run_dir, task.predictable_modalities)
+    # After the calibration: the decoders' predictor files inherit the temperatures.
     if config.model.decoder_epochs and decoded:
         fit_decoders(run_dir, None, decoded, epochs=config.model.decoder_epochs,
                      overwrite=True)
     summary = {"method": config.method, "seconds": seconds,
-               "parameters": sum(p.numel() for p in task.model.parameters() if p.requires_grad),
-               "test": metrics, "confusion": confusion, "classes": info["classes"]}
+               "parameters": parameters,
+               "test": metrics, "confusion": confusion, "classes": info["classes"],
+               "calibration": {m: c.to_dict() for m, c in calibration.items()}}
     (run_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     plot_run(run_dir)
-    return TrainResult(run_dir, checkpoints, metrics, seconds, summary["parameters"])
+    return TrainResult(run_dir, checkpoints, metrics, seconds, parameters)

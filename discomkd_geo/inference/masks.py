@@ -1,0 +1,522 @@
+"""Pixels declared unavailable: cloud masks, scene classifications and cloud detection.
+
+Part of the inference flow's first step (**io** -> tiling -> engine -> writers). A scene's
+:class:`~.io.SceneInput` may name a mask (``mask``, ``mask_kind``, ``mask_codes``);
+:func:`open_mask` checks it once, up front, and turns it into a picklable reader whose
+:meth:`~MaskReader.read_windows` says, window by window of the output grid, which pixels
+hold no usable observation. The scene reader ANDs that into its validity, so a masked
+pixel is unavailable exactly like nodata for the scene checks, the engine (a map of one
+modality leaves it nodata), the area-of-interest logic and the statistics.
+
+Kinds of mask, one class each behind :data:`MASK_KINDS`:
+
+* ``scl``: a Sentinel-2 Level-2A scene classification raster (ESA, Sentinel-2 Products
+  Specification Document, Level-2A SCL codes 0-11); by default codes 3 (cloud shadows),
+  8 and 9 (cloud, medium and high probability) and 10 (thin cirrus) are masked. Given as
+  a file, or as ``"scl"``: the ``SCL_20m`` raster of the scene's L2A ``.SAFE`` (the CLI
+  also takes a STAC Item's ``scl`` asset).
+* ``fmask``: Fmask codes (Zhu & Woodcock: 0 clear land, 1 clear water, 2 cloud shadow,
+  3 snow, 4 cloud, 255 fill); 2 and 4 are masked by default.
+* ``binary``: 0/1, where **1 means unavailable** (0 available).
+* ``s2cloudless``: ``mask="auto"``, clouds detected on the Sentinel-2 Level-1C scene itself
+  by Sentinel Hub's ``s2cloudless`` (its LightGBM pixel classifier on top-of-atmosphere
+  reflectance of B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12), dilated a little.
+
+A mask file may lie on another grid: it is read on the output grid with nearest-neighbour
+resampling through a :class:`rasterio.vrt.WarpedVRT`; pixels it does not cover, and its
+own nodata, declare nothing (they stay available).
+"""
+
+import functools
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import rasterio
+from rasterio.coords import disjoint_bounds
+from rasterio.enums import Resampling
+from rasterio.transform import array_bounds
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from ..errors import InputFileError, SettingsError
+from .io import (
+    _RASTER_SUFFIXES,
+    Grid,
+    Layer,
+    RasterReader,
+    SceneInput,
+    Units,
+    _expand,
+    _is_safe,
+    _labels,
+    _native_grid,
+    _open,
+    canonical_band,
+    match_bands,
+)
+from .remote import remote_env
+from .tiling import chunk_layout
+
+#: The value a mask read on another grid holds where it does not reach; no kind's code.
+_UNCOVERED = 254
+#: Rows per strip, and chunk side, of the passes that read a whole mask.
+_SCAN_SIDE = 1024
+
+
+class MaskReader:
+    """Which pixels of windows of the output grid a mask declares unavailable."""
+
+    def read_windows(self, windows: Iterable[Window]) -> Iterator[np.ndarray]:
+        """Bool ``(h, w)`` per window, True where the pixel is unavailable."""
+        raise NotImplementedError
+
+    def record(self) -> dict[str, Any]:
+        """What the mask is, for the map's metadata and STAC Item (JSON-able)."""
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- kinds
+class MaskKind:
+    """One kind of mask: how to check it and read it (one instance in :data:`MASK_KINDS`)."""
+
+    #: The kind's name, as ``mask_kind`` spells it.
+    name: ClassVar[str]
+
+    def open(self, scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
+        """Check the mask of ``scene`` and describe how to read it on ``grid``.
+
+        Raises:
+            InputFileError: the mask (or the scene, for a detector) cannot serve.
+            SettingsError: ``mask_codes`` or ``mask_kind`` do not fit the mask.
+        """
+        raise NotImplementedError
+
+
+class CodedMask(MaskKind):
+    """A raster of codes: the pixels holding one of the masked codes are unavailable."""
+
+    #: Every code the kind defines, and its meaning.
+    legend: ClassVar[Mapping[int, str]]
+    #: The codes masked unless ``mask_codes`` says otherwise.
+    default: ClassVar[tuple[int, ...]]
+    #: A pattern of the file names that are this kind (``None``: told only by values).
+    named: ClassVar[re.Pattern[str] | None] = None
+    #: What error messages call it.
+    title: ClassVar[str]
+
+    def codes(self, scene: SceneInput) -> tuple[int, ...]:
+        """The codes to mask: ``mask_codes`` (checked against the legend) or the default."""
+        if scene.mask_codes is None:
+            return self.default
+        if unknown := sorted(set(scene.mask_codes) - set(self.legend)):
+            raise SettingsError("mask_codes", f"{_listed(unknown)} not {self.title} codes "
+                                              f"({self.describe(self.legend)})")
+        return tuple(sorted(set(scene.mask_codes)))
+
+    def describe(self, codes: Iterable[int]) -> str:
+        """Codes and their meaning, e.g. ``3 cloud shadows, 8 cloud medium probability``."""
+        return ", ".join(f"{c} {self.legend[c]}" for c in codes)
+
+    def unknown_problem(self, values: Sequence[float]) -> str:
+        """The refusal of a file holding ``values`` outside the legend."""
+        return (f"holds values {_listed(values)} that are not {self.title} codes "
+                f"({self.describe(self.legend)}); if it is another kind of mask, name it "
+                f"with mask_kind ({', '.join(k for k in MASK_KINDS if k != 's2cloudless')})")
+
+    def open(self, scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
+        """Check the mask file (grid, codes, coverage) and describe how to read it."""
+        codes = self.codes(scene)
+        path = str(scene.mask)
+        if os.path.exists(path):  # Dask workers run in other working directories
+            path = os.path.abspath(path)
+        with _open(path) as src:
+            native, needs_warp = _native_grid(src, None, None)
+            if needs_warp:
+                raise InputFileError(path, "is georeferenced by GCPs or RPCs only; warp it "
+                                           "to a map grid first (gdalwarp)")
+            if src.count != 1:
+                raise InputFileError(path, f"has {src.count} bands; a mask has one")
+            bounds = transform_bounds(native.crs, grid.crs, *array_bounds(
+                native.height, native.width, native.transform))
+            if disjoint_bounds(bounds, array_bounds(grid.height, grid.width, grid.transform)):
+                raise InputFileError(path, f"does not overlap {scene_name}")
+            if unknown := _unknown_values(src, self.legend):
+                raise InputFileError(path, self.unknown_problem(unknown), param="mask_kind")
+        reader = CodeMaskReader(path, self.name, codes, grid, native != grid,
+                                self.describe(codes))
+        if _masks_everything(reader, grid):
+            raise InputFileError(path, f"masks every pixel of {scene_name} (codes "
+                                       f"{self.describe(codes)}); nothing is left to map "
+                                       "from it")
+        return reader
+
+
+class SclCodes(CodedMask):
+    """Sentinel-2 Level-2A scene classification (SCL), ESA's codes 0-11."""
+
+    name = "scl"
+    legend = {0: "no data", 1: "saturated or defective", 2: "dark area pixels",
+              3: "cloud shadows", 4: "vegetation", 5: "not vegetated", 6: "water",
+              7: "unclassified", 8: "cloud medium probability", 9: "cloud high probability",
+              10: "thin cirrus", 11: "snow or ice"}
+    default = (3, 8, 9, 10)
+    named = re.compile(r"(?<![A-Z0-9])SCL(?![A-Z])")
+    title = "Sentinel-2 scene classification (SCL)"
+
+
+class FmaskCodes(CodedMask):
+    """Fmask codes (Zhu & Woodcock 2012; Fmask 4): clouds 4 and their shadows 2."""
+
+    name = "fmask"
+    legend = {0: "clear land", 1: "clear water", 2: "cloud shadow", 3: "snow", 4: "cloud",
+              255: "fill"}
+    default = (2, 4)
+    named = re.compile(r"(?<![A-Z0-9])FMASK")
+    title = "Fmask"
+
+
+class BinaryMask(CodedMask):
+    """A 0/1 mask: 1 marks an unavailable pixel, 0 an available one."""
+
+    name = "binary"
+    legend = {0: "available", 1: "unavailable"}
+    default = (1,)
+    title = "0/1 mask"
+
+    def unknown_problem(self, values: Sequence[float]) -> str:
+        """The refusal of a would-be 0/1 mask holding other values."""
+        return (f"holds values {_listed(values)} besides 0 and 1 (1 = unavailable); if it "
+                "is a scene classification or Fmask raster, pass mask_kind='scl' or "
+                "mask_kind='fmask'")
+
+
+#: s2cloudless's input bands, in the order its classifier reads them.
+DETECTOR_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11", "B12")
+
+
+class CloudDetection(MaskKind):
+    """``mask="auto"``: clouds detected by ``s2cloudless`` on the Level-1C scene itself.
+
+    Thresholds and post-processing: the package's probability threshold 0.4 and its
+    smallest averaging disk (radius 1 px), then a dilation by 2 px (20 m at 10 m), which
+    takes in the pixels mixed with a cloud's rim. Sentinel Hub's averaging over 4 px and
+    dilation by 2 px are meant for detection at 160 m; at 10 m they would grow every
+    cloud by some 60 m.
+    """
+
+    name = "s2cloudless"
+
+    def open(self, scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
+        """Check that the scene is Level-1C with B10 and describe the detection on ``grid``."""
+        if not scene.paths:
+            raise InputFileError(scene_name, "cloud detection (mask 'auto') reads the scene's "
+                                             "files; an in-memory array cannot serve")
+        if scene.mask_codes is not None:
+            raise SettingsError("mask_codes", "cloud detection (mask 'auto') has no codes")
+        files = _expand(scene, sar=False)
+        if _level2a(scene, files):
+            raise InputFileError(scene_name, "is a Level-2A product (surface reflectance); "
+                                             "s2cloudless detects clouds on Level-1C top-of-"
+                                             "atmosphere reflectance: mask with the product's "
+                                             "scene classification instead (mask 'scl')")
+        labels: list[str | None] = []
+        layers: list[Layer] = []
+        warped = set()
+        for path in files:
+            with _open(path) as src:
+                native, _ = _native_grid(src, scene.crs, None)
+                labels.extend(_labels(path, src.count, src.descriptions))
+                layers.extend(Layer(path, i) for i in range(1, src.count + 1))
+                if native != grid:
+                    warped.add(path)
+        if scene.bands is not None:
+            labels = [canonical_band(b) for b in scene.bands]
+        if "B10" not in labels:
+            raise InputFileError(scene_name, "has no B10 (cirrus) band, which s2cloudless "
+                                             "needs (Level-2A products drop it): give the "
+                                             "Level-1C scene, or mask with a scene "
+                                             "classification (mask 'scl') or a mask file")
+        positions = match_bands(scene_name, labels, DETECTOR_BANDS, "ms")
+        bands = RasterReader(tuple(layers[p] for p in positions), grid, frozenset(warped),
+                             Units(None, scene.scale, scene.offset), scene.nodata)
+        _detector()  # the package is there: fail now, not on a Dask worker
+        return DetectorMaskReader(bands)
+
+
+def _level2a(scene: SceneInput, files: Sequence[str]) -> bool:
+    """Whether the scene is a Level-2A product: named so, or with an SCL raster beside it."""
+    level2a = re.compile(r"MSIL2A|(?<![A-Z0-9])L2A(?![A-Z0-9])")
+    return any(level2a.search(str(p).upper()) for p in files) or _scl_file(scene) is not None
+
+
+#: Every kind of mask by name.
+MASK_KINDS: dict[str, MaskKind] = {k.name: k for k in (SclCodes(), FmaskCodes(), BinaryMask(),
+                                                       CloudDetection())}
+
+
+# ----------------------------------------------------------------------------- readers
+@dataclass(frozen=True)
+class CodeMaskReader(MaskReader):
+    """A coded mask file read on the output grid (picklable, for Dask workers).
+
+    Attributes:
+        path: the mask file.
+        kind: its kind's name.
+        codes: the codes that mark unavailable pixels.
+        grid: the output grid.
+        warped: the file lies on another grid (read through a nearest-neighbour warp).
+        meaning: the masked codes in words.
+    """
+
+    path: str
+    kind: str
+    codes: tuple[int, ...]
+    grid: Grid
+    warped: bool
+    meaning: str
+
+    def read_windows(self, windows: Iterable[Window]) -> Iterator[np.ndarray]:
+        """Bool ``(h, w)`` per window, True where the pixel holds a masked code."""
+        with ExitStack() as stack:
+            stack.enter_context(remote_env(self.path))
+            src = stack.enter_context(rasterio.open(self.path))
+            if self.warped:
+                src = stack.enter_context(WarpedVRT(
+                    src, crs=self.grid.crs, transform=self.grid.transform,
+                    width=self.grid.width, height=self.grid.height,
+                    resampling=Resampling.nearest, nodata=_UNCOVERED))
+            for window in windows:
+                values = src.read(1, window=window, masked=True)
+                yield np.isin(np.ma.getdata(values), self.codes) & ~np.ma.getmaskarray(values)
+
+    def record(self) -> dict[str, Any]:
+        """Kind, file and masked codes."""
+        return {"kind": self.kind, "source": self.path, "codes": list(self.codes),
+                "meaning": self.meaning}
+
+
+@dataclass(frozen=True)
+class DetectorMaskReader(MaskReader):
+    """s2cloudless run on the scene, tile by tile of the output grid (picklable).
+
+    The grid is cut into :attr:`tile` px tiles, each detected once per process (kept in
+    a small cache: the scene checks' sample and the engine's overlapping windows read
+    the same pixels again) from the tile and a margin as wide as the detector's averaging
+    and dilation reach, cut at the grid's edges, so a pixel's verdict does not depend on
+    the window it is read through (the same map for any chunking).
+
+    Attributes:
+        bands: the scene's :data:`DETECTOR_BANDS` on the output grid, as L1C digital
+            numbers (reflectance x 10,000, after the scene's scale and offset).
+    """
+
+    bands: RasterReader
+
+    #: Probability threshold, averaging disk and dilation (px); see :class:`CloudDetection`.
+    threshold: ClassVar[float] = 0.4
+    average_over: ClassVar[int] = 1
+    dilation: ClassVar[int] = 2
+    #: Side of the tiles detected at once, in pixels.
+    tile: ClassVar[int] = 64
+
+    def read_windows(self, windows: Iterable[Window]) -> Iterator[np.ndarray]:
+        """Bool ``(h, w)`` per window, True where s2cloudless sees a cloud."""
+        grid = self.bands.grid
+        for window in windows:
+            tiles = chunk_layout(grid.height, grid.width, self.tile, within=window)
+            with _TILES_LOCK:
+                found = {(t.row_off, t.col_off): _TILES.get((self, t.row_off, t.col_off))
+                         for t in tiles}
+            found.update(self._detect([t for t in tiles
+                                       if found[t.row_off, t.col_off] is None]))
+            out = np.zeros((window.height, window.width), dtype=bool)
+            for t in tiles:
+                part = t.intersection(window)
+                out[part.row_off - window.row_off:part.row_off - window.row_off + part.height,
+                    part.col_off - window.col_off:part.col_off - window.col_off + part.width] \
+                    = found[t.row_off, t.col_off][
+                        part.row_off - t.row_off:part.row_off - t.row_off + part.height,
+                        part.col_off - t.col_off:part.col_off - t.col_off + part.width]
+            yield out
+
+    def _detect(self, tiles: Sequence[Window]) -> dict[tuple[int, int], np.ndarray]:
+        """Detect clouds on ``tiles`` (with their margins); keep and return the verdicts."""
+        grid = self.bands.grid
+        whole = Window(0, 0, grid.width, grid.height)
+        margin = self.average_over + self.dilation + 1
+        reaches = [Window(t.col_off - margin, t.row_off - margin, t.width + 2 * margin,
+                          t.height + 2 * margin).intersection(whole) for t in tiles]
+        detector = _detector()
+        detected = {}
+        for tile, reach, raw in zip(tiles, reaches, self.bands.read_raw_windows(reaches),
+                                    strict=True):
+            data, valid = self.bands.units.apply(*raw)
+            reflectance = np.moveaxis(np.where(valid, data, 0.0) / 10_000, 0, -1)[None]
+            probability = detector.get_cloud_probability_maps(reflectance)
+            probability[:, ~valid] = 0.0  # nodata is no cloud
+            cloud = detector.get_mask_from_prob(probability)[0].astype(bool)
+            rows, cols = tile.row_off - reach.row_off, tile.col_off - reach.col_off
+            detected[tile.row_off, tile.col_off] = cloud[rows:rows + tile.height,
+                                                         cols:cols + tile.width]
+            _keep((self, tile.row_off, tile.col_off), detected[tile.row_off, tile.col_off])
+        return detected
+
+    def record(self) -> dict[str, Any]:
+        """The detector and its settings."""
+        return {"kind": "s2cloudless", "source": self.bands.name,
+                "threshold": self.threshold, "average_over": self.average_over,
+                "dilation": self.dilation}
+
+
+#: Detected tiles by (reader, row, column), least recently stored first.
+_TILES: "OrderedDict[tuple[DetectorMaskReader, int, int], np.ndarray]" = OrderedDict()
+#: Tiles kept (64 px: 4 KiB each).
+_TILES_KEPT = 4096
+_TILES_LOCK = threading.Lock()
+
+
+def _keep(key: tuple["DetectorMaskReader", int, int], cloud: np.ndarray) -> None:
+    """Keep a detected tile, forgetting the oldest beyond :data:`_TILES_KEPT`."""
+    with _TILES_LOCK:
+        _TILES[key] = cloud
+        while len(_TILES) > _TILES_KEPT:
+            _TILES.popitem(last=False)
+
+
+@functools.cache
+def _detector() -> Any:
+    """s2cloudless's detector with our settings, loaded once per process.
+
+    Raises:
+        SettingsError: the package is not installed.
+    """
+    try:
+        from s2cloudless import S2PixelCloudDetector
+    except ImportError as err:
+        raise SettingsError("mask", "'auto' detects clouds with the s2cloudless package, "
+                                    "which is not installed: pip install "
+                                    "'discomkd-geo[clouds]'") from err
+    return S2PixelCloudDetector(threshold=DetectorMaskReader.threshold,
+                                average_over=DetectorMaskReader.average_over,
+                                dilation_size=DetectorMaskReader.dilation, all_bands=False)
+
+
+# ----------------------------------------------------------------------------- opening
+def _listed(values: Iterable[float]) -> str:
+    """``2, 7, 12`` (at most 8 values, then ``...``)."""
+    shown = [f"{v:g}" for v in list(values)[:8]]
+    return ", ".join(shown) + (", ..." if len(list(values)) > 8 else "")
+
+
+def _unknown_values(src: rasterio.DatasetReader, legend: Mapping[int, str]) -> list[float]:
+    """The values of a mask file (its nodata aside) that are not codes of ``legend``."""
+    seen: set[float] = set()
+    for row in range(0, src.height, _SCAN_SIDE):
+        strip = src.read(1, window=Window(0, row, src.width, min(_SCAN_SIDE, src.height - row)),
+                         masked=True)
+        seen.update(np.unique(strip.compressed()).tolist())
+    return sorted(v for v in seen if v not in legend)
+
+
+def _masks_everything(reader: MaskReader, grid: Grid) -> bool:
+    """Whether the mask declares every pixel of the grid unavailable (stops at a clear one)."""
+    return all(unavailable.all() for unavailable in
+               reader.read_windows(chunk_layout(grid.height, grid.width, _SCAN_SIDE)))
+
+
+def _scl_file(scene: SceneInput) -> str | None:
+    """The finest SCL raster of the scene's ``.SAFE`` (or directory of band files)."""
+    roots = set()
+    for raw in scene.paths:
+        path = Path(raw)
+        if path.is_dir():
+            roots.add(path)
+        elif _is_safe(path):  # a band file inside a product: its .SAFE folder
+            roots.add(next(p for p in path.parents if p.name.upper().endswith(".SAFE")))
+    found = []
+    for root in sorted(roots):
+        for path in root.rglob("*"):
+            if path.suffix.lower() in _RASTER_SUFFIXES and SclCodes.named.search(
+                    path.stem.upper().replace("_", " ")):
+                with _open(str(path)) as src:
+                    found.append((abs(src.res[0]), str(path)))
+    return min(found)[1] if found else None
+
+
+def resolve(scene: SceneInput, scene_name: str) -> tuple[MaskKind, SceneInput]:
+    """The kind of ``scene``'s mask, and the scene with its mask as a file (or ``auto``).
+
+    ``mask="auto"`` is cloud detection; ``mask="scl"`` the SCL raster of the scene's
+    ``.SAFE``; a file's kind is ``mask_kind``, else told by its name (``SCL``, ``Fmask``),
+    else 0/1.
+
+    Raises:
+        InputFileError: ``mask="scl"`` and the scene holds no SCL raster.
+        SettingsError: ``mask_kind`` is unknown or contradicts ``mask``.
+    """
+    if scene.mask_kind is not None and scene.mask_kind not in MASK_KINDS:
+        raise SettingsError("mask_kind", f"must be one of {list(MASK_KINDS)}, got "
+                                         f"{scene.mask_kind!r}")
+    if scene.mask == "auto":
+        if scene.mask_kind not in (None, "s2cloudless"):
+            raise SettingsError("mask_kind", f"mask 'auto' is cloud detection; it cannot be "
+                                             f"{scene.mask_kind!r}")
+        return MASK_KINDS["s2cloudless"], scene
+    if scene.mask_kind == "s2cloudless":
+        raise SettingsError("mask_kind", "'s2cloudless' runs on the scene itself: pass "
+                                         "mask='auto' instead of a file")
+    if scene.mask == "scl":
+        found = _scl_file(scene)
+        if found is None:
+            raise InputFileError(scene_name, "holds no scene classification (SCL) raster "
+                                             "(a Level-2A .SAFE has SCL_20m.jp2); pass the "
+                                             "SCL file as the mask")
+        return MASK_KINDS[scene.mask_kind or "scl"], replace(scene, mask=found)
+    if scene.mask_kind is not None:
+        return MASK_KINDS[scene.mask_kind], scene
+    stem = Path(str(scene.mask)).stem.upper().replace("_", " ")
+    guessed = next((k for k in MASK_KINDS.values() if isinstance(k, CodedMask)
+                    and k.named is not None and k.named.search(stem)), MASK_KINDS["binary"])
+    return guessed, scene
+
+
+def open_mask(scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
+    """Check the mask ``scene`` names and describe how to read it on ``grid``.
+
+    Args:
+        scene: the scene input; its ``mask``, ``mask_kind`` and ``mask_codes`` are used.
+        grid: the output grid.
+        scene_name: the scene, for messages.
+
+    Raises:
+        InputFileError: the mask is missing or unreadable, lies on a grid that does not
+            overlap the scene, holds values that are not codes of its kind (named), or
+            masks every pixel; for detection, the scene is not Level-1C or lacks B10.
+        SettingsError: ``mask_codes`` or ``mask_kind`` do not fit; s2cloudless is missing.
+    """
+    kind, scene = resolve(scene, scene_name)
+    return kind.open(scene, grid, scene_name)
+
+
+def mask_records(readers: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """What each modality's mask is (:meth:`MaskReader.record`), for modalities with one."""
+    return {m: r.mask.record() for m, r in readers.items() if r.mask is not None}
+
+
+def read_on_grid(reader: MaskReader, grid: Grid) -> np.ndarray:
+    """The whole mask on ``grid`` (bool ``(H, W)``, True: unavailable), read in strips."""
+    out = np.zeros((grid.height, grid.width), dtype=bool)
+    windows = chunk_layout(grid.height, grid.width, _SCAN_SIDE)
+    for window, unavailable in zip(windows, reader.read_windows(windows), strict=True):
+        out[window.toslices()] = unavailable
+    return out
+

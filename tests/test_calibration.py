@@ -1,0 +1,221 @@
+"""Calibrated branches: temperature scaling fitted per branch, kept in every file, applied
+to every probability; the ECE and reliability diagrams of evaluate; fit-calibration."""
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+from test_pixel_mode import pixel_predictor, write_pixel_scene
+
+from discomkd_geo.cli import main
+from discomkd_geo.inference.engine import predict_to_file
+from discomkd_geo.inference.settings import MapSettings
+from discomkd_geo.models.layout import channels_last
+from discomkd_geo.models.loader import load_predictor
+from discomkd_geo.models.predictor import Predictor
+from discomkd_geo.training.calibration import (
+    ECE_BINS,
+    Reliability,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+)
+from discomkd_geo.training.temperature_fit import file_temperature, run_files
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("true_t", [0.4, 2.5])
+def test_fit_recovers_the_temperature_labels_were_drawn_with(true_t: float) -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (20000, 10))
+    probs = softmax(logits / true_t)
+    labels = (probs.cumsum(axis=1) > rng.random((len(probs), 1))).argmax(axis=1)
+    fitted = fit_temperature(logits, labels)
+    assert fitted == pytest.approx(true_t, rel=0.03)
+    assert fit_temperature(logits, labels) == fitted  # deterministic
+    # The minimum of the NLL: a step either way costs.
+    nll = negative_log_likelihood(logits, labels, fitted)
+    assert nll < negative_log_likelihood(logits, labels, fitted * 1.05)
+    assert nll < negative_log_likelihood(logits, labels, fitted / 1.05)
+
+
+def test_fit_stops_at_the_bound_when_every_image_is_right() -> None:
+    """Separable validation logits: the NLL falls all the way to T = 0."""
+    logits = np.eye(10)[np.arange(50) % 10] * 3.0
+    assert fit_temperature(logits, np.arange(50) % 10) == 0.05
+
+
+def test_ece_of_a_hand_computed_example() -> None:
+    probs = np.array([[0.9, 0.1],    # right, bin (13/15, 14/15]
+                      [0.92, 0.08],  # wrong, same bin: accuracy 0.5, confidence 0.91
+                      [0.05, 0.95],  # wrong (the label is 0), confidence 0.95: bin 14
+                      [0.62, 0.38],  # right, bin 9
+                      [0.3, 0.7]])   # right, bin 10
+    labels = np.array([0, 1, 0, 0, 1])
+    expected = (2 * abs(0.5 - 0.91) + abs(0 - 0.95) + abs(1 - 0.62) + abs(1 - 0.7)) / 5
+    assert expected_calibration_error(probs, labels) == pytest.approx(expected, abs=1e-12)
+    bins = Reliability.of(probs, labels)
+    assert len(bins.counts) == ECE_BINS and bins.counts[13] == 2 and bins.counts.sum() == 5
+    # Right-closed bins: a confidence of exactly 1 is in the last one.
+    assert Reliability.of(np.array([[1.0, 0.0]]), np.array([0])).counts[-1] == 1
+
+
+def calibrated(predictor: Predictor, temperature: float) -> Predictor:
+    """The same branch, with a temperature."""
+    return Predictor(predictor.branch, predictor.stats,
+                     replace(predictor.info, temperature=temperature)).eval()
+
+
+def test_probabilities_are_tempered_in_one_place_and_argmax_kept() -> None:
+    plain = pixel_predictor("reflect")
+    x = torch.randn(6, 2, 64, 64) * 4 - 12
+    with torch.no_grad():
+        logits = plain.branch(channels_last(plain.normalize(x)))
+        # No temperature: the plain softmax, bitwise (files written before calibration).
+        assert plain.info.temperature is None
+        assert torch.equal(plain(x), torch.softmax(logits, dim=1))
+        assert torch.equal(plain(x), calibrated(plain, 1.0)(x))
+        sharp = calibrated(plain, 0.25)
+        torch.testing.assert_close(sharp(x), torch.softmax(logits / 0.25, dim=1))
+        assert torch.equal(sharp(x).argmax(1), plain(x).argmax(1))
+        assert not torch.allclose(sharp(x), plain(x))
+
+
+def read_band_stack(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["windows", "dense", "pixel"])
+def test_temperature_changes_no_class_of_a_map(mode: str, tmp_path: Path) -> None:
+    """One window per cell (coarse): the same classes, other probabilities; without a
+    temperature, the map of T = 1. Mode pixel: the decoder's probabilities, untempered."""
+    scene = write_pixel_scene(tmp_path / "sar.tif")
+    plain = pixel_predictor("reflect")
+    outputs = {}
+    for name, predictor in (("plain", plain), ("one", calibrated(plain, 1.0)),
+                            ("hot", calibrated(plain, 2.0))):
+        out = tmp_path / f"{name}.tif"
+        settings = MapSettings.of(mode=mode, stride=8, coarse=mode != "pixel", smoothing=0,
+                                  probabilities=tmp_path / f"{name}.p.tif")
+        predict_to_file(predictor, scene, out, settings)
+        outputs[name] = read_band_stack(out), read_band_stack(tmp_path / f"{name}.p.tif")
+    for name in ("one", "hot"):
+        np.testing.assert_array_equal(outputs[name][0], outputs["plain"][0])
+    np.testing.assert_array_equal(outputs["one"][1], outputs["plain"][1])
+    if mode == "pixel":
+        np.testing.assert_array_equal(outputs["hot"][1], outputs["plain"][1])
+    else:  # warmer: lower top probabilities
+        top = [np.nanmax(outputs[name][1], axis=0) for name in ("plain", "hot")]
+        assert np.nanmean(top[1]) < np.nanmean(top[0]) - 0.02
+
+
+def test_temperature_survives_the_predictor_file(tmp_path: Path) -> None:
+    branch = calibrated(pixel_predictor("reflect"), 0.3)
+    branch.save(tmp_path / "sar.pt")
+    loaded = load_predictor(tmp_path / "sar.pt")
+    assert loaded.info.temperature == 0.3
+    x = torch.randn(3, 2, 64, 64) * 4 - 12
+    with torch.no_grad():
+        assert torch.equal(loaded(x), branch(x))
+    # A file from before calibration (no temperature in its info) loads uncalibrated.
+    payload = torch.load(tmp_path / "sar.pt", weights_only=True)
+    del payload["info"]["temperature"]
+    torch.save(payload, tmp_path / "old.pt")
+    assert load_predictor(tmp_path / "old.pt").info.temperature is None
+
+
+def test_temperature_survives_onnx_export(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="not run: onnxruntime not installed")
+    onnx = pytest.importorskip("onnx", reason="not run: onnx not installed")
+    from discomkd_geo.models.onnx_export import export_onnx
+
+    branch = calibrated(pixel_predictor("reflect"), 0.3)
+    export_onnx(branch, tmp_path / "sar.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "sar.onnx")).metadata_props}
+    assert json.loads(meta["discomkd_geo"])["info"]["temperature"] == 0.3
+    exported = load_predictor(tmp_path / "sar.onnx")
+    assert exported.info.temperature == 0.3
+    rng = np.random.default_rng(0)
+    patch = branch.info.patch_size
+    batch = rng.normal(-12, 4, (5, 2, patch, patch)).astype(np.float32)
+    expected = branch.predict_batch(batch, "cpu")
+    np.testing.assert_allclose(exported.predict_batch(batch, "cpu"), expected, atol=1e-4)
+    block = rng.normal(-12, 4, (2, 96 + 2 * branch.pixel_halo(), 96 + 2 * branch.pixel_halo()))
+    block = block.astype(np.float32)
+    halo = branch.pixel_halo()
+    np.testing.assert_allclose(exported.predict_pixels(block, halo, "cpu"),
+                               branch.predict_pixels(block, halo, "cpu"), atol=1e-4)
+
+
+def strip_temperatures(run: Path) -> None:
+    """Make ``run`` a run from before calibration: no temperature in its files."""
+    for m in ("ms", "sar"):
+        for path in run_files(run, m):
+            payload = torch.load(path, weights_only=True)
+            payload["discomkd_geo"]["predictors"][m]["info"].pop("temperature")
+            torch.save(payload, path)
+
+
+@pytest.mark.slow
+def test_train_calibrates_and_fit_calibration_refits(ms4_run: Path, tmp_path: Path) -> None:
+    recorded = json.loads((ms4_run / "metrics.json").read_text())["calibration"]
+    assert set(recorded) == {"ms", "sar"}
+    for m, entry in recorded.items():
+        assert file_temperature(run_files(ms4_run, m)[0], m) == entry["temperature"] > 0
+        assert entry["ece_after"] <= entry["ece_before"] + 1e-9
+        assert (ms4_run / "plots" / f"reliability_{m}_val.png").stat().st_size > 1000
+    run = tmp_path / "run"
+    shutil.copytree(ms4_run, run)
+    again = CliRunner().invoke(main, ["fit-calibration", str(run)])
+    assert again.exit_code == 1
+    assert again.output.strip().splitlines() == [
+        f"Error: {run}: the ms branch is calibrated already (temperature "
+        f"{recorded['ms']['temperature']:.4g}); pass --overwrite to fit it again"]
+    # A run from before calibration: fitted as train fits it.
+    strip_temperatures(run)
+    assert load_predictor(run, "sar").info.temperature is None
+    result = CliRunner().invoke(main, ["fit-calibration", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    fitted = json.loads(result.output)
+    assert fitted == recorded
+    assert load_predictor(run, "sar").info.temperature == recorded["sar"]["temperature"]
+    assert json.loads((run / "metrics.json").read_text())["calibration"] == recorded
+    result = CliRunner().invoke(main, ["fit-calibration", str(run), "--modality", "sar",
+                                       "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"sar: temperature {recorded['sar']['temperature']:.4g}, "
+                                    "validation ECE")
+
+
+@pytest.mark.slow
+def test_evaluate_reports_ece_before_and_after(ms4_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(ms4_run, run)
+    args = ["evaluate", "--checkpoint", str(run), "--modality", "sar", "--split", "val"]
+    result = CliRunner().invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    scored = json.loads(result.output)
+    recorded = json.loads((run / "metrics.json").read_text())["calibration"]["sar"]
+    for key in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after"):
+        assert scored[key] == pytest.approx(recorded[key], abs=1e-6)
+    assert (run / "plots" / "reliability_sar_val.png").stat().st_size > 1000
+    plot = tmp_path / "reliability.png"
+    result = CliRunner().invoke(main, [*args, "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert f"ECE {recorded['ece_before']:.4f} before, {recorded['ece_after']:.4f} after" \
+        in result.output
+    assert plot.stat().st_size > 1000
+    refused = CliRunner().invoke(main, [*args, "--plot", str(plot)])
+    assert refused.exit_code == 1 and "already exists" in refused.output
