@@ -36,10 +36,10 @@ def model(run: str | None):
     from discomkd_geo.constants import EUROSAT_CLASSES, EUROSAT_COLORS, S1_BANDS
     from discomkd_geo.data.normalization import BandStats
     from discomkd_geo.models.branches import build_branch
-    from discomkd_geo.models.predictor import Predictor, PredictorInfo, load_predictor
+    from discomkd_geo.models.predictor import Predictor, PredictorInfo, load_torch_predictor
 
     if run:
-        return load_predictor(run, "sar").eval()
+        return load_torch_predictor(run, "sar").eval()
     torch.manual_seed(0)
     spec = {"kind": "mono", "in_channels": 2, "num_classes": 10, "backbone": "small_cnn",
             "width": 8}

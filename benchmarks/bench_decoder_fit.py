@@ -27,12 +27,12 @@ from _results import load_results, merge_results
 def fit(run: Path, epochs: int, out: Path) -> Path:
     """The SAR predictor file with a decoder fitted for ``epochs`` epochs."""
     from discomkd_geo.demo import reproducible
-    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.models.predictor import load_torch_predictor
     from discomkd_geo.training.decoder_fit import fit_decoders, with_decoder
 
     if epochs == 0:
         best = run / "checkpoints" / "best-sar.ckpt"  # a run directory may load its decoder
-        with_decoder(load_predictor(best, "sar")).save(out / "sar.pt", overwrite=True)
+        with_decoder(load_torch_predictor(best, "sar")).save(out / "sar.pt", overwrite=True)
         return out / "sar.pt"
     with reproducible():
         return fit_decoders(run, out, ["sar"], epochs=epochs, overwrite=True)["sar"]

@@ -81,11 +81,11 @@ def child(run: str, mode_name: str, scenes: list[str], out: str, modality: str) 
 
     from discomkd_geo.inference.engine import predict_to_file
     from discomkd_geo.inference.settings import MapSettings
-    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.models.predictor import load_torch_predictor
 
     torch.set_num_threads(TORCH_THREADS)
     names = BRANCHES[modality]
-    predictors = {m: load_predictor(run, m).eval() for m in names}
+    predictors = {m: load_torch_predictor(run, m).eval() for m in names}
     settings = MapSettings.of(**MODES[mode_name], device="cpu", overwrite=True,
                               threads=TORCH_THREADS)
     rows = []
@@ -125,9 +125,9 @@ def held_out(count: int, size: int, work: Path) -> list[Path]:
 def run_modes(run: Path, modality: str) -> list[str]:
     """The modes the run maps ``modality`` in: the pixel modes only if every branch the map
     uses has a decoder (the demo gives its SAR branch one, not its MS branch)."""
-    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.models.predictor import load_torch_predictor
 
-    pixel = all(load_predictor(run, m).has_decoder for m in BRANCHES[modality])
+    pixel = all(load_torch_predictor(run, m).has_decoder for m in BRANCHES[modality])
     return [m for m in MODES if m not in PIXEL or pixel]
 
 

@@ -7,11 +7,13 @@ becomes a one-line ``Error: <path>: <problem>`` and a non-zero exit; ``--debug``
 traceback instead.
 """
 
+import functools
 import os
 import re
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, get_args
 
@@ -31,15 +33,6 @@ def _first_line(text: str) -> str:
     return text.strip().splitlines()[0] if text.strip() else text
 
 
-#: The options of the parameters library messages suggest that are not mapping settings
-#: (``SceneInput`` fields, ``trusted``); the mapping settings' options are generated
-#: (:func:`_options_of_params`).
-_SCENE_OPTIONS = {"bands": "--bands", "sar_units": "--sar-units", "scale": "--ms-scale",
-                  "offset": "--ms-offset", "crs": "--crs", "nodata": "--nodata",
-                  "mask": "--ms-mask", "mask_kind": "--ms-mask-kind",
-                  "mask_codes": "--ms-mask-codes", "trusted": "--trust-checkpoint"}
-
-
 def _options_of_params(command: click.Command | None = None) -> dict[str, str]:
     """Python parameter -> the option that sets it on the command line.
 
@@ -50,7 +43,11 @@ def _options_of_params(command: click.Command | None = None) -> dict[str, str]:
 
     own = {p.name: max(p.opts, key=len) for p in command.params
            if isinstance(p, click.Option) and p.name} if command else {}
-    return {**_SCENE_OPTIONS, **{f.name: f.flag for f in setting_fields() if f.flag}, **own}
+    # The parameters library messages suggest that are not mapping settings: the
+    # ``SceneInput`` fields (from the scene options' declarations) and ``trusted``.
+    scene = {field: decls[0] for field, _, decls, _ in _SCENE_OPTION_DECLS if field}
+    return {**scene, "trusted": "--trust-checkpoint",
+            **{f.name: f.flag for f in setting_fields() if f.flag}, **own}
 
 
 def cli_words(text: str, command: click.Command | None = None) -> str:
@@ -444,8 +441,12 @@ def export(checkpoint: Path, trusted: bool, modality: str, output: Path, fmt: st
 
     # Before the checkpoint is loaded: an output that cannot be written fails at once.
     check_outputs({"predictor": output}, overwrite)
-    from .models.predictor import load_predictor
+    from .models.loader import is_onnx, load_predictor
 
+    if is_onnx(checkpoint):
+        raise click.BadParameter(f"{checkpoint}: an ONNX model is exported already; export "
+                                 "from its training checkpoint or run", param_hint="CHECKPOINT")
+    # The loader every command uses: a run's bare best checkpoint comes with its decoder.
     predictor = load_predictor(checkpoint, modality, trusted=trusted)
     fmt = fmt or ("onnx" if output.suffix.lower() == ".onnx" else "torch")
     if fmt == "torch":
@@ -613,105 +614,6 @@ def _per_modality(values: tuple[str, ...], modalities: list[str], option: str
     return given
 
 
-_MS_OFFSET_HELP = (
-    "Then add this to the MS values. Sentinel-2 L1C and L2A digital numbers of processing "
-    "baseline 04.00 and later (products from 25 January 2022 on) carry +1000: reflectance = "
-    "(DN - 1000) / 10000, so pass -1000 to match models trained on earlier products such as "
-    "EuroSAT. L2A example: --ms-offset -1000 for a 2023 L2A .SAFE; --ms-scale 10000 for L2A "
-    "surface reflectance already divided by 10000 (0-1).")
-
-
-def _input_options(command: Any) -> Any:
-    """The options that describe the scenes, shared by ``predict`` and ``inspect``."""
-    options = [
-        click.option("--bands", multiple=True, metavar="[MODALITY=]NAME,...",
-                     help="Names of the input's bands in order (files in the order given), "
-                          "when band descriptions and file names do not name them "
-                          "(repeatable per modality)."),
-        click.option("--sar-units", type=click.Choice(["db", "linear", "amplitude"]),
-                     help="How the SAR input stores backscatter [default: from ASF HyP3 RTC "
-                          "file names, else db]. RTC products on public catalogues are "
-                          "gamma0 linear power."),
-        click.option("--ms-scale", type=float, default=1.0, show_default=True,
-                     help="Multiply the MS values by this: 10000 for reflectance 0-1."),
-        click.option("--ms-offset", type=float, default=0.0, show_default=True,
-                     help=_MS_OFFSET_HELP),
-        click.option("--crs", metavar="CRS",
-                     help="CRS to warp rasters georeferenced only by GCPs or RPCs to, e.g. "
-                          "EPSG:32631 [default: UTM zone of the scene centre]."),
-        click.option("--nodata", multiple=True, metavar="[MODALITY=]VALUE",
-                     help="The value that marks missing pixels in the scene (in any band), "
-                          "instead of its files' nodata tags: for exports that fill outside "
-                          "the swath without tagging it (SNAP, Earth Engine: --nodata 0); "
-                          "repeatable per modality."),
-        click.option("--ms-mask", metavar="FILE|scl|auto",
-                     help="MS pixels to treat as nodata (clouds, shadows): a mask raster on "
-                          "any overlapping grid (Sentinel-2 SCL, Fmask codes, or 0/1 with 1 = "
-                          "unavailable), 'scl' for the SCL of the L2A .SAFE or STAC Item, or "
-                          "'auto' for cloud detection by s2cloudless on an L1C scene (the "
-                          "'clouds' extra)."),
-        click.option("--ms-mask-kind", type=click.Choice(["scl", "fmask", "binary"]),
-                     help="What --ms-mask FILE holds [default: scl or fmask when its name "
-                          "says so, else binary 0/1]."),
-        click.option("--ms-mask-codes", metavar="CODE,...",
-                     help="Codes of --ms-mask that mark unavailable pixels [default: SCL "
-                          "3,8,9,10 (shadow, cloud, cirrus); Fmask 2,4; binary 1]."),
-        click.option("--sar-mask", type=_SCENE, metavar="FILE",
-                     help="SAR pixels to treat as nodata: a 0/1 raster (1 = unavailable) on "
-                          "any overlapping grid."),
-    ]
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def _scene_masks(ms_mask: str | None, ms_mask_kind: str | None, ms_mask_codes: str | None,
-                 sar_mask: Path | str | None) -> dict[str, dict[str, Any]]:
-    """The ``SceneInput`` mask fields of the mask options, per modality."""
-    from .constants import MS, SAR
-
-    codes = None
-    if ms_mask_codes is not None:
-        try:
-            codes = tuple(int(c) for c in ms_mask_codes.split(","))
-        except ValueError as err:
-            raise click.BadParameter(f"{ms_mask_codes!r} is not a list of integer codes",
-                                     param_hint="--ms-mask-codes") from err
-    masks = {}
-    if ms_mask is not None or ms_mask_kind is not None or codes is not None:
-        masks[MS] = {"mask": ms_mask, "mask_kind": ms_mask_kind, "mask_codes": codes}
-    if sar_mask is not None:
-        masks[SAR] = {"mask": sar_mask, "mask_kind": "binary"}
-    return masks
-
-
-def _scene_inputs(scenes: dict[str, list[Path | str]], bands: tuple[str, ...],
-                  sar_units: str | None, ms_scale: float, ms_offset: float,
-                  crs: str | None, nodata: tuple[str, ...],
-                  masks: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of the options."""
-    from .constants import MS, SAR
-    from .inference.io import SceneInput
-
-    masks = masks or {}
-    if missing := sorted(set(masks) - set(scenes)):
-        raise click.UsageError(f"--{missing[0]}-mask given without a {missing[0]} scene")
-    names = _per_modality(bands, list(scenes), "--bands")
-    fills = _per_modality(nodata, list(scenes), "--nodata")
-    inputs = {}
-    for modality, paths in scenes.items():
-        scale, offset = (ms_scale, ms_offset) if modality == MS else (1.0, 0.0)
-        try:
-            fill = float(fills[modality]) if modality in fills else None
-        except ValueError as err:
-            raise click.BadParameter(f"{fills[modality]!r} is not a number",
-                                     param_hint="--nodata") from err
-        listed = [b.strip() for b in names[modality].split(",")] if modality in names else None
-        inputs[modality] = SceneInput(paths, listed, sar_units if modality == SAR else None,
-                                      scale, offset, crs, fill, **masks.get(modality, {}))
-    return inputs
-
-
 class _ScenePath(click.ParamType):
     """A scene: a local path (as ``Path``) or a URL kept as given (``Path`` folds ``//``)."""
 
@@ -726,6 +628,137 @@ class _ScenePath(click.ParamType):
 
 #: The type of every scene option (local files, directories or URLs).
 _SCENE = _ScenePath()
+
+
+_MS_OFFSET_HELP = (
+    "Then add this to the MS values. Sentinel-2 L1C and L2A digital numbers of processing "
+    "baseline 04.00 and later (products from 25 January 2022 on) carry +1000: reflectance = "
+    "(DN - 1000) / 10000, so pass -1000 to match models trained on earlier products such as "
+    "EuroSAT. L2A example: --ms-offset -1000 for a 2023 L2A .SAFE; --ms-scale 10000 for L2A "
+    "surface reflectance already divided by 10000 (0-1).")
+
+
+#: The options that describe the scenes, shared by ``predict`` and ``inspect``, declared
+#: once: ``(SceneInput field the option sets, or None; its _SceneOptions attribute; the
+#: option's names; its click arguments)``. Library messages about a field name its option.
+_SCENE_OPTION_DECLS: list[tuple[str | None, str, tuple[str, ...], dict[str, Any]]] = [
+    ("bands", "bands", ("--bands",), dict(
+        multiple=True, metavar="[MODALITY=]NAME,...",
+        help="Names of the input's bands in order (files in the order given), when band "
+             "descriptions and file names do not name them (repeatable per modality).")),
+    ("sar_units", "sar_units", ("--sar-units",), dict(
+        type=click.Choice(["db", "linear", "amplitude"]),
+        help="How the SAR input stores backscatter [default: from ASF HyP3 RTC file names, "
+             "else db]. RTC products on public catalogues are gamma0 linear power.")),
+    ("scale", "ms_scale", ("--ms-scale",), dict(
+        type=float, default=1.0, show_default=True,
+        help="Multiply the MS values by this: 10000 for reflectance 0-1.")),
+    ("offset", "ms_offset", ("--ms-offset",), dict(
+        type=float, default=0.0, show_default=True, help=_MS_OFFSET_HELP)),
+    ("crs", "crs", ("--crs",), dict(
+        metavar="CRS",
+        help="CRS to warp rasters georeferenced only by GCPs or RPCs to, e.g. EPSG:32631 "
+             "[default: UTM zone of the scene centre].")),
+    ("nodata", "nodata", ("--nodata",), dict(
+        multiple=True, metavar="[MODALITY=]VALUE",
+        help="The value that marks missing pixels in the scene (in any band), instead of "
+             "its files' nodata tags: for exports that fill outside the swath without "
+             "tagging it (SNAP, Earth Engine: --nodata 0); repeatable per modality.")),
+    ("mask", "ms_mask", ("--ms-mask",), dict(
+        metavar="FILE|scl|auto",
+        help="MS pixels to treat as nodata (clouds, shadows): a mask raster on any "
+             "overlapping grid (Sentinel-2 SCL, Fmask codes, or 0/1 with 1 = unavailable), "
+             "'scl' for the SCL of the L2A .SAFE or STAC Item, or 'auto' for cloud "
+             "detection by s2cloudless on an L1C scene (the 'clouds' extra).")),
+    ("mask_kind", "ms_mask_kind", ("--ms-mask-kind",), dict(
+        type=click.Choice(["scl", "fmask", "binary"]),
+        help="What --ms-mask FILE holds [default: scl or fmask when its name says so, else "
+             "binary 0/1].")),
+    ("mask_codes", "ms_mask_codes", ("--ms-mask-codes",), dict(
+        metavar="CODE,...",
+        help="Codes of --ms-mask that mark unavailable pixels [default: SCL 3,8,9,10 "
+             "(shadow, cloud, cirrus); Fmask 2,4; binary 1].")),
+    (None, "sar_mask", ("--sar-mask",), dict(
+        type=_SCENE, metavar="FILE",
+        help="SAR pixels to treat as nodata: a 0/1 raster (1 = unavailable) on any "
+             "overlapping grid.")),
+]
+
+
+@dataclass(frozen=True)
+class _SceneOptions:
+    """The values of the scene options (:data:`_SCENE_OPTION_DECLS`) of one command."""
+
+    bands: tuple[str, ...] = ()
+    sar_units: str | None = None
+    ms_scale: float = 1.0
+    ms_offset: float = 0.0
+    crs: str | None = None
+    nodata: tuple[str, ...] = ()
+    ms_mask: str | None = None
+    ms_mask_kind: str | None = None
+    ms_mask_codes: str | None = None
+    sar_mask: Path | str | None = None
+
+    def masks(self) -> dict[str, dict[str, Any]]:
+        """The ``SceneInput`` mask fields of the mask options, per modality."""
+        from .constants import MS, SAR
+
+        codes = None
+        if self.ms_mask_codes is not None:
+            try:
+                codes = tuple(int(c) for c in self.ms_mask_codes.split(","))
+            except ValueError as err:
+                raise click.BadParameter(f"{self.ms_mask_codes!r} is not a list of integer "
+                                         "codes", param_hint="--ms-mask-codes") from err
+        masks = {}
+        if self.ms_mask is not None or self.ms_mask_kind is not None or codes is not None:
+            masks[MS] = {"mask": self.ms_mask, "mask_kind": self.ms_mask_kind,
+                         "mask_codes": codes}
+        if self.sar_mask is not None:
+            masks[SAR] = {"mask": self.sar_mask, "mask_kind": "binary"}
+        return masks
+
+    def inputs(self, scenes: dict[str, list[Path | str]]) -> dict[str, Any]:
+        """The per-modality :class:`~discomkd_geo.inference.io.SceneInput` of ``scenes``."""
+        from .constants import MS, SAR
+        from .inference.io import SceneInput
+
+        masks = self.masks()
+        if missing := sorted(set(masks) - set(scenes)):
+            raise click.UsageError(f"--{missing[0]}-mask given without a {missing[0]} scene")
+        names = _per_modality(self.bands, list(scenes), "--bands")
+        fills = _per_modality(self.nodata, list(scenes), "--nodata")
+        inputs = {}
+        for modality, paths in scenes.items():
+            scale, offset = (self.ms_scale, self.ms_offset) if modality == MS else (1.0, 0.0)
+            try:
+                fill = float(fills[modality]) if modality in fills else None
+            except ValueError as err:
+                raise click.BadParameter(f"{fills[modality]!r} is not a number",
+                                         param_hint="--nodata") from err
+            listed = ([b.strip() for b in names[modality].split(",")]
+                      if modality in names else None)
+            inputs[modality] = SceneInput(paths, listed,
+                                          self.sar_units if modality == SAR else None,
+                                          scale, offset, self.crs, fill,
+                                          **masks.get(modality, {}))
+        return inputs
+
+
+def _input_options(command: F) -> F:
+    """Add the scene options; the command receives their values as one ``scene_options``."""
+    names = [attribute for _, attribute, _, _ in _SCENE_OPTION_DECLS]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {name: kwargs.pop(name) for name in names}
+        return command(*args, scene_options=_SceneOptions(**values), **kwargs)
+
+    decorated: Any = wrapper
+    for _, attribute, decls, kwargs in reversed(_SCENE_OPTION_DECLS):
+        decorated = click.option(*decls, attribute, **kwargs)(decorated)
+    return decorated
 
 
 def _click_type(f: Any) -> dict[str, Any]:
@@ -801,11 +834,9 @@ def _map_settings(values: dict[str, Any]) -> Any:
 def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
             sar_vv: Path | str | None, sar_vh: Path | str | None, ms: tuple[Path | str, ...],
             scene: tuple[Path | str, ...],
-            stac_item: Path | None, modality: str | None, fuse: bool, bands: tuple[str, ...],
-            sar_units: str | None, ms_scale: float, ms_offset: float,
-            crs: str | None, nodata: tuple[str, ...], ms_mask: str | None,
-            ms_mask_kind: str | None, ms_mask_codes: str | None, sar_mask: Path | str | None,
-            output: Path, no_progress: bool, as_json: bool, **settings: Any) -> None:
+            stac_item: Path | None, modality: str | None, fuse: bool,
+            scene_options: _SceneOptions, output: Path, no_progress: bool, as_json: bool,
+            **settings: Any) -> None:
     """Map land cover from whichever modality's scene is available to a GeoTIFF.
 
     Every scene is first checked against the model's training data (units, scale, band
@@ -827,16 +858,18 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
         if not scenes:
             raise click.UsageError(f"{stac_item} has no {modality} asset")
         # The Item names the bands; an explicit --bands still wins.
-        bands = tuple(f"{m}={','.join(source.bands[m])}" for m in scenes) + bands
-        if ms_mask == "scl" and source.scl is not None:  # the Item's L2A classification
-            ms_mask, ms_mask_kind = source.scl, ms_mask_kind or "scl"
+        scene_options = replace(scene_options, bands=tuple(
+            f"{m}={','.join(source.bands[m])}" for m in scenes) + scene_options.bands)
+        if scene_options.ms_mask == "scl" and source.scl is not None:  # the Item's L2A SCL
+            scene_options = replace(scene_options, ms_mask=source.scl,
+                                    ms_mask_kind=scene_options.ms_mask_kind or "scl")
     if ms:
         scenes[MS] = list(ms)
     if sar_vv or sar_vh:
         if not (sar_vv and sar_vh) or sar:
             raise click.UsageError("give both --sar-vv and --sar-vh (and no --sar)")
         scenes[SAR] = [sar_vv, sar_vh]
-        bands = (*bands, f"{SAR}=VV,VH")
+        scene_options = replace(scene_options, bands=(*scene_options.bands, f"{SAR}=VV,VH"))
     elif sar:
         scenes[SAR] = list(sar)
     if scene:
@@ -851,8 +884,7 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
         if modality not in scenes:
             raise click.UsageError(f"no {modality} scene given")
         scenes = {modality: scenes[modality]}
-    inputs = _scene_inputs(scenes, bands, sar_units, ms_scale, ms_offset, crs, nodata,
-                           _scene_masks(ms_mask, ms_mask_kind, ms_mask_codes, sar_mask))
+    inputs = scene_options.inputs(scenes)
     from .inference.engine import predict_to_file
     from .models.loader import load_predictor
 
@@ -899,11 +931,7 @@ main.add_command(predict)
 @_input_options
 @_json_option("Print the figures as JSON.")
 def inspect(scene: tuple[Path | str, ...], checkpoint: Path, trusted: bool,
-            modality: str | None,
-            bands: tuple[str, ...], sar_units: str | None, ms_scale: float,
-            ms_offset: float, crs: str | None, nodata: tuple[str, ...], ms_mask: str | None,
-            ms_mask_kind: str | None, ms_mask_codes: str | None, sar_mask: Path | str | None,
-            as_json: bool) -> None:
+            modality: str | None, scene_options: _SceneOptions, as_json: bool) -> None:
     """Compare a scene's bands with the model's training data, as predict checks them.
 
     SCENE is one raster, one file per band or polarisation, or a directory of them.
@@ -916,9 +944,7 @@ def inspect(scene: tuple[Path | str, ...], checkpoint: Path, trusted: bool,
 
     predictor = load_predictor(checkpoint, modality, trusted=trusted)
     modality = predictor.info.modality
-    inputs = _scene_inputs({modality: list(scene)}, bands, sar_units, ms_scale,
-                           ms_offset, crs, nodata,
-                           _scene_masks(ms_mask, ms_mask_kind, ms_mask_codes, sar_mask))
+    inputs = scene_options.inputs({modality: list(scene)})
     _, readers = open_readers(inputs, {modality: predictor.info})
     check = check_scene(predictor, readers[modality], modality)
     if as_json:

@@ -188,7 +188,7 @@ def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
     from .config import load_config
     from .inference.engine import predict_to_file
     from .inference.settings import MapSettings
-    from .models.predictor import load_predictor
+    from .models.predictor import load_torch_predictor
     from .training.train import train
 
     root = demo_dataset(per_class, seed)
@@ -203,7 +203,7 @@ def _steps(out: Path, config_path: Path, tiles: Path, per_class: int, seed: int,
     for m, metrics in result.metrics.items():
         log.info("      %s patch test weighted F1 %.3f", m, metrics["f1_weighted"])
 
-    predictor = load_predictor(out / "run", SAR)
+    predictor = load_torch_predictor(out / "run", SAR)
     map_path = out / "landcover_sar.tif"
     log.info("[3/4] mapping %s from SAR alone -> %s", tiles / "sar.tif", map_path)
     mapping = predict_to_file(predictor, tiles / "sar.tif", map_path,

@@ -14,7 +14,7 @@ from test_pixel_mode import pixel_predictor, write_pixel_scene
 from discomkd_geo.config import load_config
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.settings import MapSettings
-from discomkd_geo.models.predictor import load_predictor
+from discomkd_geo.models.predictor import load_torch_predictor
 from discomkd_geo.training.train import train
 
 pytestmark = pytest.mark.cuda
@@ -29,7 +29,7 @@ def test_bf16_training_on_cuda_gives_a_cpu_loadable_run(eurosat_root: Path,
     result = train(config, tmp_path / "run", progress=False)
     assert set(result.metrics) == {"ms", "sar"}
     assert all(np.isfinite(m["f1_weighted"]) for m in result.metrics.values())
-    predictor = load_predictor(result.run_dir, "sar")  # float32 weights, on the CPU
+    predictor = load_torch_predictor(result.run_dir, "sar")  # float32 weights, on the CPU
     probabilities = predictor(torch.rand(4, 2, 64, 64) * -25)
     assert probabilities.dtype == torch.float32
     assert torch.allclose(probabilities.sum(1), torch.ones(4))

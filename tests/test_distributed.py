@@ -22,7 +22,7 @@ from discomkd_geo.config import load_config
 from discomkd_geo.data.samplers import ClassBalancedSampler, RankShard
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.settings import MapSettings
-from discomkd_geo.models.predictor import load_predictor
+from discomkd_geo.models.predictor import load_torch_predictor
 from discomkd_geo.training.train import train
 
 DATA = Path(__file__).parent / "data"
@@ -116,7 +116,7 @@ def test_ddp_checkpoints_load_and_map_like_a_single_process_run(
     assert _logged_epochs(ddp_run).count("0") == 2  # epoch 0 logged once (val, train rows)
     profiles = []
     for run in (ddp_run, single):
-        predictor = load_predictor(run, "sar")
+        predictor = load_torch_predictor(run, "sar")
         out = tmp_path / f"{run.name}.tif"
         predict_to_file(predictor, scene_dir / "sar.tif", out, MapSettings.of(overwrite=True))
         with rasterio.open(out) as src:

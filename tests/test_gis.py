@@ -16,8 +16,8 @@ from shapely.geometry import box
 
 from discomkd_geo.errors import InputFileError, OutputExistsError
 from discomkd_geo.inference.settings import parse_area
+from discomkd_geo.inference.vector_input import read_layer, split_layer
 from discomkd_geo.inference.vectorize import vectorize, vectorize_to_file
-from discomkd_geo.inference.vectors import read_layer, split_layer
 from discomkd_geo.inference.zonal import zonal_areas, zonal_to_file
 
 CLASSES = ["A", "B", "C"]

@@ -28,7 +28,7 @@ from discomkd_geo.inference.checks import sample_windows
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
 from discomkd_geo.inference.io import SceneInput, canonical_band, open_readers
 from discomkd_geo.inference.settings import MapSettings
-from discomkd_geo.models.predictor import Predictor, load_predictor
+from discomkd_geo.models.predictor import Predictor, load_torch_predictor
 
 spyndex = pytest.importorskip("spyndex")
 S2_SUBSET_BANDS = ["B02", "B03", "B04", "B08"]
@@ -45,7 +45,7 @@ def s2_subset() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def ms4(ms4_run: Path) -> Predictor:
-    return load_predictor(ms4_run, "ms")
+    return load_torch_predictor(ms4_run, "ms")
 
 
 @pytest.fixture(scope="module")

@@ -191,7 +191,7 @@ def test_training_on_mosaics_gives_branches_a_decoder(eurosat_root: Path, scene_
                                                       tmp_path: Path) -> None:
     from discomkd_geo.inference.engine import predict_to_file
     from discomkd_geo.inference.settings import MapSettings
-    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.models.predictor import load_torch_predictor
     from discomkd_geo.training.train import train
 
     result = train(_tiny_config(eurosat_root, "data.mosaic=true", "model.decoder=true"),
@@ -202,7 +202,7 @@ def test_training_on_mosaics_gives_branches_a_decoder(eurosat_root: Path, scene_
     for ckpt in (tmp_path / "run" / "checkpoints").glob("*.ckpt"):  # no trust needed
         state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
         assert any(".decoder." in k for k in state), ckpt.name
-    predictor = load_predictor(tmp_path / "run", "sar")
+    predictor = load_torch_predictor(tmp_path / "run", "sar")
     assert predictor.has_decoder
     summary = predict_to_file(predictor, scene_dir / "sar.tif", tmp_path / "map.tif",
                               MapSettings.of(mode="auto"))
@@ -232,14 +232,14 @@ def test_fit_decoders_trains_only_the_decoder(eurosat_root: Path, scene_dir: Pat
     from discomkd_geo.cli import main
     from discomkd_geo.inference.engine import predict_to_file
     from discomkd_geo.inference.settings import MapSettings
-    from discomkd_geo.models.predictor import load_predictor
+    from discomkd_geo.models.predictor import load_torch_predictor
     from discomkd_geo.training.train import train
 
     run = tmp_path / "run"
     train(_tiny_config(eurosat_root, "model.decoder_epochs=1"), run, progress=False)
     assert sorted(p.name for p in (run / "decoders").iterdir()) == ["ms.pt", "sar.pt"]
-    before = load_predictor(run / "checkpoints" / "best-sar.ckpt", "sar")
-    after = load_predictor(run, "sar")  # the run directory now loads its decoder
+    before = load_torch_predictor(run / "checkpoints" / "best-sar.ckpt", "sar")
+    after = load_torch_predictor(run, "sar")  # the run directory now loads its decoder
     assert not before.has_decoder and after.has_decoder
     frozen = {k: v for k, v in after.branch.state_dict().items() if not k.startswith("decoder.")}
     assert frozen.keys() == before.branch.state_dict().keys()

@@ -20,7 +20,7 @@ from discomkd_geo.inference.smoothing import smooth_probabilities
 from discomkd_geo.inference.tiling import chunk_layout
 from discomkd_geo.models.branches import build_branch
 from discomkd_geo.models.layout import class_softmax
-from discomkd_geo.models.predictor import Predictor, load_predictor
+from discomkd_geo.models.predictor import Predictor, load_torch_predictor
 
 DATA = Path(__file__).parent / "data"
 
@@ -224,7 +224,7 @@ def test_decoder_predictor_loads_weights_only(tmp_path: Path) -> None:
     predictor.save(tmp_path / "sar.pt")
     payload = torch.load(tmp_path / "sar.pt", weights_only=True)
     assert any(k.startswith("decoder.") for k in payload["state_dict"])
-    loaded = load_predictor(tmp_path / "sar.pt")
+    loaded = load_torch_predictor(tmp_path / "sar.pt")
     assert loaded.has_decoder
     x = torch.from_numpy(texture(2, 128, seed=1))[None]
     halo = predictor.pixel_halo()
@@ -253,7 +253,7 @@ def test_auto_mode_maps_a_model_without_decoder_in_windows_mode(scene: Path,
 def test_checkpoint_from_before_the_decoder_loads_and_maps_as_before(tmp_path: Path) -> None:
     """``tests/data/main_predictor.pt`` and its maps were written by the code on ``main``
     (before decoders existed); the same file maps to the same classes today."""
-    predictor = load_predictor(DATA / "main_predictor.pt")
+    predictor = load_torch_predictor(DATA / "main_predictor.pt")
     assert not predictor.has_decoder
     for mode in ("windows", "dense"):
         out = tmp_path / f"{mode}.tif"
@@ -312,7 +312,7 @@ def test_a_runs_best_checkpoint_alone_maps_with_its_decoder(
 
     write_checkpoint(plain.branch)
     decoded.save(run / "decoders" / "sar.pt")
-    assert not load_predictor(best, "sar").has_decoder  # the checkpoint itself has none
+    assert not load_torch_predictor(best, "sar").has_decoder  # the checkpoint itself has none
     with caplog.at_level("DEBUG", logger="discomkd_geo"):
         alone = load_any(best, "sar")
     assert alone.has_decoder and caplog.messages == [
@@ -331,4 +331,4 @@ def test_a_runs_best_checkpoint_alone_maps_with_its_decoder(
         assert not load_any(best, "sar").has_decoder
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     assert "was fit on other weights, so it is left out" in caplog.messages[0]
-    assert with_decoder(load_predictor(best, "sar")).has_decoder  # fit-decoder still can
+    assert with_decoder(load_torch_predictor(best, "sar")).has_decoder  # fit-decoder still can

@@ -19,7 +19,7 @@ from discomkd_geo.errors import SettingsError
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.scoring import boundary_band, map_to_grid, score_map
 from discomkd_geo.inference.settings import MapSettings
-from discomkd_geo.models.predictor import load_predictor
+from discomkd_geo.models.predictor import load_torch_predictor
 from discomkd_geo.training.map_score import MapScore, score_scenes
 
 REFERENCE = Path(__file__).parent / "data" / "score_map_reference.py"
@@ -104,7 +104,7 @@ def test_scores_agree_with_the_reference_scorer(tmp_path: Path) -> None:
 def test_each_scene_is_scored_against_its_own_truth(demo_sar_model: Path,
                                                     tmp_path: Path) -> None:
     """The map score pairs each SAR map with its scene's truth, whatever the order."""
-    predictor = load_predictor(demo_sar_model)
+    predictor = load_torch_predictor(demo_sar_model)
     scenes = []
     for seed in (101, 102):
         scenes.append(tmp_path / f"scene{seed}")

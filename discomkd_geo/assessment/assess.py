@@ -35,7 +35,7 @@ import numpy as np
 
 from ..errors import InputFileError, SettingsError
 from ..inference.classmap import ClassMap, read_class_map
-from ..inference.vectors import read_layer
+from ..inference.vector_input import read_layer
 from .estimators import Estimates, interval, stratified_estimates
 from .reference import UNLABELLED, ReferencePoints, read_reference
 from .strata import Region, centres_of, check_codes, class_areas, region_of, values_at

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import InputFileError, SettingsError
 from ..inference.classmap import ClassMap, read_class_map
-from ..inference.vectors import read_layer
+from ..inference.vector_input import read_layer
 from .strata import pixels_of, values_at
 
 #: Label of a point not labelled (yet).

@@ -22,7 +22,7 @@ from rasterio.windows import transform as window_transform
 
 from ..errors import InputFileError
 from ..logs import log
-from .vectors import read_layer
+from .vector_input import read_layer
 
 if TYPE_CHECKING:
     import geopandas as gpd

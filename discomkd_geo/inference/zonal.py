@@ -32,8 +32,8 @@ from ..logs import progress_disabled
 from .aoi import covering_window
 from .classmap import HECTARE, ClassMap, geometry_areas, read_class_map, row_areas
 from .tiling import chunk_layout, relative_slices
+from .vector_input import read_layer
 from .vectorize import valid_polygons, write_layer
-from .vectors import read_layer
 
 if TYPE_CHECKING:
     import geopandas as gpd
@@ -154,7 +154,7 @@ def zonal_to_file(path: str | os.PathLike[str], zones: "gpd.GeoDataFrame | str",
         OutputError: another extension, a missing directory, or the output is the map.
         OutputExistsError: the output exists and ``overwrite`` is false (checked first).
         InputFileError: see :func:`zonal_areas` and
-            :func:`~discomkd_geo.inference.vectors.read_layer`.
+            :func:`~discomkd_geo.inference.vector_input.read_layer`.
     """
     output = Path(output)
     suffix = output.suffix.lower()

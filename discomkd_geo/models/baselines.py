@@ -3,7 +3,7 @@
 * :class:`MonoModal`: one supervised classifier per modality, trained on its own
   modality only: the lower bound every cross-modal method must beat. Its branches are the
   same ``mono`` branches (:class:`~discomkd_geo.models.branches.MonoBranch`) the
-  distillation students use, so :func:`~discomkd_geo.models.predictor.load_predictor`
+  distillation students use, so :func:`~discomkd_geo.models.predictor.load_torch_predictor`
   rebuilds them from ``branch_spec``.
 * :class:`LateFusionTeacher`: one encoder per modality, features concatenated, one linear
   classifier: the multi-modal teacher of the KD / DKD baselines. It needs every modality

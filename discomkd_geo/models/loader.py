@@ -2,7 +2,7 @@
 
 The one entry point the CLI and ``discomkd_geo.load_predictor`` use. An ``.onnx`` file
 goes to onnxruntime and never imports torch; anything else to
-:func:`discomkd_geo.models.predictor.load_predictor`. A run's best checkpoint named alone
+:func:`discomkd_geo.models.predictor.load_torch_predictor`. A run's best checkpoint named alone
 comes with the per-pixel decoder its run gave it, as the run directory does.
 """
 
@@ -41,7 +41,7 @@ def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
         from .onnx_predictor import OnnxPredictor
 
         return OnnxPredictor.load(path, modality)
-    from .predictor import load_predictor as load_torch
+    from .predictor import load_torch_predictor as load_torch
 
     predictor = load_torch(path, modality, map_location, trusted=trusted)
     return _with_run_decoder(Path(path), predictor, map_location, trusted)
@@ -59,7 +59,7 @@ def _with_run_decoder(path: Path, predictor: BranchPredictor, map_location: str,
     import torch
 
     from .predictor import RUN_DECODERS
-    from .predictor import load_predictor as load_torch
+    from .predictor import load_torch_predictor as load_torch
 
     modality = predictor.info.modality
     decoded = path.parent.parent / RUN_DECODERS / f"{modality}.pt"

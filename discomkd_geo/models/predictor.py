@@ -257,7 +257,7 @@ class Predictor(nn.Module):
         return cls.from_payload(payload, os.fspath(path))
 
 
-#: Key under which training checkpoints carry what :func:`load_predictor` needs.
+#: Key under which training checkpoints carry what :func:`load_torch_predictor` needs.
 CHECKPOINT_KEY = "discomkd_geo"
 
 
@@ -299,7 +299,7 @@ def run_checkpoint(run_dir: str | os.PathLike[str], modality: str) -> str:
     return os.path.join(run_dir, "checkpoints", f"best-{modality}.ckpt")
 
 
-def load_predictor(path: str | os.PathLike[str], modality: str | None = None,
+def load_torch_predictor(path: str | os.PathLike[str], modality: str | None = None,
                    map_location: str | torch.device = "cpu", trusted: bool = False) -> Predictor:
     """Load a single-modality predictor from a training checkpoint or an exported file.
 

@@ -45,7 +45,7 @@ from ..files import check_writable
 from ..logs import log
 from ..models.branches import build_branch, pixel_logits
 from ..models.layout import channels_last
-from ..models.predictor import RUN_DECODERS, Predictor, load_predictor
+from ..models.predictor import RUN_DECODERS, Predictor, load_torch_predictor
 from .baselines import FUSED
 
 
@@ -193,7 +193,7 @@ def fit_decoders(run_dir: str | Path, out_dir: str | Path | None, modalities: li
     torch.manual_seed(config.seed)
     for modality, target in targets.items():
         best = run_dir / "checkpoints" / f"best-{modality}.ckpt"
-        predictor = with_decoder(load_predictor(best, modality))
+        predictor = with_decoder(load_torch_predictor(best, modality))
         if mosaics.stats[modality].to_dict() != predictor.stats.to_dict():
             raise CheckpointError(f"{run_dir}: stats/{modality}.json differs from the "
                                   f"statistics of checkpoints/best-{modality}.ckpt")

@@ -29,7 +29,7 @@ from ..data.eurosat import EuroSATMSSAR, EuroSATOptions
 from ..errors import CheckpointError, SettingsError
 from ..logs import progress_disabled
 from ..models._files import load_torch_file
-from ..models.predictor import CHECKPOINT_KEY, Predictor, load_predictor
+from ..models.predictor import CHECKPOINT_KEY, Predictor, load_torch_predictor
 from .calibration import calibration_of
 from .plots import plot_reliability
 
@@ -39,7 +39,7 @@ def training_config(checkpoint: str | os.PathLike[str], trusted: bool = False) -
 
     Args:
         checkpoint: run directory (its ``config.yaml``), training ``.ckpt`` or exported file.
-        trusted: see :func:`~discomkd_geo.models.predictor.load_predictor`.
+        trusted: see :func:`~discomkd_geo.models.predictor.load_torch_predictor`.
     """
     path = Path(checkpoint)
     if path.is_dir():
@@ -120,7 +120,7 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
         batch_size: images per forward pass.
         progress: show a progress bar.
         trusted: read a checkpoint that would run code on load (see
-            :func:`~discomkd_geo.models.predictor.load_predictor`).
+            :func:`~discomkd_geo.models.predictor.load_torch_predictor`).
         plot: draw the reliability diagram, before and after, into this PNG.
         overwrite: replace an existing ``plot``.
 
@@ -136,7 +136,7 @@ def evaluate(checkpoint: str | os.PathLike[str], modality: str,
         UntrustedFileError: the checkpoint would run code on load and ``trusted`` is false.
     """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    predictor = load_predictor(checkpoint, modality, map_location=device, trusted=trusted)
+    predictor = load_torch_predictor(checkpoint, modality, map_location=device, trusted=trusted)
     config = training_config(checkpoint, trusted) or Config()
     data = config.data
     if data_root is not None:

@@ -113,14 +113,14 @@ def make_scenes(spec: MapScore, out: Path) -> list[Path]:
 
 def _sar_predictor(run_dir: Path, mode: Mode) -> "Predictor":
     """The run's SAR predictor; in pixel mode, given a decoder first if it has none."""
-    from ..models.predictor import load_predictor
+    from ..models.predictor import load_torch_predictor
 
-    predictor = load_predictor(run_dir, SAR)
+    predictor = load_torch_predictor(run_dir, SAR)
     if mode == "pixel" and not predictor.has_decoder:
         from .decoder_fit import fit_decoders
 
         fit_decoders(run_dir, None, [SAR], overwrite=True)
-        predictor = load_predictor(run_dir, SAR)
+        predictor = load_torch_predictor(run_dir, SAR)
     return predictor
 
 

@@ -5,7 +5,7 @@ TorchGeo's trainers, a task is thin: the model comes from :mod:`discomkd_geo.mod
 the loss from :mod:`discomkd_geo.models.losses`; the task wires them to batches, logs
 every loss term, evaluates each modality's own classifier every epoch (weighted F1,
 macro F1, overall accuracy, as in Ienco & Fraga Dantas, 2024) and writes into every
-checkpoint what :func:`~discomkd_geo.models.predictor.load_predictor` needs.
+checkpoint what :func:`~discomkd_geo.models.predictor.load_torch_predictor` needs.
 """
 
 from typing import Any

@@ -5,7 +5,7 @@ checkpoint per modality, or ``RUN/decoders/<modality>.pt``, which holds the same
 classifier plus a decoder), on the raw validation images through the deployed predictor
 (:func:`~.evaluate.split_logits`), by temperature scaling (:mod:`.calibration`; Guo et al.,
 "On Calibration of Modern Neural Networks", ICML 2017). The temperature is then written
-into every file of the branch (``PredictorInfo.temperature``), so ``load_predictor``,
+into every file of the branch (``PredictorInfo.temperature``), so ``load_torch_predictor``,
 ``export`` (torch and ONNX) and ``predict`` take it from there and every probability the
 branch gives is calibrated (:meth:`~discomkd_geo.models.predictor.Predictor.probabilities`).
 ``train`` calibrates at the end of every run (before any decoder is fitted, which then
@@ -25,7 +25,7 @@ from ..errors import CheckpointError, OutputError
 from ..files import atomic_path
 from ..logs import log
 from ..models._files import load_torch_file
-from ..models.predictor import CHECKPOINT_KEY, PREDICTOR_FORMAT, RUN_DECODERS, load_predictor
+from ..models.predictor import CHECKPOINT_KEY, PREDICTOR_FORMAT, RUN_DECODERS, load_torch_predictor
 from .calibration import TEMPERATURE_BOUNDS, BranchCalibration, calibration_of, fit_temperature
 from .decoder_fit import run_modalities
 from .evaluate import split_logits
@@ -113,7 +113,7 @@ def calibrate_run(run_dir: str | os.PathLike[str], modalities: list[str] | None 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     results, diagrams = {}, {}
     for m in modalities:
-        predictor = load_predictor(run_dir, m, map_location=device)
+        predictor = load_torch_predictor(run_dir, m, map_location=device)
         logits, labels = split_logits(predictor, config.data, "val", os.fspath(run_dir),
                                       progress=progress)
         temperature: float | None = fit_temperature(logits, labels)
