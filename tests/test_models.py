@@ -81,6 +81,16 @@ def test_resnet18_shapes(bands: int) -> None:
     assert net(torch.randn(2, bands, 32, 32)).shape == (2, 512)
 
 
+@pytest.mark.parametrize("bands", [13, 2])
+def test_resnet18_stem_starts_at_the_default_scale_of_its_band_count(bands: int) -> None:
+    """The authors' stem: PyTorch's default init, std 1 / sqrt(3 * fan_in) (0.058 for 2 SAR
+    bands, 0.023 for 13 MS ones), not torchvision's fan_out init (0.025 whatever the bands),
+    under which the SAR branch took off epochs later (benchmarks/fidelity/)."""
+    torch.manual_seed(0)
+    std = build_backbone("resnet18", bands).conv1.weight.std().item()
+    assert std == pytest.approx((3 * bands * 49) ** -0.5, rel=0.05)
+
+
 def test_unknown_backbone_names_the_key() -> None:
     with pytest.raises(ConfigError, match="model.backbone.*vit"):
         build_backbone("vit", 3)
