@@ -233,7 +233,8 @@ def test_unpaired_images_are_counted_in_every_split(data: Path, tmp_path: Path,
     assert "has no sar twin; unpaired images: " in err
     counts = err.split("unpaired images: ")[1].split(";")[0]
     assert sum(int(n.split()[0]) for n in counts.split(", ")) == 3, counts
-    assert "--set data.drop_unpaired=true" in err and not (tmp_path / "run").exists()
+    # The library names the parameter and its config key (`--set` sets any config key).
+    assert "config key data.drop_unpaired" in err and not (tmp_path / "run").exists()
     # Dropped alike in every split, each modality's training set included.
     config = load_config(CONFIGS / "demo.yaml", (*TINY, f"data.root={root}",
                                                  f"data.paired={paired}",
