@@ -517,6 +517,10 @@ def fit_calibration(run_dir: Path, modalities: tuple[str, ...], data_root: Path 
         click.echo(json.dumps({m: r.to_dict() for m, r in results.items()}, indent=2))
         return
     for m, r in results.items():
+        if r.temperature is None:  # separable validation split: the log said why
+            click.echo(f"{m}: left uncalibrated, validation ECE {r.ece_before:.4f} "
+                       f"({r.samples} images)")
+            continue
         click.echo(f"{m}: temperature {r.temperature:.4g}, validation ECE "
                    f"{r.ece_before:.4f} -> {r.ece_after:.4f} ({r.samples} images)")
 

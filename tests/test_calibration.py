@@ -21,6 +21,7 @@ from discomkd_geo.models.loader import load_predictor
 from discomkd_geo.models.predictor import Predictor
 from discomkd_geo.training.calibration import (
     ECE_BINS,
+    BranchCalibration,
     Reliability,
     expected_calibration_error,
     fit_temperature,
@@ -219,3 +220,29 @@ def test_evaluate_reports_ece_before_and_after(ms4_run: Path, tmp_path: Path) ->
     assert plot.stat().st_size > 1000
     refused = CliRunner().invoke(main, [*args, "--plot", str(plot)])
     assert refused.exit_code == 1 and "already exists" in refused.output
+
+
+def test_an_uncalibrated_branch_is_reported_without_a_temperature(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A separable validation split leaves a branch uncalibrated (temperature None): training's
+    log and fit-calibration's lines say so instead of formatting None as a number (the
+    demo's MS branch once printed a logging traceback)."""
+    import logging
+
+    from discomkd_geo.config import load_config
+    from discomkd_geo.training import temperature_fit, train
+
+    results = {"ms": BranchCalibration("ms", None, 10, 0.1, 0.1, 0.3, 0.3, False),
+               "sar": BranchCalibration("sar", 0.5, 10, 0.2, 0.05, 0.9, 0.6, False)}
+    monkeypatch.setattr(train, "calibrate_run", lambda *args, **kwargs: results)
+    monkeypatch.setattr(temperature_fit, "calibrate_run", lambda *args, **kwargs: results)
+    with caplog.at_level(logging.INFO, logger="discomkd_geo"):
+        assert train._calibrate(load_config(None), tmp_path, ["ms", "sar"]) == results
+    messages = [record.getMessage() for record in caplog.records]  # raises on a bad format
+    assert messages == ["sar calibration: temperature 0.5, validation ECE 0.2000 -> 0.0500 "
+                        "(10 images)"]
+    out = CliRunner().invoke(main, ["fit-calibration", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    assert out.output.splitlines() == [
+        "ms: left uncalibrated, validation ECE 0.1000 (10 images)",
+        "sar: temperature 0.5, validation ECE 0.2000 -> 0.0500 (10 images)"]

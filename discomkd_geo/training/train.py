@@ -258,8 +258,9 @@ def _calibrate(config: Config, run_dir: Path,
         return {}
     results = calibrate_run(run_dir, modalities, overwrite=True)
     for m, r in results.items():
-        log.info("%s calibration: temperature %.4g, validation ECE %.4f -> %.4f (%d images)",
-                 m, r.temperature, r.ece_before, r.ece_after, r.samples)
+        if r.temperature is not None:  # an uncalibrated branch: calibrate_run warned why
+            log.info("%s calibration: temperature %.4g, validation ECE %.4f -> %.4f (%d "
+                     "images)", m, r.temperature, r.ece_before, r.ece_after, r.samples)
     return results
 
 
