@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+from scipy.special import log_softmax
 
 #: Confidence bins of the ECE and the reliability diagrams (Guo et al. use 15).
 ECE_BINS = 15
@@ -73,22 +74,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray,
     return Reliability.of(probs, labels, bins).ece
 
 
-def _log_softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
 def tempered_probabilities(logits: np.ndarray, temperature: float | None) -> np.ndarray:
     """``softmax(logits / T)`` in float64 (``T`` ``None``: the plain softmax)."""
     logits = np.asarray(logits, dtype=np.float64)
-    return np.exp(_log_softmax(logits if temperature is None else logits / temperature))
+    return np.exp(log_softmax(logits if temperature is None else logits / temperature, axis=1))
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray,
                             temperature: float | None = None) -> float:
     """Mean NLL of ``(N,)`` labels under ``softmax(logits / T)``."""
     logits = np.asarray(logits, dtype=np.float64)
-    log_p = _log_softmax(logits if temperature is None else logits / temperature)
+    log_p = log_softmax(logits if temperature is None else logits / temperature,
+                        axis=1)
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
@@ -115,7 +112,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray,
     target = z[np.arange(len(labels)), labels]
 
     def slope(log_t: float) -> float:  # d NLL / d b at b = exp(-log_t)
-        p = np.exp(_log_softmax(z * math.exp(-log_t)))
+        p = np.exp(log_softmax(z * math.exp(-log_t), axis=1))
         return float(((p * z).sum(axis=1) - target).mean())
 
     low, high = math.log(bounds[0]), math.log(bounds[1])
