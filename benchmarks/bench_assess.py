@@ -5,8 +5,9 @@ a nodata border) and a truth raster that differs from it on about 20 % of its pa
 stratified sample of POINTS points (``discomkd-geo sample --truth``) labelled from the
 truth; then ``discomkd-geo assess MAP POINTS -o DIR`` (every output, PNG included) in a
 fresh process, REPEATS times, and :func:`discomkd_geo.assessment.assess` in process.
-Target: the command under 5 s on 2 cores. Prints seconds (median) and merges key
-"assess" into benchmarks/results.json.
+The import share: a fresh process importing what the command imports (IMPORTS), REPEATS
+times. Target: the command under 5 s on 2 cores. Prints seconds (medians) and merges
+key "assess" into benchmarks/results.json.
 
     python benchmarks/bench_assess.py [--size 4096] [--points 10000]
 """
@@ -23,8 +24,12 @@ from pathlib import Path
 import numpy as np
 from _results import merge_results
 
-REPEATS = 3
+REPEATS = 5
 PARCEL = 64
+#: What ``discomkd-geo assess -o DIR`` imports: the CLI, the assessment, geopandas
+#: (reading the points, measuring the strata) and matplotlib's Figure (the PNG).
+IMPORTS = ("discomkd_geo.cli", "discomkd_geo.assessment.assess", "geopandas",
+           "matplotlib.figure")
 CLASSES = [f"class_{code}" for code in range(10)]
 
 
@@ -70,6 +75,12 @@ def main() -> None:
             subprocess.run([*exe, "assess", tmp / "map.tif", tmp / "points.gpkg", "-o",
                             tmp / f"report{repeat}"], check=True, capture_output=True)
             command.append(time.perf_counter() - start)
+        imports = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import " + ", ".join(IMPORTS)],
+                           check=True)
+            imports.append(time.perf_counter() - start)
         from discomkd_geo.assessment import assess
 
         in_process = []
@@ -79,13 +90,14 @@ def main() -> None:
             in_process.append(time.perf_counter() - start)
     figures = {"size": args.size, "points": args.points, "sample_s": round(sample_s, 2),
                "assess_command_s": round(statistics.median(command), 2),
+               "imports_s": round(statistics.median(imports), 2),
                "assess_in_process_s": round(statistics.median(in_process), 2),
                "overall_accuracy": round(result["overall_accuracy"], 4),
                "target_s": 5.0}
     print(f"{args.size} x {args.size} px map, {args.points:,} points: sample "
           f"{sample_s:.2f} s; assess -o DIR {figures['assess_command_s']:.2f} s (median of "
-          f"{REPEATS}, fresh process), in process {figures['assess_in_process_s']:.2f} s; "
-          f"OA {figures['overall_accuracy']:.3f}")
+          f"{REPEATS}, fresh process; its imports {figures['imports_s']:.2f} s), in process "
+          f"{figures['assess_in_process_s']:.2f} s; OA {figures['overall_accuracy']:.3f}")
     print(f"results: {merge_results('assess', figures)}")
 
 

@@ -5,12 +5,24 @@ dataset: 2,700, i.e. 27,000 pairs; ``--per-class 2700`` runs the full size) into
 temporary directory (deleted afterwards), and reports:
 
 * how long ``make_eurosat`` took and the dataset's size on disk;
-* for 0, 2 and 4 DataLoader workers, the unpaired class-balanced training loader of
-  ``MSSARDataModule`` (batch 128): the first epoch, which fills the decoded-image cache,
-  then a cached epoch, in MS/SAR pairs per second; the process's RSS (workers' too:
-  shared pages count in each) and the shared memory the caches took;
-* the same with the disk-backed cache (``/dev/shm`` reported full): what a machine with
-  a small ``/dev/shm`` gets;
+* the statistics pass of ``MSSARDataModule.setup`` (the default unpaired training reads,
+  and so caches, every training image there);
+* for 0, 2 and 4 DataLoader workers (the DataModule runs at most one per core:
+  ``workers_run``), the unpaired class-balanced training loader
+  (batch 128) two ways, on the same draws: ``per-sample`` (a plain DataLoader: each
+  worker copies every image out of the cache, collates, and sends the batch through
+  shared memory) and ``gathered`` (the default, ``samplers.BatchLoader``: a batch whose
+  images are cached is copied out of the cache image by image into the batch, in the
+  loading process, into batch buffers reused once the batch is dropped; workers only
+  read what the cache lacks). The consumer reads every page of every image, as a copy
+  to a GPU does. Each loader's first
+  epoch fills its own decoded-image cache; then cached epochs alternate between the two
+  loaders, and the median is reported, in MS/SAR pairs per second of wall time and per
+  CPU-second of the loading process and its workers (less sensitive to other jobs on
+  the machine); the RSS of the process and of its workers (shared pages count in each)
+  and the shared memory taken;
+* the gathered loader with the disk-backed cache (``/dev/shm`` reported full): what a
+  machine with a small ``/dev/shm`` gets;
 
 against the rate one GPU consumes: :data:`GPU_PAIRS_PER_S`, an estimate (see there).
 Merges key ``pipeline`` into ``benchmarks/results.json``.
@@ -19,8 +31,10 @@ Run: ``python benchmarks/bench_pipeline.py [--per-class 270] [--workers 0,2,4]``
 """
 
 import argparse
+import gc
 import os
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,19 +44,27 @@ import psutil
 import torch
 from _results import merge_results
 
-from discomkd_geo.config import load_config
+from discomkd_geo.config import DataConfig, load_config
 from discomkd_geo.data import cache
 from discomkd_geo.data.datamodule import MSSARDataModule
+from discomkd_geo.data.normalization import BandStats
 from discomkd_geo.data.synthetic import make_eurosat
 
 #: MS/SAR pairs per second one DisCoM-KD ResNet-18 training step consumes on an A100 at
-#: batch 128: an estimate, not a measurement. Published ResNet-18 training throughputs on
-#: an A100 with mixed precision are about 3,000 images/s at 224x224 px (1.8 GFLOP per
-#: forward pass). A 64x64 patch needs 12x fewer operations; small images use a GPU less
-#: well, so assume 8x: 24,000 encoder passes/s. DisCoM-KD runs four ResNet-18 encoders
-#: per pair (two per modality: the modality-invariant and -specific ones), so about
-#: 6,000 pairs/s. The target is a pipeline at 3x that: 18,000 pairs/s.
-GPU_PAIRS_PER_S = 6000.0
+#: batch 128 with mixed precision: an estimate, not a measurement (no GPU has run it).
+#: ResNet-18 trains at 2,764 images/s of 224x224 px on an RTX 3090 with AMP (timm's
+#: results/benchmark-train-amp-nchw-pt112-cu113-rtx3090.csv, batch 512); an A100 trains
+#: ResNet-50 3.0x as fast (NVIDIA DeepLearningExamples, ResNet-50 v1.5 for PyTorch: 2,470
+#: images/s on one A100 80GB with AMP, against timm's 826 on the RTX 3090), so about
+#: 8,300 images/s for ResNet-18. One pair runs four ResNet-18 encoders at 64x64 px (two per
+#: modality), 0.65 GMAC forward in all (the MS stems read 13 bands) against 1.82 GMAC for
+#: one 224 px image: 2.8x less work. Small images use a GPU less well (batch 128 x 2 x 2
+#: cells in the last stage); assume two thirds of the efficiency: about 15,000 pairs/s.
+#: (The previous figure, 6,000, started from 3,000 images/s for ResNet-18 on an A100,
+#: which no published figure supports: an RTX 3090 is nearly that fast.) A faster GPU
+#: (H100) runs ResNet-18's small kernels little faster: they are bound by their launches.
+GPU_PAIRS_PER_S = 15000.0
+PREVIOUS_GPU_PAIRS_PER_S = 6000.0
 TARGET_FACTOR = 3.0
 
 
@@ -52,7 +74,7 @@ def disk_bytes(root: Path) -> int:
 
 
 def shm_used() -> int:
-    """Bytes used in /dev/shm now (0 where there is none)."""
+    """Bytes used in /dev/shm now (0 where there is none; other processes' count too)."""
     try:
         stat = os.statvfs(cache.SHM)
     except OSError:
@@ -60,41 +82,103 @@ def shm_used() -> int:
     return (stat.f_blocks - stat.f_bfree) * stat.f_frsize
 
 
-def rss_mib() -> tuple[float, float]:
-    """RSS of this process and the sum over its children (DataLoader workers), in MiB."""
+def rss_mib(pids: list[int] | None = None) -> float:
+    """RSS of this process, or the sum over ``pids`` (its workers), in MiB."""
+    processes = [psutil.Process()] if pids is None else [psutil.Process(p) for p in pids]
+    return sum(p.memory_info().rss for p in processes) / 2**20
+
+
+def worker_pids(loader: Any) -> list[int]:
+    """Process ids of a loader's persistent workers (none before its first epoch)."""
+    return [w.pid for w in getattr(getattr(loader, "_iterator", None), "_workers", [])]
+
+
+def cache_mib(dm: MSSARDataModule) -> float:
+    """MiB of the decoded-image caches a DataModule allocated (training and validation)."""
+    datasets = [*dm.train_datasets.values(), getattr(dm.val_dataset, "dataset", None)]
+    return sum(c.images.numel() * 4 for ds in datasets for c in getattr(ds, "caches", {}).values()
+               if c.images is not None) / 2**20
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (every thread) and of its live children, in seconds."""
     me = psutil.Process()
-    children = sum(c.memory_info().rss for c in me.children(recursive=True))
-    return me.memory_info().rss / 2**20, children / 2**20
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
-def time_loader(root: Path, workers: int, batch_size: int) -> dict[str, Any]:
-    """Statistics pass, cache-filling epoch and a cached epoch of the training loader."""
+def epoch(loader: Any) -> tuple[float, float, int]:
+    """Wall seconds, CPU seconds and pairs of one epoch of ``loader``.
+
+    The consumer reads one value of every 4 KiB page of every image, as a copy to a GPU
+    reads them all: a batch a worker sent is only mapped, its pages faulted in when read.
+    """
+    start, cpu, n = time.perf_counter(), cpu_seconds(), 0
+    for batch in loader:
+        for key in ("image_ms", "image_sar"):
+            batch[key].view(-1)[::1024].sum()
+        n += batch["label_ms"].shape[0]
+    return time.perf_counter() - start, cpu_seconds() - cpu, n
+
+
+def datamodule(root: Path, workers: int, batch_size: int, gather: bool,
+               stats: dict[str, BandStats] | None = None) -> MSSARDataModule:
+    """An unpaired DataModule whose caches hold every split; ``stats``: no statistics pass."""
     config = load_config(None, (f"data.root={root}", f"data.num_workers={workers}",
                                 f"data.batch_size={batch_size}", "data.cache_mib=100000"))
-    shm_before = shm_used()
-    start = time.perf_counter()
-    dm = MSSARDataModule(config.data, seed=0)
+    dm = MSSARDataModule(config.data, seed=0, stats=stats)
+    dm.gather_batches = gather
     dm.setup("fit")
-    setup_s = time.perf_counter() - start
-    loader = dm.train_dataloader()
-    rates, seconds, rss = [], [], (0.0, 0.0)
-    for _ in range(2):
-        start, n = time.perf_counter(), 0
-        for batch in loader:
-            n += batch["label_ms"].shape[0]
-        seconds.append(time.perf_counter() - start)
-        rates.append(n / seconds[-1])
-        rss = rss_mib()  # while the persistent workers live
-    caches = [c for ds in dm.train_datasets.values()
-              for c in getattr(ds, "caches", {}).values()]
-    return {"workers": workers, "setup_s": round(setup_s, 1),
-            "cache_fill_epoch_s": round(seconds[0], 1),
-            "pairs_per_s_filling": round(rates[0]),
-            "pairs_per_s_cached": round(rates[1]),
-            "x_gpu_estimate": round(rates[1] / GPU_PAIRS_PER_S, 2),
-            "rss_mib": round(rss[0]), "workers_rss_mib": round(rss[1]),
-            "shm_used_mib": round((shm_used() - shm_before) / 2**20),
-            "cache_location": sorted({c.location for c in caches})}
+    return dm
+
+
+def cache_locations(dm: MSSARDataModule) -> list[str]:
+    return sorted({c.location for ds in dm.train_datasets.values()
+                   for c in getattr(ds, "caches", {}).values()})
+
+
+def time_paths(root: Path, workers: int, batch_size: int, stats: dict[str, BandStats],
+               paths: tuple[bool, ...], rounds: int) -> list[dict[str, Any]]:
+    """Fill epoch, then ``rounds`` cached epochs alternating between the loaders of ``paths``.
+
+    ``paths``: gather batches (True) or not (False), one DataModule (and cache) each.
+    """
+    shm_before = shm_used()
+    dms = {gather: datamodule(root, workers, batch_size, gather, stats) for gather in paths}
+    loaders = {gather: dm.train_dataloader() for gather, dm in dms.items()}
+    fills = {gather: epoch(loader) for gather, loader in loaders.items()}
+    cached: dict[bool, list[tuple[float, float, int]]] = {gather: [] for gather in paths}
+    for _ in range(rounds):
+        for gather, loader in loaders.items():
+            cached[gather].append(epoch(loader))
+    rss = rss_mib()  # while the persistent workers live: both loaders' caches mapped
+    shm = (shm_used() - shm_before) / 2**20
+    rows = []
+    for gather in paths:
+        rates = sorted(n / w for w, _, n in cached[gather])
+        cpu_rates = sorted(n / c for _, c, n in cached[gather] if c > 0)
+        fill_s, _, fill_pairs = fills[gather]
+        rows.append({
+            "workers": workers, "workers_run": len(worker_pids(loaders[gather])),
+            "path": "gathered" if gather else "per-sample",
+            "fill_epoch_s": round(fill_s, 1),
+            "pairs_per_s_filling": round(fill_pairs / fill_s),
+            "pairs_per_s_cached": round(statistics.median(rates)),
+            "pairs_per_s_cached_range": [round(rates[0]), round(rates[-1])],
+            "pairs_per_cpu_s_cached": round(statistics.median(cpu_rates)) if cpu_rates else None,
+            "x_gpu_estimate": round(statistics.median(rates) / GPU_PAIRS_PER_S, 2),
+            "rss_mib": round(rss),
+            "workers_rss_mib": round(rss_mib(worker_pids(loaders[gather]))),
+            "cache_mib": round(cache_mib(dms[gather])),
+            "shm_used_mib": round(shm), "cache_location": cache_locations(dms[gather])})
+    del loaders, dms
+    gc.collect()
+    return rows
 
 
 def main() -> None:
@@ -103,6 +187,8 @@ def main() -> None:
                         help="pairs per class (published size: 2700)")
     parser.add_argument("--workers", default="0,2,4", help="worker counts to time")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=9,
+                        help="cached epochs per loader (the median is reported)")
     args = parser.parse_args()
     torch.manual_seed(0)
     workers = [int(w) for w in args.workers.split(",")]
@@ -113,38 +199,78 @@ def main() -> None:
         synth_s = time.perf_counter() - start
         size = disk_bytes(root)
         print(f"synth eurosat --per-class {args.per_class}: {10 * args.per_class} pairs in "
-              f"{synth_s:.0f} s, {size / 2**20:.0f} MiB on disk")
-        rows = [time_loader(root, w, args.batch_size) for w in workers]
+              f"{synth_s:.0f} s, {size / 2**20:.0f} MiB on disk", flush=True)
+        start = time.perf_counter()
+        first = datamodule(root, max(workers), args.batch_size, True)
+        stats_s = time.perf_counter() - start
+        stats, train_pairs = first.stats, first.epoch_size()
+        del first
+        gc.collect()
+        print(f"setup with the statistics pass ({max(workers)} workers): {stats_s:.1f} s",
+              flush=True)
+        rows = []
+        for w in workers:
+            rows += time_paths(root, w, args.batch_size, stats, (False, True), args.rounds)
+            for r in rows[-2:]:
+                print(r, flush=True)
         free = cache.shm_free_bytes
         cache.shm_free_bytes = lambda: 0  # /dev/shm full: the disk-backed map
         try:
-            disk = [time_loader(root, w, args.batch_size) for w in workers if w]
+            disk = [r for w in workers
+                    for r in time_paths(root, w, args.batch_size, stats, (True,), args.rounds)]
         finally:
             cache.shm_free_bytes = free
+        for r in disk:
+            print(r, flush=True)
+    for old, new in zip(rows[0::2], rows[1::2], strict=True):
+        new["x_per_sample_cached"] = round(new["pairs_per_s_cached"]
+                                           / old["pairs_per_s_cached"], 1)
+        new["x_per_sample_per_cpu_s"] = round(new["pairs_per_cpu_s_cached"]
+                                              / old["pairs_per_cpu_s_cached"], 1)
+    best = max(r["pairs_per_s_cached"] for r in rows if r["path"] == "gathered")
+    fill = min(r["fill_epoch_s"] for r in rows if r["path"] == "gathered")
     full = 27_000 / (10 * args.per_class)
-    for r in [*rows, *disk]:
-        print(f"{r['workers']} workers {','.join(r['cache_location'])}: fill epoch "
-              f"{r['cache_fill_epoch_s']} s ({r['pairs_per_s_filling']} pairs/s), cached "
-              f"{r['pairs_per_s_cached']} pairs/s = {r['x_gpu_estimate']}x the GPU estimate, "
-              f"RSS {r['rss_mib']} MiB (+{r['workers_rss_mib']} workers), "
-              f"shm {r['shm_used_mib']} MiB")
+    train_gib = 18_900 * (13 + 2) * 64 * 64 * 4 / 2**30
+    ms_train_gib = 18_900 * 13 * 64 * 64 * 4 / 2**30  # the unpaired MS training set
+    default_cache_mib = DataConfig().cache_mib  # the most one dataset's cache may take
+    print(f"gathered / per-sample, cached epochs: "
+          f"{[r['x_per_sample_cached'] for r in rows[1::2]]}; best gathered {best} pairs/s = "
+          f"{best / GPU_PAIRS_PER_S:.1f}x the GPU estimate ({GPU_PAIRS_PER_S:.0f} pairs/s)")
     merge_results("pipeline", {
-        "what": "MSSARDataModule unpaired training loader alone (no model): MS/SAR pairs/s "
-                "of the cache-filling first epoch and of a cached epoch; one pair = a 13-band "
-                "MS and a 2-band SAR 64x64 sample",
+        "what": "MSSARDataModule unpaired training loader alone (no model), per-sample "
+                "(plain DataLoader) and gathered (BatchLoader, the default) on the same "
+                "draws, every page of every image read by the consumer: "
+                "MS/SAR pairs/s of the cache-filling first epoch and the median of "
+                "cached epochs alternating between the two; one pair = a 13-band MS and a "
+                "2-band SAR 64x64 sample. rss_mib: the loading process, holding both "
+                "loaders' caches; workers_rss_mib: that path's workers (shared cache pages "
+                "count in each); cache_mib: that path's caches (training and validation "
+                "splits); shm_used_mib: /dev/shm taken by both paths",
         "command": f"python benchmarks/bench_pipeline.py --per-class {args.per_class} "
-                   f"--workers {args.workers} --batch-size {args.batch_size}",
+                   f"--workers {args.workers} --batch-size {args.batch_size} "
+                   f"--rounds {args.rounds}",
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
-                   "(shared with other jobs while measured)",
+                   "(shared with other jobs while measured: wall-clock rates are noisy, "
+                   "the per-CPU-second rates less so, but counted in 10 ms ticks)",
         "pairs": 10 * args.per_class,
+        "train_pairs_per_epoch": train_pairs,
         "synth_s": round(synth_s, 1),
         "disk_mib": round(size / 2**20),
+        "setup_with_statistics_pass_s": round(stats_s, 1),
+        "gpu_pairs_per_s_estimate": GPU_PAIRS_PER_S,
+        "previous_gpu_pairs_per_s_estimate": PREVIOUS_GPU_PAIRS_PER_S,
+        "target_pairs_per_s": GPU_PAIRS_PER_S * TARGET_FACTOR,
+        "best_gathered_pairs_per_s": best,
+        "target_met": best >= GPU_PAIRS_PER_S * TARGET_FACTOR,
         "full_size_estimate": {
             "pairs": 27_000, "synth_s": round(synth_s * full),
             "disk_gib": round(size * full / 2**30, 2),
-            "cache_gib_float32": round(27_000 * 15 * 64 * 64 * 4 / 2**30, 2)},
-        "gpu_pairs_per_s_estimate": GPU_PAIRS_PER_S,
-        "target_pairs_per_s": GPU_PAIRS_PER_S * TARGET_FACTOR,
+            "cache_fill_epoch_s": round(fill * full),
+            "train_cache_gib_float32": round(train_gib, 2),
+            "ms_train_cache_gib_float32": round(ms_train_gib, 2),
+            "default_cache_mib": default_cache_mib,
+            "ms_train_cached_by_default": ms_train_gib * 1024 <= default_cache_mib,
+            "cache_gib_float32_all_splits": round(27_000 * 15 * 64 * 64 * 4 / 2**30, 2)},
         "shared_memory": rows,
         "disk_backed": disk,
     })

@@ -19,6 +19,8 @@ from typing import Any, TypeVar, get_args
 
 import click
 
+from .constants import MS
+from .data.sensors import SENSORS, SarUnits
 from .errors import DiscomkdGeoError, SettingsError
 from .inference.settings import Mode
 from .training.map_score import MapScore
@@ -651,7 +653,7 @@ _SCENE_OPTION_DECLS: list[tuple[str | None, str, tuple[str, ...], dict[str, Any]
         help="Names of the input's bands in order (files in the order given), when band "
              "descriptions and file names do not name them (repeatable per modality).")),
     ("sar_units", "sar_units", ("--sar-units",), dict(
-        type=click.Choice(["db", "linear", "amplitude"]),
+        type=click.Choice(get_args(SarUnits)),
         help="How the SAR input stores backscatter [default: from ASF HyP3 RTC file names, "
              "else db]. RTC products on public catalogues are gamma0 linear power.")),
     ("scale", "ms_scale", ("--ms-scale",), dict(
@@ -675,7 +677,7 @@ _SCENE_OPTION_DECLS: list[tuple[str | None, str, tuple[str, ...], dict[str, Any]
              "'scl' for the SCL of the L2A .SAFE or STAC Item, or 'auto' for cloud "
              "detection by s2cloudless on an L1C scene (the 'clouds' extra).")),
     ("mask_kind", "ms_mask_kind", ("--ms-mask-kind",), dict(
-        type=click.Choice(["scl", "fmask", "binary"]),
+        type=click.Choice(SENSORS[MS].mask_files),
         help="What --ms-mask FILE holds [default: scl or fmask when its name says so, else "
              "binary 0/1].")),
     ("mask_codes", "ms_mask_codes", ("--ms-mask-codes",), dict(
@@ -1186,13 +1188,17 @@ def sample(map_path: Path, size: int | None, target_se: float | None,
 @click.option("--zones", metavar="FILE[:LAYER]",
               help="Polygons (any CRS) to give the figures of, one by one.")
 @click.option("--zone-field", help="The zones' column naming them [default: the first].")
+@click.option("--interval", type=click.Choice(["score", "wald"]), default="score",
+              show_default=True,
+              help="95% intervals: score (Wilson-type, honest when a stratum shows few or "
+                   "no points of a class) or wald (Olofsson et al.'s estimate +- 1.96 SE).")
 @_output_option("Directory to write: assessment.json, assessment.csv, report.md, "
                 "areas.png.", required=False, directory=True)
 @_overwrite_option("Replace OUTPUT if it exists and is not empty.")
 @_json_option("Print the assessment as JSON.")
 def assess(map_path: Path, reference: str, label_column: str, aoi: str | None,
-           zones: str | None, zone_field: str | None, output: Path | None, overwrite: bool,
-           as_json: bool) -> None:
+           zones: str | None, zone_field: str | None, interval: str, output: Path | None,
+           overwrite: bool, as_json: bool) -> None:
     """Accuracy and error-adjusted class areas of a map, with 95% intervals.
 
     REFERENCE holds labelled points (any vector format and CRS), e.g. a sample drawn by
@@ -1207,7 +1213,7 @@ def assess(map_path: Path, reference: str, label_column: str, aoi: str | None,
     if output is not None:
         check_writable(output, overwrite)
     assessment = assess_map(map_path, reference, label_column, aoi=aoi, zones=zones,
-                            zone_field=zone_field)
+                            zone_field=zone_field, interval=interval)
     if output is not None:
         write_report(assessment, output, overwrite=overwrite)
     result = assessment.to_dict()

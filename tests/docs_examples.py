@@ -9,11 +9,13 @@ comment saying why it cannot run here::
 
 The examples of one page run in order, in one temporary directory that holds copies of
 ``tiles/demo``, ``configs/`` and ``benchmarks/`` and a ``demo_out/`` made by
-``discomkd-geo demo --quick`` (so ``demo_out/run`` is a trained run, tiny). Shell blocks
-run one command at a time (``\\`` continues a line, ``#`` starts a comment; in
-``console`` blocks only the ``$ `` lines are commands); a plain ``discomkd-geo ...``
-command runs in this process through click's test runner (one torch import per page),
-any other command in ``bash``. Python blocks share one namespace per page. Run a page
+``discomkd-geo demo --quick`` (so ``demo_out/run`` is a trained run, tiny: the demo
+tutorial's, which runs first and makes it as ``demo_quick/``). Each page runs in a
+process of its own, forked from one that imported the heavy libraries once
+(``tests/warm_python.py``). Shell blocks run one command at a time (``\\`` continues a
+line, ``#`` starts a comment; in ``console`` blocks only the ``$ `` lines are commands);
+a plain ``discomkd-geo ...`` command runs in the page's process through click's test
+runner, any other command in ``bash``. Python blocks share one namespace per page. Run a page
 by hand with ``python tests/docs_examples.py docs/tutorials/05-gis.md WORKDIR``.
 """
 

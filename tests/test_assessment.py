@@ -4,6 +4,7 @@ of their intervals on the demo map, and the chain sample -> label -> assess on r
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -16,7 +17,7 @@ from shapely.geometry import Point, box
 
 from discomkd_geo.assessment import allocate, sample_size, stratified_estimates
 from discomkd_geo.assessment.assess import POST_STRATIFIED, STRATIFIED, assess
-from discomkd_geo.assessment.estimators import interval
+from discomkd_geo.assessment.estimators import DEFAULT_INTERVAL, INTERVALS, Z95, interval
 from discomkd_geo.assessment.reference import raster_labels
 from discomkd_geo.assessment.sampling import ALLOCATIONS, draw
 from discomkd_geo.assessment.strata import centres_of
@@ -38,15 +39,23 @@ def invoke(*args: object) -> tuple[int, str]:
 # ------------------------------------------------------------------- the estimators
 #: Olofsson et al. (2014), section 5's example: sample counts (rows: map class, columns:
 #: reference class) of deforestation, forest gain, stable forest, stable non-forest, and
-#: the mapped areas in 30 m pixels.
+#: the mapped areas in 30 m pixels (their Table 8, p. 55). The counts and areas are as in
+#: the example of the R package mapaccuracy (github.com/hagc/mapaccuracy,
+#: man/olofsson.Rd); the published figures asserted below as in the tests of
+#: github.com/boothmanrylan/accuracyAssessmentTools (tests/test_olofsson.py), which
+#: transcribe them from the paper.
 OLOFSSON_COUNTS = np.array([[66, 0, 5, 4], [0, 55, 8, 12], [1, 0, 153, 11], [2, 1, 9, 313]])
 OLOFSSON_PIXELS = np.array([200_000, 150_000, 3_200_000, 6_450_000])
 
 
 def test_olofsson_2014_worked_example() -> None:
-    """The paper's published figures, and the formulas worked by hand for some of them."""
+    """The paper's published figures, and the formulas worked by hand for some of them.
+
+    The paper's intervals are Wald's (``estimate +- 1.96 SE``): the ``wald`` kind.
+    """
     weights = OLOFSSON_PIXELS / OLOFSSON_PIXELS.sum()
     e = stratified_estimates(OLOFSSON_COUNTS, weights)
+    wald = INTERVALS["wald"]
     total_ha = OLOFSSON_PIXELS.sum() * 0.09
     # By hand: p_.1 = sum_i W_i n_i1 / n_i. and its standard error.
     p1 = 0.02 * 66 / 75 + 0.32 * 1 / 165 + 0.645 * 2 / 325
@@ -62,22 +71,92 @@ def test_olofsson_2014_worked_example() -> None:
                              + 0.645 ** 2 * (2 / 325) * (323 / 325) / 324)) / p1 ** 2
     assert e.producers[0] == pytest.approx(pa1)
     assert e.producers_se[0] == pytest.approx(np.sqrt(pa1_var))
-    # Published (their Tables 9-10 and text): areas in ha +- 1.96 SE, to the hectare.
+    # Published (section 5.2.2, p. 54): areas in ha +- 1.96 SE, to the hectare, and
+    # deforestation's in pixels, 235,086 +- 68,418.
     for k, (area, half) in enumerate([(21_158, 6_158), (11_686, 3_756), (285_770, 15_510),
                                       (581_386, 16_282)]):
         assert round(e.area[k] * total_ha) == area
         assert round(1.96 * e.area_se[k] * total_ha) == half
+    assert round(e.area[0] * OLOFSSON_PIXELS.sum()) == 235_086
+    assert round(1.96 * e.area_se[0] * OLOFSSON_PIXELS.sum()) == 68_418
+    low, high = wald.area(e)
+    np.testing.assert_allclose(high - e.area, Z95 * e.area_se)
+    np.testing.assert_allclose(e.area - low, Z95 * e.area_se)
+    # Table 9 (p. 55): the estimated area proportions.
     np.testing.assert_allclose(np.round(e.proportions, 4), [
         [0.0176, 0.0, 0.0013, 0.0011], [0.0, 0.011, 0.0016, 0.0024],
         [0.0019, 0.0, 0.2967, 0.0213], [0.004, 0.002, 0.0179, 0.6212]])
+    # Section 5.2.1 (p. 54): accuracies +- 1.96 SE. Producer's half-widths are printed as
+    # 0.21, 0.23, 0.03, 0.01; the paper's own equation (7) gives 0.254 and 0.018 for
+    # forest gain and stable non-forest (as both sources above found), asserted here.
     assert round(float(e.overall), 2) == 0.95 and round(1.96 * float(e.overall_se), 2) == 0.02
     assert np.round(e.users, 2).tolist() == [0.88, 0.73, 0.93, 0.96]
     assert np.round(1.96 * e.users_se, 2).tolist() == [0.07, 0.10, 0.04, 0.02]
     assert np.round(e.producers, 2).tolist() == [0.75, 0.85, 0.93, 0.96]
     assert np.round(1.96 * e.producers_se, 2).tolist() == [0.21, 0.25, 0.03, 0.02]
+    low, high = wald.overall(e)
+    assert round(float(high - e.overall), 2) == 0.02
     # Batched: the same estimates for a stack of matrices.
     stacked = stratified_estimates(np.stack([OLOFSSON_COUNTS] * 3), weights)
     np.testing.assert_allclose(stacked.area, np.tile(e.area, (3, 1)))
+
+
+def _constrained_statistic(x: np.ndarray, n: np.ndarray, c: np.ndarray,
+                           value: float) -> float:
+    """The score statistic of ``c1 q1 + c2 q2 = value`` for two binomial strata, by brute
+    force: the shares' likelihood maximised over a fine grid of ``q1``."""
+    q1 = np.linspace(1e-9, 1 - 1e-9, 400_001)
+    q2 = (value - c[0] * q1) / c[1]
+    q1, q2 = q1[(q2 > 0) & (q2 < 1)], q2[(q2 > 0) & (q2 < 1)]
+    loglik = (x[0] * np.log(q1) + (n[0] - x[0]) * np.log(1 - q1)
+              + x[1] * np.log(q2) + (n[1] - x[1]) * np.log(1 - q2))
+    best = np.argmax(loglik)
+    variance = (c[0] ** 2 * q1[best] * (1 - q1[best]) / n[0]
+                + c[1] ** 2 * q2[best] * (1 - q2[best]) / n[1])
+    return float((c @ (x / n) - value) ** 2 / variance)
+
+
+def test_score_intervals() -> None:
+    """Wilson's interval for one stratum; for two, bounds where the score statistic, its
+    constrained maximum likelihood found by brute force, equals 1.96^2."""
+    assert DEFAULT_INTERVAL == "score"
+    score = INTERVALS["score"]
+    # One stratum: the area and the user's accuracy are Wilson's interval of 3 in 50.
+    e = stratified_estimates(np.array([[47, 3], [0, 0]]), [1.0, 0.0])
+    centre, half = (3 + Z95 ** 2 / 2) / (50 + Z95 ** 2), Z95 / (50 + Z95 ** 2) * np.sqrt(
+        3 * 47 / 50 + Z95 ** 2 / 4)
+    low, high = score.area(e)
+    assert low[1] == pytest.approx(centre - half) and high[1] == pytest.approx(centre + half)
+    low, high = score.users(e)
+    assert low[0] == pytest.approx(1 - centre - half) and high[0] == pytest.approx(
+        1 - centre + half)
+    # Two strata, the second (0.7 of the area) with none of class 1 among its 40 points.
+    counts, weights = np.array([[12, 38], [0, 40]]), np.array([0.3, 0.7])
+    e = stratified_estimates(counts, weights)
+    x, n = counts[:, 0].astype(float), counts.sum(1).astype(float)
+    low, high = score.area(e)
+    assert low[0] < e.area[0] < high[0]
+    for bound in (low[0], high[0]):
+        assert _constrained_statistic(x, n, weights, bound) == pytest.approx(Z95 ** 2,
+                                                                             rel=1e-3)
+    # The upper bound lets the second stratum hold some of class 1; Wald's does not.
+    assert high[0] > INTERVALS["wald"].area(e)[1][0] + 0.02
+    # Producer's accuracy of class 0 (0.3 * 12/50 / p_.0 = 1 here, no omission seen):
+    # P is tested as 0.3 (1 - P) q1 - 0.7 P q2 = 0.
+    counts = np.array([[12, 38], [1, 39]])
+    e = stratified_estimates(counts, weights)
+    x = counts[:, 0].astype(float)
+    low, high = score.producers(e)
+    assert low[0] < e.producers[0] < high[0] <= 1
+    for bound in (low[0], high[0]):
+        c = weights * np.array([1 - bound, -bound])
+        assert _constrained_statistic(x, n, c, 0.0) == pytest.approx(Z95 ** 2, rel=1e-3)
+    # Olofsson et al.'s example: intervals around the estimates, batched as one by one.
+    e = stratified_estimates(np.stack([OLOFSSON_COUNTS] * 2), OLOFSSON_PIXELS / 10_000_000)
+    for bounds, estimate in ((score.overall(e), e.overall), (score.users(e), e.users),
+                             (score.producers(e), e.producers), (score.area(e), e.area)):
+        assert (bounds[0] < estimate).all() and (estimate < bounds[1]).all()
+        np.testing.assert_array_equal(bounds[0][0], bounds[0][1])
 
 
 def test_olofsson_2014_sample_size() -> None:
@@ -94,6 +173,13 @@ def test_degenerate_strata_give_nan_not_numbers() -> None:
     assert np.isnan(e.users_se[1]) and np.isnan(e.overall_se)
     low, high = interval(np.array([0.02]), np.array([0.05]), high=1.0)
     assert low[0] == 0.0 and high[0] == pytest.approx(0.02 + 1.959964 * 0.05)
+    # a mapped stratum without points: no bounds either, and no warning on the way
+    empty = stratified_estimates(np.array([[3, 1], [0, 0]]), [0.5, 0.5])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kind in INTERVALS.values():
+            for figure in (kind.overall, kind.producers, kind.area):
+                assert np.isnan(figure(empty)).all()
 
 
 def test_allocations() -> None:
@@ -144,16 +230,29 @@ def demo_population() -> dict:
             "pixels": np.bincount(codes[valid], minlength=k)}
 
 
-#: Coverage of the 95 % area intervals per class over 400 samples of 500 (seed 0):
-#: AnnualCrop 0.945, Forest 0.875, HerbaceousVegetation 0.950, Highway 0.9375, Industrial
-#: 0.9325, Pasture 0.940, PermanentCrop 0.965, Residential 0.8525, River 0.9425, SeaLake
-#: 0.940. Forest's and Residential's areas owe part of their omission to rare errors in
-#: large strata (0.5-2.5 expected points of 50: Pasture->Forest 1.5%, Herbaceous->Forest
-#: 4.9%, Industrial->Residential 1.0%); a draw that sees none of them estimates both the
-#: area and its standard error too low, and the Wald interval (the paper's) misses. The
-#: standard errors themselves are right on average (their RMS equals the estimates' SD
-#: within 4% for every class), so the shortfall is the interval's, not the variance's.
-UNDERCOVERED = {"Forest", "Residential"}
+CLASS_NAMES = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+               "Pasture", "PermanentCrop", "Residential", "River", "SeaLake"]
+
+#: Coverage of the 95 % area intervals over the 400 samples of 500 (seed 0). The paper's
+#: Wald intervals: AnnualCrop 0.945, Forest 0.875, HerbaceousVegetation 0.950, Highway
+#: 0.9375, Industrial 0.9325, Pasture 0.940, PermanentCrop 0.965, Residential 0.8525,
+#: River 0.9425, SeaLake 0.940. 16 % of Forest's area lies in the Herbaceous stratum
+#: (4.9 % of it: 2.5 expected points of 50); the 29 % of samples that draw 0 or 1 of them
+#: estimate Forest 10-16 % low with a standard error 0.3-0.7 times the true one, and
+#: Wald's interval covers 19-57 % of them. Residential's stratum is 97.6 % Residential
+#: (1.2 expected errors of 50) and 1.0 % of Industrial is Residential (0.5 points); the
+#: 20 % of samples that draw neither give a standard error a tenth of the true one (Wald
+#: covers 11 % of them). The score intervals (the default) cover: AnnualCrop 0.9525,
+#: Forest 0.965, HerbaceousVegetation 0.9625, Highway 0.9575, Industrial 0.985, Pasture
+#: 0.9575, PermanentCrop 0.9775, Residential 0.995, River 0.9475, SeaLake 0.995.
+#: Over 4,000 samples each of n = 500 (another seed), n = 300 (30 per class), n = 1,000
+#: (50 per class, the rest proportional) and n = 500 proportional, no class falls below
+#: 0.933 (Wald: 0.684); the largest is 0.999 (docs/guide/assessment.md has the table).
+#: They over-cover the classes whose user's accuracy is near 1 and whose errors hide in
+#: no large stratum: where 0 of 50 points of a stratum holding 15-18 % of the map are
+#: SeaLake, the data cannot rule out a few percent of it being SeaLake, and the score
+#: interval says so; this population happens to hold none. Wider, not wrong.
+OVER_COVERED = {"Industrial": 0.985, "Residential": 0.995, "SeaLake": 0.995}
 
 
 @pytest.fixture(scope="module")
@@ -170,18 +269,13 @@ def coverage(demo_population: dict) -> dict:
                                   minlength=k * k).reshape(k, k))
     total = pop["mapped_ha"].sum()
     e = stratified_estimates(np.stack(counts), pop["mapped_ha"] / total)
-    low, high = interval(e.area * total, e.area_se * total, high=total)
-    true = pop["true_ha"]
+    low, high = INTERVALS[DEFAULT_INTERVAL].area(e)
+    true = pop["true_ha"] / total
     return {"estimates": e.area * total, "covered": ((low <= true) & (true <= high)).mean(0)}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason="rare omission errors: "
-                                               "see UNDERCOVERED"))
-    if name in UNDERCOVERED else name
-    for name in ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-                 "Pasture", "PermanentCrop", "Residential", "River", "SeaLake"]])
+@pytest.mark.parametrize("name", CLASS_NAMES)
 def test_area_intervals_cover_the_true_area(name: str, demo_population: dict,
                                             coverage: dict) -> None:
     code = demo_population["classes"].index(name)
@@ -190,7 +284,18 @@ def test_area_intervals_cover_the_true_area(name: str, demo_population: dict,
     # Unbiased: the mean of the estimates within 3% (or 3 of its standard errors).
     tolerance = max(0.03 * true, 3 * estimates.std(ddof=1) / np.sqrt(len(estimates)))
     assert abs(estimates.mean() - true) <= tolerance
-    assert 0.92 <= coverage["covered"][code] <= 0.98, coverage["covered"][code]
+    assert coverage["covered"][code] >= 0.92
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.xfail(
+        strict=True, reason=f"over-covers ({OVER_COVERED[name]}): see OVER_COVERED"))
+    if name in OVER_COVERED else name for name in CLASS_NAMES])
+def test_area_intervals_are_not_too_wide(name: str, demo_population: dict,
+                                         coverage: dict) -> None:
+    code = demo_population["classes"].index(name)
+    assert coverage["covered"][code] <= 0.98, coverage["covered"][code]
 
 
 # ------------------------------------------------------------------- the chain on files
@@ -278,6 +383,18 @@ def test_sample_then_assess(scene: dict[str, Path], tmp_path: Path) -> None:
     # the truth's true areas lie within the intervals here (A 5.44 ha, B 7.60, C 2.80)
     for c, true in zip(classes, [5.44, 7.60, 2.80], strict=True):
         assert c["estimated_ha_ci95"][0] <= true <= c["estimated_ha_ci95"][1]
+    # the paper's intervals on request: estimate +- 1.96 SE, clipped
+    assert result["interval"] == "score"
+    code, out = invoke("assess", scene["map"], points, "--interval", "wald", "--json")
+    assert code == 0, out
+    wald = json.loads(out)
+    assert wald["interval"] == "wald"
+    for c in wald["classes"]:
+        half = Z95 * c["estimated_ha_se"]
+        assert c["estimated_ha_ci95"] == pytest.approx(
+            [max(c["estimated_ha"] - half, 0.0), min(c["estimated_ha"] + half, 15.84)])
+    [option] = [p for p in main.commands["assess"].params if p.name == "interval"]
+    assert sorted(option.type.choices) == sorted(INTERVALS)
 
     report = tmp_path / "report"
     code, out = invoke("assess", scene["map"], points, "-o", report)
@@ -405,6 +522,9 @@ def test_bad_reference_data(scene: dict[str, Path], tmp_path: Path) -> None:
                                                          4_000_050)],
                      crs=UTM).to_file(tmp_path / "polygons.gpkg")
     assert "points" in one_line_error("assess", scene["map"], tmp_path / "polygons.gpkg")
+    # an interval kind that does not exist (the CLI offers only those that do)
+    with pytest.raises(SettingsError, match="interval.*score, wald"):
+        assess(scene["map"], points, interval="exact")
     # sampling errors
     assert "--min-per-class" in one_line_error("sample", scene["map"], "-n", 10)
     assert "'Z'" in one_line_error("sample", scene["map"], "--target-se", "0.05",

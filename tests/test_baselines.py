@@ -245,13 +245,26 @@ def test_report_regenerates_from_results_json(comparison: tuple, tmp_path: Path)
     assert "results.json: cannot read the comparison results" in missing.output
 
 
-@pytest.mark.slow
-def test_quick_protocol_end_to_end(eurosat_root: Path, tmp_path: Path) -> None:
-    """``compare --quick``: lr grid on seed 0's validation, paired seeds, diagnostics."""
-    out = tmp_path / "quick"
-    result = CliRunner().invoke(main, ["compare", "--quick", "--data-root", str(eurosat_root),
-                                       "--out", str(out), "--set", "trainer.accelerator=cpu"])
+def quick_maps(scenes: int) -> list[str]:
+    """``compare --quick`` options scoring SAR maps of ``scenes`` held-out scenes."""
+    return ["--quick", "--map-scenes", str(scenes), "--map-size", "128", "--set",
+            "trainer.accelerator=cpu"]
+
+
+@pytest.fixture(scope="module")
+def quick(eurosat_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of one ``compare --quick --map-scenes 2`` run (two tests share it)."""
+    out = tmp_path_factory.mktemp("quick") / "quick"
+    result = CliRunner().invoke(main, ["compare", "--data-root", str(eurosat_root),
+                                       "--out", str(out), *quick_maps(2)])
     assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_quick_protocol_end_to_end(quick: Path) -> None:
+    """``compare --quick``: lr grid on seed 0's validation, paired seeds, diagnostics."""
+    out = quick
     results = json.loads((out / "results.json").read_text())
     assert results["seeds"] == [0, 1] and results["lrs"] == [1e-3, 3e-3]
     assert results["patience"] == 1 and results["config"]["trainer"]["max_epochs"] == 2
@@ -285,18 +298,14 @@ def test_quick_protocol_end_to_end(eurosat_root: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_quick_protocol_scores_sar_maps_of_held_out_scenes(eurosat_root: Path,
+def test_quick_protocol_scores_sar_maps_of_held_out_scenes(quick: Path, eurosat_root: Path,
                                                            tmp_path: Path) -> None:
     """``compare --quick --map-scenes 2``: map OA / edge OA per run, summary, report."""
-    out = tmp_path / "quick"
-    result = CliRunner().invoke(main, [
-        "compare", "--quick", "--data-root", str(eurosat_root), "--out", str(out), "--lrs",
-        "1e-3", "--map-scenes", "2", "--map-size", "128", "--set", "trainer.accelerator=cpu"])
-    assert result.exit_code == 0, result.output
+    out = quick
     results = json.loads((out / "results.json").read_text())
     assert results["map_score"] == {"scenes": 2, "mode": "auto", "stride": 32, "size": 128}
     scenes = [out / "scenes" / f"scene{seed}" for seed in (101, 102)]
-    assert len(results["runs"]) == 4
+    assert len(results["runs"]) == 6  # 2 methods x 2 lrs on seed 0, each chosen on seed 1
     for run in results["runs"]:
         assert "map_oa" not in run["test"]["ms"]  # SAR-only maps
         recorded = json.loads((out / run["run_dir"] / "map_score.json").read_text())
@@ -328,10 +337,8 @@ def test_quick_protocol_scores_sar_maps_of_held_out_scenes(eurosat_root: Path,
     assert CliRunner().invoke(main, ["compare", "--out", str(copy), "--regenerate"]).exit_code == 0
     assert (copy / "report.md").read_text() == report
     assert (out / "maps.png").stat().st_size > 5000 and (copy / "maps.png").is_file()
-    other = CliRunner().invoke(main, [
-        "compare", "--quick", "--data-root", str(eurosat_root), "--out", str(out), "--lrs",
-        "1e-3", "--map-scenes", "3", "--map-size", "128", "--set", "trainer.accelerator=cpu",
-        "--resume"])
+    other = CliRunner().invoke(main, ["compare", "--data-root", str(eurosat_root), "--out",
+                                      str(out), *quick_maps(3), "--resume"])
     assert other.exit_code == 1 and "another map_score" in other.output
 
 

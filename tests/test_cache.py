@@ -2,6 +2,7 @@
 
 import logging
 import multiprocessing
+import pickle
 import tempfile
 from pathlib import Path
 
@@ -47,6 +48,32 @@ def test_forked_workers_fill_one_cache(shm: bool, monkeypatch: pytest.MonkeyPatc
     assert worker.exitcode == 0
     assert images.filled.tolist() == [False, True, False]  # the worker's fill is shared
     assert torch.equal(images.get(1, lambda: torch.zeros(2, 8, 8)), torch.ones(2, 8, 8))
+    batch = torch.tensor([1, 1])
+    assert images.missing(torch.tensor([0, 1, 2])).tolist() == [0, 2]
+    assert images.holds(batch) and not images.holds(torch.tensor([0, 1]))
+    assert torch.equal(images.gather(batch), torch.ones(2, 2, 8, 8))  # one copy of the batch
+    with pytest.raises(RuntimeError, match="does not hold"):
+        images.gather(torch.tensor([1, 2]))
+    assert not pickle.loads(pickle.dumps(images)).holds(batch)  # spawned: not shared
+
+
+def test_gathered_batches_reuse_a_buffer_only_once_its_tensors_are_gone() -> None:
+    images = SharedImageCache(4, (2, 8, 8))
+    for i in range(4):
+        images.get(i, lambda i=i: torch.full((2, 8, 8), float(i)))
+    first = images.gather(torch.tensor([0, 1]))
+    view = first[1:]  # a view keeps the buffer as the batch itself does
+    pointer = first.data_ptr()
+    del first
+    kept = [images.gather(torch.tensor([2, 3])) for _ in range(3)]  # the other buffers
+    assert pointer not in {k.data_ptr() for k in kept}
+    assert images.gather(torch.tensor([2])).data_ptr() != pointer  # none free: new memory
+    assert torch.equal(view, torch.ones(1, 2, 8, 8))  # never overwritten
+    del view
+    again = images.gather(torch.tensor([3, 2]))
+    assert again.data_ptr() == pointer  # released with its last tensor, then reused
+    assert torch.equal(again[:, 0, 0, 0], torch.tensor([3.0, 2.0]))
+    assert all(torch.equal(k[:, 0, 0, 0], torch.tensor([2.0, 3.0])) for k in kept)
 
 
 def test_fallback_without_space_anywhere_is_an_error(no_shm: None,

@@ -117,3 +117,37 @@ def test_suggested_parameters_become_the_running_commands_options() -> None:
     missing = ResumeError("run", "nothing to resume; run without resume=True", param="resume")
     assert error_message(missing, train).endswith("run without --resume")
     assert error_message(missing).endswith("run without resume=True")  # no command: as is
+
+
+def _mode_tests(tree: ast.AST) -> list[ast.AST]:
+    """Where code tests a mapping mode by its name: ``mode == "dense"``, ``{...}[mode]``."""
+    from discomkd_geo.inference.modes import MODES
+
+    def is_mode(node: ast.AST) -> bool:
+        return re.search(r"(^|\.)mode$", ast.unparse(node)) is not None
+
+    def names_mode(node: ast.AST) -> bool:
+        items = node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else [node]
+        return any(isinstance(n, ast.Constant) and n.value in MODES for n in items)
+
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            if any(map(is_mode, operands)) and any(map(names_mode, operands)):
+                found.append(node)
+        elif (isinstance(node, ast.Subscript) and isinstance(node.value, ast.Dict)
+              and is_mode(node.slice) and any(map(names_mode, node.value.keys))):
+            found.append(node)
+    return found
+
+
+def test_no_code_tests_a_mapping_mode_by_its_name() -> None:
+    """The engine asks the mode's class (inference/modes.py) what to do, never its name."""
+    sample = ('a = plan.tiling.mode == "dense"\nb = mode not in ("pixel", "windows")\n'
+              'c = {"auto": 1, "dense": 2}[self.mode]\nd = mode == "squared"\n'
+              'e = scene.mask in ("auto", "scl")')
+    assert len(_mode_tests(ast.parse(sample))) == 3  # the check finds what it forbids
+    found = [f"{path.relative_to(PACKAGE)}:{node.lineno} {ast.unparse(node)}"
+             for path, tree in _modules().items() for node in _mode_tests(tree)]
+    assert not found, "ask the MappingMode (inference/modes.py) instead: " + str(found)

@@ -1,10 +1,17 @@
 """Data layer: EuroSAT-MS-SAR pairing and splits, statistics, samplers, augmentations,
 scene windows and the DataModule, on small GeoTIFFs written here."""
 
+import ast
+import math
+import pickle
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
+from typing import get_args
 
+import click
 import numpy as np
 import pytest
 import rasterio
@@ -12,14 +19,23 @@ import torch
 from matplotlib.figure import Figure
 from rasterio.transform import from_origin
 from rasterio.warp import Resampling, calculate_default_transform, reproject
+from torch.utils.data import default_collate
 from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 
 from discomkd_geo.config import AugmentConfig, load_config
-from discomkd_geo.constants import EUROSAT_CLASSES, S2_BANDS
+from discomkd_geo.constants import EUROSAT_CLASSES, MS, S1_BANDS, S2_BANDS, SAR
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.eurosat import EuroSATMSSAR, EuroSATOptions
 from discomkd_geo.data.normalization import compute_stats
-from discomkd_geo.data.samplers import ClassBalancedSampler, UnpairedSampler, ValidWindowSampler
+from discomkd_geo.data.samplers import (
+    BatchedDataset,
+    BatchLoader,
+    CachedBatch,
+    ClassBalancedSampler,
+    PairedDataset,
+    UnpairedSampler,
+    ValidWindowSampler,
+)
 from discomkd_geo.data.scenes import (
     LandCoverRaster,
     ScenePatches,
@@ -27,6 +43,7 @@ from discomkd_geo.data.scenes import (
     Sentinel2Scene,
     scene_dataset,
 )
+from discomkd_geo.data.sensors import SAR_SCALES, SENSORS, SarUnits, sensor_of
 from discomkd_geo.data.transforms import MultiModalAugmentation, RandomDihedral
 from discomkd_geo.errors import DatasetNotFoundError, InputFileError
 
@@ -205,20 +222,94 @@ def _train_pixels(root: Path, modality: str) -> np.ndarray:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("modality, units", [("ms", "dn"), ("sar", "dB")])
-def test_statistics_against_numpy(copernicus_root: Path, modality: str, units: str) -> None:
+@pytest.mark.parametrize("modality, tol", [("ms", 0), ("sar", 0.01)])
+def test_statistics_against_numpy(copernicus_root: Path, modality: str, tol: float) -> None:
+    """The sensor's histogram: exact on integer DN, 0.01 dB bins for SAR."""
     ds = EuroSATMSSAR(copernicus_root, "train", modalities=(modality,))
     bands = ds.bands[modality]
     pixels = _train_pixels(copernicus_root, modality).transpose(1, 0, 2, 3).reshape(len(bands), -1)
-    pct = compute_stats(ds, modality, bands, "percentile", 2, 98, units=units, batch_size=5,
-                        progress=False)
-    tol = 0 if units == "dn" else 0.01  # exact on integer DN; 0.01 dB bins for SAR
+    pct = compute_stats(ds, modality, bands, "percentile", 2, 98, batch_size=5, progress=False)
     np.testing.assert_allclose(pct.shift, np.percentile(pixels, 2, axis=1), atol=tol)
     np.testing.assert_allclose(np.add(pct.shift, pct.scale),
                                np.percentile(pixels, 98, axis=1), atol=tol)
-    ms = compute_stats(ds, modality, bands, "meanstd", units=units, batch_size=7, progress=False)
+    ms = compute_stats(ds, modality, bands, "meanstd", batch_size=7, progress=False)
     np.testing.assert_allclose(ms.shift, pixels.astype(np.float64).mean(axis=1), rtol=1e-9)
     np.testing.assert_allclose(ms.scale, pixels.astype(np.float64).std(axis=1), rtol=1e-9)
+
+
+# -- sensor profiles ------------------------------------------------------------------------
+def test_one_sensor_profile_per_modality() -> None:
+    assert list(SENSORS) == [MS, SAR]
+    for modality, sensor in SENSORS.items():
+        assert sensor.modality == modality and sensor_of(modality) is sensor
+        assert pickle.loads(pickle.dumps(sensor)) is sensor  # a Dask worker's is the same
+    # The names of the units that checkpoints and exports store, unchanged.
+    assert (SENSORS[MS].bands, SENSORS[MS].units) == (S2_BANDS, "dn")
+    assert (SENSORS[SAR].bands, SENSORS[SAR].units) == (S1_BANDS, "dB")
+    assert EuroSATMSSAR.units == {MS: "dn", SAR: "dB"}
+    with pytest.raises(ValueError, match="no sensor profile for modality 'rgb'; known: ms, sar"):
+        sensor_of("rgb")
+    # Decades: differences of dB / 10; log10 ratios of reflectance (NaN: not positive).
+    assert SENSORS[SAR].decades(-5.0, -15.0) == pytest.approx(1.0)
+    assert SENSORS[MS].decades(200.0, 2000.0) == pytest.approx(-1.0)
+    assert math.isnan(SENSORS[MS].decades(-10.0, 200.0))
+
+
+def test_sar_storages_and_hyp3_names() -> None:
+    """ASF HyP3 RTC file names state the scale: p(ower), a(mplitude), d(ecibel)."""
+    sar = SENSORS[SAR]
+    assert get_args(SarUnits) == tuple(s.name for s in sar.sar_scales) == tuple(SAR_SCALES)
+    name = "S1A_IW_20230601T053000_DVP_RTC30_G_g{}uned_1A2B_VV.tif"
+    assert [sar.sar_units(None, [name.format(c)]) for c in "pad"] == ["linear", "amplitude",
+                                                                      "db"]
+    assert sar.sar_units(None, [name.format("p"), name.format("a")]) == "db"  # they disagree
+    assert sar.sar_units("amplitude", [name.format("p")]) == "amplitude"  # asked wins
+    assert SENSORS[MS].sar_units(None, [name.format("p")]) is None and not SENSORS[MS].sar_scales
+
+
+def test_mask_kinds_agree_with_the_mask_readers_and_the_cli() -> None:
+    """The profiles name kinds that inference.masks defines, and the CLI's choices are the
+    profiles' (read at --help without numpy), so the three cannot drift apart."""
+    from discomkd_geo.cli import main
+    from discomkd_geo.inference.masks import MASK_KINDS, CodedMask
+
+    coded = [name for name, kind in MASK_KINDS.items() if isinstance(kind, CodedMask)]
+    assert list(SENSORS[MS].mask_files) == coded  # an MS scene takes every kind of file
+    assert SENSORS[SAR].mask_files == ("binary",) and SENSORS[SAR].mask_detector is None
+    detectors = {s.mask_detector for s in SENSORS.values()} - {None}
+    assert set(MASK_KINDS) - set(coded) == detectors
+    choices = {p.name: list(p.type.choices) for p in main.commands["predict"].params
+               if isinstance(p.type, click.Choice)}
+    assert choices["ms_mask_kind"] == coded
+    assert choices["sar_units"] == list(get_args(SarUnits))
+    code = "import sys, discomkd_geo.cli; print('numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
+def _units_tests(tree: ast.AST) -> list[ast.AST]:
+    """Where code tells sensors apart by a units string: ``units == "dB"``, ``{"dn": ...}``."""
+    names = {s.units for s in SENSORS.values()}
+
+    def is_units(node: ast.AST | None) -> bool:
+        items = node.elts if isinstance(node, ast.Tuple | ast.List | ast.Set) else [node]
+        return any(isinstance(n, ast.Constant) and n.value in names for n in items)
+
+    return [node for node in ast.walk(tree)
+            if (isinstance(node, ast.Compare) and any(map(is_units, [node.left,
+                                                                     *node.comparators])))
+            or (isinstance(node, ast.Dict) and any(map(is_units, node.keys)))]
+
+
+def test_no_code_tells_sensors_apart_by_a_units_string() -> None:
+    """What depends on the sensor is asked of its profile (data/sensors.py)."""
+    sample = 'a = info.units == "dB"\nb = {"dn": 1, "dB": 2}\nc = units in ("dn", "x")\nd = 1'
+    assert len(_units_tests(ast.parse(sample))) == 3  # the check finds what it forbids
+    package = Path(__file__).parents[1] / "discomkd_geo"
+    found = [f"{path.relative_to(package)}:{node.lineno} {ast.unparse(node)}"
+             for path in sorted(package.rglob("*.py"))
+             for node in _units_tests(ast.parse(path.read_text()))]
+    assert not found, "ask the sensor profile (data/sensors.py) instead: " + str(found)
 
 
 # -- samplers -----------------------------------------------------------------------------
@@ -258,7 +349,7 @@ def _dihedral(x: torch.Tensor) -> list[torch.Tensor]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_augmentation_keeps_labels_shapes_dtypes(device: str, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    aug = MultiModalAugmentation({"ms": "dn", "sar": "dB"}, AugmentConfig(intensity=False))
+    aug = MultiModalAugmentation(["ms", "sar"], AugmentConfig(intensity=False))
     x = torch.rand(32, 13, 16, 16, dtype=dtype, device=device)
     labels = torch.arange(32, device=device)
     batch = {"image_ms": x, "image_sar": x[:, 3:5].clone(), "label_ms": labels,
@@ -299,8 +390,8 @@ def test_intensity_jitter_is_physical(device: str) -> None:
 
     stats = {"ms": BandStats("percentile", list(S2_BANDS), [0.0] * 13, [1.0] * 13),
              "sar": BandStats("percentile", ["VV", "VH"], [-25.0, -30.0], [20.0, 10.0])}
-    aug = MultiModalAugmentation({"ms": "dn", "sar": "dB"},
-                                 AugmentConfig(flips=False, rot90=False, p=1.0), stats)
+    aug = MultiModalAugmentation(["ms", "sar"], AugmentConfig(flips=False, rot90=False, p=1.0),
+                                 stats)
     ms = torch.full((64, 13, 4, 4), 0.5, device=device)
     sar = torch.zeros(64, 2, 4, 4, device=device)
     out = aug({"image_ms": ms, "image_sar": sar}, paired=True)
@@ -389,6 +480,68 @@ def test_cached_images_give_the_same_batches_without_rereading(
                                                             strict=True)}
     assert all(torch.equal(expected[i], image) for batch in second
                for i, image in zip(batch["id"], batch["image_ms"], strict=True))
+
+
+def _same_batch(a: dict, b: dict) -> bool:
+    """Same keys in the same order, equal tensors of one dtype, equal id lists."""
+    return list(a) == list(b) and all(
+        torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype if isinstance(a[k], torch.Tensor)
+        else a[k] == b[k] for k in a)
+
+
+@pytest.mark.parametrize("paired, workers, cache_mib",
+                         [(True, 0, 512), (False, 0, 512), (True, 2, 512), (False, 2, 512),
+                          (False, 0, 0)])
+def test_gathered_batches_are_the_per_sample_batches(eurosat_root: Path, paired: bool,
+                                                     workers: int, cache_mib: int) -> None:
+    # 70 training pairs in batches of 16: the last batch of 6 is kept, as a plain loader.
+    settings = (f"data.paired={paired}", "data.batch_size=16", f"data.num_workers={workers}",
+                f"data.cache_mib={cache_mib}")
+    per_sample, gathered = (MSSARDataModule(_config(eurosat_root, *settings), seed=3)
+                            for _ in range(2))
+    per_sample.gather_batches = False
+    loaders = []
+    for dm in (per_sample, gathered):
+        dm.setup("fit")
+        loaders.append((dm.train_dataloader(), dm.val_dataloader()))
+    assert isinstance(loaders[1][0], BatchLoader) and not isinstance(loaders[0][0], BatchLoader)
+    for _ in range(2):  # the first epoch fills the caches, the second reads them only
+        for old, new in zip(*loaders, strict=True):
+            a, b = list(old), list(new)
+            assert len(a) == len(b) == len(new)
+            assert all(_same_batch(x, y) for x, y in zip(a, b, strict=True))
+    caches = [c for ds in (gathered.train_dataset, gathered.val_dataset)
+              for d in getattr(ds, "datasets", {"": getattr(ds, "dataset", None)}).values()
+              for c in getattr(d, "caches", {}).values()]
+    assert bool(caches) == bool(cache_mib) and all(bool(c.filled.all()) for c in caches)
+
+
+def test_a_worker_sends_a_cached_batch_as_its_indices(eurosat_root: Path) -> None:
+    pairs = EuroSATMSSAR(eurosat_root, "val")
+    pairs.cache_in_memory(2**30)
+    batched = BatchedDataset(PairedDataset(pairs, ["ms", "sar"]))
+    indices = [5, 0, 5, 3]
+    expected = default_collate([batched.dataset[i] for i in indices])
+    sent = batched[indices]  # reads the images into the caches, returns the indices
+    assert isinstance(sent, CachedBatch) and len(pickle.dumps(sent)) < 500
+    assert all(bool(c.filled[indices].all()) for c in pairs.caches.values())
+    assert _same_batch(sent.resolve(), expected)
+    spawned = pickle.loads(pickle.dumps(batched))  # a spawned worker: no shared map
+    assert _same_batch(spawned[indices], expected)  # read and collated there
+    uncached = BatchedDataset(PairedDataset(EuroSATMSSAR(eurosat_root, "val"), ["ms", "sar"]))
+    assert _same_batch(uncached[indices], expected)
+
+
+@pytest.mark.cuda
+def test_cached_batches_are_gathered_into_pinned_memory(eurosat_root: Path) -> None:
+    dm = MSSARDataModule(_config(eurosat_root, "data.num_workers=2"), seed=0)
+    dm.setup("fit")
+    batched = BatchedDataset(dm.train_dataset)
+    sent = batched[[(i, 7 - i) for i in range(8)]]  # unpaired: one index per modality
+    assert isinstance(sent, CachedBatch)
+    pinned = sent.pin_memory()  # what the loader's pinning thread calls
+    assert all(pinned[k].is_pinned() for k in pinned if isinstance(pinned[k], torch.Tensor))
+    assert _same_batch(pinned, sent.resolve())
 
 
 def test_datamodule_stats_from_train_split_and_test_alone(tiny: Path) -> None:

@@ -1,7 +1,10 @@
 """The documentation: its examples run, the README stays short, the pages stay wired.
 
 The docs build itself (Sphinx, warnings as errors) runs in `make test` and `make docs`.
-How examples are marked: tests/docs_examples.py and docs/contributing.md.
+How examples are marked: tests/docs_examples.py and docs/contributing.md. Every page runs
+in a process of its own, forked from one interpreter that imported torch, Lightning,
+rasterio, ... once (tests/warm_python.py); the demo tutorial runs first, and the quick
+demo it makes is every other page's `demo_out/`.
 """
 
 import json
@@ -10,10 +13,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from docs_examples import PYTHON, REPO, SHELL, commands, doc_pages, extract, in_process_args
+from warm_python import WarmPython
 
 sys.path.insert(0, str(REPO / "docs" / "_ext"))
 EXAMPLE_LANGUAGES = SHELL | PYTHON
@@ -143,36 +148,67 @@ def test_results_tables_render_every_section() -> None:
             assert f"{pixel['oa']:.4g} / {pixel['edge_oa']:.4g}" in text
 
 
-@pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One tiny trained demo (``discomkd-geo demo --quick``) and its cache, for every page."""
-    root = tmp_path_factory.mktemp("docs_demo")
-    env = {**os.environ, "DISCOMKD_GEO_CACHE": str(root / "cache")}
-    done = subprocess.run([str(Path(sys.executable).parent / "discomkd-geo"), "demo",
-                           "--quick", "--out", "demo_out", "--no-progress"],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return root / "demo_out", root / "cache"
+DEMO_PAGE = REPO / "docs" / "tutorials" / "01-demo.md"
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("page", PAGES, ids=[_relative(p) for p in PAGES])
-def test_page_examples_run(page: Path, quick_demo: tuple[Path, Path], tmp_path: Path) -> None:
-    demo_out, cache = quick_demo
-    work = tmp_path / "work"
+def _workdir(root: Path, demo_out: Path | None) -> Path:
+    """A page's directory: copies of tiles/demo, configs/ and the demo, benchmarks/ linked."""
+    work = root / "work"
     (work / "tiles").mkdir(parents=True)
     shutil.copytree(REPO / "tiles" / "demo", work / "tiles" / "demo")
     shutil.copytree(REPO / "configs", work / "configs")
-    shutil.copytree(demo_out, work / "demo_out")
+    if demo_out is not None:
+        shutil.copytree(demo_out, work / "demo_out")
     (work / "benchmarks").symlink_to(REPO / "benchmarks")
-    env = {**os.environ, "DISCOMKD_GEO_CACHE": str(cache), "MPLBACKEND": "Agg",
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, str(REPO / "tests" / "docs_examples.py"),
-                           str(page), str(work)], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=540)
+    return work
+
+
+def _run_page(python: WarmPython, page: Path, work: Path) -> subprocess.CompletedProcess[str]:
+    """``python tests/docs_examples.py PAGE WORK`` in ``work``, a process of its own."""
+    return python.run([REPO / "tests" / "docs_examples.py", page, work], cwd=work, timeout=540)
+
+
+@pytest.fixture(scope="module")
+def python(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmPython]:
+    """The pages' interpreter: every page runs in a process of its own, forked from one that
+    imported torch, Lightning, rasterio, ... once (tests/warm_python.py); one cache."""
+    cache = tmp_path_factory.mktemp("docs_cache")
+    warm = WarmPython({**os.environ, "DISCOMKD_GEO_CACHE": str(cache), "MPLBACKEND": "Agg",
+                       "PYTHONPATH": os.pathsep.join([str(REPO),
+                                                      os.environ.get("PYTHONPATH", "")])})
+    yield warm
+    warm.close()
+
+
+@pytest.fixture(scope="module")
+def demo_page(python: WarmPython, tmp_path_factory: pytest.TempPathFactory
+              ) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """The demo tutorial's run, first: its ``discomkd-geo demo --quick --out demo_quick``
+    is the tiny trained demo every other page finds as ``demo_out/`` (the same command
+    with another ``--out``; no page reads the paths ``summary.json`` records)."""
+    work = _workdir(tmp_path_factory.mktemp("docs_demo"), None)
+    return _run_page(python, DEMO_PAGE, work), work / "demo_quick"
+
+
+def _check(page: Path, done: subprocess.CompletedProcess[str]) -> None:
     log = done.stdout + done.stderr
     assert done.returncode == 0, (
         f"{log[-8000:]}\nAn example that cannot run on the demo data needs `% not-run: REASON` "
         "on the line above its fence (docs/contributing.md).")
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["ran"] == sum(b.runnable for b in extract(page))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", PAGES, ids=[_relative(p) for p in PAGES])
+def test_page_examples_run(page: Path, python: WarmPython,
+                           demo_page: tuple[subprocess.CompletedProcess[str], Path],
+                           tmp_path: Path) -> None:
+    demo_run, demo_out = demo_page
+    if page == DEMO_PAGE:
+        _check(page, demo_run)
+        return
+    assert demo_run.returncode == 0 and (demo_out / "run").is_dir(), (
+        f"{DEMO_PAGE.name} makes the demo the pages use (demo_quick/): "
+        f"{(demo_run.stdout + demo_run.stderr)[-3000:]}")
+    _check(page, _run_page(python, page, _workdir(tmp_path, demo_out)))

@@ -15,7 +15,7 @@ from discomkd_geo.cli import main
 from discomkd_geo.constants import CLASS_NODATA, S1_BANDS
 from discomkd_geo.errors import SettingsError
 from discomkd_geo.inference.classmap import read_class_map
-from discomkd_geo.inference.engine import predict_to_file
+from discomkd_geo.inference.engine import predict_lazy, predict_to_file
 from discomkd_geo.inference.fusion import (
     FUSED,
     NONE,
@@ -138,6 +138,11 @@ def test_fused_maps_and_sources_same_bytes_for_any_chunk_size_and_workers(
     for suffix in (".tif", ".p.tif", ".s.tif"):
         first, *others = [(tmp_path / f"{name}{suffix}").read_bytes() for name in runs]
         assert all(other == first for other in others), suffix
+    # The lazy array holds the same sources as the raster, with the raster's legend.
+    lazy = predict_lazy(predictors, scenes, settings.replace(chunk_size=48, probabilities=None,
+                                                             source=None), what="source")
+    assert lazy.attrs["sources"] == {0: "none", 1: "ms", 2: "sar", 3: "fused"}
+    np.testing.assert_array_equal(lazy.compute().values, read(tmp_path / "c32w1.s.tif")[0])
 
 
 @pytest.mark.slow

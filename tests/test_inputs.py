@@ -9,6 +9,7 @@ the real products (band descriptions, ASF HyP3 RTC file names, GCPs in EPSG:4326
 """
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,14 @@ from rasterio.transform import from_origin
 from test_inference import ORIGIN, make_predictor, read, texture, write_scene
 
 from discomkd_geo.cli import main
-from discomkd_geo.constants import S1_BANDS, S2_BANDS
+from discomkd_geo.constants import CLASS_NODATA, S1_BANDS, S2_BANDS
+from discomkd_geo.data.eurosat import EuroSATMSSAR
+from discomkd_geo.data.normalization import compute_stats
+from discomkd_geo.data.synthetic import make_scene
 from discomkd_geo.errors import InputFileError
-from discomkd_geo.inference.checks import sample_windows
+from discomkd_geo.inference.checks import REVERSED_DECADES, check_scene, sample_windows
 from discomkd_geo.inference.engine import predict_lazy, predict_to_file
+from discomkd_geo.inference.fusion import FUSED, SOURCE_CODES
 from discomkd_geo.inference.io import SceneInput, canonical_band, open_readers
 from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.models.predictor import Predictor, load_torch_predictor
@@ -415,9 +420,63 @@ def test_impossible_values_are_refused_whatever_their_share(sar: Predictor, tmp_
             written.unlink()
 
 
+def test_saturated_pixels_are_unavailable_not_refused(sar: Predictor, tmp_path: Path) -> None:
+    """Sentinel-2's saturation code, DN 65535 in any band, marks pixels without a
+    measurement: unavailable like nodata (nodata in an MS map, mapped from SAR in a fused
+    one), where it used to refuse the scene as an impossible value; other impossible
+    values are still refused."""
+    ms = (texture(4, 64, 9) * 200 + 2000).astype(np.uint16)
+    ms[3, 8:16, 20:40] = 65535  # B08 saturated over a bright roof
+    ms[:, 40:44, 4:12] = 65535
+    saturated = (ms == 65535).any(axis=0)
+    path = write_scene(tmp_path / "ms.tif", ms, S2_SUBSET_BANDS, nodata=0)
+    model = make_predictor("ms", S2_SUBSET_BANDS)
+    reader = open_readers({"ms": SceneInput(path)}, {"ms": model.info})[1]["ms"]
+    assert (reader.read_raw(reader.grid.window)[1] == ~saturated).all()
+    summary = predict_to_file(model, path, tmp_path / "ms_map.tif")
+    assert summary.checks["ms"].problems == []
+    codes = read(tmp_path / "ms_map.tif")[0]
+    assert (codes[saturated] == CLASS_NODATA).all() and (codes[~saturated] != CLASS_NODATA).any()
+    sar_path = write_scene(tmp_path / "sar.tif", s1_db(64), list(S1_BANDS))
+    predict_to_file({"ms": model, "sar": sar}, {"ms": path, "sar": sar_path},
+                    tmp_path / "fused.tif", MapSettings.of(source=tmp_path / "source.tif"))
+    source = read(tmp_path / "source.tif")[0]
+    assert (source[saturated] == SOURCE_CODES["sar"]).all()
+    assert (source[~saturated] == FUSED).all()
+    ms[0, 50:52, 50:52] = 50000  # no reflectance is 5 (x 10000), nor a saturation code
+    bad = write_scene(tmp_path / "bad.tif", ms, S2_SUBSET_BANDS, nodata=0)
+    with pytest.raises(InputFileError, match=r"bad.tif: 4 pixels of the sample hold values "
+                                             r"that no reflectance .* most often 50000 "
+                                             r"\(band B02\); .*pass nodata=50000"):
+        predict_to_file(model, bad, tmp_path / "bad_map.tif")
+
+
+@pytest.mark.slow
+def test_what_clouds_leave_of_a_scene_keeps_its_band_order(eurosat_root: Path,
+                                                           tmp_path: Path) -> None:
+    """75% cloud cover masked by the scene's SCL: the clear rest (8% of the scene, half of
+    it sea) has its B06 median below B01's, as water has, which the order check used to
+    refuse as permuted bands; the land in it keeps B06 above B01 at the bright end (p98),
+    and a real permutation of the same rest is still refused."""
+    training = EuroSATMSSAR(eurosat_root, "train", modalities=("ms",))
+    model = make_predictor("ms", list(S2_BANDS))
+    model.stats.profile = compute_stats(training, "ms", list(S2_BANDS), progress=False).profile
+    make_scene(tmp_path / "s", size=320, seed=204, cloud_cover=0.75)
+    masked = SceneInput(tmp_path / "s" / "ms.tif", mask=tmp_path / "s" / "scl.tif")
+    reader = open_readers({"ms": masked}, {"ms": model.info})[1]["ms"]
+    check = check_scene(model, reader, "ms")
+    assert check.problems == [] and check.valid_share < 0.1
+    figures = {b.band: b.scene for b in check.bands}
+    assert figures["B06"][1] < figures["B01"][1] / 10 ** REVERSED_DECADES  # medians
+    assert figures["B06"][2] > figures["B01"][2]  # bright ends
+    permuted = replace(masked, bands=S2_BANDS[::-1])
+    reader = open_readers({"ms": permuted}, {"ms": model.info})[1]["ms"]
+    assert check_scene(model, reader, "ms").problems[0].startswith("band order looks permuted")
+
+
 def test_windows_read_together_open_each_file_once(sar: Predictor, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """The scene checks' 64 sampled windows: each file opened once, the values of read_raw."""
+    """The scene checks' sampled windows: each file opened once, the values of read_raw."""
     db = s1_db(128, seed=3)
     vv = write_scene(tmp_path / "s1_VV.tif", db[:1], None)
     coarse = db[1:].reshape(1, 64, 2, 64, 2).mean(axis=(2, 4))
@@ -435,4 +494,4 @@ def test_windows_read_together_open_each_file_once(sar: Predictor, tmp_path: Pat
         one, one_valid = reader.read_raw(window)
         assert valid.any() and (valid == one_valid).all()
         np.testing.assert_array_equal(data, one)
-    assert len(windows) == 64 and len(opened) == 2 + 2 * 64
+    assert len(windows) == 4 and len(opened) == 2 + 2 * 4  # a 128 px scene: 4 tiles

@@ -218,6 +218,23 @@ def test_a_sar_mask_from_the_command_line(tmp_path: Path) -> None:
     assert ((read(out)[0] == CLASS_NODATA) == mask[0].astype(bool)).all()
 
 
+def test_a_sar_scene_takes_only_the_masks_of_its_sensor(tmp_path: Path) -> None:
+    """The sensor profile says which masks apply: a Sentinel-1 scene takes a 0/1 mask, not
+    a scene classification or cloud detection; a file named SCL is read as 0/1."""
+    scene = write_scene(tmp_path / "sar.tif", texture(2, 64, 6) - 12, list(S1_BANDS))
+    scl = write_scene(tmp_path / "T31UFQ_SCL_20m.tif", np.full((1, 64, 64), 4, np.uint8), None,
+                      nodata=None)
+    infos = {"sar": make_predictor("sar", list(S1_BANDS)).info}
+    cases = [(SettingsError, SceneInput(scene, mask=scl, mask_kind="scl"),
+              r"^mask_kind: must be one of \['binary'\] for a Sentinel-1 SAR scene, got 'scl'$"),
+             (SettingsError, SceneInput(scene, mask="auto"), "^mask: 'auto' detects clouds"),
+             (SettingsError, SceneInput(scene, mask="scl"), "^mask: a Sentinel-1 SAR scene has no"),
+             (InputFileError, SceneInput(scene, mask=scl), "holds values 4 besides 0 and 1")]
+    for error, sar, problem in cases:
+        with pytest.raises(error, match=problem):
+            open_readers({"sar": sar}, infos)
+
+
 def test_bad_masks_are_refused_in_one_line(tmp_path: Path) -> None:
     scene = write_scene(tmp_path / "ms.tif", (texture(4, 64, 7) * 200 + 2000).astype(np.uint16),
                         MS4, nodata=0)

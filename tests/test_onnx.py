@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from discomkd_geo.cli import main
 from discomkd_geo.constants import SAR
+from discomkd_geo.data.sensors import SENSORS
 from discomkd_geo.demo import DEMO_TILES
 from discomkd_geo.errors import CheckpointError, SettingsError
 from discomkd_geo.models.loader import load_predictor
@@ -309,6 +310,7 @@ def test_export_from_before_pixel_graphs_maps_in_windows_mode(pixel_scene: Path,
 
     old = load_predictor(DATA / "main_decoder_branch.onnx")
     assert not old.has_decoder
+    assert old.info.units == "dB" and old.info.sensor is SENSORS[SAR]  # the stored name
     summary = predict_to_file(old, pixel_scene, tmp_path / "old.tif", MapSettings.of())
     assert summary.mode == "windows"
     predict_to_file(pixel_branch(), pixel_scene, tmp_path / "torch.tif",

@@ -30,6 +30,32 @@ EXECUTABLE = str(Path(sys.executable).with_name("discomkd-geo"))
 QGIS_PROCESS = shutil.which("qgis_process.bin") or shutil.which("qgis_process")
 needs_qgis = pytest.mark.skipif(QGIS_PROCESS is None, reason="not run: QGIS not installed "
                                 "(qgis_process missing; `make qgis-deps` installs it as root)")
+PLUGIN_ALGORITHMS = Path(__file__).parents[1] / "discomkd_geo" / "qgis_plugin" / "algorithms.py"
+
+
+def plugin_list(name: str) -> list[str]:
+    """A choice list of the QGIS plugin, read from its source (it imports QGIS)."""
+    for node in ast.parse(PLUGIN_ALGORITHMS.read_text()).body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == name:
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"the plugin defines no {name}")
+
+
+def test_the_plugins_choice_lists_are_the_librarys() -> None:
+    """The plugin imports only QGIS and the standard library, so it copies the library's
+    choice lists: each must equal the CLI's, default first."""
+    from discomkd_geo.assessment.estimators import INTERVALS
+    from discomkd_geo.assessment.sampling import ALLOCATIONS
+
+    def choices(command: str, name: str) -> tuple[list[str], object]:
+        [option] = [p for p in main.commands[command].params if p.name == name]
+        return list(option.type.choices), option.default
+
+    for plugin, library, (cli, default) in [
+            ("INTERVALS", INTERVALS, choices("assess", "interval")),
+            ("ALLOCATIONS", ALLOCATIONS, choices("sample", "allocation"))]:
+        assert sorted(plugin_list(plugin)) == sorted(library) == sorted(cli), plugin
+        assert plugin_list(plugin)[0] == default, plugin
 
 
 def test_install_writes_an_enabled_plugin_and_package_zips_it(tmp_path: Path) -> None:

@@ -12,17 +12,21 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
+from warm_python import WarmPython
 
 from discomkd_geo import load_predictor
 from discomkd_geo.cli import main
+from discomkd_geo.constants import SAR
+from discomkd_geo.data.sensors import SENSORS
 from discomkd_geo.errors import UntrustedFileError
+from discomkd_geo.models.info import PredictorInfo
 from discomkd_geo.training.baselines import load_teacher
 from discomkd_geo.training.evaluate import evaluate, training_config
 from discomkd_geo.training.train import epochs_done
@@ -90,14 +94,23 @@ def test_malicious_run_directory_runs_nothing(evil_run: Path, marker: Path) -> N
     assert not marker.exists()
 
 
-def _cli(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "discomkd_geo", *map(str, args)],
-                          capture_output=True, text=True, env=ENV, timeout=300)
+@pytest.fixture(scope="module")
+def python() -> Iterator[WarmPython]:
+    """``python -m discomkd_geo ...`` runs, each a process of its own, forked from one
+    interpreter that imported torch, Lightning, rasterio, ... once (tests/warm_python.py)."""
+    warm = WarmPython(ENV)
+    yield warm
+    warm.close()
+
+
+def _cli(python: WarmPython, *args: object) -> subprocess.CompletedProcess[str]:
+    return python.run(["-m", "discomkd_geo", *args], cwd=Path.cwd(), timeout=300)
 
 
 @pytest.mark.slow
-def test_malicious_files_refused_by_every_command(evil_run: Path, scene_dir: Path,
-                                                  tmp_path: Path, marker: Path) -> None:
+def test_malicious_files_refused_by_every_command(python: WarmPython, evil_run: Path,
+                                                  scene_dir: Path, tmp_path: Path,
+                                                  marker: Path) -> None:
     pt = _evil(tmp_path / "model.pt", marker)
     ckpt = _evil(tmp_path / "model.ckpt", marker)
     out = tmp_path / "out"
@@ -114,13 +127,23 @@ def test_malicious_files_refused_by_every_command(evil_run: Path, scene_dir: Pat
     ]
     out.mkdir()
     for path, args in cases:
-        result = _cli(*args)
+        result = _cli(python, *args)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0, args
         assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: refused"), result.stderr
         assert "--trust-checkpoint" in lines[0]
     assert not marker.exists()
     assert not any(out.iterdir())
+
+
+def test_files_from_before_sensor_profiles_load_with_their_units(tmp_path: Path) -> None:
+    """``tests/data/main_predictor.pt`` (written on ``main``) stores units ``dB``: it loads,
+    answers with the Sentinel-1 profile and saves the same string again."""
+    old = load_predictor(Path(__file__).parent / "data" / "main_predictor.pt")
+    assert old.info.units == "dB" and old.info.sensor is SENSORS[SAR]
+    old.save(tmp_path / "again.pt")
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["info"]["units"] == "dB"
+    assert PredictorInfo("sar", ["VV", "VH"], ["a"], [(0, 0, 0)], 64).units == "dB"
 
 
 @pytest.mark.slow

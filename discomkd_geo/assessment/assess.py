@@ -20,6 +20,8 @@ of interest) and, optionally, per zone. :mod:`.report` writes the result.
   the map's classes; the estimators are the same (Card 1982).
 * A stratum with mapped area and fewer than two labelled points is refused: its
   variance, hence every interval it enters, cannot be estimated.
+* **Intervals**: 95 %, of the kind named (:data:`.estimators.INTERVALS`): ``score``
+  by default, ``wald`` for the paper's ``estimate +- 1.96 SE``.
 * A zone's figures are those of the points whose pixel centre lies in the zone (a
   domain of the sample) weighted by the zone's own class areas. A stratum with fewer
   than two points in a zone (a sliver of a class, typically) takes the whole region's
@@ -29,6 +31,7 @@ of interest) and, optionally, per zone. :mod:`.report` writes the result.
 import math
 import os
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -36,7 +39,7 @@ import numpy as np
 from ..errors import InputFileError, SettingsError
 from ..inference.classmap import ClassMap, read_class_map
 from ..inference.vector_input import read_layer
-from .estimators import Estimates, interval, stratified_estimates
+from .estimators import DEFAULT_INTERVAL, INTERVALS, Bounds, Estimates, stratified_estimates
 from .reference import UNLABELLED, ReferencePoints, read_reference
 from .strata import Region, centres_of, check_codes, class_areas, region_of, values_at
 
@@ -71,6 +74,8 @@ class RegionAssessment:
         borrowed: codes of the strata whose error-matrix rows are the whole region's
             points (a zone's strata with fewer than 2 points of their own).
         points: labelled points of the region used.
+        interval: the kind of the 95 % intervals (a key of
+            :data:`.estimators.INTERVALS`).
     """
 
     name: str | None
@@ -80,6 +85,21 @@ class RegionAssessment:
     problem: str | None = None
     borrowed: tuple[int, ...] = ()
     points: int = 0
+    interval: str = DEFAULT_INTERVAL
+
+    @cached_property
+    def bounds(self) -> dict[str, Bounds]:
+        """The 95 % bounds of each figure, computed once.
+
+        Keys ``overall``, ``users``, ``producers`` and ``area`` (shares of the mapped
+        area). Every writer of a report asks for them, and the score kind's producer's
+        accuracies take a nested bisection.
+        """
+        if self.estimates is None:
+            return {}
+        kind = INTERVALS[self.interval]
+        return {figure: getattr(kind, figure)(self.estimates)
+                for figure in ("overall", "users", "producers", "area")}
 
     def to_dict(self) -> dict[str, Any]:
         """The figures of the JSON output (see :func:`assess`); ``NaN`` as ``None``."""
@@ -95,11 +115,9 @@ class RegionAssessment:
                                  for code, (name, ha) in
                                  enumerate(zip(self.classes, self.mapped_ha, strict=True))]
             return result
-        overall = interval(e.overall, e.overall_se, high=1.0)
-        users, producers = (interval(e.users, e.users_se, high=1.0),
-                            interval(e.producers, e.producers_se, high=1.0))
-        share = interval(e.area, e.area_se, high=1.0)
-        area = interval(e.area * total, e.area_se * total, high=total)
+        overall, users, producers, share = (self.bounds[figure] for figure in (
+            "overall", "users", "producers", "area"))
+        area = (share[0] * total, share[1] * total)
         result.update({"overall_accuracy": _number(e.overall),
                        "overall_accuracy_se": _number(e.overall_se),
                        "overall_accuracy_ci95": _pair(*overall), "classes": []})
@@ -161,6 +179,7 @@ class Assessment:
         """The JSON output: inputs, design, points, the region's figures, zones."""
         result = {"map": self.map, "reference": self.reference,
                   "label_column": self.label_column, "aoi": self.aoi, "design": self.design,
+                  "interval": self.region.interval,
                   "points": {"total": self.total_points,
                              "used": self.total_points - sum(self.left_out.values()),
                              "left_out": dict(self.left_out)},
@@ -172,7 +191,7 @@ class Assessment:
 
 
 def _region_assessment(classmap: ClassMap, areas: np.ndarray, mapped: np.ndarray,
-                       labels: np.ndarray, name: str | None,
+                       labels: np.ndarray, name: str | None, interval: str,
                        whole: RegionAssessment | None = None) -> RegionAssessment:
     """Estimates over a region from the map and reference classes of its usable points.
 
@@ -186,7 +205,7 @@ def _region_assessment(classmap: ClassMap, areas: np.ndarray, mapped: np.ndarray
     used = int(counts.sum())
     if areas.sum() <= 0:
         return RegionAssessment(name, classmap.classes, areas, None, "no mapped pixel here",
-                                points=used)
+                                points=used, interval=interval)
     short = np.flatnonzero((areas > 0) & (counts.sum(axis=1) < 2))
     if short.size and whole is not None and whole.estimates is not None:
         counts[short] = whole.estimates.counts[short]
@@ -198,10 +217,11 @@ def _region_assessment(classmap: ClassMap, areas: np.ndarray, mapped: np.ndarray
         problem = (f"stratum {classmap.classes[code]!r} has {counts[code].sum()} labelled "
                    f"point(s) for {areas[code]:.4g} ha mapped; its variance needs at least "
                    "2: label more points there")
-        return RegionAssessment(name, classmap.classes, areas, None, problem, points=used)
+        return RegionAssessment(name, classmap.classes, areas, None, problem, points=used,
+                                interval=interval)
     estimates = stratified_estimates(counts, areas / areas.sum())
     return RegionAssessment(name, classmap.classes, areas, estimates, borrowed=borrowed,
-                            points=used)
+                            points=used, interval=interval)
 
 
 def _design(reference: ReferencePoints, classmap: ClassMap, codes: np.ndarray,
@@ -254,7 +274,7 @@ def _zone_names(zones: Any, zone_field: str | None, path: str) -> list[str]:
 def assess(map_path: str | os.PathLike[str], reference: str | os.PathLike[str],
            label_column: str = "reference", *, aoi: str | os.PathLike[str] | None = None,
            zones: str | os.PathLike[str] | None = None,
-           zone_field: str | None = None) -> Assessment:
+           zone_field: str | None = None, interval: str = DEFAULT_INTERVAL) -> Assessment:
     """Assess a map's accuracy and estimate its classes' areas from reference points.
 
     Args:
@@ -264,6 +284,8 @@ def assess(map_path: str | os.PathLike[str], reference: str | os.PathLike[str],
         aoi: assess over this area only (``FILE[:LAYER]``); points outside are left out.
         zones: polygons (``FILE[:LAYER]``, any CRS) to give the figures of, one by one.
         zone_field: the zones' column naming them (default: their first attribute).
+        interval: the kind of the 95 % intervals, a key of
+            :data:`.estimators.INTERVALS` (``wald``: the paper's).
 
     Returns:
         The assessment; :meth:`Assessment.to_dict` gives the JSON.
@@ -272,10 +294,13 @@ def assess(map_path: str | os.PathLike[str], reference: str | os.PathLike[str],
         InputFileError: an unusable map, reference layer, area or zones; a label not
             among the map's classes; strata of another map; part of the region never
             sampled; a stratum with fewer than 2 labelled points.
-        SettingsError: a missing label or zone column.
+        SettingsError: a missing label or zone column; an unknown interval kind.
     """
     import shapely
 
+    if interval not in INTERVALS:
+        raise SettingsError("interval", f"is {interval!r}; choose one of "
+                                        f"{', '.join(INTERVALS)}")
     classmap = read_class_map(map_path)
     points = read_reference(reference, classmap, label_column)
     region = region_of(classmap, aoi)
@@ -294,7 +319,8 @@ def assess(map_path: str | os.PathLike[str], reference: str | os.PathLike[str],
     areas = class_areas(classmap, [region.geometry])[0]
     design = _design(points, classmap, codes, areas, region)
     used = reason < 0
-    overall = _region_assessment(classmap, areas, codes[used], points.labels[used], None)
+    overall = _region_assessment(classmap, areas, codes[used], points.labels[used], None,
+                                 interval)
     if overall.problem is not None:
         raise InputFileError(points.path, overall.problem)
     result = Assessment(classmap.path, points.path, label_column, design, len(codes),
@@ -314,6 +340,6 @@ def assess(map_path: str | os.PathLike[str], reference: str | os.PathLike[str],
         if geometry is not None and not geometry.is_empty:
             inside = used & shapely.contains_xy(geometry, cx, cy)
         assessed.append(_region_assessment(classmap, area, codes[inside],
-                                           points.labels[inside], name, overall))
+                                           points.labels[inside], name, interval, overall))
     return Assessment(classmap.path, points.path, label_column, design, len(codes), left_out,
                       overall, region.aoi, assessed, zones_file)

@@ -23,21 +23,48 @@ the mapped area. Then
 
 The same formulas serve a simple random (or systematic) sample post-stratified by the
 map's classes (Card 1982): ``n_i.`` are then the points that fell in each class.
-95 % intervals are ``estimate +- 1.96 SE``, clipped to the values the quantity can take
-(0-1 for accuracies and proportions): clipping never removes the true value from an
-interval, so it leaves the coverage unchanged.
+
+The 95 % intervals are of one of the kinds of :data:`INTERVALS`; the point estimates and
+standard errors above are the paper's whichever the kind:
+
+* ``wald``, the paper's: ``estimate +- 1.96 SE``, clipped to the values the quantity can
+  take (0-1; clipping never removes the true value, so it leaves the coverage as it is).
+  It undercovers when a stratum's count of a cell is near 0 or near ``n_i.``: a sample
+  that draws none of an error hiding in a large stratum (say 5 % of it, 2.5 expected
+  points of 50) estimates the area too low *and* its standard error near zero.
+* ``score`` (default): the interval of the values ``p`` that a score test at 5 % does not
+  reject, the test's variance taken at ``p`` rather than at the estimate: Wilson's (1927)
+  interval, extended to the stratified estimators as sums of independent binomial
+  proportions ``q_i`` (stratum ``i``'s share of a class). At ``p`` the ``q_i`` are their
+  maximum-likelihood values under ``sum_i c_i q_i = p`` (``c_i = W_i``), found through
+  the constraint's Lagrange multiplier; the variance is ``sum_i c_i^2 q_i (1 - q_i) /
+  n_i``. A stratum where none of a class was drawn can then hold some of it, as much
+  as its binomial likelihood allows. For one stratum it is Wilson's interval exactly
+  (user's accuracy); producer's accuracy ``p_jj / p_.j`` is tested as the linear
+  constraint ``p_jj - P p_.j = 0``. Brown, Cai & DasGupta (2001) and, for survey
+  proportions, Franco, Little, Louis & Slud (2019) recommend Wilson-type intervals over
+  Wald's.
 
 A stratum with mapped area but no point makes every estimate it enters ``NaN``; one with a
 single point gives ``NaN`` standard errors (its variance cannot be estimated). Callers
 refuse both before estimating (:func:`discomkd_geo.assessment.assess.assess`).
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 #: The standard normal quantile of a two-sided 95 % interval.
 Z95 = 1.959963984540054
+
+#: Bisection steps of the score intervals: the bracket of the multiplier's arcsinh
+#: (width 40) shrinks to 1e-12, that of a producer's accuracy (width <= 1) to 3e-14.
+BISECTIONS = 45
+
+#: Lower and upper bounds, each shaped as the estimates they bound.
+Bounds = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -116,7 +143,210 @@ def stratified_estimates(counts: np.ndarray, weights: np.ndarray) -> Estimates:
 
 
 def interval(value: np.ndarray, se: np.ndarray, low: float = 0.0,
-             high: float = np.inf) -> tuple[np.ndarray, np.ndarray]:
+             high: float = np.inf) -> Bounds:
     """The 95 % interval ``value +- 1.96 se``, clipped to ``[low, high]``."""
     value, se = np.asarray(value, float), np.asarray(se, float)
     return np.clip(value - Z95 * se, low, high), np.clip(value + Z95 * se, low, high)
+
+
+def _tilted_shares(x: np.ndarray, n: np.ndarray, c: np.ndarray,
+                   multiplier: np.ndarray) -> np.ndarray:
+    """The maximum-likelihood binomial shares under a linear constraint's multiplier.
+
+    They maximise ``sum_i [x_i log q_i + (n_i - x_i) log(1 - q_i) - multiplier c_i
+    q_i]``: each ``q_i`` is the root in [0, 1] of ``a q^2 - (a + n) q + x = 0`` with ``a =
+    multiplier c_i``, written so that neither branch cancels: ``2x / (s + r)`` where
+    ``s = a + n > 0``, ``(r - s) / (-2a)`` where ``s <= 0`` (then ``a < 0``), with
+    ``r = sqrt(s^2 - 4 a x)``.
+    """
+    a = multiplier * c
+    s = a + n
+    r = np.sqrt(np.maximum(s * s - 4 * a * x, 0.0))
+    positive = s > 0
+    numerator = np.where(positive, 2 * x, r - s)
+    denominator = np.where(positive, s + r, -2 * a)
+    shares = np.divide(numerator, denominator, out=np.zeros_like(numerator),
+                       where=denominator > 0)
+    return np.clip(shares, 0.0, 1.0)
+
+
+def _last_accepted(accepts: Callable[[np.ndarray], np.ndarray], inside: np.ndarray,
+                   outside: np.ndarray) -> np.ndarray:
+    """Bisect elementwise from values a test accepts towards values it rejects.
+
+    Returns the last accepted values, within ``|outside - inside| / 2^BISECTIONS`` of
+    where the test turns.
+    """
+    for _ in range(BISECTIONS):
+        middle = (inside + outside) / 2
+        ok = accepts(middle)
+        inside, outside = np.where(ok, middle, inside), np.where(ok, outside, middle)
+    return inside
+
+
+def _sides(shape: tuple[int, ...], lower: float, upper: float) -> np.ndarray:
+    """``lower`` and ``upper`` on a new first axis: both bounds bisected in one pass."""
+    return np.stack([np.full(shape, lower), np.full(shape, upper)])
+
+
+def _solve_multiplier(x: np.ndarray, n: np.ndarray, c: np.ndarray,
+                      target: np.ndarray) -> np.ndarray:
+    """The shares under ``sum_i c_i q_i = target`` (``target`` shaped as the batch).
+
+    ``sum_i c_i q_i`` falls as the multiplier rises (each ``c_i q_i`` does), so the
+    multiplier is bisected, as ``sinh`` of a bracketed value to span every scale.
+    """
+    arcsinh = _last_accepted(
+        lambda s: (c * _tilted_shares(x, n, c, np.sinh(s)[..., None])).sum(-1) > target,
+        np.full(target.shape, -40.0), np.full(target.shape, 40.0))
+    return _tilted_shares(x, n, c, np.sinh(arcsinh)[..., None])
+
+
+def _sum_bounds(x: np.ndarray, n: np.ndarray, c: np.ndarray) -> Bounds:
+    """Score bounds of ``sum_i c_i q_i`` (``c_i >= 0``) over the last axis (the strata).
+
+    Along the multiplier the constrained sum moves monotonically away from the estimate
+    (down for a positive multiplier, up for a negative one), so each bound is found by
+    bisecting the multiplier for the last value the score test accepts.
+    """
+    estimate = (c * x / n).sum(-1)
+
+    def constrained(arcsinh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The constrained sum and whether the score test accepts it."""
+        q = _tilted_shares(x, n, c, np.sinh(arcsinh)[..., None])
+        value = (c * q).sum(-1)
+        variance = (c * c * q * (1 - q) / n).sum(-1)
+        return value, (value - estimate) ** 2 <= Z95 ** 2 * variance
+
+    # A positive multiplier lowers the sum: the lower bound; a negative one the upper.
+    arcsinh = _last_accepted(lambda s: constrained(s)[1], _sides(estimate.shape, 0.0, 0.0),
+                             _sides(estimate.shape, 40.0, -40.0))
+    bounds = np.where(np.isnan(estimate), np.nan, constrained(arcsinh)[0])
+    return bounds[0], bounds[1]
+
+
+def _strata_axes(e: Estimates) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Counts as ``(..., reference class, stratum)``, stratum sizes and weights to match.
+
+    Strata without mapped area weigh nothing: one point of nothing stands in for them
+    so that no share is ``0 / 0``; a mapped stratum without points keeps ``n = 0`` and
+    makes the bounds it enters ``NaN``, as it makes the estimates (the callers silence
+    the division's warning: :data:`_NAN_SILENTLY`).
+    """
+    points = e.counts.sum(-1)
+    unmapped = e.weights <= 0
+    x = np.where(unmapped[..., None], 0.0, e.counts)
+    n = np.where(unmapped, 1.0, points)
+    return (np.swapaxes(x, -1, -2), n[..., None, :],
+            np.where(unmapped, 0.0, e.weights)[..., None, :])
+
+
+#: What the score bounds divide under: a mapped stratum without points gives ``NaN``.
+_NAN_SILENTLY = {"divide": "ignore", "invalid": "ignore"}
+
+
+class IntervalKind(Protocol):
+    """A way to give 95 % intervals of the estimates (see the module docstring)."""
+
+    #: The name the CLI and the API take.
+    name: str
+    #: One line on how the intervals are made, for reports.
+    summary: str
+
+    def overall(self, e: Estimates) -> Bounds:
+        """Bounds of overall accuracy."""
+
+    def users(self, e: Estimates) -> Bounds:
+        """Bounds of each map class's user's accuracy."""
+
+    def producers(self, e: Estimates) -> Bounds:
+        """Bounds of each reference class's producer's accuracy."""
+
+    def area(self, e: Estimates) -> Bounds:
+        """Bounds of each reference class's share of the mapped area."""
+
+
+class WaldIntervals:
+    """Olofsson et al.'s (2014): ``estimate +- 1.96 SE``, clipped to 0-1."""
+
+    name = "wald"
+    summary = "Wald, estimate +- 1.96 SE (Olofsson et al. 2014), clipped to 0-1"
+
+    def overall(self, e: Estimates) -> Bounds:
+        """``O +- 1.96 S(O)``."""
+        return interval(e.overall, e.overall_se, high=1.0)
+
+    def users(self, e: Estimates) -> Bounds:
+        """``U_i +- 1.96 S(U_i)``."""
+        return interval(e.users, e.users_se, high=1.0)
+
+    def producers(self, e: Estimates) -> Bounds:
+        """``P_j +- 1.96 S(P_j)``."""
+        return interval(e.producers, e.producers_se, high=1.0)
+
+    def area(self, e: Estimates) -> Bounds:
+        """``p_.k +- 1.96 S(p_.k)``."""
+        return interval(e.area, e.area_se, high=1.0)
+
+
+class ScoreIntervals:
+    """Score (Wilson-type) intervals of the stratified estimators (module docstring)."""
+
+    name = "score"
+    summary = ("score (Wilson-type: the variance at each value tested, strata's shares "
+               "at their constrained maximum likelihood)")
+
+    def overall(self, e: Estimates) -> Bounds:
+        """Bounds of ``sum_i W_i U_i``: a sum over strata of the diagonal's shares."""
+        x, n, w = _strata_axes(e)
+        diagonal = np.diagonal(x, axis1=-2, axis2=-1)[..., None, :]
+        with np.errstate(**_NAN_SILENTLY):
+            low, high = _sum_bounds(diagonal, n, w)
+        return low[..., 0], high[..., 0]
+
+    def users(self, e: Estimates) -> Bounds:
+        """Wilson's interval of ``n_ii`` successes in ``n_i.`` points."""
+        x = np.diagonal(e.counts, axis1=-2, axis2=-1)
+        n = e.counts.sum(-1)
+        with np.errstate(**_NAN_SILENTLY):
+            centre = (x + Z95 ** 2 / 2) / (n + Z95 ** 2)
+            half = Z95 * np.sqrt(x * (n - x) / n + Z95 ** 2 / 4) / (n + Z95 ** 2)
+        return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+    def producers(self, e: Estimates) -> Bounds:
+        """Bounds of ``P_j = p_jj / p_.j``, by a score test of each value ``P``.
+
+        ``P_j = P`` is the linear hypothesis ``sum_i c_i q_ij = 0`` with ``c_i = W_i
+        ([i = j] - P)``; the bounds are the values the test accepts. Its statistic is
+        zero at the estimate and grows away from it on each side, so each bound is
+        bisected, each step solving for the constrained shares.
+        """
+        x, n, w = _strata_axes(e)
+        own = np.eye(x.shape[-1], dtype=bool)
+        estimate = e.producers
+
+        def accepted(value: np.ndarray) -> np.ndarray:
+            c = w * (own - value[..., None])
+            fitted = _solve_multiplier(x, n, c, np.zeros(value.shape))
+            statistic = (c * x / n).sum(-1) ** 2
+            return statistic <= Z95 ** 2 * (c * c * fitted * (1 - fitted) / n).sum(-1)
+
+        known = ~np.isnan(estimate)
+        start = np.where(known, estimate, 0.5)
+        with np.errstate(**_NAN_SILENTLY):
+            bounds = _last_accepted(accepted, np.stack([start, start]),
+                                    _sides(start.shape, 0.0, 1.0))
+        bounds = np.where(known, bounds, np.nan)
+        return bounds[0], bounds[1]
+
+    def area(self, e: Estimates) -> Bounds:
+        """Bounds of ``p_.k = sum_i W_i q_ik`` per reference class ``k``."""
+        x, n, w = _strata_axes(e)
+        with np.errstate(**_NAN_SILENTLY):
+            return _sum_bounds(x, n, w)
+
+
+#: The interval kinds by name; ``score`` is the default (module docstring: why).
+INTERVALS: dict[str, IntervalKind] = {kind.name: kind
+                                      for kind in (ScoreIntervals(), WaldIntervals())}
+DEFAULT_INTERVAL = "score"

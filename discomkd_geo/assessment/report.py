@@ -21,6 +21,7 @@ from typing import Any
 
 from ..files import atomic_dir
 from .assess import Assessment
+from .estimators import INTERVALS
 
 #: The per-class figures of the CSV; ``_ci95`` pairs become ``_low`` and ``_high``.
 CSV_FIGURES = ("mapped_ha", "mapped_proportion", "points", "reference_points",
@@ -114,7 +115,8 @@ def markdown(assessment: Assessment) -> str:
         lines.append(f"- area of interest: `{result['aoi']}`")
     lines += [f"- design: {result['design']} (estimators of Olofsson et al. 2014)",
               f"- {left_out_line(result)}", f"- {overall_line(result)}", "",
-              "Areas are of the mapped extent; intervals are 95 % (estimate +- 1.96 SE).", "",
+              "Areas are of the mapped extent; intervals are 95 %, "
+              f"{INTERVALS[result['interval']].summary}.", "",
               *class_table(result), "", "![Mapped and estimated areas](areas.png)", "",
               "## Error matrix: sample counts", "", *_matrix(result, "counts", None), "",
               "## Error matrix: estimated area proportions", "",

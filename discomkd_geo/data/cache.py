@@ -15,6 +15,9 @@ The map lives in ``/dev/shm`` (RAM) when it fits there. The whole EuroSat-MS-SAR
 room. Either file has its blocks reserved at creation (``posix_fallocate``), so a
 full file system fails there, and is unlinked at once, so no file outlives the
 processes using it, even killed ones.
+
+A whole batch is copied out of the cache at once (:meth:`SharedImageCache.gather`, what
+:class:`~.samplers.BatchLoader` uses), each image straight into its row of the batch.
 """
 
 import contextlib
@@ -22,6 +25,7 @@ import functools
 import math
 import os
 import tempfile
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -71,6 +75,44 @@ def _report_spill(directory: str) -> None:
              "files of %s instead", SHM, shm_free_bytes() / 2**30, directory)
 
 
+class BatchBuffers:
+    """A few batch-sized float32 buffers, each reused once no tensor uses it any more.
+
+    A new batch-sized tensor (27 MB for 128 MS patches) is usually new memory from the
+    operating system, and writing it faults in every page: that costs more than the
+    copy itself. A batch taken here is a view of a buffer whose pages stay mapped; the
+    buffer returns to the pool when the last tensor sharing its memory is gone (its
+    numpy view is what the tensor's storage holds, and is finalised with it), so a
+    batch kept by the caller is never overwritten: a pool with no free buffer gives
+    none (:meth:`take` returns ``None``).
+
+    Args:
+        shape: ``(N, C, H, W)`` of the largest batch.
+        count: number of buffers.
+    """
+
+    def __init__(self, shape: tuple[int, ...], count: int = 4) -> None:
+        self.memory = np.empty((count, *shape), dtype=np.float32)
+        self.free = list(range(count))
+
+    @property
+    def size(self) -> int:
+        """Images per buffer: the largest batch :meth:`take` gives."""
+        return int(self.memory.shape[1])
+
+    def take(self, size: int) -> Tensor | None:
+        """A ``(size, C, H, W)`` tensor on a free buffer, or ``None`` (none free, too big)."""
+        if size > self.size:
+            return None
+        try:
+            index = self.free.pop()
+        except IndexError:
+            return None
+        view = self.memory[index, :size]
+        weakref.finalize(view, self.free.append, index)
+        return torch.from_numpy(view)
+
+
 class SharedImageCache:
     """Equal-shaped float32 images by index, in a shared memory map, each filled once.
 
@@ -96,6 +138,7 @@ class SharedImageCache:
             flat = mapped_zeros(numel, self.location)
         self.images: Tensor | None = flat.view(count, *shape)
         self.filled = torch.zeros(count, dtype=torch.bool).share_memory_()
+        self._buffers: BatchBuffers | None = None  # made by the first gather
 
     @staticmethod
     def fits(size: int, max_bytes: int) -> bool:
@@ -104,7 +147,7 @@ class SharedImageCache:
 
     def __getstate__(self) -> dict[str, Any]:
         """Without the images: a spawned process cannot share the map, and reads the files."""
-        return {**self.__dict__, "images": None}
+        return {**self.__dict__, "images": None, "_buffers": None}
 
     def get(self, index: int, load: Callable[[], Tensor]) -> Tensor:
         """The image at ``index``: a copy from the cache, or ``load()`` (then cached).
@@ -121,3 +164,45 @@ class SharedImageCache:
             self.images[index] = image
             self.filled[index] = True  # after the pixels: a reader never sees half
         return image
+
+    def missing(self, indices: Tensor) -> Tensor:
+        """The ones of ``indices`` (int64) whose images are not in the cache yet."""
+        return indices[~self.filled[indices]]
+
+    def holds(self, indices: Tensor) -> bool:
+        """Whether :meth:`gather` can give the images of ``indices`` in this process.
+
+        False for every index in a process the cache was pickled into (its map is not
+        shared there).
+        """
+        return self.images is not None and bool(self.filled[indices].all())
+
+    def gather(self, indices: Tensor, pin: bool = False) -> Tensor:
+        """The cached images of ``indices`` as one ``(N, C, H, W)`` tensor: one copy.
+
+        Each image is copied from the map straight into its row of the batch, instead of
+        into a tensor of its own and then stacked: a batch costs one memory pass, into
+        reused buffers (:class:`BatchBuffers`). ``pin`` gathers into page-locked memory
+        (for an asynchronous copy to a GPU), with no second copy. The copies are numpy's,
+        on one thread: they are bound by memory bandwidth, and a multi-threaded
+        ``index_select`` (OpenMP) burns CPU time spinning, at times seconds per batch,
+        when its threads compete with DataLoader workers and training for the cores.
+
+        Raises:
+            RuntimeError: an image of ``indices`` is not cached (:meth:`holds` is false).
+        """
+        if not self.holds(indices):
+            raise RuntimeError("gathering images the cache does not hold")
+        assert self.images is not None
+        shape = (len(indices), *self.images.shape[1:])
+        out = None
+        if not pin:  # page-locked memory comes from CUDA's caching host allocator
+            if self._buffers is None or self._buffers.size < len(indices):
+                self._buffers = BatchBuffers(shape)  # a batch in use keeps its old buffer
+            out = self._buffers.take(len(indices))
+        if out is None:
+            out = torch.empty(shape, dtype=self.images.dtype, pin_memory=pin)
+        images, rows = self.images.numpy(), out.numpy()
+        for row, index in enumerate(indices.tolist()):
+            rows[row] = images[index]
+        return out

@@ -16,6 +16,11 @@ class-balanced, as the authors train); validation and test batches are paired. W
 return raw values; :meth:`MSSARDataModule.on_after_batch_transfer` normalises on the
 batch's device and, while training, augments.
 
+Batches of cached EuroSAT images are gathered whole: the loading process copies each image
+of a batch out of the shared image cache (:mod:`.cache`) straight into the batch, and
+DataLoader workers only read the images the cache lacks (:class:`~.samplers.BatchLoader`);
+the batches are those of a per-sample loader.
+
 Distributed training: the loaders shard every split themselves
 (:class:`~.samplers.RankShard`: each rank a disjoint, class-stratified share of the same
 seeded epoch), so the trainer runs with Lightning's ``use_distributed_sampler=False``.
@@ -31,7 +36,14 @@ import lightning as L
 import torch
 from lightning.pytorch.accelerators import CUDAAccelerator
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+)
 
 from ..config import DataConfig
 from ..constants import EUROSAT_COLORS
@@ -40,6 +52,8 @@ from .eurosat import SPLIT_FRACTIONS, EuroSATMSSAR, EuroSATOptions, stratified_s
 from .mosaic import PATCHES, MosaicDataset, MosaicSampler
 from .normalization import BandStats, Normalize, compute_stats
 from .samplers import (
+    BatchedDataset,
+    BatchLoader,
     ClassBalancedSampler,
     PairedDataset,
     RankShard,
@@ -63,6 +77,9 @@ class MSSARDataModule(L.LightningDataModule):
         patch_size: side of the square patches in pixels.
         pixel_size: ground sampling distance in metres.
         units: units of each modality's raw values (``dn`` or ``dB``).
+        gather_batches: load batches whole (:class:`~.samplers.BatchLoader`); ``False``
+            loads them sample by sample, as a plain DataLoader (the same batches; for
+            comparisons).
 
     Args:
         config: the ``data`` section of the experiment config.
@@ -74,6 +91,8 @@ class MSSARDataModule(L.LightningDataModule):
         ConfigError: no ``root`` (EuroSAT), or a scene setting is missing.
         DatasetSplitError: (from :meth:`setup`) a split is empty or lacks classes.
     """
+
+    gather_batches = True
 
     def __init__(self, config: DataConfig, seed: int = 0,
                  stats: Mapping[str, BandStats] | None = None) -> None:
@@ -134,7 +153,8 @@ class MSSARDataModule(L.LightningDataModule):
         self.check_splits()
         if not self._normalize:
             self._normalize = {m: Normalize(self.stats[m]) for m in self.modalities}
-            self._augment = MultiModalAugmentation(self.units, self.config.augment, self.stats)
+            self._augment = MultiModalAugmentation(self.modalities, self.config.augment,
+                                                   self.stats)
 
     def _setup_eurosat(self, stage: str | None) -> None:
         names = list(self.config.modalities)
@@ -235,7 +255,7 @@ class MSSARDataModule(L.LightningDataModule):
                 continue
             self.stats[m] = compute_stats(
                 self.train_datasets[m], m, bands, norm.method, norm.low, norm.high,
-                norm.max_samples, self.units[m], seed=self.seed,
+                norm.max_samples, seed=self.seed,
                 batch_size=min(self.config.batch_size, 64), num_workers=self._workers(),
                 progress=False)
 
@@ -243,17 +263,31 @@ class MSSARDataModule(L.LightningDataModule):
     def _workers(self) -> int:
         return min(self.config.num_workers, os.cpu_count() or 1)
 
-    def _loader(self, dataset: Dataset[dict[str, Any]], **kwargs: Any) -> DataLoader[Any]:
+    def _loader(self, dataset: Dataset[dict[str, Any]], sampler: Sampler[Any],
+                batch_size: int | None = None, drop_last: bool = False,
+                batched: bool | None = None) -> DataLoader[Any]:
+        """Batches of ``sampler``'s draws; ``batched`` (default :attr:`gather_batches`): whole.
+
+        A batched loader (:class:`~.samplers.BatchLoader`) yields the batches of the plain
+        one; those whose images are cached are copied from the caches straight into the
+        batch, in this process, instead of sample by sample in a worker, stacked, and
+        sent back through shared memory.
+        """
         workers = self._workers()
-        kwargs.setdefault("batch_size", self.config.batch_size)
+        batch_size = batch_size or self.config.batch_size
         # Pinned (page-locked) batches copy to a GPU asynchronously; on the CPU pinning
         # only costs a copy.
         cuda = self.trainer is not None and isinstance(self.trainer.accelerator,
                                                        CUDAAccelerator)
         # Persistent workers keep their open datasets across epochs: re-forking them each
         # epoch costs more than an epoch of these small patches on a 2-core machine.
-        return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
-                          pin_memory=cuda, **kwargs)
+        options: dict[str, Any] = {"num_workers": workers, "persistent_workers": workers > 0,
+                                   "pin_memory": cuda}
+        if not (self.gather_batches if batched is None else batched):
+            return DataLoader(dataset, sampler=sampler, batch_size=batch_size,
+                              drop_last=drop_last, **options)
+        return BatchLoader(BatchedDataset(dataset), batch_size=None,
+                           sampler=BatchSampler(sampler, batch_size, drop_last), **options)
 
     def replicas(self) -> tuple[int, int]:
         """``(world size, global rank)`` of the trainer using this DataModule; alone ``(1, 0)``."""
@@ -329,12 +363,11 @@ class MSSARDataModule(L.LightningDataModule):
                                _targets(ds))
                 for i, (m, ds) in enumerate(self.train_datasets.items())})
         if not self.config.mosaic:
-            return self._loader(self.train_dataset, sampler=sampler, batch_size=batch,
-                                drop_last=drops_last(items, batch))
+            return self._loader(self.train_dataset, sampler, batch, drops_last(items, batch))
         mosaics = MosaicDataset(self.train_dataset, list(self.modalities), self.patch_size,
                                 self.config.paired)
-        return self._loader(mosaics, sampler=MosaicSampler(sampler, self._generator(-1)),
-                            drop_last=drops_last(items, batch), batch_size=batch)
+        return self._loader(mosaics, MosaicSampler(sampler, self._generator(-1)), batch,
+                            drops_last(items, batch), batched=False)
 
     def val_dataloader(self) -> DataLoader[Any]:
         """Paired validation batches in a fixed order."""
@@ -357,7 +390,7 @@ class MSSARDataModule(L.LightningDataModule):
         buffers at every forward), so up to ``world size - 1`` images are evaluated twice,
         as with Lightning's own ``DistributedSampler``.
         """
-        return self._loader(dataset, sampler=self._shard(SequentialSampler(dataset), None))
+        return self._loader(dataset, self._shard(SequentialSampler(dataset), None))
 
     # -- on the device --------------------------------------------------------------
     def preprocess(self, batch: dict[str, Any], augment: bool) -> dict[str, Any]:

@@ -31,9 +31,10 @@ from torch import Tensor
 from torchgeo.datasets import NonGeoDataset
 from torchgeo.datasets.utils import download_and_extract_archive, download_url, extract_archive
 
-from ..constants import EUROSAT_CLASSES, MS, S1_BANDS, S2_BANDS, S2_RGB_BANDS, SAR
+from ..constants import EUROSAT_CLASSES, MS, S2_RGB_BANDS, SAR
 from ..errors import DatasetNotFoundError, InputFileError
 from .cache import SharedImageCache
+from .sensors import SENSORS
 
 Split = Literal["train", "val", "test"]
 
@@ -133,13 +134,13 @@ class EuroSATMSSAR(NonGeoDataset):
     classes: ClassVar[tuple[str, ...]] = EUROSAT_CLASSES
 
     #: Band names of each modality's files, in file order.
-    all_bands: ClassVar[dict[str, tuple[str, ...]]] = {MS: S2_BANDS, SAR: S1_BANDS}
+    all_bands: ClassVar[dict[str, tuple[str, ...]]] = {m: SENSORS[m].bands for m in (MS, SAR)}
 
     #: Data type of each modality's files.
     dtypes: ClassVar[dict[str, str]] = {MS: "uint16", SAR: "float32"}
 
-    #: Units of each modality's raw values.
-    units: ClassVar[dict[str, str]] = {MS: "dn", SAR: "dB"}
+    #: Units of each modality's raw values, as checkpoints store them (the sensors').
+    units: ClassVar[dict[str, str]] = {m: SENSORS[m].units for m in (MS, SAR)}
 
     #: Ground sampling distance in metres.
     pixel_size: ClassVar[float] = 10.0

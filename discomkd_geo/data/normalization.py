@@ -17,7 +17,7 @@ whatever the method, so inference can tell a scene in other units from the train
 """
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from .bandstats import BandStats
+from .sensors import sensor_of
 
 
 class Normalize(nn.Module):
@@ -78,19 +79,8 @@ class HistogramBins:
         return self.low + (idx.double() + 0.5) * self.width
 
 
-#: Sentinel-2 L1C digital numbers (uint16): one bin per integer DN, centred on it, so
-#: percentiles of integer data are exact (the same as ``numpy.percentile``).
-DN_BINS = HistogramBins(-0.5, 65535.5, 65536)
-
-#: SAR backscatter in dB: 0.01 dB bins over [-80, 40) dB, percentile error <= 0.005 dB;
-#: Sentinel-1 GRD backscatter lies well inside this range (noise floor near -30 dB).
-DB_BINS = HistogramBins(-80.0, 40.0, 12000)
-
 #: Percentiles of the training data recorded per band in :attr:`BandStats.profile`.
 PROFILE_PERCENTILES: tuple[float, ...] = (2.0, 50.0, 98.0)
-
-#: Histogram bins for each unit of raw values (``dn`` for MS, ``dB`` for SAR).
-BINS_BY_UNITS: Mapping[str, HistogramBins] = {"dn": DN_BINS, "dB": DB_BINS}
 
 
 class RunningBandStats:
@@ -103,10 +93,11 @@ class RunningBandStats:
 
     Args:
         num_bands: number of channels of the images.
-        bins: histogram bins, e.g. :data:`DN_BINS` or :data:`DB_BINS`.
+        bins: histogram bins, a sensor's
+            (:attr:`~discomkd_geo.data.sensors.Sensor.histogram`).
     """
 
-    def __init__(self, num_bands: int, bins: HistogramBins = DN_BINS) -> None:
+    def __init__(self, num_bands: int, bins: HistogramBins) -> None:
         self.num_bands = num_bands
         self.bins = bins
         self.count = torch.zeros(num_bands, dtype=torch.float64)
@@ -202,7 +193,7 @@ def compute_stats(data: "Dataset[dict[str, Any]] | DataLoader[dict[str, Any]]",
                   modality: str, bands: Sequence[str],
                   method: Literal["percentile", "meanstd"] = "percentile",
                   low: float = 2.0, high: float = 98.0, max_samples: int | None = None,
-                  units: str = "dn", *, seed: int = 0, batch_size: int = 32,
+                  *, seed: int = 0, batch_size: int = 32,
                   num_workers: int = 0, progress: bool = True) -> BandStats:
     """Normalisation statistics of one modality in a single streaming pass.
 
@@ -213,15 +204,16 @@ def compute_stats(data: "Dataset[dict[str, Any]] | DataLoader[dict[str, Any]]",
     Args:
         data: the training split: a dataset of samples with ``image_<modality>``
             (``(C, H, W)``), or a DataLoader of such batches.
-        modality: modality name; images are read from ``image_<modality>``.
+        modality: modality name; images are read from ``image_<modality>``, and its
+            sensor's histogram (:attr:`~discomkd_geo.data.sensors.Sensor.histogram`:
+            exact percentiles of uint16 digital numbers, 0.01 dB bins for SAR) gives the
+            percentiles.
         bands: band names of the channels, in order.
         method: ``percentile`` or ``meanstd``.
         low: lower percentile (``percentile`` only).
         high: upper percentile (``percentile`` only).
         max_samples: read at most this many images (a seeded random subset of a
             dataset, the first ones of a DataLoader); ``None`` reads all.
-        units: ``dn`` (uint16 digital numbers, exact percentiles) or ``dB`` (0.01 dB
-            bins); chooses the histogram (:data:`BINS_BY_UNITS`).
         seed: seed of the random subset when ``max_samples`` caps a dataset.
         batch_size: images per read when ``data`` is a dataset.
         num_workers: DataLoader workers when ``data`` is a dataset.
@@ -231,14 +223,13 @@ def compute_stats(data: "Dataset[dict[str, Any]] | DataLoader[dict[str, Any]]",
         The statistics, bands in the given order.
 
     Raises:
-        ValueError: unknown ``units`` or ``method``, or no image was read.
+        ValueError: unknown ``modality`` or ``method``, or no image was read.
     """
-    if units not in BINS_BY_UNITS:
-        raise ValueError(f"units must be one of {sorted(BINS_BY_UNITS)}, got {units!r}")
+    sensor = sensor_of(modality)
     if method not in ("percentile", "meanstd"):
         raise ValueError(f"method must be 'percentile' or 'meanstd', got {method!r}")
     key = f"image_{modality}"
-    running = RunningBandStats(len(bands), BINS_BY_UNITS[units])
+    running = RunningBandStats(len(bands), HistogramBins(*sensor.histogram))
     limit = math.inf if max_samples is None else max_samples
     seen = 0
     with tqdm(total=None if max_samples is None else max_samples, unit="img",

@@ -40,14 +40,13 @@ from ..constants import (
     EUROSAT_CLASSES,
     EUROSAT_COLORS,
     MS,
-    S1_BANDS,
-    S2_BANDS,
     S2_RGB_BANDS,
     SAR,
 )
 from ..errors import ConfigError, InputFileError
 from .eurosat import stratified_split
 from .samplers import ValidWindowSampler
+from .sensors import SENSORS
 
 #: Largest side, in pixels, of the decimated nodata masks the valid area is traced from.
 MASK_SIDE = 1024
@@ -76,6 +75,8 @@ class SceneRaster(RasterDataset):
 
     #: Value of pixels without data in the files and in windows beyond them.
     nodata: ClassVar[float] = 0
+    #: The stored value of saturated pixels (``None``: none): unavailable, like nodata.
+    saturated: ClassVar[float | None] = None
 
     def __init__(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                  crs: Any = None, res: float | tuple[float, float] | None = None,
@@ -121,10 +122,14 @@ class SceneRaster(RasterDataset):
         return sample
 
     def valid_mask(self, data: np.ndarray) -> np.ndarray:
-        """Pixels of ``(C, H, W)`` raw data that hold data in every band."""
+        """Pixels of ``(C, H, W)`` raw data that hold data, not saturated, in every band."""
         if math.isnan(self.nodata):
-            return np.isfinite(data).all(axis=0)
-        return (data != self.nodata).all(axis=0)
+            valid = np.isfinite(data).all(axis=0)
+        else:
+            valid = (data != self.nodata).all(axis=0)
+        if self.saturated is not None:
+            valid &= (data != self.saturated).all(axis=0)
+        return valid
 
     def valid_area(self) -> BaseGeometry:
         """Where the files hold data, traced on masks of at most :data:`MASK_SIDE` px."""
@@ -149,13 +154,16 @@ class SceneRaster(RasterDataset):
 class Sentinel2Scene(SceneRaster):
     """Sentinel-2 L1C multispectral scene: 13 bands in EuroSAT order, uint16 DN, nodata 0.
 
+    Saturated pixels (DN 65535) count as nodata when windows are skipped.
+
     Images are returned as float32 digital numbers under ``image_ms``.
     """
 
     modality = MS
-    all_bands = S2_BANDS
+    all_bands = SENSORS[MS].bands
     rgb_bands = S2_RGB_BANDS
-    nodata = 0
+    nodata = SENSORS[MS].nodata
+    saturated = SENSORS[MS].saturated
 
 
 class Sentinel1Scene(SceneRaster):
@@ -171,8 +179,8 @@ class Sentinel1Scene(SceneRaster):
     """
 
     modality = SAR
-    all_bands = S1_BANDS
-    nodata = math.nan
+    all_bands = SENSORS[SAR].bands
+    nodata = SENSORS[SAR].nodata
 
     def __init__(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                  db: bool = True, **kwargs: Any) -> None:
@@ -352,8 +360,8 @@ class SceneSplits:
         ValueError: no window has little enough nodata.
     """
 
-    #: Units of the raw values of each modality.
-    units: Mapping[str, str] = {MS: "dn", SAR: "dB"}
+    #: Units of the raw values of each modality, as checkpoints store them (the sensors').
+    units: Mapping[str, str] = {m: SENSORS[m].units for m in (MS, SAR)}
     classes: Sequence[str] = EUROSAT_CLASSES
     colors: Sequence[tuple[int, int, int]] = EUROSAT_COLORS
 

@@ -18,7 +18,7 @@ normalisation (training only); for paired batches the geometric draw of the firs
 modality is replayed on the others (Kornia's ``params=``), so pairs stay aligned.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import kornia.augmentation as K
@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..config import AugmentConfig
 from .normalization import BandStats
+from .sensors import Sensor, sensor_of
 
 
 class RandomBandGainOffset(K.IntensityAugmentationBase2D):
@@ -184,27 +185,23 @@ def geometric_augmentation(config: AugmentConfig) -> K.AugmentationSequential:
                                                    turn_p=config.p if config.rot90 else 0.0))
 
 
-def intensity_augmentation(units: str, config: AugmentConfig,
+def intensity_augmentation(sensor: Sensor, config: AugmentConfig,
                            stats: BandStats | None = None) -> nn.Module:
-    """The intensity jitter that suits a modality's raw units, or identity if disabled.
+    """The intensity jitter that suits a sensor's raw units, or identity if disabled.
 
     Args:
-        units: ``dn`` (reflectance) or ``dB`` (SAR backscatter).
+        sensor: the sensor whose values are jittered: in decibels (SAR backscatter) a
+            shift in dB, otherwise (reflectance) a gain and offset.
         config: augmentation settings.
-        stats: normalisation statistics of the modality; for ``dB`` their scale turns
+        stats: normalisation statistics of the modality; for decibels their scale turns
             dB shifts into normalised units (``None``: the images are raw dB).
-
-    Raises:
-        ValueError: unknown ``units``.
     """
     if not config.intensity:
         return nn.Identity()
-    if units == "dn":
-        return RandomBandGainOffset(p=config.p)
-    if units == "dB":
+    if sensor.decibels:
         scale = stats.scale if stats is not None else [1.0]
         return RandomDecibelShift(scale, p=config.p)
-    raise ValueError(f"no intensity augmentation for units {units!r}")
+    return RandomBandGainOffset(p=config.p)
 
 
 class MultiModalAugmentation(nn.Module):
@@ -213,19 +210,19 @@ class MultiModalAugmentation(nn.Module):
     A mosaic's label map ``mask_<m>`` moves with its image (the same geometric draw).
 
     Args:
-        units: units of each modality's raw values (``dn`` or ``dB``), by modality name.
+        modalities: the modality names (each one's sensor says its intensity jitter).
         config: augmentation settings (``AugmentConfig``).
         stats: normalisation statistics per modality (for the SAR dB-to-normalised scale).
     """
 
-    def __init__(self, units: Mapping[str, str], config: AugmentConfig,
+    def __init__(self, modalities: Iterable[str], config: AugmentConfig,
                  stats: Mapping[str, BandStats] | None = None) -> None:
         super().__init__()
         self.share_geometry = config.share_geometry
-        self.geometric = nn.ModuleDict({m: geometric_augmentation(config) for m in units})
+        self.geometric = nn.ModuleDict({m: geometric_augmentation(config) for m in modalities})
         self.intensity = nn.ModuleDict({
-            m: intensity_augmentation(u, config, None if stats is None else stats[m])
-            for m, u in units.items()
+            m: intensity_augmentation(sensor_of(m), config, None if stats is None else stats[m])
+            for m in self.geometric
         })
 
     def forward(self, batch: dict[str, Any], paired: bool) -> dict[str, Any]:

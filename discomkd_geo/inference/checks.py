@@ -5,6 +5,11 @@ statistics pass reads a regular grid of small windows of the scene and compares 
 band's 2nd/50th/98th percentiles with those of the training data that the checkpoint
 carries (:attr:`~discomkd_geo.data.normalization.BandStats.profile`).
 
+The sample holds only available pixels: not nodata, not saturated, not masked
+(:meth:`~discomkd_geo.inference.io._Reader.read_raw_windows`). What depends on the sensor
+(how to measure distances, the usual storages, the values it can produce) is asked of its
+profile (:mod:`discomkd_geo.data.sensors`).
+
 Distances are measured in decades, the natural unit of unit mistakes: for SAR in dB,
 10 dB is one decade of power; for reflectance (positive digital numbers), the log10 of
 the ratio of medians. A scene is refused when its bands lie more than
@@ -14,8 +19,10 @@ than :data:`SHIFT_DECADES` on average while another storage fits far better (amp
 read as power is off by half its dB value). The raw values are matched against the other
 usual storages (dB, linear power, amplitude; reflectance 0-1, x 10000, with or without
 the baseline-04.00 offset) to name the likely fix. Band order is refused when two bands
-whose training medians are clearly ordered (NIR above red, VV above VH, ...) come in the
-opposite order in the scene.
+ordered in the training data (medians clearly apart, bright ends, p98, in the same order:
+NIR above red, VV above VH, ...) come in the opposite order in the scene at both. A
+permutation moves whole distributions; what clouds leave of a scene (mostly water, say)
+moves the medians of some bands below others but keeps its land's bright end in order.
 """
 
 import math
@@ -26,6 +33,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
+from ..data.sensors import Sensor
 from ..errors import InputFileError
 from ..models.info import BranchPredictor as Predictor
 from .io import SceneReader, Units
@@ -39,7 +47,8 @@ SHIFT_DECADES = 0.5
 BETTER_FIT = 3.0
 #: Band pairs whose training medians differ by at least this (decades) must keep their order.
 ORDER_DECADES = 0.2
-#: ... and are called permuted when the scene reverses them by at least this.
+#: ... and are called permuted when the scene reverses their medians by at least this
+#: (and their 98th percentiles by any amount).
 REVERSED_DECADES = 0.1
 #: Windows per side of the sample grid, and their size in pixels.
 SAMPLE_WINDOWS, SAMPLE_SIZE = 8, 64
@@ -49,15 +58,6 @@ FULL_PASS_CHUNK = 1024
 #: taken for an untagged fill value (SNAP and Earth Engine exports fill outside the swath
 #: with 0 in every band and do not always tag it as nodata).
 FILL_SHARE = 0.05
-#: What the sensors can produce, in the predictor's units: a value outside is a fill value
-#: or a conversion gone wrong, refused whatever its share (a fill block of 2% of a scene
-#: mapped as land). SAR: backscatter in dB, from below any noise floor to beyond the
-#: brightest corner reflector; MS: reflectance x 10000 from the slight negatives of
-#: atmospheric correction to beyond bright clouds at low sun (DN 65535 marks saturation).
-POSSIBLE: Mapping[str, tuple[float, float, str]] = {
-    "dB": (-100.0, 60.0, "SAR backscatter (-100 to 60 dB)"),
-    "dn": (-2000.0, 40000.0, "reflectance (-0.2 to 4, x 10000)"),
-}
 
 
 @dataclass(frozen=True)
@@ -124,13 +124,17 @@ class SceneCheck:
 
 def sample_windows(height: int, width: int, per_side: int = SAMPLE_WINDOWS,
                    size: int = SAMPLE_SIZE) -> list[Window]:
-    """A regular grid of ``per_side`` x ``per_side`` windows spread over the scene."""
-    def starts(extent: int) -> list[int]:
-        span = min(size, extent)
-        return sorted({int(v) for v in np.linspace(0, extent - span, per_side)})
+    """A regular grid of ``per_side`` x ``per_side`` windows spread over the scene.
 
-    return [Window(col, row, min(size, width), min(size, height))
-            for row in starts(height) for col in starts(width)]
+    Along a side shorter than ``per_side`` windows, the windows tile it instead, the last
+    one cut at the edge: spread windows would overlap there, counting pixels twice.
+    """
+    def spans(extent: int) -> list[tuple[int, int]]:
+        if per_side * size >= extent:
+            return [(start, min(size, extent - start)) for start in range(0, extent, size)]
+        return [(int(v), size) for v in np.linspace(0, extent - size, per_side)]
+
+    return [Window(col, row, w, h) for row, h in spans(height) for col, w in spans(width)]
 
 
 def _sample(reader: SceneReader, region: Window | None = None) -> tuple[np.ndarray, int]:
@@ -157,31 +161,21 @@ def _sample(reader: SceneReader, region: Window | None = None) -> tuple[np.ndarr
     return found, read
 
 
-def _distance(scene: float, training: float, db: bool) -> float:
-    """Decades between two medians (dB: tenths; positive values: log10 of the ratio)."""
-    if db:
-        return abs(scene - training) / 10.0
-    if scene <= 0 or training <= 0:
-        return math.inf
-    return abs(math.log10(scene / training))
+def _distance(scene: float, training: float, sensor: Sensor) -> float:
+    """Decades between two medians (infinite when they cannot be compared)."""
+    decades = abs(sensor.decades(scene, training))
+    return decades if math.isfinite(decades) else math.inf
 
 
-def candidates(declared: Units, db: bool) -> list[Candidate]:
-    """The usual storages of a modality's values, the declared one first."""
-    if db:
-        words = {"db": "dB", "linear": "linear power", "amplitude": "amplitude"}
-        first = [Candidate(words[declared.sar or "db"], declared, "")]
-        return first + [Candidate(word, replace(declared, sar=sar), f"sar_units={sar!r}")
-                        for sar, word in words.items() if sar != declared.sar]
-    usual = [("reflectance x 10000", 1.0, 0.0, "scale=1 and offset=0"),
-             ("reflectance 0-1", 1e4, 0.0, "scale=10000"),
-             ("reflectance x 10000 + 1000 (baseline 04.00)", 1.0, -1000.0, "offset=-1000")]
-    first = [Candidate(next((w for w, s, o, _ in usual if (s, o) == (declared.scale,
-                                                                      declared.offset)),
-                            declared.describe()), declared, "")]
-    return first + [Candidate(word, Units(None, scale, offset), fix)
-                    for word, scale, offset, fix in usual
-                    if (scale, offset) != (declared.scale, declared.offset)]
+def candidates(declared: Units, sensor: Sensor) -> list[Candidate]:
+    """The usual storages of the sensor's values (:attr:`Sensor.storages`), the declared first.
+
+    The declared one is named by its usual storage's words, else by its conversion.
+    """
+    usual = [Candidate(s.words, replace(declared, **s.declares), s.fix)
+             for s in sensor.storages]
+    label = next((c.label for c in usual if c.units == declared), declared.describe())
+    return [Candidate(label, declared, "")] + [c for c in usual if c.units != declared]
 
 
 def _medians(raw: np.ndarray, candidate: Candidate) -> np.ndarray:
@@ -211,9 +205,9 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
                        raw.shape[1] / max(read, 1))
     if raw.shape[1] == 0:
         where = "" if region is None else " in the area of interest"
-        check.problems.append(f"holds no valid pixel{where} (every pixel is nodata or not "
-                              "finite in "
-                              "some band); nothing to map")
+        check.problems.append(f"holds no valid pixel{where} (every pixel is nodata, "
+                              "saturated or masked, or not finite in some band); nothing "
+                              "to map")
         return check
     if problem := _fill_problem(raw):
         check.problems.append(problem)
@@ -221,8 +215,9 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
     converted, valid = reader.units.apply(raw, np.ones(raw.shape[1], dtype=bool))
     # Checked whatever the checkpoint holds, and reported after the units check: values
     # out of range because of a wrong scale are better named by their units.
-    impossible = impossible_problem(converted, valid, predictor.info.units, reader.units,
-                                    bands, "of the sample")
+    sensor = predictor.info.sensor
+    impossible = impossible_problem(converted, valid, sensor, reader.units, bands,
+                                    "of the sample")
     scene = np.percentile(converted[:, valid], [2, 50, 98], axis=1).T if valid.any() else (
         np.full((len(bands), 3), np.nan))
     profile = predictor.stats.profile
@@ -232,9 +227,8 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
         check.problems.extend([impossible] if impossible else [])
         return check
     training = np.array([profile["p2"], profile["p50"], profile["p98"]]).T
-    db = predictor.info.units == "dB"
-    options = candidates(reader.units, db)
-    fits = np.array([[_distance(m, t, db) if np.isfinite(m) else math.inf
+    options = candidates(reader.units, sensor)
+    fits = np.array([[_distance(m, t, sensor) if np.isfinite(m) else math.inf
                       for m, t in zip(_medians(raw, c), training[:, 1], strict=True)]
                      for c in options])
     declared = fits[0]
@@ -257,7 +251,7 @@ def check_scene(predictor: Predictor, reader: SceneReader, modality: str,
                                              training[worst, 1], declared[worst], options,
                                              fits))
     else:
-        for problem, pair in _order_problems(bands, scene[:, 1], training[:, 1], db):
+        for problem, pair in _order_problems(bands, scene, training, sensor):
             check.problems.append(problem)
             for i in pair:
                 verdicts[i] = "order"
@@ -291,7 +285,7 @@ def _fill_problem(raw: np.ndarray) -> str | None:
             "(or force=True to map anyway)")
 
 
-def impossible_problem(data: np.ndarray, valid: np.ndarray, units: str, storage: Units,
+def impossible_problem(data: np.ndarray, valid: np.ndarray, sensor: Sensor, storage: Units,
                        bands: Sequence[str], where: str) -> str | None:
     """The refusal of values no sensor produces among the valid pixels, or ``None``.
 
@@ -301,33 +295,24 @@ def impossible_problem(data: np.ndarray, valid: np.ndarray, units: str, storage:
     Args:
         data: ``(C, ...)`` values in the predictor's units (``storage`` applied).
         valid: which pixels hold a value in every band.
-        units: the predictor's units (a key of :data:`POSSIBLE`; others are not checked).
+        sensor: the predictor's sensor; what it can produce
+            (:attr:`~discomkd_geo.data.sensors.Sensor.possible`) is checked.
         storage: the conversion that was applied: the message names the value as stored,
             which is what ``nodata=`` compares.
         bands: the band names, in order.
         where: where they were found, for the message (``in rows 10-20``).
     """
-    if units not in POSSIBLE:
-        return None
-    low, high, what = POSSIBLE[units]
+    low, high = sensor.possible
     values = data[:, valid]
     out = (values < low) | (values > high)
     if not out.any():
         return None
     band = int(out.sum(axis=1).argmax())
     found, counts = np.unique(values[band, out[band]], return_counts=True)
-    value = _as_stored(storage, float(found[counts.argmax()]))
-    return (f"{int(out.any(axis=0).sum()):,} pixels {where} hold values that no {what} can "
-            f"be, most often {value:g} (band {bands[band]}); if it marks missing pixels, pass "
-            f"nodata={value:g} (or force=True to map anyway)")
-
-
-def _as_stored(storage: Units, value: float) -> float:
-    """A value in the predictor's units as the file stores it (``storage`` undone)."""
-    value = (value - storage.offset) / storage.scale
-    if storage.sar in ("linear", "amplitude"):
-        value = 10.0 ** (value / (10.0 if storage.sar == "linear" else 20.0))
-    return float(np.float32(value))  # the stored precision: -32768, not -32767.99999
+    value = storage.stored(float(found[counts.argmax()]))
+    return (f"{int(out.any(axis=0).sum()):,} pixels {where} hold values that no "
+            f"{sensor.possible_words} can be, most often {value:g} (band {bands[band]}); if "
+            f"it marks missing pixels, pass nodata={value:g} (or force=True to map anyway)")
 
 
 def _units_problem(band: str, median: float, training: float, decades: float,
@@ -352,24 +337,45 @@ def _units_problem(band: str, median: float, training: float, decades: float,
             f"training median {training:.4g} ({options[0].label}); {advice}")
 
 
-def _gap(high: float, low: float, db: bool) -> float:
+def _gap(high: float, low: float, sensor: Sensor) -> float:
     """Signed decades by which ``high`` exceeds ``low`` (0 when not comparable)."""
-    if db:
-        return (high - low) / 10.0
-    return math.log10(high / low) if min(high, low) > 0 else 0.0
+    decades = sensor.decades(high, low)
+    return decades if math.isfinite(decades) else 0.0
 
 
 def _order_problems(bands: Sequence[str], scene: np.ndarray, training: np.ndarray,
-                    db: bool) -> list[tuple[str, tuple[int, int]]]:
-    """Band pairs clearly ordered in training (e.g. B08 > B04) but reversed in the scene."""
+                    sensor: Sensor) -> list[tuple[str, tuple[int, int]]]:
+    """Band pairs ordered in training (e.g. B08 > B04) but reversed in the scene.
+
+    Args:
+        bands: the band names.
+        scene: the scene's p2, p50, p98 per band, ``(C, 3)``.
+        training: the training data's, ``(C, 3)``.
+        sensor: the sensor, which says how far apart two values are.
+
+    A pair is ordered in training when its medians are :data:`ORDER_DECADES` apart and its
+    98th percentiles in the same order; it is reversed in the scene when the medians are
+    :data:`REVERSED_DECADES` apart the other way and the 98th percentiles too (or tied).
+    A median alone follows the scene's mix of land covers: under 75% cloud, the clear rest
+    of a synthetic scene, half of it sea, had its B06 (red edge) median below B01's
+    (aerosol), as water has, while its land kept B06 above B01 at the bright end.
+    """
+    def apart(values: np.ndarray, high: int, low: int) -> tuple[float, float]:
+        """Decades by which band ``high`` exceeds band ``low`` at the median and at p98."""
+        return (_gap(values[high, 1], values[low, 1], sensor),
+                _gap(values[high, 2], values[low, 2], sensor))
+
     problems = []
     for i in range(len(bands)):
         for j in range(len(bands)):
-            if _gap(training[i], training[j], db) >= ORDER_DECADES and (
-                    _gap(scene[j], scene[i], db) >= REVERSED_DECADES):
+            median, bright = apart(training, i, j)
+            if median < ORDER_DECADES or bright <= 0:
+                continue
+            median, bright = apart(scene, j, i)
+            if median >= REVERSED_DECADES and bright >= 0:
                 problems.append((
-                    f"band order looks permuted: {bands[i]} (median {scene[i]:.4g}) "
-                    f"lies below {bands[j]} ({scene[j]:.4g}) while the training data has "
+                    f"band order looks permuted: {bands[i]} (median {scene[i, 1]:.4g}) "
+                    f"lies below {bands[j]} ({scene[j, 1]:.4g}) while the training data has "
                     f"{bands[i]} above {bands[j]}; check the band names or pass bands= in "
                     "raster order (or force=True to map anyway)", (i, j)))
     return problems[:1]  # the first reversed pair says it; more would repeat it

@@ -6,10 +6,10 @@ into chunks of output pixels; :func:`predict_chunk` reads one chunk's windows wi
 halo through windowed reads, classifies them and averages them per pixel (:mod:`.tiling`);
 several modalities are combined per pixel by a fusion rule (:mod:`.fusion`: where all are
 valid their fusion, elsewhere the one valid branch), which also says which evidence
-decided each pixel (the ``source`` raster). Three modes classify the pixels; the
-default, ``auto``, is ``pixel`` when every model has a per-pixel decoder, ``windows``
-when none has, and otherwise ``pixel`` with the branches without a decoder classified
-window by window inside its blocks (:attr:`Plan.windowed`):
+decided each pixel (the ``source`` raster). Three modes (:mod:`.modes`, one class each)
+classify the pixels; the default, ``auto``, is ``pixel`` when every model has a per-pixel
+decoder, ``windows`` when none has, and otherwise ``pixel`` with the branches without a
+decoder classified window by window inside its blocks (:attr:`Plan.windowed`):
 
 - ``pixel`` (models trained with ``model.decoder``): the chunk is cut into scene-anchored
   blocks of whole patches; each block's encoders and per-pixel decoder
@@ -86,6 +86,7 @@ from .fusion import (
 )
 from .io import Grid, SceneInput, SceneReader, as_input, open_readers
 from .masks import mask_records
+from .modes import MappingMode, mapping_mode
 from .outputs import MapOutputs, MapPaths, MapSummary
 from .runner import ChunkRunner, chunk_runner
 from .settings import DEFAULTS, SMOOTHING, Execution, MapSettings, Tiling
@@ -154,6 +155,11 @@ class Plan:
     force: bool = False
     fusion: FusionRule = field(default_factory=Product)
     windowed: frozenset[str] = frozenset()
+
+    @property
+    def mode(self) -> MappingMode:
+        """The mapping mode (:mod:`.modes`) the tiling names (resolved: never ``auto``)."""
+        return mapping_mode(self.tiling.mode)
 
     def computes(self, chunk: Window) -> bool:
         """Whether ``chunk`` is read and classified (it touches the area of interest)."""
@@ -239,13 +245,14 @@ def window_probabilities(predictor: Predictor, reader: SceneReader, plan: Plan, 
         the validity of the pixels of ``read``, the span's part inside the scene.
     """
     grid = plan.window_grid(predictor.info.patch_size)
-    halo = predictor.dense_halo() if plan.tiling.mode == "dense" else 0
+    pooled = plan.mode.pools_windows
+    halo = predictor.dense_halo() if pooled else 0
     span = grid.span(rows, cols)
     values, valid, read = read_values(predictor, reader, plan, span, halo)
     done = valid_fraction(valid, read, span, grid) >= plan.tiling.min_valid
     classes = len(predictor.info.classes)
     probs = np.zeros((len(rows), len(cols), classes), dtype=np.float32)
-    if plan.tiling.mode == "dense":
+    if pooled:
         if done.any():
             probs[done] = predictor.predict_dense(values, plan.tiling.stride, halo,
                                                   plan.device)[done]
@@ -272,7 +279,7 @@ def read_values(predictor: Predictor, reader: SceneReader, plan: Plan, span: Win
     data, valid = reader.read(reach)
     info = predictor.info
     if not plan.force and (problem := impossible_problem(
-            data, valid, info.units, reader.units, info.bands,
+            data, valid, info.sensor, reader.units, info.bands,
             f"in rows {reach.row_off}-{reach.row_off + reach.height}")):
         raise InputFileError(reader.name, problem)
     fill = typical_values(predictor)
@@ -352,9 +359,10 @@ def _predict_area(predictors: Mapping[str, Predictor], plan: Plan,
     probabilities (zero where no modality has one) and uint8 source codes.
     """
     branches = {}
+    per_pixel = plan.mode.per_pixel
     for modality, reader in plan.readers.items():
         predictor = predictors[modality]
-        if plan.tiling.mode == "pixel" and modality not in plan.windowed:
+        if per_pixel and modality not in plan.windowed:
             branches[modality] = pixel_probabilities(predictor, reader, plan, area)
         else:
             branches[modality] = _window_means(predictor, reader, plan, area)
@@ -369,14 +377,14 @@ def _blocks(plan: Plan, chunk: Window) -> list[Window]:
     windows are the same whatever area holds it), in modes dense and pixel the blocks
     touching the area (whole blocks: their values never depend on the cut).
     """
-    windows = plan.tiling.mode == "windows"
-    if windows and plan.aoi is None:
+    blocked = plan.mode.blocked
+    if not blocked and plan.aoi is None:
         return [chunk]
-    size = AOI_BLOCK if windows else plan.output_block
+    size = plan.output_block if blocked else AOI_BLOCK
     blocks = [Window(chunk.col_off + b.col_off, chunk.row_off + b.row_off, b.width, b.height)
               for b in chunk_layout(chunk.height, chunk.width, size)]
     blocks = [b for b in blocks if plan.computes(b)]
-    if not windows:
+    if blocked:
         return blocks
     out = plan.output
     bounds = plan.aoi.region(out.transform, out.width, out.height)
@@ -450,8 +458,8 @@ def _classes(predictors: Mapping[str, Predictor]) -> int:
 
 
 def _two_stage(plan: Plan) -> bool:
-    """Whether the map takes two stages: mode pixel with smoothing (:func:`smooth_chunk`)."""
-    return plan.tiling.mode == "pixel" and plan.tiling.smoothing > 0
+    """Whether the map takes two stages: smoothing in a mode that smooths (:func:`smooth_chunk`)."""
+    return plan.mode.smooths and plan.tiling.smoothing > 0
 
 
 @dataclass
@@ -603,8 +611,8 @@ def _as_dicts(predictors: Predictors, scenes: "Scenes"
     return {m: predictors[m] for m in scenes}, scenes
 
 
-def _smoothing(tiling: Tiling) -> float:
-    """The smoothing strength of a plan: ``tiling.smoothing``, its default resolved.
+def _smoothing(tiling: Tiling, mode: MappingMode) -> float:
+    """The smoothing strength of a plan in ``mode``: ``tiling.smoothing``, default resolved.
 
     The default smooths maps of one modality and fused maps alike: it smooths the fused
     probabilities, and raised the product fusion's OA on validation scenes by 2.5 points
@@ -617,14 +625,14 @@ def _smoothing(tiling: Tiling) -> float:
         SettingsError: smoothing asked for in mode ``pixel`` where PyTorch is missing.
     """
     smoothing = tiling.smoothing
-    if tiling.mode != "pixel" or importlib.util.find_spec("torch") is not None:
+    if not mode.smooths or importlib.util.find_spec("torch") is not None:
         return SMOOTHING if smoothing is None else smoothing
     if smoothing:
-        raise SettingsError("smoothing", "mode 'pixel' smooths with PyTorch, which is not "
-                                         "installed here: install it, or set smoothing=0")
+        raise SettingsError("smoothing", f"mode {mode.name!r} smooths with PyTorch, which is "
+                                         "not installed here: install it, or set smoothing=0")
     if smoothing is None:
-        log.warning("mode pixel: not smoothing the map (the smoothing needs PyTorch, which "
-                    "is not installed here)")
+        log.warning("mode %s: not smoothing the map (the smoothing needs PyTorch, which is "
+                    "not installed here)", mode.name)
     return 0.0
 
 
@@ -641,45 +649,27 @@ def make_plan(predictors: Predictors, scenes: "Scenes",
     """
     tiling, execution = settings.tiling, settings.execution
     predictors, inputs = _as_dicts(predictors, scenes)
-    windowed: frozenset[str] = frozenset()
-    if tiling.mode == "auto":
-        # Each branch in its best mode: a fused map is no worse for a branch without a
-        # decoder (the demo's MS branch) than that branch's own map.
-        windowed = frozenset(m for m, p in predictors.items() if not p.has_decoder)
-        tiling = replace(tiling, mode="windows" if len(windowed) == len(predictors)
-                         else "pixel")
-        windowed = windowed if tiling.mode == "pixel" else frozenset()
+    mode, windowed = mapping_mode(tiling.mode).resolve(predictors)
     inputs = {m: _absolute(s) for m, s in inputs.items()}
     area = read_aoi(tiling.aoi) if tiling.aoi is not None else None  # fail before the scenes
     grid, readers = open_readers(inputs, {m: p.info for m, p in predictors.items()})
     patch = min(p.info.patch_size for p in predictors.values())
-    # Dense mode makes fine strides cheap: a quarter patch by default (16 px for 64 px).
-    stride = tiling.stride or max(1, patch // (4 if tiling.mode == "dense" else 2))
+    stride = tiling.stride or mode.default_stride(patch)
     if not 0 < stride <= patch:
         raise CheckpointError(f"stride {stride} does not fit the model: it must be in "
                               f"[1, patch size {patch}] for windows to cover every pixel")
-    if tiling.mode == "dense":
-        for predictor in predictors.values():
-            predictor.dense_halo()  # raises for a branch that cannot run densely
-    if tiling.mode == "pixel":
-        for modality, predictor in predictors.items():
-            if modality not in windowed:
-                predictor.pixel_halo()  # raises for a branch without a decoder
-        if tiling.coarse:
-            raise SettingsError("coarse", "mode 'pixel' maps every input pixel; coarse "
-                                          "output is for modes 'windows' and 'dense'")
-    # Pixel blocks start on whole patches (whole encoder cells) of the scene.
-    unit = patch if tiling.mode == "pixel" else stride
+    mode.check(predictors, windowed, tiling.coarse)
+    unit = mode.block_unit(patch, stride)
     block = max(1, round(tiling.block_size / unit)) * unit
     device = execution.device or next(iter(predictors.values())).default_device()
     for predictor in predictors.values():
         predictor.check_device(device)
     outputs, fusing = settings.outputs, settings.fusing
-    smoothing = _smoothing(tiling)
+    smoothing = _smoothing(tiling, mode)
     accuracy = parse_accuracy(fusing.branch_accuracy) if fusing.branch_accuracy else None
     rule = fusion_rule(fusing.fusion, list(predictors), _classes(predictors), accuracy)
-    plan = Plan(grid, readers, replace(tiling, stride=stride, block_size=block,
-                                       smoothing=smoothing), device,
+    plan = Plan(grid, readers, replace(tiling, mode=mode.name, stride=stride,
+                                       block_size=block, smoothing=smoothing), device,
                 probabilities=bool(outputs.probabilities or outputs.confidence),
                 threads=execution.threads, force=settings.checks.force, fusion=rule,
                 windowed=windowed)
@@ -725,7 +715,7 @@ def _chunks(plan: Plan) -> list[Window]:
     chunks share no window unless the windows overlap (stride < patch); in modes dense and
     pixel to whole blocks (:attr:`Plan.output_block`).
     """
-    if plan.tiling.mode != "windows":
+    if plan.mode.blocked:
         cell = plan.output_block
     else:
         cell = 1 if plan.tiling.coarse else plan.tiling.stride
@@ -873,9 +863,28 @@ def _summary(paths: MapPaths, plan: Plan, info: PredictorInfo, chunks: Sequence[
                  for code, name in source_names(list(plan.readers)).items()})
 
 
+@dataclass(frozen=True)
+class _LazyLayer:
+    """One array :func:`predict_lazy` can return: its chunk result field, type and nodata."""
+
+    field: str
+    dtype: type
+    nodata: float
+    per_class: bool = False
+    #: Whether the array holds source codes: their names go in its ``sources`` attribute.
+    sources: bool = False
+
+
+#: :func:`predict_lazy`'s ``what``: the class codes, the probabilities, the source codes.
+_LAZY_LAYERS = {"classes": _LazyLayer("codes", np.uint8, CLASS_NODATA),
+                "probabilities": _LazyLayer("probs", np.float32, np.nan, per_class=True),
+                "source": _LazyLayer("source", np.uint8, SOURCE_NODATA, sources=True)}
+
+
 def predict_lazy(predictors: Predictors, scenes: "Scenes",
                  settings: MapSettings = DEFAULTS, *,
-                 what: Literal["classes", "probabilities"] = "classes") -> "xarray.DataArray":
+                 what: Literal["classes", "probabilities", "source"] = "classes"
+                 ) -> "xarray.DataArray":
     """The map as a lazy, Dask-backed :class:`xarray.DataArray` with CRS and transform.
 
     Nothing is read or classified until the array is computed (with any Dask scheduler);
@@ -888,36 +897,44 @@ def predict_lazy(predictors: Predictors, scenes: "Scenes",
         settings: as in :func:`predict_to_file`; its tiling, checks, ``device`` and
             ``threads`` apply (the array is computed by whatever Dask scheduler the caller
             uses, and written by the caller).
-        what: ``classes`` (uint8 ``(y, x)``, nodata 255) or ``probabilities`` (float32
-            ``(band, y, x)``, one band per class, NaN nodata).
+        what: ``classes`` (uint8 ``(y, x)``, nodata 255), ``probabilities`` (float32
+            ``(band, y, x)``, one band per class, NaN nodata) or ``source`` (uint8
+            ``(y, x)``, which evidence decided each pixel, as the ``source`` output raster:
+            its names in the ``sources`` attribute, nodata 255 outside the area of interest).
+
+    Raises:
+        SettingsError: ``what`` is none of these.
     """
     import dask.array as da
     import rioxarray  # noqa: F401  (registers the .rio accessor)
     import xarray as xr
 
+    if what not in _LAZY_LAYERS:
+        raise SettingsError("what", f"expected one of {', '.join(map(repr, _LAZY_LAYERS))}, "
+                                    f"got {what!r}")
+    layer = _LAZY_LAYERS[what]
     predictors, plan, _ = make_plan(predictors, scenes, settings)
-    plan = replace(plan, probabilities=what == "probabilities")
+    plan = replace(plan, probabilities=layer.per_class)
     info = next(iter(predictors.values())).info
     grid = plan.output
     chunks = _chunks(plan)
     columns = len(range(0, grid.width, chunks[0].width))
-    blocks = []
-    for chunk, result in zip(chunks, _lazy_results(predictors, plan, chunks), strict=True):
-        if what == "classes":
-            block = da.from_delayed(result.codes, (chunk.height, chunk.width), np.uint8)
-        else:
-            block = da.from_delayed(result.probs, (len(info.classes), chunk.height,
-                                                   chunk.width), np.float32)
-        blocks.append(block)
+    bands = (len(info.classes),) if layer.per_class else ()
+    blocks = [da.from_delayed(getattr(result, layer.field), (*bands, chunk.height, chunk.width),
+                              layer.dtype)
+              for chunk, result in zip(chunks, _lazy_results(predictors, plan, chunks),
+                                       strict=True)]
     rows = [blocks[i:i + columns] for i in range(0, len(blocks), columns)]
     array = da.block(rows)
     xs, _ = grid.transform @ (np.arange(grid.width) + 0.5, np.full(grid.width, 0.5))
     _, ys = grid.transform @ (np.full(grid.height, 0.5), np.arange(grid.height) + 0.5)
     coords: dict[str, Any] = {"y": ys, "x": xs}
     dims: tuple[str, ...] = ("y", "x")
-    if what == "probabilities":
+    if layer.per_class:
         dims, coords["band"] = ("band", "y", "x"), list(info.classes)
-    out = xr.DataArray(array, dims=dims, coords=coords, name=f"landcover_{what}",
-                       attrs={"classes": list(info.classes)})
+    attrs: dict[str, Any] = {"classes": list(info.classes)}
+    if layer.sources:
+        attrs["sources"] = source_names(list(plan.readers))
+    out = xr.DataArray(array, dims=dims, coords=coords, name=f"landcover_{what}", attrs=attrs)
     out = out.rio.write_crs(grid.crs).rio.write_transform(grid.transform)
-    return out.rio.write_nodata(CLASS_NODATA if what == "classes" else np.nan)
+    return out.rio.write_nodata(layer.nodata)

@@ -12,7 +12,9 @@ Scenes may be URLs (``https://``, ``s3://``), read by windowed range requests
 (:mod:`.remote`). Bands are matched to the checkpoint's band names through band
 descriptions, file names or an explicit list; SAR in linear power or amplitude is
 converted to dB and reflectance products are rescaled here, so the predictor receives the
-raw units it was trained on.
+raw units it was trained on. What depends on the sensor (a raw product refused, the
+storage of SAR backscatter, saturated pixels, resampling) is asked of the model's sensor
+profile (:mod:`discomkd_geo.data.sensors`).
 """
 
 import os
@@ -22,7 +24,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import TYPE_CHECKING, get_args
 
 import numpy as np
 import rasterio
@@ -36,6 +38,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
+from ..data.sensors import SAR_SCALES, SarUnits, Sensor
 from ..errors import InputFileError, SettingsError
 from ..models.info import PredictorInfo
 from .remote import bounded_reads, is_remote, remote_env
@@ -45,9 +48,6 @@ if TYPE_CHECKING:
     import xarray
 
     from .masks import MaskReader
-
-#: How a SAR input stores backscatter: dB, linear power (sigma0/gamma0) or amplitude.
-SarUnits = Literal["db", "linear", "amplitude"]
 
 #: Band names that STAC catalogues (Element 84's Earth Search, ...) give Sentinel-2 assets.
 S2_ALIASES: Mapping[str, str] = {
@@ -59,27 +59,11 @@ S2_ALIASES: Mapping[str, str] = {
 #: A Sentinel-2 band (``B4``, ``B04``, ``B8A``) or a polarisation, as a word of a longer name.
 _BAND_TOKEN = re.compile(r"(?<![A-Z0-9])(B\d{1,2}A?|VV|VH|HH|HV)(?![A-Z0-9])")
 
-#: ASF HyP3 RTC file names: ``..._RTC30_G_gpuned_...``; the 2nd letter after the product
-#: type is the scale: p(ower), a(mplitude) or d(ecibel).
-_HYP3_SCALE = re.compile(r"_RTC\d+_[A-Z]_[gs]([pad])[a-z]{4}_", re.IGNORECASE)
-_HYP3_UNITS: Mapping[str, SarUnits] = {"p": "linear", "a": "amplitude", "d": "db"}
-
-#: How :meth:`Units.describe` words each SAR storage.
-_SAR_WORDS: Mapping[str, str] = {"db": "dB", "linear": "linear power -> dB",
-                                 "amplitude": "amplitude -> dB"}
-
 #: The CRS of RPC coordinates (longitude, latitude on WGS 84).
 RPC_CRS = CRS.from_epsg(4326)
 
 #: Raster files looked for in a directory of band files.
 _RASTER_SUFFIXES = (".tif", ".tiff", ".jp2")
-
-#: Why a raw Sentinel-1 product is refused, and the tools that prepare it.
-RAW_S1_PROBLEM = (
-    "is a raw Sentinel-1 product (uncalibrated digital numbers in radar geometry); calibrate "
-    "it to backscatter and terrain-correct it first: ESA SNAP (Calibration + "
-    "Terrain-Correction), pyroSAR, ISCE or ASF HyP3 RTC, or download an RTC product (ASF "
-    "HyP3, Planetary Computer sentinel-1-rtc); then pass the GeoTIFF(s)")
 
 
 def canonical_band(name: str) -> str:
@@ -182,7 +166,8 @@ class Units:
     """Raw values -> the predictor's units: SAR power or amplitude to dB, then scale, offset.
 
     Attributes:
-        sar: how SAR raw values are stored (``None``: not SAR, no conversion).
+        sar: how SAR raw values are stored (a key of
+            :data:`~discomkd_geo.data.sensors.SAR_SCALES`; ``None``: not SAR, no conversion).
         scale: multiply by this after any dB conversion ...
         offset: ... then add this.
     """
@@ -191,19 +176,31 @@ class Units:
     scale: float = 1.0
     offset: float = 0.0
 
+    @property
+    def _db_per_decade(self) -> float | None:
+        """The stored SAR values' decibels per decade (``None``: nothing to convert)."""
+        return None if self.sar is None else SAR_SCALES[self.sar].db_per_decade
+
     def apply(self, data: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Convert ``(C, ...)`` values; power and amplitude <= 0 become invalid."""
-        if self.sar in ("linear", "amplitude"):
+        if (factor := self._db_per_decade) is not None:
             valid = valid & (data > 0).all(axis=0)
             with np.errstate(divide="ignore", invalid="ignore"):
-                data = (10.0 if self.sar == "linear" else 20.0) * np.log10(data)
+                data = factor * np.log10(data)
         if self.scale != 1.0 or self.offset != 0.0:
             data = data * np.float32(self.scale) + np.float32(self.offset)
         return data.astype(np.float32, copy=False), valid
 
+    def stored(self, value: float) -> float:
+        """A value in the predictor's units as the file stores it (:meth:`apply` undone)."""
+        value = (value - self.offset) / self.scale
+        if (factor := self._db_per_decade) is not None:
+            value = 10.0 ** (value / factor)
+        return float(np.float32(value))  # the stored precision: -32768, not -32767.99999
+
     def describe(self) -> str:
         """The conversion in words, e.g. ``linear power -> dB``."""
-        parts = [] if self.sar is None else [_SAR_WORDS[self.sar]]
+        parts = [] if self.sar is None else [SAR_SCALES[self.sar].conversion]
         if self.scale != 1.0:
             parts.append(f"x {self.scale:g}")
         if self.offset != 0.0:
@@ -237,11 +234,14 @@ class _Reader:
     """What every scene reader offers: raw values of a window, and values in model units.
 
     Validity is computed here for every consumer (scene checks, engine, statistics): a
-    pixel is valid where every band holds data and the scene's mask, if any, does not
-    declare it unavailable.
+    pixel is valid where every band holds data, no band holds the sensor's saturation code
+    (:attr:`~discomkd_geo.data.sensors.Sensor.saturated`) and the scene's mask, if any,
+    does not declare it unavailable.
     """
 
     grid: Grid
+    #: The sensor whose values the reader reads (its saturation code, its resampling).
+    sensor: Sensor
     units: Units
     #: Pixels declared unavailable besides nodata (:mod:`.masks`; ``None``: no mask).
     mask: "MaskReader | None"
@@ -258,14 +258,17 @@ class _Reader:
 
     def read_raw_windows(self, windows: Iterable[Window]
                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """:meth:`read_raw` of each window in turn; masked pixels are invalid."""
-        if self.mask is None:
-            yield from self._read_stored(windows)
-            return
+        """:meth:`read_raw` of each window in turn; saturated and masked pixels are invalid."""
         windows = list(windows)
-        for (data, valid), unavailable in zip(self._read_stored(windows),
-                                              self.mask.read_windows(windows), strict=True):
-            yield data, valid & ~unavailable
+        masked = (self.mask.read_windows(windows) if self.mask is not None
+                  else [None] * len(windows))
+        saturated = self.sensor.saturated
+        for (data, valid), unavailable in zip(self._read_stored(windows), masked, strict=True):
+            if saturated is not None:
+                # No measurement, like nodata; the code is a stored value (Sentinel-2's
+                # 65535 whatever the product's offset), so it is compared before units.
+                valid &= ~(data == np.float32(saturated)).any(axis=0)
+            yield data, valid if unavailable is None else valid & ~unavailable
 
     def _read_stored(self, windows: Iterable[Window]
                      ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -306,6 +309,7 @@ class RasterReader(_Reader):
 
     layers: tuple[Layer, ...]
     grid: Grid
+    sensor: Sensor
     warped: frozenset[str] = frozenset()
     units: Units = Units()
     nodata: float | None = None
@@ -364,13 +368,10 @@ class RasterReader(_Reader):
         nodata = src.nodata if self.nodata is None else self.nodata
         # A negligible approximation tolerance: each pixel is transformed (almost)
         # exactly, so its value does not depend on the window it is read through
-        # (byte-identical output for any chunking).
-        # SAR by nearest neighbour: its classes show in its speckle texture, which
-        # interpolation averages away (bilinear onto the demo MS grid: the SAR branch's OA
-        # fell from 0.86 to 0.36, mode pixel; docs/guide/per-pixel-fusion.md).
-        resampling = Resampling.nearest if self.units.sar is not None else Resampling.bilinear
-        warp = {"resampling": resampling, "dtype": "float32", "nodata": np.nan,
-                "tolerance": 1e-9}
+        # (byte-identical output for any chunking). The sensor says how to resample
+        # (SAR by nearest neighbour, which keeps the speckle texture its branch reads).
+        warp = {"resampling": Resampling[self.sensor.resampling], "dtype": "float32",
+                "nodata": np.nan, "tolerance": 1e-9}
         if src.crs is None:
             # GCPs or RPCs only: a WarpedVRT given an explicit grid ignores them and
             # reads the wrong pixels (rasterio 1.4, GDAL 3.10), so warp to GDAL's own
@@ -420,6 +421,7 @@ class ArrayReader(_Reader):
     array: "xarray.DataArray"
     positions: tuple[int, ...]
     grid: Grid
+    sensor: Sensor
     nodata: float | None = None
     units: Units = Units()
     name: str = "xarray input"
@@ -467,17 +469,18 @@ def _band_files(directory: Path) -> list[str]:
     return [path for _, path in finest.values()]
 
 
-def _expand(scene: SceneInput, sar: bool) -> list[str]:
-    """The raster files of a file input: directories replaced by their band files.
+def _expand(scene: SceneInput, sensor: Sensor) -> list[str]:
+    """The raster files of a file input of ``sensor``: directories replaced by their band files.
 
     Raises:
-        InputFileError: a raw Sentinel-1 product, a zipped product, or a missing path.
+        InputFileError: a ``.SAFE`` product the sensor refuses (a raw Sentinel-1 product),
+            a zipped product, or a missing path.
     """
     files = []
     for raw in scene.paths:
         path = Path(raw)
-        if sar and _is_safe(path):
-            raise InputFileError(raw, RAW_S1_PROBLEM)
+        if sensor.safe_problem is not None and _is_safe(path):
+            raise InputFileError(raw, sensor.safe_problem)
         if path.name.upper().endswith(".ZIP"):
             raise InputFileError(raw, "is a zipped product; unzip it and pass the directory")
         if path.is_dir():
@@ -630,8 +633,8 @@ def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
 
     ``first`` names the input that defined ``grid``, for error messages.
     """
-    sar = info.units == "dB"
-    files = _expand(scene, sar)
+    sensor = info.sensor
+    files = _expand(scene, sensor)
     labels: list[str | None] = []
     layers: list[Layer] = []
     warped = set()
@@ -658,18 +661,9 @@ def _open_files(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
                                              f"input has {len(layers)}", param="bands")
         labels = [canonical_band(b) for b in scene.bands]
     positions = match_bands(scene.name, labels, info.bands, modality)
-    units = Units(_sar_units(scene, files) if sar else None, scene.scale, scene.offset)
-    return grid, RasterReader(tuple(layers[p] for p in positions), grid, frozenset(warped),
-                              units, scene.nodata)
-
-
-def _sar_units(scene: SceneInput, files: Sequence[str]) -> SarUnits:
-    """The units asked for, else those ASF HyP3 RTC file names state, else dB."""
-    if scene.sar_units is not None:
-        return scene.sar_units
-    stated = {_HYP3_UNITS[m.group(1).lower()] for f in files
-              if (m := _HYP3_SCALE.search(Path(f).name))}
-    return stated.pop() if len(stated) == 1 else "db"
+    units = Units(sensor.sar_units(scene.sar_units, files), scene.scale, scene.offset)
+    return grid, RasterReader(tuple(layers[p] for p in positions), grid, sensor,
+                              frozenset(warped), units, scene.nodata)
 
 
 def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Grid | None,
@@ -700,10 +694,10 @@ def _open_array(scene: SceneInput, info: PredictorInfo, modality: str, grid: Gri
     else:
         labels = [None] * array.sizes["band"]
     positions = match_bands(name, labels, info.bands, modality)
-    units = Units((scene.sar_units or "db") if info.units == "dB" else None, scene.scale,
-                  scene.offset)
+    sensor = info.sensor
+    units = Units(sensor.sar_units(scene.sar_units, ()), scene.scale, scene.offset)
     nodata = array.rio.nodata if scene.nodata is None else scene.nodata
-    return own, ArrayReader(array, positions, own, nodata, units, name)
+    return own, ArrayReader(array, positions, own, sensor, nodata, units, name)
 
 
 def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, PredictorInfo]
@@ -731,16 +725,17 @@ def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
     readers: dict[str, SceneReader] = {}
     for modality, scene in inputs.items():
         info = infos[modality]
-        if scene.sar_units is not None and info.units != "dB":
+        if scene.sar_units is not None and not info.sensor.sar_scales:
             raise ValueError(f"sar_units given for the {modality} input, whose model does "
-                             "not read SAR in dB")
+                             f"not read SAR but {info.sensor.title}")
         opener = _open_files if scene.paths else _open_array
         own_grid, readers[modality] = opener(scene, info, modality, grid, first)
         if scene.mask is not None:
             from .masks import open_mask  # masks builds on this module's readers
 
             reader = readers[modality]
-            readers[modality] = replace(reader, mask=open_mask(scene, reader.grid, reader.name))
+            readers[modality] = replace(reader, mask=open_mask(scene, reader.grid, reader.name,
+                                                               info.sensor))
         grid, first = grid or own_grid, first or readers[modality].name
     if grid is None:
         raise ValueError("no scene given")

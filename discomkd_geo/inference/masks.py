@@ -20,7 +20,7 @@ Kinds of mask, one class each behind :data:`MASK_KINDS`:
 * ``binary``: 0/1, where **1 means unavailable** (0 available).
 * ``s2cloudless``: ``mask="auto"``, clouds detected on the Sentinel-2 Level-1C scene itself
   by Sentinel Hub's ``s2cloudless`` (its LightGBM pixel classifier on top-of-atmosphere
-  reflectance of B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12), dilated a little.
+  reflectance of B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12), smoothed a little.
 
 A mask file may lie on another grid: it is read on the output grid with nearest-neighbour
 resampling through a :class:`rasterio.vrt.WarpedVRT`; pixels it does not cover, and its
@@ -47,6 +47,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from ..constants import MS
+from ..data.sensors import SENSORS, Sensor
 from ..errors import InputFileError, SettingsError
 from .io import (
     _RASTER_SUFFIXES,
@@ -130,7 +132,7 @@ class CodedMask(MaskKind):
         """The refusal of a file holding ``values`` outside the legend."""
         return (f"holds values {_listed(values)} that are not {self.title} codes "
                 f"({self.describe(self.legend)}); if it is another kind of mask, name it "
-                f"with mask_kind ({', '.join(k for k in MASK_KINDS if k != 's2cloudless')})")
+                f"with mask_kind ({', '.join(_coded_kinds())})")
 
     def open(self, scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
         """Check the mask file (grid, codes, coverage) and describe how to read it."""
@@ -206,14 +208,20 @@ DETECTOR_BANDS = ("B01", "B02", "B04", "B05", "B08", "B8A", "B09", "B10", "B11",
 class CloudDetection(MaskKind):
     """``mask="auto"``: clouds detected by ``s2cloudless`` on the Level-1C scene itself.
 
-    Thresholds and post-processing: the package's probability threshold 0.4 and its
-    smallest averaging disk (radius 1 px), then a dilation by 2 px (20 m at 10 m), which
-    takes in the pixels mixed with a cloud's rim. Sentinel Hub's averaging over 4 px and
+    Thresholds and post-processing (s2cloudless's own parameters), chosen by measurement
+    on validation scenes (``benchmarks/bench_clouds.py --select``, key
+    ``clouds_selection`` of ``benchmarks/results.json``): the probability averaged over a
+    disk of radius 2 px, threshold 0.4, no dilation; the highest mean intersection over
+    union with thick clouds or cirrus (SCL 8, 9, 10) of the grid. Every setting with a
+    dilation scored lower: the probability already takes in a cloud's rim, and a dilated
+    rim is land handed to the other modality. Sentinel Hub's averaging over 4 px and
     dilation by 2 px are meant for detection at 160 m; at 10 m they would grow every
     cloud by some 60 m.
     """
 
     name = "s2cloudless"
+    #: The sensor whose Level-1C bands s2cloudless reads.
+    sensor: ClassVar[Sensor] = SENSORS[MS]
 
     def open(self, scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
         """Check that the scene is Level-1C with B10 and describe the detection on ``grid``."""
@@ -222,7 +230,7 @@ class CloudDetection(MaskKind):
                                              "files; an in-memory array cannot serve")
         if scene.mask_codes is not None:
             raise SettingsError("mask_codes", "cloud detection (mask 'auto') has no codes")
-        files = _expand(scene, sar=False)
+        files = _expand(scene, self.sensor)
         if _level2a(scene, files):
             raise InputFileError(scene_name, "is a Level-2A product (surface reflectance); "
                                              "s2cloudless detects clouds on Level-1C top-of-"
@@ -246,8 +254,9 @@ class CloudDetection(MaskKind):
                                              "Level-1C scene, or mask with a scene "
                                              "classification (mask 'scl') or a mask file")
         positions = match_bands(scene_name, labels, DETECTOR_BANDS, "ms")
-        bands = RasterReader(tuple(layers[p] for p in positions), grid, frozenset(warped),
-                             Units(None, scene.scale, scene.offset), scene.nodata)
+        bands = RasterReader(tuple(layers[p] for p in positions), grid, self.sensor,
+                             frozenset(warped), Units(None, scene.scale, scene.offset),
+                             scene.nodata)
         _detector()  # the package is there: fail now, not on a Dask worker
         return DetectorMaskReader(bands)
 
@@ -261,6 +270,11 @@ def _level2a(scene: SceneInput, files: Sequence[str]) -> bool:
 #: Every kind of mask by name.
 MASK_KINDS: dict[str, MaskKind] = {k.name: k for k in (SclCodes(), FmaskCodes(), BinaryMask(),
                                                        CloudDetection())}
+
+
+def _coded_kinds() -> list[str]:
+    """The names of the kinds read from a file of codes (every kind but detection)."""
+    return [name for name, kind in MASK_KINDS.items() if isinstance(kind, CodedMask)]
 
 
 # ----------------------------------------------------------------------------- readers
@@ -321,10 +335,11 @@ class DetectorMaskReader(MaskReader):
 
     bands: RasterReader
 
-    #: Probability threshold, averaging disk and dilation (px); see :class:`CloudDetection`.
+    #: Probability threshold, averaging disk and dilation (px; 0: none), chosen on
+    #: validation scenes; see :class:`CloudDetection`.
     threshold: ClassVar[float] = 0.4
-    average_over: ClassVar[int] = 1
-    dilation: ClassVar[int] = 2
+    average_over: ClassVar[int] = 2
+    dilation: ClassVar[int] = 0
     #: Side of the tiles detected at once, in pixels.
     tile: ClassVar[int] = 64
 
@@ -452,29 +467,41 @@ def _scl_file(scene: SceneInput) -> str | None:
     return min(found)[1] if found else None
 
 
-def resolve(scene: SceneInput, scene_name: str) -> tuple[MaskKind, SceneInput]:
+def resolve(scene: SceneInput, scene_name: str, sensor: Sensor) -> tuple[MaskKind, SceneInput]:
     """The kind of ``scene``'s mask, and the scene with its mask as a file (or ``auto``).
 
     ``mask="auto"`` is cloud detection; ``mask="scl"`` the SCL raster of the scene's
     ``.SAFE``; a file's kind is ``mask_kind``, else told by its name (``SCL``, ``Fmask``),
-    else 0/1.
+    else 0/1. Only the kinds the scene's sensor takes apply
+    (:attr:`~discomkd_geo.data.sensors.Sensor.mask_files` and
+    :attr:`~discomkd_geo.data.sensors.Sensor.mask_detector`: a Sentinel-1 scene takes 0/1
+    masks).
 
     Raises:
         InputFileError: ``mask="scl"`` and the scene holds no SCL raster.
-        SettingsError: ``mask_kind`` is unknown or contradicts ``mask``.
+        SettingsError: ``mask_kind`` is unknown, not one the sensor takes or contradicts
+            ``mask``; ``mask`` is ``auto`` or ``scl`` for a sensor without such masks.
     """
-    if scene.mask_kind is not None and scene.mask_kind not in MASK_KINDS:
-        raise SettingsError("mask_kind", f"must be one of {list(MASK_KINDS)}, got "
-                                         f"{scene.mask_kind!r}")
+    detector = sensor.mask_detector
+    kinds = [*sensor.mask_files, *([detector] if detector is not None else [])]
+    if scene.mask_kind is not None and scene.mask_kind not in kinds:
+        raise SettingsError("mask_kind", f"must be one of {kinds} for a {sensor.title} "
+                                         f"scene, got {scene.mask_kind!r}")
     if scene.mask == "auto":
-        if scene.mask_kind not in (None, "s2cloudless"):
+        if detector is None:
+            raise SettingsError("mask", f"'auto' detects clouds, which a {sensor.title} "
+                                        "scene does not have; pass a mask file")
+        if scene.mask_kind not in (None, detector):
             raise SettingsError("mask_kind", f"mask 'auto' is cloud detection; it cannot be "
                                              f"{scene.mask_kind!r}")
-        return MASK_KINDS["s2cloudless"], scene
-    if scene.mask_kind == "s2cloudless":
-        raise SettingsError("mask_kind", "'s2cloudless' runs on the scene itself: pass "
+        return MASK_KINDS[detector], scene
+    if detector is not None and scene.mask_kind == detector:
+        raise SettingsError("mask_kind", f"{detector!r} runs on the scene itself: pass "
                                          "mask='auto' instead of a file")
     if scene.mask == "scl":
+        if SclCodes.name not in sensor.mask_files:
+            raise SettingsError("mask", f"a {sensor.title} scene has no scene "
+                                        "classification (SCL); pass a mask file")
         found = _scl_file(scene)
         if found is None:
             raise InputFileError(scene_name, "holds no scene classification (SCL) raster "
@@ -484,26 +511,29 @@ def resolve(scene: SceneInput, scene_name: str) -> tuple[MaskKind, SceneInput]:
     if scene.mask_kind is not None:
         return MASK_KINDS[scene.mask_kind], scene
     stem = Path(str(scene.mask)).stem.upper().replace("_", " ")
-    guessed = next((k for k in MASK_KINDS.values() if isinstance(k, CodedMask)
-                    and k.named is not None and k.named.search(stem)), MASK_KINDS["binary"])
+    files = [MASK_KINDS[name] for name in sensor.mask_files]
+    guessed = next((k for k in files if isinstance(k, CodedMask) and k.named is not None
+                    and k.named.search(stem)), MASK_KINDS["binary"])
     return guessed, scene
 
 
-def open_mask(scene: SceneInput, grid: Grid, scene_name: str) -> MaskReader:
+def open_mask(scene: SceneInput, grid: Grid, scene_name: str, sensor: Sensor) -> MaskReader:
     """Check the mask ``scene`` names and describe how to read it on ``grid``.
 
     Args:
         scene: the scene input; its ``mask``, ``mask_kind`` and ``mask_codes`` are used.
         grid: the output grid.
         scene_name: the scene, for messages.
+        sensor: the scene's sensor, which says what masks apply.
 
     Raises:
         InputFileError: the mask is missing or unreadable, lies on a grid that does not
             overlap the scene, holds values that are not codes of its kind (named), or
             masks every pixel; for detection, the scene is not Level-1C or lacks B10.
-        SettingsError: ``mask_codes`` or ``mask_kind`` do not fit; s2cloudless is missing.
+        SettingsError: ``mask_codes`` or ``mask_kind`` do not fit (the mask or the
+            sensor); s2cloudless is missing.
     """
-    kind, scene = resolve(scene, scene_name)
+    kind, scene = resolve(scene, scene_name, sensor)
     return kind.open(scene, grid, scene_name)
 
 

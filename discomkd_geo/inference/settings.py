@@ -47,12 +47,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from ..errors import SettingsError
+from .modes import MODES, Auto
 
-#: ``dense``: encoders once per block, windows pooled from their feature maps;
-#: ``windows``: every window classified on its own; ``pixel``: encoders and per-pixel
-#: decoder once per block (models trained with ``model.decoder``); ``auto``: ``pixel``
-#: when every model has a decoder, else ``windows``.
-Mode = Literal["auto", "pixel", "windows", "dense"]
+#: A mapping mode's name: one of :data:`.modes.MODES` (one class each).
+Mode = Literal[tuple(MODES)]
 #: How windows beyond the scene edge are filled.
 PadMode = Literal["reflect", "constant"]
 #: How probability and confidence rasters store values.
@@ -190,14 +188,7 @@ class Tiling(_Group):
     """Which windows are classified, and how the map is cut into work."""
 
     mode: Mode = setting(
-        "auto",
-        "auto: pixel when every model has a per-pixel decoder, else windows; pixel: "
-        "encoders and the decoder once per block, a class for every input pixel (models "
-        "given a decoder: fit-decoder, or model.decoder_epochs); windows: every window "
-        "classified on its own; dense: "
-        "encoders once per block, windows pooled from their feature maps (several times "
-        "faster at fine strides, but windows then see their real neighbours instead of the "
-        "zero padding of training: check its accuracy for your model first).")
+        Auto.name, "; ".join(f"{name}: {mode.help}" for name, mode in MODES.items()) + ".")
     stride: int | None = setting(
         None, "Window step in input pixels [patch size / 4 dense, / 2 windows].", minimum=1)
     coarse: bool = setting(False, "One output pixel per stride cell.")

@@ -12,6 +12,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..data.bandstats import BandStats
+from ..data.sensors import Sensor, sensor_of
 
 
 @dataclass
@@ -25,8 +26,9 @@ class PredictorInfo:
         colors: one RGB triple per class, for colour tables and legends.
         patch_size: side of the square window the model classifies, in pixels.
         pixel_size: ground sampling distance of the training data in metres, if known.
-        units: what the raw values are: ``dB`` (SAR backscatter) or ``dn`` (Sentinel-2
-            L1C digital numbers, reflectance x 10000).
+        units: the name of the raw values' units as files store it, ``dB`` (SAR
+            backscatter) or ``dn`` (Sentinel-2 L1C digital numbers, reflectance x 10000):
+            the :attr:`sensor`'s, filled in when not given. Code asks :attr:`sensor`.
         method: training method that produced the branch (``discomkd``, ``mono``, ...).
         branch_spec: keyword arguments of :func:`discomkd_geo.models.branches.build_branch`.
         temperature: the calibration temperature ``T`` of the window classifier, whose
@@ -42,10 +44,23 @@ class PredictorInfo:
     colors: list[tuple[int, int, int]]
     patch_size: int
     pixel_size: float | None = None
-    units: str = "dn"
+    units: str | None = None
     method: str = "discomkd"
     branch_spec: dict[str, Any] = field(default_factory=dict)
     temperature: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.units is None:  # files always store it; new infos store their sensor's
+            self.units = self.sensor.units
+
+    @property
+    def sensor(self) -> Sensor:
+        """The profile of the sensor whose values the classifier reads.
+
+        From :mod:`discomkd_geo.data.sensors`, by modality; what depends on the sensor
+        (value range, storages, saturation, resampling) is asked of it.
+        """
+        return sensor_of(self.modality)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form."""

@@ -33,6 +33,8 @@ from qgis.core import (
 
 from .runner import EXECUTABLE_SETTING, Cancelled, CliError, run_cli
 
+#: ``predict --mode`` choices, default first: ``inference/modes.py``'s ``MODES``, which the
+#: plugin cannot import (QGIS's Python lacks the package; tests/test_modes.py compares them).
 MODES = ["auto", "pixel", "windows", "dense"]
 #: ``predict --fusion`` choices (``inference/settings.py``'s ``FusionName``), default first.
 FUSIONS = ["product", "weighted", "confident", "average"]
@@ -320,6 +322,9 @@ class ZonalAreas(CliAlgorithm):
 
 
 ALLOCATIONS = ["olofsson", "proportional", "equal"]
+#: The interval kinds of ``discomkd-geo assess --interval`` (the first is its default;
+#: tests/test_qgis.py checks both lists against the library's registries).
+INTERVALS = ["score", "wald"]
 
 
 class SampleForAssessment(CliAlgorithm):
@@ -405,6 +410,9 @@ class AssessAccuracy(CliAlgorithm):
         self.addParameter(QgsProcessingParameterFeatureSource(
             "ZONES", "Zones (figures per zone)", [QgsProcessing.TypeVectorPolygon],
             optional=True))
+        self.addParameter(QgsProcessingParameterEnum(
+            "INTERVAL", "95% intervals ('score': honest with few errors in a stratum; "
+            "'wald': the paper's)", INTERVALS, defaultValue=0))
         self.addParameter(QgsProcessingParameterFolderDestination("OUTPUT", "Report folder"))
         self.addOutput(QgsProcessingOutputString("REPORT", "Report"))
 
@@ -413,7 +421,8 @@ class AssessAccuracy(CliAlgorithm):
         [column] = self.parameterAsFields(parameters, "LABEL_COLUMN", context)
         args = ["assess", self.raster_path(parameters, "INPUT", context),
                 self.vector_path(parameters, "REFERENCE", context, feedback),
-                "--label-column", column, "-o", output, "--overwrite"]
+                "--label-column", column, "-o", output, "--overwrite",
+                "--interval", INTERVALS[self.parameterAsEnum(parameters, "INTERVAL", context)]]
         for name in ("AOI", "ZONES"):
             if parameters.get(name) is not None:
                 args += [f"--{name.lower()}", self.vector_path(parameters, name, context,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..constants import SAR
 from ..errors import SettingsError
 from ..files import atomic_path
+from ..inference.modes import Auto, MappingMode, mapping_mode
 from ..inference.settings import MapSettings, Mode
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ class MapScore:
     """
 
     scenes: int = 0
-    mode: Mode = "auto"
+    mode: Mode = Auto.name
     stride: int = 32
     size: int = 512
 
@@ -72,10 +73,10 @@ class MapScore:
 
     def map_settings(self, threads: int | None = None) -> MapSettings:
         """The engine's settings of the maps (on the CPU, ``threads`` torch threads)."""
-        # Pixel mode ignores the stride (auto maps in it or in windows mode): only dense
-        # mode keeps its own default.
-        return MapSettings.of(mode=self.mode,
-                              stride=None if self.mode == "dense" else self.stride,
+        # Pixel mode ignores the stride (auto maps in it or in windows mode): only a mode
+        # pooling its windows (dense) keeps its own, finer default.
+        pooled = mapping_mode(self.mode).pools_windows
+        return MapSettings.of(mode=self.mode, stride=None if pooled else self.stride,
                               device="cpu", threads=threads, overwrite=True)
 
     @property
@@ -89,10 +90,7 @@ class MapScore:
 
     def describe(self) -> str:
         """One line for the report."""
-        how = {"auto": f"mode auto (pixel with a decoder, else windows at stride "
-                       f"{self.stride})",
-               "windows": f"windows mode, stride {self.stride}",
-               "dense": "dense mode", "pixel": "pixel mode (per-pixel decoder)"}[self.mode]
+        how = mapping_mode(self.mode).describe(self.stride)
         return (f"SAR-only maps of {self.scenes} held-out synthetic scenes (seeds "
                 f"{self.seeds[0]}-{self.seeds[-1]}, {self.size} px), {how}; map OA and "
                 f"edge OA (within 3 px of a class boundary) are means over the scenes.")
@@ -111,12 +109,12 @@ def make_scenes(spec: MapScore, out: Path) -> list[Path]:
     return scenes
 
 
-def _sar_predictor(run_dir: Path, mode: Mode) -> "Predictor":
-    """The run's SAR predictor; in pixel mode, given a decoder first if it has none."""
+def _sar_predictor(run_dir: Path, mode: MappingMode) -> "Predictor":
+    """The run's SAR predictor; in a per-pixel mode, given a decoder first if it has none."""
     from ..models.predictor import load_torch_predictor
 
     predictor = load_torch_predictor(run_dir, SAR)
-    if mode == "pixel" and not predictor.has_decoder:
+    if mode.per_pixel and not predictor.has_decoder:
         from .decoder_fit import fit_decoders
 
         fit_decoders(run_dir, None, [SAR], overwrite=True)
@@ -169,8 +167,8 @@ def score_run(run_dir: str | os.PathLike[str], scenes: list[Path], spec: MapScor
     """
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    per_scene = score_scenes(_sar_predictor(run_dir, spec.mode), scenes, run_dir / "maps",
-                             spec, threads)
+    per_scene = score_scenes(_sar_predictor(run_dir, mapping_mode(spec.mode)), scenes,
+                             run_dir / "maps", spec, threads)
     means = {"map_oa": fmean(s["oa"] for s in per_scene.values()),
              "map_edge_oa": fmean(s["edge_oa"] for s in per_scene.values())}
     with atomic_path(run_dir / "map_score.json", overwrite=True) as tmp:
