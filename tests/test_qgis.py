@@ -157,9 +157,13 @@ def big_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
                        ["VV", "VH"])
 
 
-def test_runner_reports_progress_and_errors(sar_model: Path, tmp_path: Path) -> None:
+def test_runner_reports_progress_and_errors(sar_model: Path, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_inference import texture, write_scene
 
+    # A frame per chunk: tqdm draws at most every 0.1 s, and on a fast machine the whole
+    # map takes less (the run then gave only 0 and 100).
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")
     scene = write_scene(tmp_path / "sar.tif", texture(2, 256, seed=2), ["VV", "VH"])
     seen, lines = [], []
     run_cli(["predict", "--checkpoint", sar_model, "--sar", scene, "-o", tmp_path / "m.tif",
