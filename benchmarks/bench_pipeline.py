@@ -11,7 +11,7 @@ temporary directory (deleted afterwards), and reports:
   ``workers_run``), the unpaired class-balanced training loader
   (batch 128) two ways, on the same draws: ``per-sample`` (a plain DataLoader: each
   worker copies every image out of the cache, collates, and sends the batch through
-  shared memory) and ``gathered`` (the default, ``samplers.BatchLoader``: a batch whose
+  shared memory) and ``gathered`` (the default, ``batching.BatchLoader``: a batch whose
   images are cached is copied out of the cache image by image into the batch, in the
   loading process, into batch buffers reused once the batch is dropped; workers only
   read what the cache lacks). The consumer reads every page of every image, as a copy

@@ -24,13 +24,11 @@ from torchgeo.samplers import GridGeoSampler, RandomGeoSampler
 
 from discomkd_geo.config import AugmentConfig, load_config
 from discomkd_geo.constants import EUROSAT_CLASSES, MS, S1_BANDS, S2_BANDS, SAR
+from discomkd_geo.data.batching import BatchedDataset, BatchLoader, CachedBatch
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.eurosat import EuroSATMSSAR, EuroSATOptions
 from discomkd_geo.data.normalization import compute_stats
 from discomkd_geo.data.samplers import (
-    BatchedDataset,
-    BatchLoader,
-    CachedBatch,
     ClassBalancedSampler,
     PairedDataset,
     UnpairedSampler,

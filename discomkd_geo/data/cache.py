@@ -17,7 +17,7 @@ full file system fails there, and is unlinked at once, so no file outlives the
 processes using it, even killed ones.
 
 A whole batch is copied out of the cache at once (:meth:`SharedImageCache.gather`, what
-:class:`~.samplers.BatchLoader` uses), each image straight into its row of the batch.
+:class:`~.batching.BatchLoader` uses), each image straight into its row of the batch.
 """
 
 import contextlib

@@ -18,7 +18,7 @@ batch's device and, while training, augments.
 
 Batches of cached EuroSAT images are gathered whole: the loading process copies each image
 of a batch out of the shared image cache (:mod:`.cache`) straight into the batch, and
-DataLoader workers only read the images the cache lacks (:class:`~.samplers.BatchLoader`);
+DataLoader workers only read the images the cache lacks (:class:`~.batching.BatchLoader`);
 the batches are those of a per-sample loader.
 
 Distributed training: the loaders shard every split themselves
@@ -48,12 +48,11 @@ from torch.utils.data import (
 from ..config import DataConfig
 from ..constants import EUROSAT_COLORS
 from ..errors import ConfigError, DatasetSplitError
+from .batching import BatchedDataset, BatchLoader
 from .eurosat import SPLIT_FRACTIONS, EuroSATMSSAR, EuroSATOptions, stratified_split
 from .mosaic import PATCHES, MosaicDataset, MosaicSampler
 from .normalization import BandStats, Normalize, compute_stats
 from .samplers import (
-    BatchedDataset,
-    BatchLoader,
     ClassBalancedSampler,
     PairedDataset,
     RankShard,
@@ -77,7 +76,7 @@ class MSSARDataModule(L.LightningDataModule):
         patch_size: side of the square patches in pixels.
         pixel_size: ground sampling distance in metres.
         units: units of each modality's raw values (``dn`` or ``dB``).
-        gather_batches: load batches whole (:class:`~.samplers.BatchLoader`); ``False``
+        gather_batches: load batches whole (:class:`~.batching.BatchLoader`); ``False``
             loads them sample by sample, as a plain DataLoader (the same batches; for
             comparisons).
 
@@ -268,7 +267,7 @@ class MSSARDataModule(L.LightningDataModule):
                 batched: bool | None = None) -> DataLoader[Any]:
         """Batches of ``sampler``'s draws; ``batched`` (default :attr:`gather_batches`): whole.
 
-        A batched loader (:class:`~.samplers.BatchLoader`) yields the batches of the plain
+        A batched loader (:class:`~.batching.BatchLoader`) yields the batches of the plain
         one; those whose images are cached are copied from the caches straight into the
         batch, in this process, instead of sample by sample in a worker, stacked, and
         sent back through shared memory.
