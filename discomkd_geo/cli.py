@@ -505,10 +505,11 @@ def fit_calibration(run_dir: Path, modalities: tuple[str, ...], data_root: Path 
     """Calibrate a trained run's branches: one temperature each, on the validation split.
 
     Temperature scaling (Guo et al., 2017): each branch's logits are divided by one T > 0
-    that minimises the negative log-likelihood of the validation split; every class
-    stays the same, the confidences change. T is written into the run's checkpoints and
-    decoders, so predict, export and evaluate use it. What train does at the end of every
-    run; reliability diagrams go to RUN/plots/.
+    that minimises the negative log-likelihood of the validation split (a split the
+    branch classifies without error: the T whose mean confidence is (n + 1) / (n + 2),
+    the rule of succession); every class stays the same, the confidences change. T is
+    written into the run's checkpoints and decoders, so predict, export and evaluate use
+    it. What train does at the end of every run; reliability diagrams go to RUN/plots/.
     """
     import json
 
@@ -519,11 +520,8 @@ def fit_calibration(run_dir: Path, modalities: tuple[str, ...], data_root: Path 
         click.echo(json.dumps({m: r.to_dict() for m, r in results.items()}, indent=2))
         return
     for m, r in results.items():
-        if r.temperature is None:  # separable validation split: the log said why
-            click.echo(f"{m}: left uncalibrated, validation ECE {r.ece_before:.4f} "
-                       f"({r.samples} images)")
-            continue
-        click.echo(f"{m}: temperature {r.temperature:.4g}, validation ECE "
+        how = " (rule of succession)" if r.method == "succession" else ""
+        click.echo(f"{m}: temperature {r.temperature:.4g}{how}, validation ECE "
                    f"{r.ece_before:.4f} -> {r.ece_after:.4f} ({r.samples} images)")
 
 
@@ -671,11 +669,13 @@ _SCENE_OPTION_DECLS: list[tuple[str | None, str, tuple[str, ...], dict[str, Any]
              "its files' nodata tags: for exports that fill outside the swath without "
              "tagging it (SNAP, Earth Engine: --nodata 0); repeatable per modality.")),
     ("mask", "ms_mask", ("--ms-mask",), dict(
-        metavar="FILE|scl|auto",
+        metavar="FILE|scl|auto|none",
         help="MS pixels to treat as nodata (clouds, shadows): a mask raster on any "
              "overlapping grid (Sentinel-2 SCL, Fmask codes, or 0/1 with 1 = unavailable), "
-             "'scl' for the SCL of the L2A .SAFE or STAC Item, or 'auto' for cloud "
-             "detection by s2cloudless on an L1C scene (the 'clouds' extra).")),
+             "'scl' for the SCL of the L2A .SAFE or STAC Item, 'auto' for cloud "
+             "detection by s2cloudless on an L1C scene (the 'clouds' extra), or 'none' for "
+             "no mask [default: 'scl' for an L2A .SAFE or a STAC Item with an scl asset, "
+             "else none].")),
     ("mask_kind", "ms_mask_kind", ("--ms-mask-kind",), dict(
         type=click.Choice(SENSORS[MS].mask_files),
         help="What --ms-mask FILE holds [default: scl or fmask when its name says so, else "
@@ -869,6 +869,12 @@ def predict(checkpoint: Path, trusted: bool, sar: tuple[Path | str, ...],
         if scene_options.ms_mask == "scl" and source.scl is not None:  # the Item's L2A SCL
             scene_options = replace(scene_options, ms_mask=source.scl,
                                     ms_mask_kind=scene_options.ms_mask_kind or "scl")
+        elif source.scl is not None and MS in scenes and MS not in scene_options.masks():
+            # No MS mask option: the Item's SCL by default, as an L2A .SAFE's (masks.py).
+            from .inference.masks import note_default_scl
+
+            note_default_scl(str(stac_item), source.scl)
+            scene_options = replace(scene_options, ms_mask=source.scl, ms_mask_kind="scl")
     if ms:
         scenes[MS] = list(ms)
     if sar_vv or sar_vh:

@@ -21,11 +21,15 @@ from discomkd_geo.models.loader import load_predictor
 from discomkd_geo.models.predictor import Predictor
 from discomkd_geo.training.calibration import (
     ECE_BINS,
+    FIT_METHODS,
     BranchCalibration,
     Reliability,
+    choose_temperature,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
+    succession_temperature,
+    tempered_probabilities,
 )
 from discomkd_geo.training.temperature_fit import file_temperature, run_files
 
@@ -54,6 +58,37 @@ def test_fit_stops_at_the_bound_when_every_image_is_right() -> None:
     """Separable validation logits: the NLL falls all the way to T = 0."""
     logits = np.eye(10)[np.arange(50) % 10] * 3.0
     assert fit_temperature(logits, np.arange(50) % 10) == 0.05
+
+
+def test_a_separable_split_gets_the_rule_of_succession() -> None:
+    """No validation error: T makes the mean confidence (n + 1) / (n + 2), not 1 (the
+    NLL's bound) nor the under-confident plain softmax."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(150) % 10
+    logits = rng.uniform(0, 3, (150, 10))
+    logits[np.arange(150), labels] = 3.5  # every image right, with a margin
+    assert fit_temperature(logits, labels) == 0.05
+    temperature, method = choose_temperature(logits, labels)
+    assert method == "succession" and method in FIT_METHODS
+    assert temperature == succession_temperature(logits, labels)
+    confidence = tempered_probabilities(logits, temperature).max(axis=1).mean()
+    assert confidence == pytest.approx(151 / 152, abs=1e-9)
+    assert tempered_probabilities(logits, None).max(axis=1).mean() < 0.9  # as trained
+    # One mistake among 150: the NLL has its minimum, and it is used.
+    wrong = logits.copy()
+    wrong[0, labels[0]] -= 8.0
+    temperature, method = choose_temperature(wrong, labels)
+    assert method == "nll" and temperature == fit_temperature(wrong, labels) > 0.05
+
+
+def test_succession_stops_at_the_bounds() -> None:
+    """A match beyond the bounds: the nearer bound (chance-level logits never reach the
+    target confidence; huge margins exceed it even at T = 20)."""
+    labels = np.arange(20) % 10
+    flat = np.zeros((20, 10))
+    flat[np.arange(20), labels] = 1e-3
+    assert succession_temperature(flat, labels) == 0.05
+    assert succession_temperature(np.eye(10)[labels] * 1e4, labels) == 20.0
 
 
 def test_ece_of_a_hand_computed_example() -> None:
@@ -175,6 +210,7 @@ def test_train_calibrates_and_fit_calibration_refits(ms4_run: Path, tmp_path: Pa
     assert set(recorded) == {"ms", "sar"}
     for m, entry in recorded.items():
         assert file_temperature(run_files(ms4_run, m)[0], m) == entry["temperature"] > 0
+        assert entry["method"] in FIT_METHODS
         assert entry["ece_after"] <= entry["ece_before"] + 1e-9
         assert (ms4_run / "plots" / f"reliability_{m}_val.png").stat().st_size > 1000
     run = tmp_path / "run"
@@ -196,8 +232,9 @@ def test_train_calibrates_and_fit_calibration_refits(ms4_run: Path, tmp_path: Pa
     result = CliRunner().invoke(main, ["fit-calibration", str(run), "--modality", "sar",
                                        "--overwrite"])
     assert result.exit_code == 0, result.output
-    assert result.output.startswith(f"sar: temperature {recorded['sar']['temperature']:.4g}, "
-                                    "validation ECE")
+    how = " (rule of succession)" if recorded["sar"]["method"] == "succession" else ""
+    assert result.output.startswith(f"sar: temperature {recorded['sar']['temperature']:.4g}"
+                                    f"{how}, validation ECE")
 
 
 @pytest.mark.slow
@@ -222,27 +259,31 @@ def test_evaluate_reports_ece_before_and_after(ms4_run: Path, tmp_path: Path) ->
     assert refused.exit_code == 1 and "already exists" in refused.output
 
 
-def test_an_uncalibrated_branch_is_reported_without_a_temperature(
+def test_how_each_temperature_was_fitted_is_reported(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """A separable validation split leaves a branch uncalibrated (temperature None): training's
-    log and fit-calibration's lines say so instead of formatting None as a number (the
-    demo's MS branch once printed a logging traceback)."""
+    """Training's log and fit-calibration's lines say how each T was fitted: a branch
+    without validation error gets its T from the rule of succession (it was once left
+    uncalibrated, and its None temperature broke the log's formatting)."""
     import logging
 
     from discomkd_geo.config import load_config
     from discomkd_geo.training import temperature_fit, train
 
-    results = {"ms": BranchCalibration("ms", None, 10, 0.1, 0.1, 0.3, 0.3, False),
-               "sar": BranchCalibration("sar", 0.5, 10, 0.2, 0.05, 0.9, 0.6, False)}
+    results = {"ms": BranchCalibration("ms", 0.42, 10, 0.1, 0.01, 0.3, 0.05, False,
+                                       "succession"),
+               "sar": BranchCalibration("sar", 0.5, 10, 0.2, 0.05, 0.9, 0.6, False, "nll")}
     monkeypatch.setattr(train, "calibrate_run", lambda *args, **kwargs: results)
     monkeypatch.setattr(temperature_fit, "calibrate_run", lambda *args, **kwargs: results)
     with caplog.at_level(logging.INFO, logger="discomkd_geo"):
         assert train._calibrate(load_config(None), tmp_path, ["ms", "sar"]) == results
     messages = [record.getMessage() for record in caplog.records]  # raises on a bad format
-    assert messages == ["sar calibration: temperature 0.5, validation ECE 0.2000 -> 0.0500 "
-                        "(10 images)"]
+    assert messages == [
+        "ms calibration: temperature 0.42 (succession), validation ECE 0.1000 -> 0.0100 "
+        "(10 images)",
+        "sar calibration: temperature 0.5 (nll), validation ECE 0.2000 -> 0.0500 (10 images)"]
     out = CliRunner().invoke(main, ["fit-calibration", str(tmp_path)])
     assert out.exit_code == 0, out.output
     assert out.output.splitlines() == [
-        "ms: left uncalibrated, validation ECE 0.1000 (10 images)",
+        "ms: temperature 0.42 (rule of succession), validation ECE 0.1000 -> 0.0100 "
+        "(10 images)",
         "sar: temperature 0.5, validation ECE 0.2000 -> 0.0500 (10 images)"]

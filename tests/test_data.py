@@ -607,6 +607,31 @@ def _patches(scene: Path) -> ScenePatches:
                         LandCoverRaster(scene / "truth.tif"))
 
 
+def test_scene_layers_and_the_engine_share_the_saturation_rule(scene: Path) -> None:
+    """Training scenes skip what the engine leaves unmapped: a Sentinel-2 band at its
+    saturation code (DN 65535) or nodata makes a pixel invalid, through the one rule of
+    the sensor profile; class codes have no sensor and only their nodata."""
+    from discomkd_geo.data.sensors import SENSORS
+
+    with rasterio.open(scene / "ms.tif") as src:
+        data = src.read()
+    layer = Sentinel2Scene(scene / "ms.tif")
+    before = layer.valid_mask(data)
+    assert before[60:62, 60:63].all() and before[70, 70]
+    data[4, 60:62, 60:63] = 65535
+    data[:, 70, 70] = 0
+    expected = ~(data == 65535).any(axis=0) & ~(data == 0).any(axis=0)
+    assert layer.sensor is SENSORS[MS]
+    assert (layer.valid_mask(data) == expected).all()
+    assert (before & ~expected).sum() == 7
+    assert (SENSORS[MS].unsaturated(data, np.ones(data.shape[1:], bool))
+            == ~(data == 65535).any(axis=0)).all()
+    codes = np.full((1, 4, 4), 3, np.uint8)
+    codes[0, 0, 0] = LandCoverRaster.nodata
+    assert LandCoverRaster.sensor is None
+    assert LandCoverRaster(scene / "truth.tif").valid_mask(codes).sum() == 15
+
+
 def test_scene_windows_are_coregistered(scene: Path) -> None:
     joined = scene_dataset(Sentinel2Scene(scene / "ms.tif"), Sentinel1Scene(scene / "sar.tif"),
                            LandCoverRaster(scene / "truth.tif"))

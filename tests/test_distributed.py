@@ -190,6 +190,8 @@ def test_ddp_run_killed_mid_epoch_resumes_from_its_last_checkpoint(
     assert not [f for f in killed.files if ".partial" in f]
     resumed = (ddp_run.parent / "resumed.log").read_text()
     assert "resuming from epoch 1 (1 of 3 epochs done)" in resumed
+    # The logging interval fits a rank's share of the epoch, not the whole epoch's.
+    assert "smaller than the logging interval" not in killed.log + resumed
     assert "GLOBAL_RANK: 1" in resumed  # resumed under two processes too
     # ... and trained the two epochs left: the last checkpoint is the third epoch's.
     last = torch.load(ddp_run / "checkpoints" / "last.ckpt", weights_only=False)

@@ -7,6 +7,8 @@ its ``SCL_20m`` raster, Fmask codes, 0/1 masks, a STAC Item with an ``scl`` asse
 
 import hashlib
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from discomkd_geo.constants import CLASS_NODATA, S1_BANDS, S2_BANDS
 from discomkd_geo.data.synthetic import CLOUD_FILES, SCL, make_scene
 from discomkd_geo.errors import InputFileError, SettingsError
 from discomkd_geo.inference.engine import predict_to_file
+from discomkd_geo.inference.fusion import FUSED, SOURCE_CODES
 from discomkd_geo.inference.io import SceneInput, open_readers
 from discomkd_geo.inference.masks import read_on_grid
 from discomkd_geo.inference.settings import MapSettings
@@ -119,6 +122,30 @@ def write_safe(root: Path, scl: np.ndarray, data: np.ndarray) -> Path:
     return safe
 
 
+def write_item(path: Path, safe: Path, scl: Path | None = None) -> dict[str, dict]:
+    """A STAC Item (Earth Search's layout) whose assets are the bands of ``safe`` and an
+    SCL (default: the one in ``safe``)."""
+    assets = {b.stem.split("_")[2]: {"href": str(b), "type": "image/tiff", "roles": ["data"]}
+              for b in sorted(safe.rglob("*_10m.tif"))}
+    assets["scl"] = {"href": str(scl or next(safe.rglob("*SCL_20m.tif"))),
+                     "type": "image/tiff", "roles": ["data"]}
+    path.write_text(json.dumps({
+        "type": "Feature", "stac_version": "1.0.0", "id": "s2", "properties": {
+            "datetime": "2023-06-01T10:36:29Z"}, "geometry": None, "links": [],
+        "assets": assets}))
+    return assets
+
+
+def cloudy_safe(root: Path) -> tuple[Path, np.ndarray]:
+    """An L2A .SAFE with shadows, clouds and cirrus in its SCL, and which 10 m pixels they
+    cover (True: a masked code)."""
+    data = (texture(4, 64, 3) * 200 + 2000).astype(np.uint16)
+    scl = np.full((32, 32), 4, np.uint8)
+    scl[:8, :8], scl[8:16, :8], scl[:8, 8:16], scl[20:, 20:] = 3, 8, 10, 9
+    on_10m = np.kron(scl, np.ones((2, 2), np.uint8))  # the 20 m codes on the 10 m grid
+    return write_safe(root, scl, data), np.isin(on_10m, [3, 8, 9, 10])
+
+
 def test_scl_of_a_safe_masks_its_codes_and_the_stac_item_says_so(tmp_path: Path) -> None:
     data = (texture(4, 64, 3) * 200 + 2000).astype(np.uint16)
     scl = np.full((32, 32), 4, np.uint8)
@@ -142,16 +169,8 @@ def test_scl_of_a_safe_masks_its_codes_and_the_stac_item_says_so(tmp_path: Path)
                     MapSettings.of(overwrite=True))
     assert ((read(out)[0] == CLASS_NODATA) == (on_10m == 9)).all()
     # A STAC Item's scl asset serves as the mask: `predict --stac ... --ms-mask scl`.
-    bands = sorted(safe.rglob("*_10m.tif"))
-    assets = {b.stem.split("_")[2]: {"href": str(b), "type": "image/tiff", "roles": ["data"]}
-              for b in bands}
-    assets["scl"] = {"href": str(next(safe.rglob("*SCL_20m.tif"))), "type": "image/tiff",
-                     "roles": ["data"]}
     item_path = tmp_path / "item.json"
-    item_path.write_text(json.dumps({
-        "type": "Feature", "stac_version": "1.0.0", "id": "s2", "properties": {
-            "datetime": "2023-06-01T10:36:29Z"}, "geometry": None, "links": [],
-        "assets": assets}))
+    assets = write_item(item_path, safe)
     assert read_item(item_path).scl == assets["scl"]["href"]
     path = saved_ms4_model(tmp_path / "ms4.pt")
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(path), "--stac",
@@ -160,6 +179,107 @@ def test_scl_of_a_safe_masks_its_codes_and_the_stac_item_says_so(tmp_path: Path)
     assert result.exit_code == 0, result.output
     assert ((read(tmp_path / "stac.tif")[0] == CLASS_NODATA)
             == np.isin(on_10m, [3, 8, 9, 10])).all()
+
+
+def test_an_l2a_safe_is_masked_by_its_scl_by_default_unless_mask_none(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 26: an L2A product's own SCL masks its clouds without being asked, recorded
+    as an explicit mask='scl' is; mask='none' maps every pixel; a GeoTIFF of the same
+    pixels, or an L1C .SAFE, gets no mask."""
+    safe, cloudy = cloudy_safe(tmp_path)
+    model = make_predictor("ms", MS4)
+    out, explicit = tmp_path / "map.tif", tmp_path / "explicit.tif"
+    with caplog.at_level(logging.INFO, logger="discomkd_geo"):
+        summary = predict_to_file(model, SceneInput(safe), out)
+    scl = str(next(safe.rglob("*SCL_20m.tif")))
+    assert [r.getMessage() for r in caplog.records if "by default" in r.getMessage()] == [
+        f"{safe}: cloudy pixels masked by default with the scene classification {scl} "
+        "(codes 3 cloud shadows, 8 cloud medium probability, 9 cloud high probability, 10 "
+        "thin cirrus); pass mask='none' (--ms-mask none) to map them from this scene"]
+    assert ((read(out)[0] == CLASS_NODATA) == cloudy).all()
+    assert summary.mapped_pixels == int((~cloudy).sum())
+    predict_to_file(model, SceneInput(safe, mask="scl"), explicit)
+    assert np.array_equal(read(out), read(explicit))
+    item, asked = (json.loads(p.with_suffix(".stac.json").read_text()) for p in (out, explicit))
+    assert item["properties"]["discomkd:masks"] == asked["properties"]["discomkd:masks"]
+    assert item["properties"]["discomkd:masks"]["ms"]["source"] == scl
+    assert [link for link in item["links"] if "mask" in link.get("title", "")] == [
+        link for link in asked["links"] if "mask" in link.get("title", "")] != []
+    # mask='none': the clouds are mapped from the MS scene, and nothing records a mask.
+    summary = predict_to_file(model, SceneInput(safe, mask="none"), out,
+                              MapSettings.of(overwrite=True))
+    assert (read(out)[0] != CLASS_NODATA).all() and summary.mapped_pixels == 64 * 64
+    assert "discomkd:masks" not in json.loads(out.with_suffix(".stac.json").read_text())[
+        "properties"]
+    with pytest.raises(SettingsError, match="^mask_codes: given without a mask$"):
+        SceneInput(safe, mask="none", mask_codes=[9])
+    # The command line: --ms-mask none opts out, no option masks.
+    path = saved_ms4_model(tmp_path / "ms4.pt")
+    for option, masked in (["--ms-mask", "none"], False), ([], True):
+        result = CliRunner().invoke(main, ["predict", "--checkpoint", str(path), "--ms",
+                                           str(safe), *option, "-o", str(tmp_path / "cli.tif"),
+                                           "--overwrite", "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert ((read(tmp_path / "cli.tif")[0] == CLASS_NODATA) == (cloudy & masked)).all()
+        assert ("masked by default" in result.output) == masked
+    # No SCL, no mask: the same pixels as a GeoTIFF (an SCL beside it is no product's) ...
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    stack = np.stack([read(f)[0] for f in sorted(safe.rglob("*_10m.tif"))])
+    shutil.copy(scl, plain / "T31UFQ_20230601T103629_SCL_20m.tif")
+    # ... and an L1C .SAFE of them.
+    l1c = tmp_path / "S2B_MSIL1C_20230601T103629_N0509_R008_T31UFQ_20230601T124101.SAFE"
+    shutil.copytree(safe, l1c, ignore=shutil.ignore_patterns("*SCL*"))
+    for scene in (write_scene(plain / "ms.tif", stack, sorted(MS4), nodata=0), l1c):
+        _, readers = open_readers({"ms": SceneInput(scene)}, {"ms": model.info})
+        assert readers["ms"].mask is None
+
+
+def test_a_fused_map_takes_the_clouds_of_an_l2a_safe_from_sar_by_default(
+        tmp_path: Path) -> None:
+    """The default SCL mask hands the cloudy pixels to SAR (the source raster says 2);
+    with mask='none' both scenes are fused there."""
+    safe, cloudy = cloudy_safe(tmp_path)
+    sar = write_scene(tmp_path / "sar.tif", texture(2, 64, 6) - 12, list(S1_BANDS))
+    predictors = {"ms": make_predictor("ms", MS4), "sar": make_predictor("sar", list(S1_BANDS))}
+    source = tmp_path / "source.tif"
+    for mask, under_clouds in ((None, SOURCE_CODES["sar"]), ("none", FUSED)):
+        predict_to_file(predictors, {"ms": SceneInput(safe, mask=mask), "sar": sar},
+                        tmp_path / "fused.tif", MapSettings.of(source=source, overwrite=True))
+        evidence = read(source)[0]
+        assert (evidence[cloudy] == under_clouds).all()
+        assert (evidence[~cloudy] == FUSED).all()
+    assert (read(tmp_path / "fused.tif")[0] != CLASS_NODATA).all()
+
+
+def test_a_stac_items_scl_asset_masks_by_default(tmp_path: Path) -> None:
+    """predict --stac without --ms-mask masks the Item's scl asset and says so; --ms-mask
+    none maps every pixel."""
+    safe, cloudy = cloudy_safe(tmp_path)
+    # The SCL out of the .SAFE, whose band files would find it: only the Item names it.
+    scl = next(safe.rglob("*SCL_20m.tif")).rename(tmp_path / "T31UFQ_SCL_20m.tif")
+    item = tmp_path / "item.json"
+    write_item(item, safe, scl)
+    path = saved_ms4_model(tmp_path / "ms4.pt")
+    out = tmp_path / "stac.tif"
+    for option, masked in ([], True), (["--ms-mask", "none"], False):
+        result = CliRunner().invoke(main, ["predict", "--checkpoint", str(path), "--stac",
+                                           str(item), *option, "-o", str(out), "--overwrite",
+                                           "--no-progress"])
+        assert result.exit_code == 0, result.output
+        assert ((read(out)[0] == CLASS_NODATA) == (cloudy & masked)).all()
+        said = [line for line in result.output.splitlines() if "by default" in line]
+        assert said == ([f"{item}: cloudy pixels masked by default with the scene "
+                         f"classification {scl} (codes 3 cloud shadows, 8 cloud medium "
+                         "probability, 9 cloud high probability, 10 thin cirrus); pass "
+                         "mask='none' (--ms-mask none) to map them from this scene"]
+                        if masked else [])
+        masks = json.loads(out.with_suffix(".stac.json").read_text())["properties"].get(
+            "discomkd:masks")
+        assert masks == ({"ms": {"kind": "scl", "source": str(scl), "codes": [3, 8, 9, 10],
+                                 "meaning": "3 cloud shadows, 8 cloud medium probability, 9 "
+                                            "cloud high probability, 10 thin cirrus"}}
+                         if masked else None)
 
 
 def test_binary_and_fmask_masks_on_other_grids_are_resampled(tmp_path: Path) -> None:

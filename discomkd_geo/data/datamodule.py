@@ -324,19 +324,23 @@ class MSSARDataModule(L.LightningDataModule):
             return self.config.scenes.samples_per_epoch
         return max(len(ds) for ds in self.train_datasets.values())  # type: ignore[arg-type]
 
-    def train_batching(self) -> tuple[int, int]:
+    def train_batching(self, world: int | None = None) -> tuple[int, int]:
         """Items per epoch and per training batch: patches, or mosaics (``data.mosaic``).
 
-        Per rank under distributed training: the epoch divided by the ranks, rounded up.
+        Per rank under distributed training: the epoch divided by the ``world`` ranks
+        (default: the trainer's), rounded up.
         """
-        size = -(-self.epoch_size() // self.replicas()[0])
+        size = -(-self.epoch_size() // (world or self.replicas()[0]))
         if not self.config.mosaic:
             return size, self.config.batch_size
         return size // PATCHES, max(1, self.config.batch_size // PATCHES)
 
-    def train_batches(self) -> int:
-        """Training batches per epoch (the last one dropped if of one item: :func:`drops_last`)."""
-        items, batch = self.train_batching()
+    def train_batches(self, world: int | None = None) -> int:
+        """Training batches per epoch and rank, with ``world`` ranks (default: the trainer's).
+
+        The last batch is dropped if of one item (:func:`drops_last`).
+        """
+        items, batch = self.train_batching(world)
         return -(-items // batch) - drops_last(items, batch)
 
     def train_dataloader(self) -> DataLoader[Any]:

@@ -46,7 +46,7 @@ from ..constants import (
 from ..errors import ConfigError, InputFileError
 from .eurosat import stratified_split
 from .samplers import ValidWindowSampler
-from .sensors import SENSORS
+from .sensors import SENSORS, Sensor
 
 #: Largest side, in pixels, of the decimated nodata masks the valid area is traced from.
 MASK_SIDE = 1024
@@ -75,8 +75,8 @@ class SceneRaster(RasterDataset):
 
     #: Value of pixels without data in the files and in windows beyond them.
     nodata: ClassVar[float] = 0
-    #: The stored value of saturated pixels (``None``: none): unavailable, like nodata.
-    saturated: ClassVar[float | None] = None
+    #: The sensor of an image layer (its saturation code); ``None`` for class codes.
+    sensor: ClassVar[Sensor | None] = None
 
     def __init__(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                  crs: Any = None, res: float | tuple[float, float] | None = None,
@@ -127,9 +127,7 @@ class SceneRaster(RasterDataset):
             valid = np.isfinite(data).all(axis=0)
         else:
             valid = (data != self.nodata).all(axis=0)
-        if self.saturated is not None:
-            valid &= (data != self.saturated).all(axis=0)
-        return valid
+        return valid if self.sensor is None else self.sensor.unsaturated(data, valid)
 
     def valid_area(self) -> BaseGeometry:
         """Where the files hold data, traced on masks of at most :data:`MASK_SIDE` px."""
@@ -163,7 +161,7 @@ class Sentinel2Scene(SceneRaster):
     all_bands = SENSORS[MS].bands
     rgb_bands = S2_RGB_BANDS
     nodata = SENSORS[MS].nodata
-    saturated = SENSORS[MS].saturated
+    sensor = SENSORS[MS]
 
 
 class Sentinel1Scene(SceneRaster):
@@ -181,6 +179,7 @@ class Sentinel1Scene(SceneRaster):
     modality = SAR
     all_bands = SENSORS[SAR].bands
     nodata = SENSORS[SAR].nodata
+    sensor = SENSORS[SAR]
 
     def __init__(self, paths: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
                  db: bool = True, **kwargs: Any) -> None:

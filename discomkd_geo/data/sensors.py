@@ -122,6 +122,18 @@ class Sensor:
             return math.nan
         return math.log10(value / reference)
 
+    def unsaturated(self, data: Any, valid: Any) -> Any:
+        """``valid`` less the saturated pixels of ``(C, H, W)`` stored values.
+
+        A pixel where a band holds :attr:`saturated` has no measurement, like nodata. The
+        code is a stored value (Sentinel-2's 65535 whatever the product's offset), so it is
+        compared before any conversion of units. Arrays in, arrays out: this module imports
+        no numpy.
+        """
+        if self.saturated is None:
+            return valid
+        return valid & (data != self.saturated).all(axis=0)
+
     def sar_units(self, asked: SarUnits | None, files: Sequence[str]) -> SarUnits | None:
         """How ``files`` store SAR backscatter (``None``: the sensor is not SAR).
 

@@ -85,7 +85,7 @@ from .fusion import (
     source_names,
 )
 from .io import Grid, SceneInput, SceneReader, as_input, open_readers
-from .masks import mask_records
+from .masks import MASK_WORDS, mask_records
 from .modes import MappingMode, mapping_mode
 from .outputs import MapOutputs, MapPaths, MapSummary
 from .runner import ChunkRunner, chunk_runner
@@ -703,7 +703,7 @@ def _input_files(scenes: "Scenes") -> dict[str, str]:
         scene = as_input(scene)
         paths = scene.paths
         files.update({m if len(paths) == 1 else f"{m} {i + 1}": p for i, p in enumerate(paths)})
-        if scene.mask not in (None, "auto", "scl"):  # "auto", "scl": no file of its own
+        if scene.mask is not None and scene.mask not in MASK_WORDS:
             files[f"{m} mask"] = str(scene.mask)
     return files
 

@@ -107,7 +107,10 @@ class SceneInput:
         mask: pixels declared unavailable, like nodata (:mod:`.masks`): a raster on any
             grid that overlaps the scene (a Sentinel-2 SCL, Fmask codes, or 0/1 with
             1 = unavailable), ``"scl"`` for the SCL raster of the scene's Level-2A
-            ``.SAFE``, or ``"auto"`` for cloud detection by s2cloudless on a Level-1C scene.
+            ``.SAFE``, ``"auto"`` for cloud detection by s2cloudless on a Level-1C scene,
+            or ``"none"`` for no mask. ``None``, the default: ``"scl"`` with its default
+            codes when the scene has an SCL raster (an L2A ``.SAFE``), else no mask
+            (:func:`.masks.default_mask`).
         mask_kind: ``scl``, ``fmask`` or ``binary`` (default: ``scl``/``fmask`` when the
             file name says so, else ``binary``).
         mask_codes: the codes that mark unavailable pixels (default: SCL 3, 8, 9, 10;
@@ -140,7 +143,7 @@ class SceneInput:
             object.__setattr__(self, "mask", os.fspath(self.mask))
         if self.mask_codes is not None:
             object.__setattr__(self, "mask_codes", tuple(int(c) for c in self.mask_codes))
-        if self.mask is None and (self.mask_kind or self.mask_codes) is not None:
+        if self.mask in (None, "none") and (self.mask_kind or self.mask_codes) is not None:
             raise SettingsError("mask_kind" if self.mask_kind else "mask_codes",
                                 "given without a mask")
 
@@ -235,7 +238,7 @@ class _Reader:
 
     Validity is computed here for every consumer (scene checks, engine, statistics): a
     pixel is valid where every band holds data, no band holds the sensor's saturation code
-    (:attr:`~discomkd_geo.data.sensors.Sensor.saturated`) and the scene's mask, if any,
+    (:meth:`~discomkd_geo.data.sensors.Sensor.unsaturated`) and the scene's mask, if any,
     does not declare it unavailable.
     """
 
@@ -262,12 +265,8 @@ class _Reader:
         windows = list(windows)
         masked = (self.mask.read_windows(windows) if self.mask is not None
                   else [None] * len(windows))
-        saturated = self.sensor.saturated
         for (data, valid), unavailable in zip(self._read_stored(windows), masked, strict=True):
-            if saturated is not None:
-                # No measurement, like nodata; the code is a stored value (Sentinel-2's
-                # 65535 whatever the product's offset), so it is compared before units.
-                valid &= ~(data == np.float32(saturated)).any(axis=0)
+            valid = self.sensor.unsaturated(data, valid)
             yield data, valid if unavailable is None else valid & ~unavailable
 
     def _read_stored(self, windows: Iterable[Window]
@@ -711,8 +710,9 @@ def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
         inputs: scene per modality, the grid-defining one first.
         infos: what each modality's predictor reads (bands, units, pixel size).
 
-    A scene's ``mask`` (:mod:`.masks`) is checked here too and read with it: the pixels
-    it declares unavailable are invalid like nodata.
+    A scene's ``mask`` (:mod:`.masks`), or its default one (the SCL raster of an L2A
+    ``.SAFE``), is checked here too and read with it: the pixels it declares unavailable
+    are invalid like nodata.
 
     Raises:
         InputFileError: a file is missing or unreadable, a raw Sentinel-1 product, not
@@ -720,6 +720,8 @@ def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
             mask does not overlap, holds unknown codes or masks every pixel.
         SettingsError: a mask's kind or codes do not fit it.
     """
+    from .masks import open_mask  # masks builds on this module's readers
+
     grid: Grid | None = None
     first = ""
     readers: dict[str, SceneReader] = {}
@@ -730,12 +732,9 @@ def open_readers(inputs: Mapping[str, SceneInput], infos: Mapping[str, Predictor
                              f"not read SAR but {info.sensor.title}")
         opener = _open_files if scene.paths else _open_array
         own_grid, readers[modality] = opener(scene, info, modality, grid, first)
-        if scene.mask is not None:
-            from .masks import open_mask  # masks builds on this module's readers
-
-            reader = readers[modality]
-            readers[modality] = replace(reader, mask=open_mask(scene, reader.grid, reader.name,
-                                                               info.sensor))
+        reader = readers[modality]
+        if (mask := open_mask(scene, reader.grid, reader.name, info.sensor)) is not None:
+            readers[modality] = replace(reader, mask=mask)
         grid, first = grid or own_grid, first or readers[modality].name
     if grid is None:
         raise ValueError("no scene given")

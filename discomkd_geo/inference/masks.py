@@ -14,7 +14,8 @@ Kinds of mask, one class each behind :data:`MASK_KINDS`:
   Specification Document, Level-2A SCL codes 0-11); by default codes 3 (cloud shadows),
   8 and 9 (cloud, medium and high probability) and 10 (thin cirrus) are masked. Given as
   a file, or as ``"scl"``: the ``SCL_20m`` raster of the scene's L2A ``.SAFE`` (the CLI
-  also takes a STAC Item's ``scl`` asset).
+  also takes a STAC Item's ``scl`` asset). A scene that names no mask (``mask=None``) and
+  has such a raster is masked by it (:func:`default_mask`); ``mask="none"`` declines it.
 * ``fmask``: Fmask codes (Zhu & Woodcock: 0 clear land, 1 clear water, 2 cloud shadow,
   3 snow, 4 cloud, 255 fill); 2 and 4 are masked by default.
 * ``binary``: 0/1, where **1 means unavailable** (0 available).
@@ -50,6 +51,7 @@ from rasterio.windows import Window
 from ..constants import MS
 from ..data.sensors import SENSORS, Sensor
 from ..errors import InputFileError, SettingsError
+from ..logs import log
 from .io import (
     _RASTER_SUFFIXES,
     Grid,
@@ -72,6 +74,8 @@ from .tiling import chunk_layout
 _UNCOVERED = 254
 #: Rows per strip, and chunk side, of the passes that read a whole mask.
 _SCAN_SIDE = 1024
+#: The ``mask`` values that are words, not files: detection, the scene's own SCL, none.
+MASK_WORDS = ("auto", "scl", "none")
 
 
 class MaskReader:
@@ -455,8 +459,9 @@ def _scl_file(scene: SceneInput) -> str | None:
         path = Path(raw)
         if path.is_dir():
             roots.add(path)
-        elif _is_safe(path):  # a band file inside a product: its .SAFE folder
-            roots.add(next(p for p in path.parents if p.name.upper().endswith(".SAFE")))
+        elif _is_safe(path):  # a band file inside a product: its .SAFE folder (a lone
+            # manifest.safe has none, and default_mask looks here for every scene)
+            roots.update(p for p in path.parents if p.name.upper().endswith(".SAFE"))
     found = []
     for root in sorted(roots):
         for path in root.rglob("*"):
@@ -517,11 +522,37 @@ def resolve(scene: SceneInput, scene_name: str, sensor: Sensor) -> tuple[MaskKin
     return guessed, scene
 
 
-def open_mask(scene: SceneInput, grid: Grid, scene_name: str, sensor: Sensor) -> MaskReader:
-    """Check the mask ``scene`` names and describe how to read it on ``grid``.
+def note_default_scl(scene_name: str, scl: str) -> None:
+    """Say, in one INFO line, that ``scl`` masks ``scene_name`` by default, and how not to."""
+    log.info("%s: cloudy pixels masked by default with the scene classification %s (codes "
+             "%s); pass mask='none' (--ms-mask none) to map them from this scene", scene_name,
+             scl, SclCodes().describe(SclCodes.default))
+
+
+def default_mask(scene: SceneInput, sensor: Sensor) -> SceneInput:
+    """The scene with the mask it gets when it names none (``mask=None``).
+
+    A scene of a sensor with scene classifications (Sentinel-2) that has an SCL raster,
+    as :func:`resolve` finds it for ``mask="scl"`` (an L2A ``.SAFE``, or a band file inside
+    one), is masked by it with the default codes, said in one INFO line naming the input
+    as given: a cloudy Level-2A product is not mapped as land unless asked
+    (``mask="none"``). Any other scene (a GeoTIFF, an L1C ``.SAFE``, an array) is
+    returned as it is, without a mask.
+    """
+    found = _scl_file(scene) if SclCodes.name in sensor.mask_files else None
+    if found is None:
+        return scene
+    note_default_scl(scene.name, found)
+    return replace(scene, mask=found, mask_kind=SclCodes.name)
+
+
+def open_mask(scene: SceneInput, grid: Grid, scene_name: str, sensor: Sensor
+              ) -> MaskReader | None:
+    """Check the mask ``scene`` names, or its default, and describe how to read it on ``grid``.
 
     Args:
-        scene: the scene input; its ``mask``, ``mask_kind`` and ``mask_codes`` are used.
+        scene: the scene input; its ``mask``, ``mask_kind`` and ``mask_codes`` are used:
+            ``mask=None`` is the default mask (:func:`default_mask`), ``"none"`` none.
         grid: the output grid.
         scene_name: the scene, for messages.
         sensor: the scene's sensor, which says what masks apply.
@@ -532,7 +563,14 @@ def open_mask(scene: SceneInput, grid: Grid, scene_name: str, sensor: Sensor) ->
             masks every pixel; for detection, the scene is not Level-1C or lacks B10.
         SettingsError: ``mask_codes`` or ``mask_kind`` do not fit (the mask or the
             sensor); s2cloudless is missing.
+
+    Returns:
+        The mask's reader; ``None`` for no mask (``"none"``, or none by default).
     """
+    if scene.mask is None:
+        scene = default_mask(scene, sensor)
+    if scene.mask in (None, "none"):
+        return None
     kind, scene = resolve(scene, scene_name, sensor)
     return kind.open(scene, grid, scene_name)
 

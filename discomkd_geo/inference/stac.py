@@ -44,7 +44,8 @@ class ItemInputs:
         bands: band names per modality, in raster order across its files.
         datetime: the Item's acquisition time (``datetime`` or ``start_datetime``).
         scl: the Sentinel-2 Level-2A scene classification asset (key ``scl``), if any:
-            the MS mask of ``mask='scl'`` (:mod:`.masks`).
+            the MS mask of ``mask='scl'`` (:mod:`.masks`), and ``predict --stac``'s MS mask
+            by default.
     """
 
     item: str

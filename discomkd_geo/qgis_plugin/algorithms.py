@@ -142,7 +142,9 @@ class MapLandCover(CliAlgorithm):
             "parcels keep one class (advanced: smoothing strength, 0 turns it off; the "
             "smoothing needs PyTorch, even with an .onnx model: without it maps are unsmoothed). "
             "An area of interest limits the map to its polygons. A cloud mask (Sentinel-2 "
-            "scene classification, Fmask, or 0/1) makes the masked MS pixels nodata. "
+            "scene classification, Fmask, or 0/1) makes the masked MS pixels nodata; "
+            "without one, MS band files of an L2A .SAFE are masked by its scene "
+            "classification (SCL: cloud shadows, clouds, thin cirrus). "
             "Given both scenes, each pixel takes the best evidence there: where both are "
             "valid their fusion (rule 'product' by default: the branches' probabilities "
             "multiplied), elsewhere the one valid scene; the optional evidence raster says "
@@ -176,7 +178,8 @@ class MapLandCover(CliAlgorithm):
         accuracy.setFlags(accuracy.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
         self.addParameter(accuracy)
         for name, title in (("MS_MASK", "Sentinel-2 cloud mask (SCL, Fmask or 0/1 with "
-                                        "1 = unavailable): masked pixels are nodata"),
+                                        "1 = unavailable): masked pixels are nodata "
+                                        "(empty: the SCL of an L2A .SAFE)"),
                             ("SAR_MASK", "SAR mask (0/1, 1 = unavailable)")):
             self.addParameter(QgsProcessingParameterRasterLayer(name, title, optional=True))
         self.addParameter(QgsProcessingParameterFeatureSource(

@@ -26,7 +26,7 @@ from ..files import atomic_path
 from ..logs import log
 from ..models._files import load_torch_file
 from ..models.predictor import CHECKPOINT_KEY, PREDICTOR_FORMAT, RUN_DECODERS, load_torch_predictor
-from .calibration import TEMPERATURE_BOUNDS, BranchCalibration, calibration_of, fit_temperature
+from .calibration import TEMPERATURE_BOUNDS, BranchCalibration, calibration_of, choose_temperature
 from .decoder_fit import run_modalities
 from .evaluate import split_logits
 from .plots import plot_reliability
@@ -116,19 +116,12 @@ def calibrate_run(run_dir: str | os.PathLike[str], modalities: list[str] | None 
         predictor = load_torch_predictor(run_dir, m, map_location=device)
         logits, labels = split_logits(predictor, config.data, "val", os.fspath(run_dir),
                                       progress=progress)
-        temperature: float | None = fit_temperature(logits, labels)
-        if temperature == TEMPERATURE_BOUNDS[0]:
-            # Every validation image is right with a margin: the NLL keeps falling towards
-            # T = 0, so nothing says how sure the branch should be. Sharpening to the bound
-            # made the demo's MS windows nearly one-hot (its map lost 1.4 points OA, window
-            # averages turning into votes, and it would outvote SAR wherever fused): left as
-            # trained instead.
-            log.warning("%s calibration: left uncalibrated: every validation image is "
-                        "classified right with a margin, so the temperature is not "
-                        "identifiable (it would fall to the bound %g)", m,
-                        TEMPERATURE_BOUNDS[0])
-            temperature = None
-        result, *diagrams[m] = calibration_of(logits, labels, m, temperature)
+        temperature, method = choose_temperature(logits, labels)
+        if method == "succession":
+            log.info("%s calibration: every validation image is classified right, so the "
+                     "NLL has no minimum; temperature set by the rule of succession (mean "
+                     "confidence (n + 1) / (n + 2) on %d images)", m, len(labels))
+        result, *diagrams[m] = calibration_of(logits, labels, m, temperature, method)
         results[m] = result
         if result.at_bound:
             log.warning("%s calibration: the temperature is at its upper bound %g: the "

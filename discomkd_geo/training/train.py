@@ -205,7 +205,8 @@ def log_interval(config: Config, batches: int) -> int:
 
     Args:
         config: the experiment (``limit_train_batches``, the interval).
-        batches: training batches per epoch (:meth:`MSSARDataModule.train_batches`).
+        batches: a rank's training batches per epoch
+            (:meth:`~discomkd_geo.data.datamodule.MSSARDataModule.train_batches`).
     """
     limit = config.trainer.limit_train_batches
     # Lightning: a float is a fraction of the epoch, an int a number of batches (the
@@ -258,9 +259,8 @@ def _calibrate(config: Config, run_dir: Path,
         return {}
     results = calibrate_run(run_dir, modalities, overwrite=True)
     for m, r in results.items():
-        if r.temperature is not None:  # an uncalibrated branch: calibrate_run warned why
-            log.info("%s calibration: temperature %.4g, validation ECE %.4f -> %.4f (%d "
-                     "images)", m, r.temperature, r.ece_before, r.ece_after, r.samples)
+        log.info("%s calibration: temperature %.4g (%s), validation ECE %.4f -> %.4f (%d "
+                 "images)", m, r.temperature, r.method, r.ece_before, r.ece_after, r.samples)
     return results
 
 
@@ -316,7 +316,7 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
     trainer = L.Trainer(
         max_epochs=tc.max_epochs, accelerator=tc.accelerator, devices=tc.devices,
         precision=tc.precision, limit_train_batches=tc.limit_train_batches,
-        log_every_n_steps=log_interval(config, dm.train_batches()), default_root_dir=run_dir,
+        default_root_dir=run_dir,
         callbacks=callbacks, logger=_loggers(run_dir),
         enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, plugins=[BackgroundCheckpointIO()],
@@ -325,6 +325,9 @@ def train(config: Config, run_dir: str | Path, overwrite: bool = False, resume: 
         # RankShard): Lightning's DistributedSampler would replace those samplers.
         use_distributed_sampler=False,
     )
+    # A rank's batches are known once the trainer has counted the ranks: set before
+    # fit, as Lightning reads it (an interval above them warns, once per run and rank).
+    trainer.log_every_n_steps = log_interval(config, dm.train_batches(trainer.world_size))
     if trainer.is_global_zero:  # the files of the run are rank 0's to write
         _prepare_run_dir(run_dir, resume)
         (run_dir / "stats").mkdir(exist_ok=True)
