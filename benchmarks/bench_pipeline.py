@@ -23,29 +23,39 @@ temporary directory (deleted afterwards), and reports:
   and the shared memory taken;
 * the gathered loader with the disk-backed cache (``/dev/shm`` reported full): what a
   machine with a small ``/dev/shm`` gets;
+* with ``--compare-float32``, also the gathered loader whose caches keep the MS digital
+  numbers as float32 (``gathered-float32``, every cache before they were kept as uint16),
+  alternating with the others, with and without ``/dev/shm``: the uint16 cache halves
+  the MS bytes held and copied, for the same float32 batches;
 
 against the rate one GPU consumes: :data:`GPU_PAIRS_PER_S`, an estimate (see there).
-Merges key ``pipeline`` into ``benchmarks/results.json``.
+Merges key ``pipeline`` into ``benchmarks/results.json`` (``--output``: writes a file of
+its own instead).
 
-Run: ``python benchmarks/bench_pipeline.py [--per-class 270] [--workers 0,2,4]``.
+Run: ``python benchmarks/bench_pipeline.py [--per-class 270] [--workers 0,2,4]
+[--compare-float32] [--output FILE]``.
 """
 
 import argparse
+import contextlib
 import gc
+import json
 import os
 import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import psutil
 import torch
 from _results import merge_results
 
 from discomkd_geo.config import DataConfig, load_config
-from discomkd_geo.data import cache
+from discomkd_geo.data import cache, eurosat
 from discomkd_geo.data.datamodule import MSSARDataModule
 from discomkd_geo.data.normalization import BandStats
 from discomkd_geo.data.synthetic import make_eurosat
@@ -66,6 +76,10 @@ from discomkd_geo.data.synthetic import make_eurosat
 GPU_PAIRS_PER_S = 15000.0
 PREVIOUS_GPU_PAIRS_PER_S = 6000.0
 TARGET_FACTOR = 3.0
+
+#: The loaders timed, by name: whether batches are gathered, whether MS is cached as float32.
+PATHS = {"per-sample": (False, False), "gathered": (True, False),
+         "gathered-float32": (True, True)}
 
 
 def disk_bytes(root: Path) -> int:
@@ -93,11 +107,32 @@ def worker_pids(loader: Any) -> list[int]:
     return [w.pid for w in getattr(getattr(loader, "_iterator", None), "_workers", [])]
 
 
+def live_caches(dm: MSSARDataModule) -> list[tuple[str, Any]]:
+    """``(modality, images)`` of each decoded-image cache of the training and validation splits."""
+    datasets = [*dm.train_datasets.values(), getattr(dm.val_dataset, "dataset", None)]
+    return [(m, c.images) for ds in datasets for m, c in getattr(ds, "caches", {}).items()
+            if c.images is not None]
+
+
 def cache_mib(dm: MSSARDataModule) -> float:
     """MiB of the decoded-image caches a DataModule allocated (training and validation)."""
-    datasets = [*dm.train_datasets.values(), getattr(dm.val_dataset, "dataset", None)]
-    return sum(c.images.numel() * 4 for ds in datasets for c in getattr(ds, "caches", {}).values()
-               if c.images is not None) / 2**20
+    return sum(images.nbytes for _, images in live_caches(dm)) / 2**20
+
+
+def cache_bytes_per_pair(dm: MSSARDataModule) -> int:
+    """Cache bytes of one MS/SAR pair: one image of each modality, in its cache's dtype."""
+    return sum({m: images[0].nbytes for m, images in live_caches(dm)}.values())
+
+
+@contextlib.contextmanager
+def float32_caches() -> Iterator[None]:
+    """Caches made meanwhile keep every image as float32, as they all did before uint16."""
+    chosen = eurosat.cached_dtype
+    eurosat.cached_dtype = lambda source: np.dtype(np.float32)
+    try:
+        yield
+    finally:
+        eurosat.cached_dtype = chosen
 
 
 def cpu_seconds() -> float:
@@ -143,29 +178,33 @@ def cache_locations(dm: MSSARDataModule) -> list[str]:
 
 
 def time_paths(root: Path, workers: int, batch_size: int, stats: dict[str, BandStats],
-               paths: tuple[bool, ...], rounds: int) -> list[dict[str, Any]]:
+               paths: tuple[str, ...], rounds: int) -> list[dict[str, Any]]:
     """Fill epoch, then ``rounds`` cached epochs alternating between the loaders of ``paths``.
 
-    ``paths``: gather batches (True) or not (False), one DataModule (and cache) each.
+    ``paths``: names of :data:`PATHS`, one DataModule (and cache) each.
     """
     shm_before = shm_used()
-    dms = {gather: datamodule(root, workers, batch_size, gather, stats) for gather in paths}
-    loaders = {gather: dm.train_dataloader() for gather, dm in dms.items()}
-    fills = {gather: epoch(loader) for gather, loader in loaders.items()}
-    cached: dict[bool, list[tuple[float, float, int]]] = {gather: [] for gather in paths}
+    dms = {}
+    for path in paths:
+        gather, wide = PATHS[path]
+        with float32_caches() if wide else contextlib.nullcontext():
+            dms[path] = datamodule(root, workers, batch_size, gather, stats)
+    loaders = {path: dm.train_dataloader() for path, dm in dms.items()}
+    fills = {path: epoch(loader) for path, loader in loaders.items()}
+    cached: dict[str, list[tuple[float, float, int]]] = {path: [] for path in paths}
     for _ in range(rounds):
-        for gather, loader in loaders.items():
-            cached[gather].append(epoch(loader))
-    rss = rss_mib()  # while the persistent workers live: both loaders' caches mapped
+        for path, loader in loaders.items():
+            cached[path].append(epoch(loader))
+    rss = rss_mib()  # while the persistent workers live: every loader's caches mapped
     shm = (shm_used() - shm_before) / 2**20
     rows = []
-    for gather in paths:
-        rates = sorted(n / w for w, _, n in cached[gather])
-        cpu_rates = sorted(n / c for _, c, n in cached[gather] if c > 0)
-        fill_s, _, fill_pairs = fills[gather]
+    for path in paths:
+        rates = sorted(n / w for w, _, n in cached[path])
+        cpu_rates = sorted(n / c for _, c, n in cached[path] if c > 0)
+        fill_s, _, fill_pairs = fills[path]
         rows.append({
-            "workers": workers, "workers_run": len(worker_pids(loaders[gather])),
-            "path": "gathered" if gather else "per-sample",
+            "workers": workers, "workers_run": len(worker_pids(loaders[path])),
+            "path": path,
             "fill_epoch_s": round(fill_s, 1),
             "pairs_per_s_filling": round(fill_pairs / fill_s),
             "pairs_per_s_cached": round(statistics.median(rates)),
@@ -173,9 +212,10 @@ def time_paths(root: Path, workers: int, batch_size: int, stats: dict[str, BandS
             "pairs_per_cpu_s_cached": round(statistics.median(cpu_rates)) if cpu_rates else None,
             "x_gpu_estimate": round(statistics.median(rates) / GPU_PAIRS_PER_S, 2),
             "rss_mib": round(rss),
-            "workers_rss_mib": round(rss_mib(worker_pids(loaders[gather]))),
-            "cache_mib": round(cache_mib(dms[gather])),
-            "shm_used_mib": round(shm), "cache_location": cache_locations(dms[gather])})
+            "workers_rss_mib": round(rss_mib(worker_pids(loaders[path]))),
+            "cache_mib": round(cache_mib(dms[path])),
+            "cache_bytes_per_pair": cache_bytes_per_pair(dms[path]),
+            "shm_used_mib": round(shm), "cache_location": cache_locations(dms[path])})
     del loaders, dms
     gc.collect()
     return rows
@@ -189,7 +229,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=9,
                         help="cached epochs per loader (the median is reported)")
+    parser.add_argument("--compare-float32", action="store_true",
+                        help="also time the gathered loader with MS cached as float32")
+    parser.add_argument("--output", type=Path,
+                        help="write the results to this JSON file instead of merging them "
+                             "into benchmarks/results.json")
     args = parser.parse_args()
+    wide = ("gathered-float32",) if args.compare_float32 else ()
     torch.manual_seed(0)
     workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,33 +256,50 @@ def main() -> None:
               flush=True)
         rows = []
         for w in workers:
-            rows += time_paths(root, w, args.batch_size, stats, (False, True), args.rounds)
-            for r in rows[-2:]:
+            timed = time_paths(root, w, args.batch_size, stats,
+                               ("per-sample", "gathered", *wide), args.rounds)
+            rows += timed
+            for r in timed:
                 print(r, flush=True)
         free = cache.shm_free_bytes
         cache.shm_free_bytes = lambda: 0  # /dev/shm full: the disk-backed map
         try:
-            disk = [r for w in workers
-                    for r in time_paths(root, w, args.batch_size, stats, (True,), args.rounds)]
+            disk = [r for w in workers for r in time_paths(
+                root, w, args.batch_size, stats, ("gathered", *wide), args.rounds)]
         finally:
             cache.shm_free_bytes = free
         for r in disk:
             print(r, flush=True)
+    float32_rows = [r for r in rows + disk if r["path"] == "gathered-float32"]
+    rows = [r for r in rows if r["path"] != "gathered-float32"]
+    disk = [r for r in disk if r["path"] != "gathered-float32"]
     for old, new in zip(rows[0::2], rows[1::2], strict=True):
         new["x_per_sample_cached"] = round(new["pairs_per_s_cached"]
                                            / old["pairs_per_s_cached"], 1)
         new["x_per_sample_per_cpu_s"] = round(new["pairs_per_cpu_s_cached"]
                                               / old["pairs_per_cpu_s_cached"], 1)
+    # Each float32 row (shared memory per worker count, then disk-backed) against its twin.
+    twins = [r for r in rows if r["path"] == "gathered"] + disk if wide else []
+    for old, new in zip(float32_rows, twins, strict=True):
+        new["x_float32_cache_cached"] = round(new["pairs_per_s_cached"]
+                                              / old["pairs_per_s_cached"], 2)
+        new["x_float32_cache_per_cpu_s"] = round(new["pairs_per_cpu_s_cached"]
+                                                 / old["pairs_per_cpu_s_cached"], 2)
+        new["x_float32_cache_bytes"] = round(new["cache_bytes_per_pair"]
+                                             / old["cache_bytes_per_pair"], 3)
     best = max(r["pairs_per_s_cached"] for r in rows if r["path"] == "gathered")
     fill = min(r["fill_epoch_s"] for r in rows if r["path"] == "gathered")
     full = 27_000 / (10 * args.per_class)
     train_gib = 18_900 * (13 + 2) * 64 * 64 * 4 / 2**30
     ms_train_gib = 18_900 * 13 * 64 * 64 * 4 / 2**30  # the unpaired MS training set
+    # As cached: MS digital numbers as uint16 (2 bytes), SAR dB as float32 (4 bytes).
+    pair_bytes = (13 * 2 + 2 * 4) * 64 * 64
+    ms_train_uint16_gib = ms_train_gib / 2
     default_cache_mib = DataConfig().cache_mib  # the most one dataset's cache may take
     print(f"gathered / per-sample, cached epochs: "
           f"{[r['x_per_sample_cached'] for r in rows[1::2]]}; best gathered {best} pairs/s = "
           f"{best / GPU_PAIRS_PER_S:.1f}x the GPU estimate ({GPU_PAIRS_PER_S:.0f} pairs/s)")
-    merge_results("pipeline", {
+    results = {
         "what": "MSSARDataModule unpaired training loader alone (no model), per-sample "
                 "(plain DataLoader) and gathered (BatchLoader, the default) on the same "
                 "draws, every page of every image read by the consumer: "
@@ -245,10 +308,15 @@ def main() -> None:
                 "2-band SAR 64x64 sample. rss_mib: the loading process, holding both "
                 "loaders' caches; workers_rss_mib: that path's workers (shared cache pages "
                 "count in each); cache_mib: that path's caches (training and validation "
-                "splits); shm_used_mib: /dev/shm taken by both paths",
+                "splits), MS digital numbers cached as uint16, SAR as float32, "
+                "cache_bytes_per_pair: one MS and one SAR image as cached; "
+                "shm_used_mib: /dev/shm taken by every path; float32_cache: with "
+                "--compare-float32, the gathered loader with MS cached as float32 (as "
+                "before), timed alternating with the others; x_float32_cache_*: the "
+                "gathered row against it",
         "command": f"python benchmarks/bench_pipeline.py --per-class {args.per_class} "
                    f"--workers {args.workers} --batch-size {args.batch_size} "
-                   f"--rounds {args.rounds}",
+                   f"--rounds {args.rounds}" + (" --compare-float32" if wide else ""),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "
                    "(shared with other jobs while measured: wall-clock rates are noisy, "
                    "the per-CPU-second rates less so, but counted in 10 ms ticks)",
@@ -268,12 +336,20 @@ def main() -> None:
             "cache_fill_epoch_s": round(fill * full),
             "train_cache_gib_float32": round(train_gib, 2),
             "ms_train_cache_gib_float32": round(ms_train_gib, 2),
+            "train_cache_gib": round(18_900 * pair_bytes / 2**30, 2),
+            "ms_train_cache_gib": round(ms_train_uint16_gib, 2),
             "default_cache_mib": default_cache_mib,
-            "ms_train_cached_by_default": ms_train_gib * 1024 <= default_cache_mib,
-            "cache_gib_float32_all_splits": round(27_000 * 15 * 64 * 64 * 4 / 2**30, 2)},
+            "ms_train_cached_by_default": ms_train_uint16_gib * 1024 <= default_cache_mib,
+            "cache_gib_float32_all_splits": round(27_000 * 15 * 64 * 64 * 4 / 2**30, 2),
+            "cache_gib_all_splits": round(27_000 * pair_bytes / 2**30, 2)},
         "shared_memory": rows,
         "disk_backed": disk,
-    })
+        "float32_cache": float32_rows,
+    }
+    if args.output is None:
+        merge_results("pipeline", results)
+    else:
+        args.output.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -119,8 +119,9 @@ class DataConfig:
             (``benchmarks/results.json``, key ``maps``).
         num_workers: DataLoader worker processes.
         cache_mib: keep a split's decoded EuroSat-MS-SAR images in shared memory when
-            they take at most this many MiB (float32), so epochs after the first read no
-            GeoTIFF (1,050 pairs of 13 + 2 bands: 246 MiB in all); 0: read every epoch.
+            they take at most this many MiB (MS as its uint16 numbers, SAR float32), so
+            epochs after the first read no GeoTIFF (1,050 pairs of 13 + 2 bands: 140 MiB
+            in all); 0: read every epoch.
         normalization: per-band normalisation.
         augment: training augmentations.
         scenes: settings for ``dataset: scenes``.

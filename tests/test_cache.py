@@ -6,12 +6,17 @@ import pickle
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 import torch
+from torch.utils.data import default_collate
 
 from discomkd_geo.config import load_config
-from discomkd_geo.data import cache
+from discomkd_geo.data import cache, eurosat
 from discomkd_geo.data.cache import SHM, SharedImageCache
+from discomkd_geo.data.eurosat import EuroSATMSSAR
+from discomkd_geo.data.samplers import PairedDataset
 from discomkd_geo.training.train import train
 
 SPILL = "cannot hold the decoded images"
@@ -74,6 +79,83 @@ def test_gathered_batches_reuse_a_buffer_only_once_its_tensors_are_gone() -> Non
     assert again.data_ptr() == pointer  # released with its last tensor, then reused
     assert torch.equal(again[:, 0, 0, 0], torch.tensor([3.0, 2.0]))
     assert all(torch.equal(k[:, 0, 0, 0], torch.tensor([2.0, 3.0])) for k in kept)
+
+
+def _shm_or_disk(shm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Map caches in /dev/shm (``shm``) or, as when it is too small, in files of TMPDIR."""
+    if not shm:
+        monkeypatch.setattr(cache, "shm_free_bytes", lambda: 0)
+        cache._report_spill.cache_clear()
+    elif cache.shm_free_bytes() < 2**20:
+        pytest.skip(f"{SHM} has under 1 MiB free")
+
+
+def _bits(tensor: torch.Tensor) -> bytes:
+    """The tensor's bytes: equal only if every value is the same float32, -0.0 and NaN too."""
+    assert tensor.dtype == torch.float32
+    return tensor.numpy().tobytes()
+
+
+@pytest.mark.parametrize("shm", [True, False])
+def test_digital_numbers_are_cached_as_uint16_and_handed_out_as_float32(
+        shm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    _shm_or_disk(shm, monkeypatch)
+    assert cache.cached_dtype("uint16") == cache.cached_dtype(np.uint8) == np.uint16
+    assert cache.cached_dtype("float32") == cache.cached_dtype("int16") == np.float32
+    rng = np.random.default_rng(0)
+    dn = [torch.from_numpy(rng.integers(0, 2**16, (2, 8, 8), dtype=np.uint16)) for _ in range(3)]
+    dn[0][0, 0, :2] = torch.tensor([0, 65535], dtype=torch.uint16)  # both ends of the range
+    small = SharedImageCache(3, (2, 8, 8), np.uint16)
+    wide = SharedImageCache(3, (2, 8, 8))  # float32, as every cache was before
+    assert small.images is not None and small.images.dtype == torch.uint16
+    assert small.images.nbytes == SharedImageCache.nbytes(3, (2, 8, 8), "uint16") == 768
+    assert wide.images is not None and wide.images.nbytes == 2 * small.images.nbytes
+    read = [image.numpy().astype(np.float32) for image in dn]  # what samples held before
+    for images in (small, wide):
+        assert images.location == (SHM if shm else tempfile.gettempdir())
+        for i, image in enumerate(dn):
+            assert _bits(images.get(i, lambda image=image: image)) == read[i].tobytes()
+        assert bool(images.filled.all())
+        assert _bits(images.get(1, lambda: torch.zeros(2, 8, 8))) == read[1].tobytes()
+    index = torch.tensor([2, 0, 2, 1])
+    expected = np.stack([read[i] for i in index.tolist()]).tobytes()
+    assert _bits(small.gather(index)) == _bits(wide.gather(index)) == expected
+    fraction = torch.full((2, 8, 8), 0.5)  # a value uint16 cannot hold: not cached
+    assert torch.equal(small.get(0, lambda: torch.zeros(2, 8, 8)), dn[0].float())
+    fresh = SharedImageCache(1, (2, 8, 8), np.uint16)
+    assert torch.equal(fresh.get(0, lambda: fraction), fraction) and not bool(fresh.filled[0])
+
+
+@pytest.mark.parametrize("shm", [True, False])
+def test_eurosat_ms_cache_is_uint16_and_gathers_the_float32_cache_batches(
+        eurosat_root: Path, shm: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    _shm_or_disk(shm, monkeypatch)
+    pairs = EuroSATMSSAR(eurosat_root, "val")
+    # A pair: 13 MS bands of uint16 and 2 SAR bands of float32, 64 x 64 px.
+    size = len(pairs) * 64 * 64 * (13 * 2 + 2 * 4)
+    assert not pairs.cache_in_memory(size - 1)  # the estimate is the caches' real size
+    assert pairs.cache_in_memory(size)
+    assert sum(c.images.nbytes for c in pairs.caches.values()) == size
+    assert pairs.caches["ms"].images.dtype == torch.uint16
+    assert pairs.caches["sar"].images.dtype == torch.float32
+    monkeypatch.setattr(eurosat, "cached_dtype", lambda source: np.dtype(np.float32))
+    wide = EuroSATMSSAR(eurosat_root, "val")  # every image cached as float32, as before
+    assert wide.cache_in_memory(2**30) and wide.caches["ms"].images.dtype == torch.float32
+    indices = [5, 0, 5, 3, len(pairs) - 1]
+    batches = []
+    for dataset in (pairs, wide):
+        paired = PairedDataset(dataset, ["ms", "sar"])
+        assert paired.fill(indices)
+        batches.append(paired.gather(indices))
+        batches.append(default_collate([dataset[i] for i in indices]))  # from the caches
+    for m in ("ms", "sar"):
+        files = []
+        for i in indices:
+            with rasterio.open(pairs.paths[m][i]) as src:
+                files.append(src.read().astype(np.float32))
+        assert all(_bits(batch[f"image_{m}"]) == np.stack(files).tobytes() for batch in batches)
+    assert all(c.location == (SHM if shm else tempfile.gettempdir())
+               for c in pairs.caches.values())
 
 
 def test_fallback_without_space_anywhere_is_an_error(no_shm: None,

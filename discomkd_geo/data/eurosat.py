@@ -33,7 +33,7 @@ from torchgeo.datasets.utils import download_and_extract_archive, download_url, 
 
 from ..constants import EUROSAT_CLASSES, MS, S2_RGB_BANDS, SAR
 from ..errors import DatasetNotFoundError, InputFileError
-from .cache import SharedImageCache
+from .cache import SharedImageCache, cached_dtype
 from .sensors import SENSORS
 
 Split = Literal["train", "val", "test"]
@@ -383,18 +383,23 @@ class EuroSATMSSAR(NonGeoDataset):
             raise InputFileError(path, f"unreadable raster ({str(err).splitlines()[0]})") \
                 from err
 
-    def _load(self, path: str, modality: str) -> Tensor:
-        """The modality's selected bands of ``path`` as float32 ``(C, H, W)``."""
+    def _read(self, path: str, modality: str) -> Tensor:
+        """The modality's selected bands of ``path`` as ``(C, H, W)`` of the file's dtype.
+
+        Samples are these values as float32; a cache keeps MS digital numbers as read
+        (uint16: half the bytes of float32, same values).
+        """
         indexes = [self.all_bands[modality].index(b) + 1 for b in self.bands[modality]]
         with self._open(path, modality) as src:
-            return torch.from_numpy(src.read(indexes).astype(np.float32))
+            return torch.from_numpy(src.read(indexes))
 
     def cache_in_memory(self, max_bytes: int) -> bool:
         """Keep every decoded image in shared memory if the split takes at most ``max_bytes``.
 
         Each image is then read from its GeoTIFF once (the first time it is asked for,
         by any DataLoader worker) and copied from memory afterwards; samples are the same.
-        The size is counted from the first image of each modality (float32).
+        The size is counted from the first image of each modality, in the dtype its
+        cache keeps (:func:`~.cache.cached_dtype` of the file's: MS uint16, SAR float32).
 
         Args:
             max_bytes: the most memory the split's images may take.
@@ -404,22 +409,23 @@ class EuroSATMSSAR(NonGeoDataset):
         """
         if not len(self):
             return False
-        shapes = {}
+        shapes, dtypes = {}, {}
         for m in self.modalities:
             with self._open(self.paths[m][0], m) as src:
                 shapes[m] = (len(self.bands[m]), src.height, src.width)
-        size = sum(4 * c * h * w * len(self) for c, h, w in shapes.values())
+                dtypes[m] = cached_dtype(src.dtypes[0])
+        size = sum(SharedImageCache.nbytes(len(self), shapes[m], dtypes[m]) for m in shapes)
         if not SharedImageCache.fits(size, max_bytes):
             return False
-        self.caches = {m: SharedImageCache(len(self), shape) for m, shape in shapes.items()}
+        self.caches = {m: SharedImageCache(len(self), shapes[m], dtypes[m]) for m in shapes}
         return True
 
     def _image(self, index: int, modality: str) -> Tensor:
         path = self.paths[modality][index]
         cache = self.caches.get(modality)
         if cache is None:
-            return self._load(path, modality)
-        return cache.get(index, lambda: self._load(path, modality))
+            return self._read(path, modality).float()
+        return cache.get(index, lambda: self._read(path, modality))
 
     def __len__(self) -> int:
         """Number of samples in the split."""
