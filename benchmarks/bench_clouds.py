@@ -31,11 +31,25 @@ those the highest mean IoU; if none recalls 0.98, the highest mean IoU. Remainin
 to the smaller dilation, then the smaller averaging disk. Merges key "clouds_selection"
 into benchmarks/results.json.
 
+Detection resolution (``--resolution``): the same validation scenes detected on pixels of
+F x F map pixels for each F in FACTORS (block means of the reflectance, the verdict
+brought back to the map grid by nearest neighbour, the averaging disk and dilation scaled
+to the same ground distance: ``DetectorMaskReader(factor=F)``). Per F: the mean IoU,
+recall and precision against thick clouds or cirrus, the pixels per second of detection
+alone (block means, classifier and post-processing on the scene read once) and of the
+reader as ``predict`` runs it (reading and tiles included), and, as a check of the
+scaling, the mean IoU with each averaging disk of 0-2 detection pixels. Rule, fixed
+before any figure was looked at: the coarsest F whose mean IoU is within TIE_IOU of F = 1
+and whose reader is at least SPEEDUP times as fast as at F = 1 becomes the default; if
+none, F = 1 stays. Merges key "clouds_resolution" into benchmarks/results.json (recorded
+with ``--covers 0.25,0.5,0.75``, the held-out figures' covers).
+
 The synthetic spectra are physics-based (see :mod:`discomkd_geo.data.synthetic_physics`),
 not tuned to the detector.
 
     python benchmarks/bench_clouds.py [--size 256] [--scenes 5] [--covers 0.25,0.5]
     python benchmarks/bench_clouds.py --select [--size 256] [--scenes 5] [--covers 0.25,0.5]
+    python benchmarks/bench_clouds.py --resolution [--size 256] [--scenes 5] [--factors 1,2,4,6]
 """
 
 import argparse
@@ -60,6 +74,10 @@ TIE_IOU = 0.01
 RECALL_FLOOR = 0.98
 #: Validation seeds start here (held-out seeds are 0..4).
 VALIDATION_SEED = 100
+#: Detection factors compared by ``--resolution`` (map pixels per detection pixel), and
+#: how many times faster than factor 1 a coarser default must be.
+FACTORS = (1, 2, 4, 6)
+SPEEDUP = 2.0
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -124,18 +142,8 @@ def measure(scene: Path) -> dict[str, float]:
 
 def probability(scene: Path) -> np.ndarray:
     """s2cloudless's cloud probability of every pixel, ``(1, h, w)``, as the reader has it."""
-    from rasterio.windows import Window
-
-    from discomkd_geo.inference.masks import _detector
-
     grid, reader = _open(scene)
-    bands = reader.mask.bands
-    whole = Window(0, 0, grid.width, grid.height)
-    data, valid = bands.units.apply(*next(iter(bands.read_raw_windows([whole]))))
-    reflectance = np.moveaxis(np.where(valid, data, 0.0) / 10_000, 0, -1)[None]
-    prob = _detector().get_cloud_probability_maps(reflectance)
-    prob[:, ~valid] = 0.0  # nodata is no cloud
-    return prob
+    return reader.mask.probability(grid.window)
 
 
 def choose(grid: list[dict[str, Any]]) -> dict[str, Any]:
@@ -200,6 +208,95 @@ def select(size: int, scenes: int, covers: list[float]) -> None:
     print(f"merged key 'clouds_selection' into {path}")
 
 
+def resolution(size: int, scenes: int, covers: list[float], factors: list[int]) -> None:
+    """Score and time detection at each factor on the validation scenes; merge the table."""
+    from dataclasses import replace
+
+    from s2cloudless import S2PixelCloudDetector
+
+    from discomkd_geo.data.synthetic import make_scene
+    from discomkd_geo.inference.masks import _TILES, block_means, on_map, read_on_grid
+
+    seeds = range(VALIDATION_SEED, VALIDATION_SEED + scenes)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cover, seed in itertools.product(covers, seeds):
+            scene = Path(tmp) / f"c{cover}_s{seed}"
+            make_scene(scene, size=size, seed=seed, cloud_cover=cover)
+            grid, reader = _open(scene)
+            bands = reader.mask.bands
+            data, valid = bands.units.apply(*next(iter(bands.read_raw_windows([grid.window]))))
+            for factor in factors:
+                mask = replace(reader.mask, factor=factor)
+                average, dilation = mask.post
+                detector = S2PixelCloudDetector(threshold=mask.threshold, average_over=average,
+                                                dilation_size=dilation, all_bands=False)
+                detector.get_cloud_probability_maps(np.zeros((1, 1, 1, 10)))  # load the model
+                alone = []  # the faster of two runs, here and for the reader: the machine
+                for _ in range(2):  # may be busy
+                    start = time.perf_counter()
+                    means, blocks = block_means(data, valid, factor)
+                    prob = detector.get_cloud_probability_maps(
+                        np.moveaxis(means / 10_000, 0, -1)[None])
+                    prob[:, ~blocks] = 0.0
+                    detected = on_map(detector.get_mask_from_prob(prob)[0].astype(bool), factor,
+                                      grid.window)
+                    alone.append(time.perf_counter() - start)
+                reads = []
+                for _ in range(2):
+                    _TILES.clear()  # the reader detects afresh
+                    start = time.perf_counter()
+                    tiled = read_on_grid(mask, grid)
+                    reads.append(time.perf_counter() - start)
+                assert np.array_equal(tiled, detected), "the reader differs from detection"
+                row = {"cover": cover, "seed": seed, "factor": factor,
+                       "resolution_m": factor * abs(grid.transform.a), "average_over": average,
+                       "pixels": data[0].size, "seconds_alone": round(min(alone), 4),
+                       "seconds_reader": round(min(reads), 4),
+                       **score(tiled, scene)}
+                for disk in (0, 1, 2):
+                    other = S2PixelCloudDetector(threshold=mask.threshold, average_over=disk,
+                                                 dilation_size=dilation, all_bands=False)
+                    row[f"iou_cloud_cirrus_average_{disk}"] = score(on_map(
+                        other.get_mask_from_prob(prob)[0].astype(bool), factor, grid.window),
+                        scene)["iou_cloud_cirrus"]
+                rows.append(row)
+                print(f"cover {cover:.2f} seed {seed} factor {factor}: IoU "
+                      f"{row['iou_cloud_cirrus']:.3f}, {row['seconds_alone']:.2f} s alone, "
+                      f"{row['seconds_reader']:.2f} s reader", flush=True)
+    table = []
+    for factor in factors:
+        mine = [r for r in rows if r["factor"] == factor]
+        pixels = sum(r["pixels"] for r in mine)
+        entry: dict[str, Any] = {
+            "factor": factor, "resolution_m": mine[0]["resolution_m"],
+            "average_over": mine[0]["average_over"],
+            "px_per_s_alone": round(pixels / sum(r["seconds_alone"] for r in mine)),
+            "px_per_s_reader": round(pixels / sum(r["seconds_reader"] for r in mine))}
+        for key in ("iou_cloud_cirrus", "recall_cloud_cirrus", "precision_cloud_cirrus",
+                    *(f"iou_cloud_cirrus_average_{d}" for d in (0, 1, 2))):
+            entry[f"mean_{key}"] = round(statistics.mean(r[key] for r in mine), 4)
+        entry["min_iou_cloud_cirrus"] = min(r["iou_cloud_cirrus"] for r in mine)
+        for cover in covers:
+            entry[f"iou_cloud_cirrus_{cover}"] = round(statistics.mean(
+                r["iou_cloud_cirrus"] for r in mine if r["cover"] == cover), 4)
+        table.append(entry)
+        print(entry)
+    base = next(e for e in table if e["factor"] == 1)
+    winners = [e for e in table if e["factor"] > 1
+               and e["mean_iou_cloud_cirrus"] >= base["mean_iou_cloud_cirrus"] - TIE_IOU
+               and e["px_per_s_reader"] >= SPEEDUP * base["px_per_s_reader"]]
+    chosen = max(winners, key=lambda e: e["factor"])["factor"] if winners else 1
+    print(f"chosen factor: {chosen}")
+    path = merge_results("clouds_resolution", {
+        "size": size, "seeds": list(seeds), "covers": covers,
+        "rule": f"the coarsest factor within {TIE_IOU} of factor 1's mean IoU vs cloud | "
+                f"cirrus and at least {SPEEDUP}x its reader's px/s, else factor 1",
+        "timing": "px/s under load (other benchmarks on the same 2 cores)",
+        "chosen": chosen, "factors": table, "scenes": rows})
+    print(f"merged key 'clouds_resolution' into {path}")
+
+
 def main() -> None:
     from discomkd_geo.data.synthetic import make_scene
     from discomkd_geo.inference.masks import DetectorMaskReader
@@ -208,12 +305,18 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--scenes", type=int, default=5)
     parser.add_argument("--covers", default="0.25,0.5")
+    parser.add_argument("--factors", default=",".join(map(str, FACTORS)))
     parser.add_argument("--select", action="store_true",
                         help="choose the detector's settings on validation scenes")
+    parser.add_argument("--resolution", action="store_true",
+                        help="compare detection resolutions on validation scenes")
     args = parser.parse_args()
     covers = [float(c) for c in args.covers.split(",")]
     if args.select:
         select(args.size, args.scenes, covers)
+        return
+    if args.resolution:
+        resolution(args.size, args.scenes, covers, [int(f) for f in args.factors.split(",")])
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

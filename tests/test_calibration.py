@@ -157,6 +157,31 @@ def test_temperature_changes_no_class_of_a_map(mode: str, tmp_path: Path) -> Non
         assert np.nanmean(top[1]) < np.nanmean(top[0]) - 0.02
 
 
+@pytest.mark.parametrize("mode", ["windows", "dense"])
+def test_temperature_changes_no_class_where_windows_overlap(mode: str, tmp_path: Path) -> None:
+    """Overlapping windows (stride 8, a quarter of the patch): a pixel's probabilities are
+    the normalised geometric mean of its windows', the softmax of their mean logits over
+    T, so a temperature changes no class (an arithmetic mean of sharper probabilities
+    did: windows then count more like votes). Only near-ties may round either way."""
+    scene = write_pixel_scene(tmp_path / "sar.tif")
+    plain = pixel_predictor("reflect")
+    maps = {}
+    for name, predictor in (("plain", plain), ("sharp", calibrated(plain, 0.2)),
+                            ("hot", calibrated(plain, 3.0))):
+        out = tmp_path / f"{name}.tif"
+        settings = MapSettings.of(mode=mode, stride=8, probabilities=tmp_path / f"{name}.p.tif")
+        predict_to_file(predictor, scene, out, settings)
+        maps[name] = read_band_stack(out)[0], read_band_stack(tmp_path / f"{name}.p.tif")
+    codes, probs = maps["plain"]
+    top2 = np.sort(np.nan_to_num(probs), axis=0)[-2:]
+    clear = (top2[1] - top2[0]) > 1e-4
+    assert clear.mean() > 0.95
+    for name in ("sharp", "hot"):
+        assert (maps[name][0][clear] == codes[clear]).all(), name
+    top = {name: np.nanmean(np.nanmax(p, axis=0)) for name, (_, p) in maps.items()}
+    assert top["sharp"] > top["plain"] + 0.02 and top["hot"] < top["plain"] - 0.02
+
+
 def test_temperature_survives_the_predictor_file(tmp_path: Path) -> None:
     branch = calibrated(pixel_predictor("reflect"), 0.3)
     branch.save(tmp_path / "sar.pt")

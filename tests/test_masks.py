@@ -25,10 +25,11 @@ from discomkd_geo.data.synthetic import CLOUD_FILES, SCL, make_scene
 from discomkd_geo.errors import InputFileError, SettingsError
 from discomkd_geo.inference.engine import predict_to_file
 from discomkd_geo.inference.fusion import FUSED, SOURCE_CODES
-from discomkd_geo.inference.io import SceneInput, open_readers
-from discomkd_geo.inference.masks import read_on_grid
+from discomkd_geo.inference.io import Grid, SceneInput, open_readers
+from discomkd_geo.inference.masks import DETECTOR_BANDS, MaskReader, read_on_grid
 from discomkd_geo.inference.settings import MapSettings
 from discomkd_geo.inference.stac import read_item
+from discomkd_geo.inference.tiling import chunk_layout
 from discomkd_geo.models.branches import build_branch
 
 MS4 = ["B02", "B03", "B04", "B08"]
@@ -99,11 +100,11 @@ def test_clouds_masks_and_scl_agree_with_what_was_rendered(cloudy: Path) -> None
 
 
 # --------------------------------------------------------------------------- masks in
-def saved_ms4_model(path: Path) -> Path:
-    """An untrained MS predictor of :data:`MS4` saved as a file ``predict`` takes."""
-    spec = {"kind": "mono", "in_channels": len(MS4), "num_classes": 10,
+def saved_ms_model(path: Path, bands: list[str] = MS4) -> Path:
+    """An untrained MS predictor of ``bands`` saved as a file ``predict`` takes."""
+    spec = {"kind": "mono", "in_channels": len(bands), "num_classes": 10,
             "backbone": "small_cnn", "width": 2}
-    predictor = make_predictor("ms", MS4, branch=build_branch(**spec))
+    predictor = make_predictor("ms", bands, branch=build_branch(**spec))
     predictor.info.branch_spec = spec
     predictor.save(path)
     return path
@@ -172,7 +173,7 @@ def test_scl_of_a_safe_masks_its_codes_and_the_stac_item_says_so(tmp_path: Path)
     item_path = tmp_path / "item.json"
     assets = write_item(item_path, safe)
     assert read_item(item_path).scl == assets["scl"]["href"]
-    path = saved_ms4_model(tmp_path / "ms4.pt")
+    path = saved_ms_model(tmp_path / "ms4.pt")
     result = CliRunner().invoke(main, ["predict", "--checkpoint", str(path), "--stac",
                                        str(item_path), "--ms-mask", "scl", "-o",
                                        str(tmp_path / "stac.tif"), "--no-progress"])
@@ -214,7 +215,7 @@ def test_an_l2a_safe_is_masked_by_its_scl_by_default_unless_mask_none(
     with pytest.raises(SettingsError, match="^mask_codes: given without a mask$"):
         SceneInput(safe, mask="none", mask_codes=[9])
     # The command line: --ms-mask none opts out, no option masks.
-    path = saved_ms4_model(tmp_path / "ms4.pt")
+    path = saved_ms_model(tmp_path / "ms4.pt")
     for option, masked in (["--ms-mask", "none"], False), ([], True):
         result = CliRunner().invoke(main, ["predict", "--checkpoint", str(path), "--ms",
                                            str(safe), *option, "-o", str(tmp_path / "cli.tif"),
@@ -260,7 +261,7 @@ def test_a_stac_items_scl_asset_masks_by_default(tmp_path: Path) -> None:
     scl = next(safe.rglob("*SCL_20m.tif")).rename(tmp_path / "T31UFQ_SCL_20m.tif")
     item = tmp_path / "item.json"
     write_item(item, safe, scl)
-    path = saved_ms4_model(tmp_path / "ms4.pt")
+    path = saved_ms_model(tmp_path / "ms4.pt")
     out = tmp_path / "stac.tif"
     for option, masked in ([], True), (["--ms-mask", "none"], False):
         result = CliRunner().invoke(main, ["predict", "--checkpoint", str(path), "--stac",
@@ -385,7 +386,7 @@ def test_bad_masks_are_refused_in_one_line(tmp_path: Path) -> None:
         open_readers({"ms": SceneInput(scene, mask="scl")}, {"ms": model.info})
     assert not any((tmp_path / "out").iterdir())
     # The command line: one line naming the file and its option, non-zero exit.
-    path = saved_ms4_model(tmp_path / "ms4.pt")
+    path = saved_ms_model(tmp_path / "ms4.pt")
     args = ["predict", "--checkpoint", str(path), "--ms", str(scene), "-o",
             str(tmp_path / "out" / "cli.tif"), "--ms-mask"]
     result = CliRunner().invoke(main, [*args, str(codes)])
@@ -425,3 +426,79 @@ def test_s2cloudless_detects_the_simulated_clouds(tmp_path: Path) -> None:
         np.uint16), MS4, nodata=0)
     with pytest.raises(InputFileError, match="^.*ms4.tif: has no B10 \\(cirrus\\) band"):
         open_readers({"ms": SceneInput(no_b10, mask="auto")}, ms4)
+
+
+def read_in_chunks(reader: MaskReader, grid: Grid, side: int) -> np.ndarray:
+    """The whole mask read window by window, as the engine reads it in ``side`` px chunks."""
+    out = np.zeros((grid.height, grid.width), dtype=bool)
+    windows = chunk_layout(grid.height, grid.width, side)
+    for window, unavailable in zip(windows, reader.read_windows(windows), strict=True):
+        out[window.toslices()] = unavailable
+    return out
+
+
+def test_cloud_detection_at_60_m_runs_on_6x6_blocks_of_the_scene(tmp_path: Path) -> None:
+    """mask_resolution=60 on a 10 m scene: s2cloudless on the mean reflectance of 6 x 6
+    blocks from the scene's top left corner (the last ones cut by its edge, 100 = 16 x 6
+    + 4), no averaging disk (2 px at 10 m is under half a 60 m pixel), each map pixel
+    taking its block's verdict; the same mask whatever the chunks it is read through, at
+    60 m as at 10 m."""
+    detector = pytest.importorskip("s2cloudless").S2PixelCloudDetector
+    make_scene(tmp_path / "l1c", size=100, seed=5, cloud_cover=0.5)
+    info = {"ms": make_predictor("ms", list(S2_BANDS)).info}
+    masks = {}
+    for resolution in (None, 60):
+        scene = SceneInput(tmp_path / "l1c" / "ms.tif", mask="auto", mask_resolution=resolution)
+        grid, readers = open_readers({"ms": scene}, info)
+        reader = readers["ms"].mask
+        masks[resolution] = read_on_grid(reader, grid)
+        for side in (7, 37, 64):  # chunks that do not align with the 6 px blocks
+            assert np.array_equal(read_in_chunks(reader, grid, side), masks[resolution])
+    assert reader.record()["resolution"] == 60.0 and reader.record()["average_over"] == 0
+    # Independently: block means of the bands (float32, as the scene is read), the
+    # package's detector, blocks back to 10 m.
+    ms = read(tmp_path / "l1c" / "ms.tif").astype(np.float64)
+    padded = np.pad(ms[[S2_BANDS.index(b) for b in DETECTOR_BANDS]],
+                    ((0, 0), (0, 2), (0, 2)))  # to 102 = 17 x 6
+    counts = np.pad(np.ones((100, 100)), ((0, 2), (0, 2))).reshape(17, 6, 17, 6).sum((1, 3))
+    means = (padded.reshape(10, 17, 6, 17, 6).sum((2, 4)) / counts).astype(np.float32)
+    blocks = detector(threshold=0.4, average_over=0, dilation_size=0).get_cloud_masks(
+        np.moveaxis(means / 10_000, 0, -1)[None])[0].astype(bool)
+    assert np.array_equal(masks[60], np.kron(blocks, np.ones((6, 6), bool))[:100, :100])
+    assert masks[60].any() and not masks[60].all()
+    # Not the 10 m mask: the option is honoured.
+    assert not np.array_equal(masks[60], masks[None])
+    cloud = read(tmp_path / "l1c" / "cloud.tif")[0].astype(bool)
+    assert masks[60][cloud].mean() > 0.9
+
+
+@pytest.mark.slow
+def test_ms_mask_resolution_from_the_command_line(tmp_path: Path) -> None:
+    """predict --ms-mask auto --ms-mask-resolution 60 masks the 60 m blocks and records the
+    resolution; a resolution that is no whole multiple of the map's pixels, or one without
+    --ms-mask auto, is refused in one line naming the option."""
+    pytest.importorskip("s2cloudless")
+    make_scene(tmp_path / "l1c", size=96, seed=5, cloud_cover=0.5)
+    scene = tmp_path / "l1c" / "ms.tif"
+    path = saved_ms_model(tmp_path / "ms.pt", list(S2_BANDS))
+    out = tmp_path / "map.tif"
+    args = ["predict", "--checkpoint", str(path), "--ms", str(scene), "-o", str(out),
+            "--no-progress", "--ms-mask"]
+    result = CliRunner().invoke(main, [*args, "auto", "--ms-mask-resolution", "60"])
+    assert result.exit_code == 0, result.output
+    grid, readers = open_readers({"ms": SceneInput(scene, mask="auto", mask_resolution=60)},
+                                 {"ms": make_predictor("ms", list(S2_BANDS)).info})
+    detected = read_on_grid(readers["ms"].mask, grid)
+    assert (read(out)[0][detected] == CLASS_NODATA).all()
+    record = json.loads(out.with_suffix(".stac.json").read_text())["properties"][
+        "discomkd:masks"]["ms"]
+    assert record["kind"] == "s2cloudless" and record["resolution"] == 60.0
+    for option, problem in ((["auto", "--ms-mask-resolution", "45"],
+                             "--ms-mask-resolution: must be a whole multiple of the map's "
+                             "pixel size, 10 m (e.g. 60), got 45"),
+                            ([str(tmp_path / "l1c" / "cloud.tif"), "--ms-mask-resolution",
+                              "60"], "--ms-mask-resolution: is the resolution of cloud "
+                                     "detection: it goes with --ms-mask auto only")):
+        result = CliRunner().invoke(main, [*args, *option, "-o", str(tmp_path / "x.tif")])
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [f"Error: {problem}"]

@@ -402,6 +402,72 @@ def _table(results: dict[str, Any], key: str, term: str | None = None, fmt: str 
     return "\n".join(lines)
 
 
+def _best_test(run: dict[str, Any], modality: str) -> float:
+    """A run's test weighted F1 of a modality at its best validation epoch.
+
+    Ours: the per-head best checkpoint's (``test``); theirs: the test F1 their script
+    printed at the epoch of the best validation F1 (the first such epoch), the same rule.
+    """
+    if "test" in run:
+        return run["test"][modality]["f1_weighted"]
+    epochs = run["epochs"]
+    best = max(range(len(epochs)), key=lambda e: (epochs[e][f"val_f1_{modality}"], -e))
+    return epochs[best][f"test_f1_{modality}"]
+
+
+def _epoch_seconds(run: dict[str, Any]) -> float:
+    """A run's median seconds of training per epoch (evaluation excluded)."""
+    return float(np.median([e["train_s"] for e in run["epochs"]]))
+
+
+def _paired(ours: dict[str, Any], theirs: dict[str, Any], value: Any) -> str:
+    """Mean paired difference ours - theirs over their common seeds, with a 95% t interval."""
+    from scipy import stats
+
+    seeds = sorted(set(ours) & set(theirs), key=int)
+    diffs = np.array([value(ours[s]) - value(theirs[s]) for s in seeds])
+    if len(diffs) < 2:
+        return "-"
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    return f"{diffs.mean():+.3f} [{diffs.mean() - half:+.3f}, {diffs.mean() + half:+.3f}]"
+
+
+def _target_section(results: dict[str, Any]) -> list[str]:
+    """Issue #28's target, checked: our per-epoch SAR validation F1 within their seed
+    spread, and at equal or lower time per epoch; the final test F1, paired by seed."""
+    impls = results["implementations"]
+    if "theirs" not in impls:
+        return []
+    theirs = impls["theirs"]["runs"]
+    lines = ["## Target: per-epoch SAR validation F1 within their seed spread", "",
+             "| implementation | epochs inside their [min, max] | "
+             "test F1 SAR, mean (per seed) | test F1 MS, mean | paired difference in test "
+             "F1 SAR, ours - theirs [95% t interval] | training s/epoch, median | "
+             "paired ratio of s/epoch, ours / theirs |", "|---|---|---|---|---|---|---|"]
+    spread = _matrix(theirs, "val_f1_sar")
+    low, high = np.nanmin(spread, 0), np.nanmax(spread, 0)
+    for name, v in _ordered(results).items():
+        runs = v["runs"]
+        mean = np.nanmean(_matrix(runs, "val_f1_sar"), 0)
+        n = min(len(mean), len(low))
+        inside = int(((mean[:n] >= low[:n]) & (mean[:n] <= high[:n])).sum())
+        sar = [_best_test(r, "sar") for r in runs.values()]
+        ms = [_best_test(r, "ms") for r in runs.values()]
+        per_epoch = [_epoch_seconds(r) for r in runs.values()]
+        compare = name != "theirs"
+        ratio = "-"
+        if compare:
+            seeds = sorted(set(runs) & set(theirs), key=int)
+            ratios = [_epoch_seconds(runs[s]) / _epoch_seconds(theirs[s]) for s in seeds]
+            ratio = f"{np.median(ratios):.2f} ({', '.join(f'{x:.2f}' for x in ratios)})"
+        lines.append(
+            f"| {name} | {inside} of {n} | {np.mean(sar):.3f} "
+            f"({', '.join(f'{x:.3f}' for x in sar)}) | {np.mean(ms):.3f} | "
+            f"{_paired(runs, theirs, lambda r: _best_test(r, 'sar')) if compare else '-'} | "
+            f"{np.median(per_epoch):.1f} | {ratio} |")
+    return lines + [""]
+
+
 def report() -> None:
     """``report.md`` and ``curves.png`` from ``results.json``."""
     import matplotlib
@@ -454,6 +520,7 @@ def report() -> None:
             ("L_perp (epoch mean)", "", "perp", ".3f"),
             ("Seconds of training per epoch (evaluation excluded)", "train_s", None, ".1f")):
         parts += [f"## {title}", "", _table(results, key, term, fmt), ""]
+    parts += _target_section(results)
     t = results.get("their_targets_check", {})
     if t:
         parts += ["## Their modality targets, checked numerically", "",

@@ -93,13 +93,13 @@ from .settings import DEFAULTS, SMOOTHING, Execution, MapSettings, Tiling
 from .stac import ItemInputs
 from .tiling import (
     WindowGrid,
-    accumulate,
     chunk_layout,
     extend,
     fill_invalid,
     grow,
     relative_slices,
     valid_fraction,
+    window_means,
     window_views,
 )
 from .vectorize import check_mmu, vector_driver, vectorize_to_file
@@ -330,10 +330,11 @@ def _smoothing_span(predictors: Mapping[str, Predictor], plan: Plan, area: Windo
 
 def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
                   area: Window) -> tuple[np.ndarray, np.ndarray]:
-    """One modality's per-pixel mean window probabilities ``(K, h, w)`` over ``area``.
+    """One modality's per-pixel window probabilities ``(K, h, w)`` over ``area``.
 
-    The mean is over the windows covering the pixel (or, coarse, is the pixel's
-    window's). Returns float64 means and which pixels have one.
+    The tempered mean of the windows covering the pixel (:func:`.window_means`) or,
+    coarse, the pixel's window's. Returns float64 probabilities and which pixels have
+    them.
     """
     grid = plan.window_grid(predictor.info.patch_size)
     if plan.tiling.coarse:
@@ -344,8 +345,8 @@ def _window_means(predictor: Predictor, reader: SceneReader, plan: Plan,
     probs, done, valid, read = window_probabilities(predictor, reader, plan, rows, cols)
     if plan.tiling.coarse:
         return probs.transpose(2, 0, 1).astype(np.float64), done
-    mean, count = accumulate(probs, done, grid, rows, cols, area)
-    mean /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
+    mean, count = window_means(probs, done, grid, rows, cols, area,
+                               predictor.info.temperature)
     return mean, (count > 0) & valid[relative_slices(area, read)]
 
 

@@ -21,7 +21,8 @@ Kinds of mask, one class each behind :data:`MASK_KINDS`:
 * ``binary``: 0/1, where **1 means unavailable** (0 available).
 * ``s2cloudless``: ``mask="auto"``, clouds detected on the Sentinel-2 Level-1C scene itself
   by Sentinel Hub's ``s2cloudless`` (its LightGBM pixel classifier on top-of-atmosphere
-  reflectance of B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12), smoothed a little.
+  reflectance of B01, B02, B04, B05, B08, B8A, B09, B10, B11, B12), smoothed a little;
+  on the map's pixels, or on blocks of them (``mask_resolution``).
 
 A mask file may lie on another grid: it is read on the output grid with nearest-neighbour
 resampling through a :class:`rasterio.vrt.WarpedVRT`; pixels it does not cover, and its
@@ -218,9 +219,15 @@ class CloudDetection(MaskKind):
     disk of radius 2 px, threshold 0.4, no dilation; the highest mean intersection over
     union with thick clouds or cirrus (SCL 8, 9, 10) of the grid. Every setting with a
     dilation scored lower: the probability already takes in a cloud's rim, and a dilated
-    rim is land handed to the other modality. Sentinel Hub's averaging over 4 px and
-    dilation by 2 px are meant for detection at 160 m; at 10 m they would grow every
-    cloud by some 60 m.
+    rim is land handed to the other modality. The package's example recommends averaging
+    over 4 px and dilating by 2 px for detection at 60 m (22 and 11 px at 10 m); at 10 m
+    4 and 2 px would grow every cloud by some 60 m.
+
+    Detection runs on the map's pixels unless ``mask_resolution`` asks for coarser ones
+    (:class:`DetectorMaskReader`'s ``factor``; Sentinel Hub serves s2cloudless masks
+    computed at 160 m). On the validation scenes (``bench_clouds.py --resolution``, key
+    ``clouds_resolution``) every coarser resolution cost more than 0.01 of mean IoU, so
+    the map's pixels stay the default.
     """
 
     name = "s2cloudless"
@@ -262,7 +269,27 @@ class CloudDetection(MaskKind):
                              frozenset(warped), Units(None, scene.scale, scene.offset),
                              scene.nodata)
         _detector()  # the package is there: fail now, not on a Dask worker
-        return DetectorMaskReader(bands)
+        return DetectorMaskReader(bands, _factor(scene.mask_resolution, grid))
+
+
+def _factor(resolution: float | None, grid: Grid) -> int:
+    """Map pixels per detection pixel for detection at ``resolution`` m (``None``: 1).
+
+    Raises:
+        SettingsError: the map's grid is not in metres, or ``resolution`` is not a whole
+            multiple of its pixel size.
+    """
+    if resolution is None:
+        return 1
+    if grid.crs.linear_units != "metre":
+        raise SettingsError("mask_resolution", "is in metres, and the map's grid is not")
+    size = abs(grid.transform.a)
+    factor = round(resolution / size)
+    if factor < 1 or abs(factor * size - resolution) > 0.01 * size:
+        raise SettingsError("mask_resolution", f"must be a whole multiple of the map's pixel "
+                                               f"size, {size:g} m (e.g. {6 * size:g}), got "
+                                               f"{resolution:g}")
+    return factor
 
 
 def _level2a(scene: SceneInput, files: Sequence[str]) -> bool:
@@ -326,32 +353,48 @@ class CodeMaskReader(MaskReader):
 class DetectorMaskReader(MaskReader):
     """s2cloudless run on the scene, tile by tile of the output grid (picklable).
 
-    The grid is cut into :attr:`tile` px tiles, each detected once per process (kept in
-    a small cache: the scene checks' sample and the engine's overlapping windows read
-    the same pixels again) from the tile and a margin as wide as the detector's averaging
-    and dilation reach, cut at the grid's edges, so a pixel's verdict does not depend on
-    the window it is read through (the same map for any chunking).
+    Detection runs on pixels of :attr:`factor` x :attr:`factor` map pixels (blocks aligned
+    to the grid's origin; the last row and column of blocks cut by the grid's edge), each
+    the mean reflectance of its valid map pixels, and every map pixel takes the verdict of
+    the block it lies in. The detection grid is cut into :attr:`tile` px tiles, each
+    detected once per process (kept in a small cache: the scene checks' sample and the
+    engine's overlapping windows read the same pixels again) from the tile and a margin as
+    wide as the detector's averaging and dilation reach, cut at the grid's edges, so a
+    pixel's verdict does not depend on the window it is read through (the same map for
+    any chunking).
 
     Attributes:
         bands: the scene's :data:`DETECTOR_BANDS` on the output grid, as L1C digital
             numbers (reflectance x 10,000, after the scene's scale and offset).
+        factor: map pixels per detection pixel along each axis (1: every map pixel).
     """
 
     bands: RasterReader
+    factor: int = 1
 
-    #: Probability threshold, averaging disk and dilation (px; 0: none), chosen on
-    #: validation scenes; see :class:`CloudDetection`.
+    #: Probability threshold, averaging disk and dilation (map px at factor 1; 0: none),
+    #: chosen on validation scenes; see :class:`CloudDetection`.
     threshold: ClassVar[float] = 0.4
     average_over: ClassVar[int] = 2
     dilation: ClassVar[int] = 0
-    #: Side of the tiles detected at once, in pixels.
+    #: Side of the tiles detected at once, in detection pixels.
     tile: ClassVar[int] = 64
+
+    @property
+    def post(self) -> tuple[int, int]:
+        """Averaging disk and dilation radii in detection pixels (:func:`_scaled`).
+
+        The same ground distance as at factor 1: s2cloudless's recommended radii shrink
+        as its pixels grow (averaging 22 px and dilation 11 px at 10 m, 4 and 2 at 60 m).
+        """
+        return _scaled(self.average_over, self.factor), _scaled(self.dilation, self.factor)
 
     def read_windows(self, windows: Iterable[Window]) -> Iterator[np.ndarray]:
         """Bool ``(h, w)`` per window, True where s2cloudless sees a cloud."""
         grid = self.bands.grid
+        side = self.tile * self.factor
         for window in windows:
-            tiles = chunk_layout(grid.height, grid.width, self.tile, within=window)
+            tiles = chunk_layout(grid.height, grid.width, side, within=window)
             with _TILES_LOCK:
                 found = {(t.row_off, t.col_off): _TILES.get((self, t.row_off, t.col_off))
                          for t in tiles}
@@ -362,38 +405,99 @@ class DetectorMaskReader(MaskReader):
                 part = t.intersection(window)
                 out[part.row_off - window.row_off:part.row_off - window.row_off + part.height,
                     part.col_off - window.col_off:part.col_off - window.col_off + part.width] \
-                    = found[t.row_off, t.col_off][
-                        part.row_off - t.row_off:part.row_off - t.row_off + part.height,
-                        part.col_off - t.col_off:part.col_off - t.col_off + part.width]
+                    = on_map(found[t.row_off, t.col_off], self.factor, Window(
+                        part.col_off - t.col_off, part.row_off - t.row_off, part.width,
+                        part.height))
             yield out
 
+    def probability(self, reach: Window) -> np.ndarray:
+        """s2cloudless's cloud probability ``(1, h, w)`` of the detection pixels of ``reach``.
+
+        ``reach`` is a window of the output grid whose offsets are multiples of
+        :attr:`factor`. A detection pixel that holds no valid map pixel gets 0.
+        """
+        data, valid = self.bands.units.apply(*next(iter(self.bands.read_raw_windows([reach]))))
+        data, valid = block_means(data, valid, self.factor)
+        probability = _detector(*self.post).get_cloud_probability_maps(
+            np.moveaxis(data / 10_000, 0, -1)[None])
+        probability[:, ~valid] = 0.0  # nodata is no cloud
+        return probability
+
     def _detect(self, tiles: Sequence[Window]) -> dict[tuple[int, int], np.ndarray]:
-        """Detect clouds on ``tiles`` (with their margins); keep and return the verdicts."""
-        grid = self.bands.grid
-        whole = Window(0, 0, grid.width, grid.height)
-        margin = self.average_over + self.dilation + 1
-        reaches = [Window(t.col_off - margin, t.row_off - margin, t.width + 2 * margin,
-                          t.height + 2 * margin).intersection(whole) for t in tiles]
-        detector = _detector()
+        """Detect clouds on ``tiles`` (with their margins); keep and return the verdicts.
+
+        One verdict per detection pixel of the tile.
+        """
+        margin = (sum(self.post) + 1) * self.factor
+        detector = _detector(*self.post)
         detected = {}
-        for tile, reach, raw in zip(tiles, reaches, self.bands.read_raw_windows(reaches),
-                                    strict=True):
-            data, valid = self.bands.units.apply(*raw)
-            reflectance = np.moveaxis(np.where(valid, data, 0.0) / 10_000, 0, -1)[None]
-            probability = detector.get_cloud_probability_maps(reflectance)
-            probability[:, ~valid] = 0.0  # nodata is no cloud
-            cloud = detector.get_mask_from_prob(probability)[0].astype(bool)
-            rows, cols = tile.row_off - reach.row_off, tile.col_off - reach.col_off
-            detected[tile.row_off, tile.col_off] = cloud[rows:rows + tile.height,
-                                                         cols:cols + tile.width]
+        for tile in tiles:
+            reach = Window(tile.col_off - margin, tile.row_off - margin,
+                           tile.width + 2 * margin, tile.height + 2 * margin).intersection(
+                               self.bands.grid.window)
+            cloud = detector.get_mask_from_prob(self.probability(reach))[0].astype(bool)
+            rows = (tile.row_off - reach.row_off) // self.factor
+            cols = (tile.col_off - reach.col_off) // self.factor
+            detected[tile.row_off, tile.col_off] = cloud[
+                rows:rows + _blocks(tile.height, self.factor),
+                cols:cols + _blocks(tile.width, self.factor)]
             _keep((self, tile.row_off, tile.col_off), detected[tile.row_off, tile.col_off])
         return detected
 
     def record(self) -> dict[str, Any]:
-        """The detector and its settings."""
+        """The detector and its settings (averaging and dilation in detection pixels)."""
+        average_over, dilation = self.post
         return {"kind": "s2cloudless", "source": self.bands.name,
-                "threshold": self.threshold, "average_over": self.average_over,
-                "dilation": self.dilation}
+                "threshold": self.threshold, "average_over": average_over,
+                "dilation": dilation,
+                "resolution": self.factor * abs(self.bands.grid.transform.a)}
+
+
+def _scaled(radius: int, factor: int) -> int:
+    """A disk radius of ``radius`` map pixels in pixels of ``factor`` map pixels.
+
+    Rounded to the nearest whole pixel, halves down (ties go to the smaller disk, as in
+    the settings' selection): 2 map px are 1 px at factors 2 and 3 and none from factor 4.
+    On the validation scenes no averaging at all scored a little higher at every coarser
+    factor (``clouds_resolution`` in ``benchmarks/results.json``): a block mean is already
+    an average.
+    """
+    return (2 * radius + factor - 1) // (2 * factor)
+
+
+def _blocks(length: int, factor: int) -> int:
+    """Blocks of ``factor`` pixels along ``length`` pixels, the last one cut."""
+    return -(-length // factor)
+
+
+def block_means(data: np.ndarray, valid: np.ndarray, factor: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Means of valid values over ``factor`` x ``factor`` blocks, and which blocks have any.
+
+    Blocks start at the top left of ``(C, h, w)`` ``data``; the last ones are cut by its
+    edges. Sums are float64, means of ``data``'s dtype, so factor 1 gives the data back
+    bit for bit (0 where invalid): the classifier sees the map's own values.
+    """
+    channels, height, width = data.shape
+    rows, cols = _blocks(height, factor), _blocks(width, factor)
+    weight = np.zeros((rows * factor, cols * factor))
+    weight[:height, :width] = valid
+    sums = np.zeros((channels, rows * factor, cols * factor))
+    sums[:, :height, :width] = data
+    sums = (sums * weight).reshape(channels, rows, factor, cols, factor).sum(axis=(2, 4))
+    counts = weight.reshape(rows, factor, cols, factor).sum(axis=(1, 3))
+    return (sums / np.maximum(counts, 1)).astype(data.dtype), counts > 0
+
+
+def on_map(coarse: np.ndarray, factor: int, window: Window) -> np.ndarray:
+    """The map pixels of ``window`` of a raster of ``factor`` x ``factor`` map pixels.
+
+    ``window``'s offsets are in map pixels from ``coarse``'s top left corner; each map
+    pixel takes the value of the coarse pixel it lies in (nearest neighbour).
+    """
+    rows = np.arange(window.row_off, window.row_off + window.height) // factor
+    cols = np.arange(window.col_off, window.col_off + window.width) // factor
+    return coarse[np.ix_(rows, cols)]
 
 
 #: Detected tiles by (reader, row, column), least recently stored first.
@@ -412,8 +516,11 @@ def _keep(key: tuple["DetectorMaskReader", int, int], cloud: np.ndarray) -> None
 
 
 @functools.cache
-def _detector() -> Any:
-    """s2cloudless's detector with our settings, loaded once per process.
+def _detector(average_over: int = DetectorMaskReader.average_over,
+              dilation: int = DetectorMaskReader.dilation) -> Any:
+    """s2cloudless's detector with our threshold, loaded once per process and post-processing.
+
+    ``average_over`` and ``dilation`` are the disks' radii in detection pixels.
 
     Raises:
         SettingsError: the package is not installed.
@@ -425,8 +532,8 @@ def _detector() -> Any:
                                     "which is not installed: pip install "
                                     "'discomkd-geo[clouds]'") from err
     return S2PixelCloudDetector(threshold=DetectorMaskReader.threshold,
-                                average_over=DetectorMaskReader.average_over,
-                                dilation_size=DetectorMaskReader.dilation, all_bands=False)
+                                average_over=average_over, dilation_size=dilation,
+                                all_bands=False)
 
 
 # ----------------------------------------------------------------------------- opening
@@ -551,8 +658,9 @@ def open_mask(scene: SceneInput, grid: Grid, scene_name: str, sensor: Sensor
     """Check the mask ``scene`` names, or its default, and describe how to read it on ``grid``.
 
     Args:
-        scene: the scene input; its ``mask``, ``mask_kind`` and ``mask_codes`` are used:
-            ``mask=None`` is the default mask (:func:`default_mask`), ``"none"`` none.
+        scene: the scene input; its ``mask``, ``mask_kind``, ``mask_codes`` and
+            ``mask_resolution`` are used: ``mask=None`` is the default mask
+            (:func:`default_mask`), ``"none"`` none.
         grid: the output grid.
         scene_name: the scene, for messages.
         sensor: the scene's sensor, which says what masks apply.
@@ -562,11 +670,15 @@ def open_mask(scene: SceneInput, grid: Grid, scene_name: str, sensor: Sensor
             overlap the scene, holds values that are not codes of its kind (named), or
             masks every pixel; for detection, the scene is not Level-1C or lacks B10.
         SettingsError: ``mask_codes`` or ``mask_kind`` do not fit (the mask or the
-            sensor); s2cloudless is missing.
+            sensor); ``mask_resolution`` without ``mask="auto"``, or not a whole
+            multiple of the grid's pixel size in metres; s2cloudless is missing.
 
     Returns:
         The mask's reader; ``None`` for no mask (``"none"``, or none by default).
     """
+    if scene.mask_resolution is not None and scene.mask != "auto":
+        raise SettingsError("mask_resolution", "is the resolution of cloud detection: it "
+                                               "goes with mask='auto' only")
     if scene.mask is None:
         scene = default_mask(scene, sensor)
     if scene.mask in (None, "none"):

@@ -215,3 +215,47 @@ def accumulate(probs: np.ndarray, done: np.ndarray, grid: WindowGrid, rows: rang
             total[(slice(None), *where)] += probs[a, b, :, None, None]
             count[where] += 1
     return total, count
+
+
+#: Guards the normalisations of :func:`window_means` where nothing was classified.
+_TINY = float(np.finfo(np.float64).tiny)
+
+
+def window_means(probs: np.ndarray, done: np.ndarray, grid: WindowGrid, rows: range,
+                 cols: range, area: Window, temperature: float | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's probabilities: the mean of the windows covering it, then tempered.
+
+    The windows' probabilities are averaged as the branch gives them untempered (a
+    calibrated branch's are un-tempered first: ``p ** T``, normalised) and the mean is
+    tempered once: ``mean ** (1 / T)``, normalised. A temperature then changes no
+    pixel's class, and a pixel of one window gets that window's calibrated probabilities
+    (to rounding). Averaging the tempered probabilities instead weighs each window more
+    like a vote (the demo model's calibrated MS windows map lost 1.2 points of OA on the
+    demo scene), and their geometric mean lets one confident window veto a class (its
+    SAR windows map lost 4.3). Tempering the mean also made the MS map's probabilities
+    the best calibrated of the three (ECE 0.034 against 0.076 and 0.050).
+
+    Args:
+        probs: ``(len(rows), len(cols), K)`` window probabilities, tempered by
+            ``temperature`` (zero where not classified).
+        done: ``(len(rows), len(cols))`` which windows were classified (others add nothing).
+        grid: the window grid.
+        rows: window rows (covering ``area``).
+        cols: window columns.
+        area: the output pixels.
+        temperature: the branch's ``T`` (``None``: uncalibrated, the plain mean).
+
+    Returns:
+        ``(mean, count)``: float64 ``(K, h, w)`` probabilities (zero where no window
+        counts) and int32 ``(h, w)`` numbers of windows.
+    """
+    if temperature is not None:
+        probs = np.power(probs, temperature, dtype=np.float64)
+        probs /= np.maximum(probs.sum(axis=-1, keepdims=True), _TINY)  # unclassified: 0
+    total, count = accumulate(probs, done, grid, rows, cols, area)
+    total /= np.maximum(count, 1)  # in place: chunk-sized float64 arrays are large
+    if temperature is not None:
+        np.power(total, 1 / temperature, out=total)
+        total /= np.maximum(total.sum(axis=0, keepdims=True), _TINY)
+    return total, count
