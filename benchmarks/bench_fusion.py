@@ -8,7 +8,9 @@ of ``--size`` px (``discomkd-geo synth scene``; the demo trains on seed 0's patc
    ``weighted`` with each branch's validation OA) with and without the smoothing of mode
    pixel. The rule and smoothing with the best mean OA are the engine's defaults; the
    held-out scenes play no part in choosing them.
-2. **Held out** (seeds ``--held-out-seeds``) at each ``--cover`` (percent of the MS scene
+2. **Calibration**: each branch's temperature and its ECE before and after, on the
+   validation and test patches.
+3. **Held out** (seeds ``--held-out-seeds``) at each ``--cover`` (percent of the MS scene
    under clouds; the scenes' ``scl.tif`` masks them, when the generator and the engine
    support cloud cover): rows MS-only, SAR-only, ``average`` fusion (the behaviour before
    the fusion rules: average, fused maps not smoothed) and the per-pixel map (the
@@ -228,6 +230,27 @@ def held_out(run: Path, scenes: list[Path], work: Path) -> dict[str, Any]:
             "oa_gain_over_best_branch": round(rows["per-pixel"]["mean"]["oa"] - best_branch, 4)}
 
 
+def calibration(run: Path) -> dict[str, Any]:
+    """Each branch's temperature and ECE (15 bins) before and after it: on the validation
+    patches it was fitted on (the run's ``metrics.json``) and on the test patches
+    (``evaluate``), which played no part in fitting it."""
+    from discomkd_geo.training.evaluate import evaluate
+
+    fitted = json.loads((run / "metrics.json").read_text()).get("calibration", {})
+    found = {}
+    for m, fit in fitted.items():
+        test = evaluate(run, m)
+        found[m] = {"temperature": fit["temperature"], "method": fit.get("method"),
+                    "val_ece_before": round(fit["ece_before"], 4),
+                    "val_ece_after": round(fit["ece_after"], 4),
+                    "test_ece_before": round(test["ece_before"], 4),
+                    "test_ece_after": round(test["ece_after"], 4)}
+        print(f"calibration {m}: T {fit['temperature']:.4g} ({fit.get('method')}), ECE "
+              f"validation {fit['ece_before']:.4f} -> {fit['ece_after']:.4f}, test "
+              f"{test['ece_before']:.4f} -> {test['ece_after']:.4f}", flush=True)
+    return found
+
+
 def figure(results: dict[str, Any], out: Path) -> None:
     """OA and edge OA per row and cloud cover: held-out mean with range."""
     import matplotlib
@@ -304,7 +327,7 @@ def main() -> None:
     merge_results("fusion", {
         "run": str(args.run), "scene_size": args.size, "torch_threads": TORCH_THREADS,
         "validation_seeds": args.validation_seeds, "held_out_seeds": args.held_out_seeds,
-        "validation": validation, "held_out": results})
+        "calibration": calibration(run), "validation": validation, "held_out": results})
     print(f"-> {HERE / 'results.json'} (fusion), {HERE / 'fusion.png'}")
 
 

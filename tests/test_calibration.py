@@ -157,6 +157,7 @@ def test_temperature_changes_no_class_of_a_map(mode: str, tmp_path: Path) -> Non
         assert np.nanmean(top[1]) < np.nanmean(top[0]) - 0.02
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["windows", "dense"])
 def test_temperature_changes_no_class_where_windows_overlap(mode: str, tmp_path: Path) -> None:
     """Overlapping windows (stride 8, a quarter of the patch): a pixel's probabilities are
