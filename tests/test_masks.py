@@ -389,6 +389,9 @@ def test_bad_masks_are_refused_in_one_line(tmp_path: Path) -> None:
     path = saved_ms_model(tmp_path / "ms4.pt")
     args = ["predict", "--checkpoint", str(path), "--ms", str(scene), "-o",
             str(tmp_path / "out" / "cli.tif"), "--ms-mask"]
+    whole = CliRunner().invoke(main, [*args, str(everything)])
+    assert whole.exit_code == 1 and whole.output.strip().endswith(
+        "nothing is left to map from it (--ms-mask none maps it unmasked)")
     result = CliRunner().invoke(main, [*args, str(codes)])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [

@@ -163,7 +163,8 @@ class CodedMask(MaskKind):
         if _masks_everything(reader, grid):
             raise InputFileError(path, f"masks every pixel of {scene_name} (codes "
                                        f"{self.describe(codes)}); nothing is left to map "
-                                       "from it")
+                                       "from it (mask='none' maps it unmasked)",
+                                 param="mask")
         return reader
 
 
