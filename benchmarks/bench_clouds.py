@@ -156,6 +156,19 @@ def choose(grid: list[dict[str, Any]]) -> dict[str, Any]:
                                           r["average_over"]))
 
 
+def summary(rows: list[dict[str, Any]], keys: tuple[str, ...],
+            covers: list[float]) -> dict[str, Any]:
+    """Scenes' scores summed up: the mean of each of ``keys``, the lowest cloud-and-cirrus
+    IoU, and that IoU's mean per cloud cover."""
+    found: dict[str, Any] = {f"mean_{key}": round(statistics.mean(r[key] for r in rows), 4)
+                             for key in keys}
+    found["min_iou_cloud_cirrus"] = min(r["iou_cloud_cirrus"] for r in rows)
+    for cover in covers:
+        found[f"iou_cloud_cirrus_{cover}"] = round(statistics.mean(
+            r["iou_cloud_cirrus"] for r in rows if r["cover"] == cover), 4)
+    return found
+
+
 def select(size: int, scenes: int, covers: list[float]) -> None:
     """Score every setting of the grid on the validation scenes; merge the grid."""
     from s2cloudless import S2PixelCloudDetector
@@ -183,16 +196,10 @@ def select(size: int, scenes: int, covers: list[float]) -> None:
                         {"cover": cover, **score(detected, scene)})
     grid = []
     for (threshold, average, dilation), rows in scores.items():
-        row: dict[str, Any] = {"threshold": threshold, "average_over": average,
-                               "dilation": dilation}
-        for key in ("iou_cloud_cirrus", "recall_cloud_cirrus", "precision_cloud_cirrus",
-                    "iou_cloud", "recall_cloud"):
-            row[f"mean_{key}"] = round(statistics.mean(r[key] for r in rows), 4)
-        row["min_iou_cloud_cirrus"] = min(r["iou_cloud_cirrus"] for r in rows)
-        for cover in covers:
-            row[f"iou_cloud_cirrus_{cover}"] = round(statistics.mean(
-                r["iou_cloud_cirrus"] for r in rows if r["cover"] == cover), 4)
-        grid.append(row)
+        grid.append({"threshold": threshold, "average_over": average, "dilation": dilation,
+                     **summary(rows, ("iou_cloud_cirrus", "recall_cloud_cirrus",
+                                      "precision_cloud_cirrus", "iou_cloud", "recall_cloud"),
+                               covers)})
     grid.sort(key=lambda r: -r["mean_iou_cloud_cirrus"])
     chosen = choose(grid)
     for row in grid[:15]:
@@ -272,14 +279,9 @@ def resolution(size: int, scenes: int, covers: list[float], factors: list[int]) 
             "factor": factor, "resolution_m": mine[0]["resolution_m"],
             "average_over": mine[0]["average_over"],
             "px_per_s_alone": round(pixels / sum(r["seconds_alone"] for r in mine)),
-            "px_per_s_reader": round(pixels / sum(r["seconds_reader"] for r in mine))}
-        for key in ("iou_cloud_cirrus", "recall_cloud_cirrus", "precision_cloud_cirrus",
-                    *(f"iou_cloud_cirrus_average_{d}" for d in (0, 1, 2))):
-            entry[f"mean_{key}"] = round(statistics.mean(r[key] for r in mine), 4)
-        entry["min_iou_cloud_cirrus"] = min(r["iou_cloud_cirrus"] for r in mine)
-        for cover in covers:
-            entry[f"iou_cloud_cirrus_{cover}"] = round(statistics.mean(
-                r["iou_cloud_cirrus"] for r in mine if r["cover"] == cover), 4)
+            "px_per_s_reader": round(pixels / sum(r["seconds_reader"] for r in mine)),
+            **summary(mine, ("iou_cloud_cirrus", "recall_cloud_cirrus", "precision_cloud_cirrus",
+                             *(f"iou_cloud_cirrus_average_{d}" for d in (0, 1, 2))), covers)}
         table.append(entry)
         print(entry)
     base = next(e for e in table if e["factor"] == 1)

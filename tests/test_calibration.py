@@ -5,6 +5,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -132,21 +133,28 @@ def read_band_stack(path: Path) -> np.ndarray:
         return src.read()
 
 
+def maps_at_temperatures(tmp_path: Path, temperatures: dict[str, float | None],
+                         **settings: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The pixel-mode test scene mapped by one branch at each temperature (``None``: the
+    plain branch), with ``settings``: each name's map and probability band stacks."""
+    scene = write_pixel_scene(tmp_path / "sar.tif")
+    plain = pixel_predictor("reflect")
+    outputs = {}
+    for name, temperature in temperatures.items():
+        predictor = plain if temperature is None else calibrated(plain, temperature)
+        out, probs = tmp_path / f"{name}.tif", tmp_path / f"{name}.p.tif"
+        predict_to_file(predictor, scene, out, MapSettings.of(**settings, probabilities=probs))
+        outputs[name] = read_band_stack(out), read_band_stack(probs)
+    return outputs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["windows", "dense", "pixel"])
 def test_temperature_changes_no_class_of_a_map(mode: str, tmp_path: Path) -> None:
     """One window per cell (coarse): the same classes, other probabilities; without a
     temperature, the map of T = 1. Mode pixel: the decoder's probabilities, untempered."""
-    scene = write_pixel_scene(tmp_path / "sar.tif")
-    plain = pixel_predictor("reflect")
-    outputs = {}
-    for name, predictor in (("plain", plain), ("one", calibrated(plain, 1.0)),
-                            ("hot", calibrated(plain, 2.0))):
-        out = tmp_path / f"{name}.tif"
-        settings = MapSettings.of(mode=mode, stride=8, coarse=mode != "pixel", smoothing=0,
-                                  probabilities=tmp_path / f"{name}.p.tif")
-        predict_to_file(predictor, scene, out, settings)
-        outputs[name] = read_band_stack(out), read_band_stack(tmp_path / f"{name}.p.tif")
+    outputs = maps_at_temperatures(tmp_path, {"plain": None, "one": 1.0, "hot": 2.0},
+                                   mode=mode, stride=8, coarse=mode != "pixel", smoothing=0)
     for name in ("one", "hot"):
         np.testing.assert_array_equal(outputs[name][0], outputs["plain"][0])
     np.testing.assert_array_equal(outputs["one"][1], outputs["plain"][1])
@@ -161,24 +169,18 @@ def test_temperature_changes_no_class_of_a_map(mode: str, tmp_path: Path) -> Non
 @pytest.mark.parametrize("mode", ["windows", "dense"])
 def test_temperature_changes_no_class_where_windows_overlap(mode: str, tmp_path: Path) -> None:
     """Overlapping windows (stride 8, a quarter of the patch): a pixel's probabilities are
-    the normalised geometric mean of its windows', the softmax of their mean logits over
-    T, so a temperature changes no class (an arithmetic mean of sharper probabilities
-    did: windows then count more like votes). Only near-ties may round either way."""
-    scene = write_pixel_scene(tmp_path / "sar.tif")
-    plain = pixel_predictor("reflect")
-    maps = {}
-    for name, predictor in (("plain", plain), ("sharp", calibrated(plain, 0.2)),
-                            ("hot", calibrated(plain, 3.0))):
-        out = tmp_path / f"{name}.tif"
-        settings = MapSettings.of(mode=mode, stride=8, probabilities=tmp_path / f"{name}.p.tif")
-        predict_to_file(predictor, scene, out, settings)
-        maps[name] = read_band_stack(out)[0], read_band_stack(tmp_path / f"{name}.p.tif")
+    the mean of its windows' untempered probabilities, tempered once averaged, so a
+    temperature changes no class (the mean of the tempered probabilities did: sharper
+    windows count more like votes). Only near-ties may round either way."""
+    maps = maps_at_temperatures(tmp_path, {"plain": None, "sharp": 0.2, "hot": 3.0},
+                                mode=mode, stride=8)
     codes, probs = maps["plain"]
+    codes = codes[0]
     top2 = np.sort(np.nan_to_num(probs), axis=0)[-2:]
     clear = (top2[1] - top2[0]) > 1e-4
     assert clear.mean() > 0.95
     for name in ("sharp", "hot"):
-        assert (maps[name][0][clear] == codes[clear]).all(), name
+        assert (maps[name][0][0][clear] == codes[clear]).all(), name
     top = {name: np.nanmean(np.nanmax(p, axis=0)) for name, (_, p) in maps.items()}
     assert top["sharp"] > top["plain"] + 0.02 and top["hot"] < top["plain"] - 0.02
 

@@ -22,6 +22,7 @@ probabilities are made, :meth:`~discomkd_geo.models.predictor.Predictor.probabil
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,6 +100,26 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray,
     return float(-log_p[np.arange(len(labels)), labels].mean())
 
 
+def _falling_zero(f: Callable[[float], float], bounds: tuple[float, float]) -> float:
+    """The ``T`` within ``bounds`` where ``f(log T)``, which falls as ``T`` grows, is zero.
+
+    A bisection on ``log T`` (:data:`_STEPS` steps), the same on every run; the nearer
+    bound when ``f`` does not change sign within them.
+    """
+    low, high = math.log(bounds[0]), math.log(bounds[1])
+    if f(low) <= 0:  # already at or below zero at the smallest T
+        return bounds[0]
+    if f(high) >= 0:  # still at or above zero at the largest T
+        return bounds[1]
+    for _ in range(_STEPS):  # f(low) > 0 > f(high): the zero is between
+        middle = (low + high) / 2
+        if f(middle) > 0:
+            low = middle
+        else:
+            high = middle
+    return math.exp((low + high) / 2)
+
+
 def fit_temperature(logits: np.ndarray, labels: np.ndarray,
                     bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
     """The temperature minimising the NLL of ``labels`` under ``softmax(logits / T)``.
@@ -125,18 +146,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray,
         p = np.exp(log_softmax(z * math.exp(-log_t), axis=1))
         return float(((p * z).sum(axis=1) - target).mean())
 
-    low, high = math.log(bounds[0]), math.log(bounds[1])
-    if slope(low) <= 0:  # still falling at the smallest T (largest b)
-        return bounds[0]
-    if slope(high) >= 0:  # already rising at the largest T
-        return bounds[1]
-    for _ in range(_STEPS):  # slope(low) > 0 > slope(high): the zero is between
-        middle = (low + high) / 2
-        if slope(middle) > 0:
-            low = middle
-        else:
-            high = middle
-    return math.exp((low + high) / 2)
+    # The slope falls as T grows (b shrinks): still falling at the smallest T, the
+    # minimum lies below it; already rising at the largest, above it.
+    return _falling_zero(slope, bounds)
 
 
 def succession_temperature(logits: np.ndarray, labels: np.ndarray,
@@ -166,18 +178,7 @@ def succession_temperature(logits: np.ndarray, labels: np.ndarray,
         return float(np.exp(log_softmax(z * math.exp(-log_t), axis=1)).max(axis=1).mean()
                      - target)
 
-    low, high = math.log(bounds[0]), math.log(bounds[1])
-    if excess(low) <= 0:  # not confident enough even at the smallest T
-        return bounds[0]
-    if excess(high) >= 0:  # too confident even at the largest T
-        return bounds[1]
-    for _ in range(_STEPS):
-        middle = (low + high) / 2
-        if excess(middle) > 0:
-            low = middle
-        else:
-            high = middle
-    return math.exp((low + high) / 2)
+    return _falling_zero(excess, bounds)
 
 
 def choose_temperature(logits: np.ndarray, labels: np.ndarray) -> tuple[float, str]:
